@@ -1,0 +1,187 @@
+"""VM activities: the only place where a cluster's VMs are cloned, configured,
+powered on and watched for an address.
+
+A node's identity (name and instance UUID) is recorded in workflow history
+before ``ensure_vm`` runs, so a retry after a worker crash finds the VM the
+first attempt made instead of cloning a second one.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from pyVmomi import vim
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from bootstrap import cloudinit, guestinfo
+from models.messages import (
+    ConfigureVmInput,
+    EnsureVmInput,
+    EnsureVmResult,
+    PowerOnInput,
+    PowerOnResult,
+    WaitForIpInput,
+    WaitForIpResult,
+)
+from pki.node_tokens import NodeTokenSigner
+from vsphere import inventory, vms
+from vsphere.errors import PermanentError, as_activity_errors
+from vsphere.session import VCenterSession
+from vsphere.waits import wait_for_task
+
+log = structlog.get_logger(__name__)
+
+
+def _heartbeat(*details: Any) -> None:
+    activity.heartbeat(*details)
+
+
+class VSphereActivities:
+    """Owns the worker's vCenter session and its cap on concurrent vCenter tasks."""
+
+    def __init__(
+        self,
+        session: VCenterSession,
+        signer: NodeTokenSigner,
+        node_api_url: str,
+        node_token_ttl: timedelta,
+        max_concurrent_tasks: int,
+    ) -> None:
+        self._session = session
+        self._signer = signer
+        self._node_api_url = node_api_url
+        self._node_token_ttl = node_token_ttl
+        self._task_slots = threading.BoundedSemaphore(max_concurrent_tasks)
+        self.clones_started = 0
+
+    def _run_task(self, si: Any, start: Any, timeout: float, name: str) -> Any:
+        """Start a vCenter task under the concurrency cap and wait for it."""
+        with self._task_slots:
+            task = start()
+            _heartbeat({"task": task._moId})
+            return wait_for_task(si, task, timeout=timeout, on_wake=_heartbeat)
+
+    @activity.defn(name="ensure_vm")
+    def ensure_vm(self, input: EnsureVmInput) -> EnsureVmResult:
+        """Find the node's VM by its instance UUID, or clone it from the template."""
+        node = input.identity
+        logger = log.bind(cluster=node.cluster, node=node.name, instance_uuid=node.instance_uuid)
+        timeout = activity.info().start_to_close_timeout or timedelta(minutes=15)
+
+        def run(si: Any) -> EnsureVmResult:
+            placement = inventory.resolve(si, input.placement)
+            existing = vms.find_by_instance_uuid(si, placement.datacenter, node.instance_uuid)
+            if existing is None:
+                existing = self._resume_clone(si, activity.info().heartbeat_details)
+            if existing is not None:
+                logger.info("vm.found", vm=existing._moId)
+                return EnsureVmResult(vm_ref=existing._moId, created=False)
+            same_name = vms.find_in_folder(si, placement.folder, node.name)
+            if same_name is not None:
+                raise PermanentError(
+                    f"a VM named {node.name!r} already exists in folder {input.placement.folder!r} "
+                    "and is not this node (its instance UUID differs); remove or rename it"
+                )
+            token = self._signer.sign(node, self._node_token_ttl)
+            userdata = cloudinit.render(
+                node, input.bootstrap, node_api_url=self._node_api_url, node_token=token
+            )
+            self.clones_started += 1
+            logger.info("vm.cloning", template=input.placement.template, folder=input.placement.folder)
+            vm = self._run_task(
+                si,
+                lambda: vms.start_clone(
+                    si,
+                    placement,
+                    name=node.name,
+                    instance_uuid=node.instance_uuid,
+                    cpus=input.cpus,
+                    memory_mb=input.memory_mb,
+                    extra_config=guestinfo.extra_config(node, userdata),
+                ),
+                timeout.total_seconds(),
+                node.name,
+            )
+            logger.info("vm.cloned", vm=vm._moId)
+            return EnsureVmResult(vm_ref=vm._moId, created=True)
+
+        with as_activity_errors(f"ensure VM {node.name}"):
+            return self._session.run(run)
+
+    @staticmethod
+    def _resume_clone(si: Any, details: Any) -> Any | None:
+        """If an earlier attempt recorded a clone task, wait for it instead of cloning again."""
+        if not details or not isinstance(details[0], dict) or "task" not in details[0]:
+            return None
+        task = vim.Task(details[0]["task"], si._stub)
+        try:
+            return wait_for_task(si, task, timeout=600, on_wake=_heartbeat)
+        except Exception as exc:
+            log.info("vm.earlier_clone_failed", task=details[0]["task"], error=str(exc))
+            return None
+
+    @activity.defn(name="configure_vm")
+    def configure_vm(self, input: ConfigureVmInput) -> None:
+        """Make CPUs and memory match the pool (before power-on)."""
+
+        def run(si: Any) -> None:
+            vm = vms.vm_by_ref(si, input.vm_ref)
+            current = vms.facts(si, vm)
+            if current.cpus == input.cpus and current.memory_mb == input.memory_mb:
+                return
+            if current.powered_on:
+                raise PermanentError(
+                    f"VM {input.name} is powered on with {current.cpus} CPUs/{current.memory_mb} MiB; "
+                    f"power it off to apply {input.cpus} CPUs/{input.memory_mb} MiB"
+                )
+            timeout = (activity.info().start_to_close_timeout or timedelta(minutes=5)).total_seconds()
+            self._run_task(
+                si,
+                lambda: vms.start_reconfigure(vm, cpus=input.cpus, memory_mb=input.memory_mb),
+                timeout,
+                input.name,
+            )
+            log.info("vm.configured", node=input.name, vm=input.vm_ref, cpus=input.cpus, memory_mb=input.memory_mb)
+
+        with as_activity_errors(f"configure VM {input.name}"):
+            self._session.run(run)
+
+    @activity.defn(name="power_on_vm")
+    def power_on_vm(self, input: PowerOnInput) -> PowerOnResult:
+        def run(si: Any) -> PowerOnResult:
+            vm = vms.vm_by_ref(si, input.vm_ref)
+            if vms.facts(si, vm).powered_on:
+                return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=True)
+            timeout = (activity.info().start_to_close_timeout or timedelta(minutes=5)).total_seconds()
+            self._run_task(si, vm.PowerOnVM_Task, timeout, input.name)
+            log.info("vm.powered_on", node=input.name, vm=input.vm_ref)
+            return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=False)
+
+        with as_activity_errors(f"power on VM {input.name}"):
+            return self._session.run(run)
+
+    @activity.defn(name="wait_for_vm_ip")
+    def wait_for_vm_ip(self, input: WaitForIpInput) -> WaitForIpResult:
+        """Wait for VMware Tools to report a usable IPv4 address."""
+
+        def run(si: Any) -> WaitForIpResult:
+            vm = vms.vm_by_ref(si, input.vm_ref)
+            ip = vms.wait_for_ip(si, vm, timeout=input.timeout_seconds, on_wake=_heartbeat)
+            log.info("vm.ip_reported", node=input.name, vm=input.vm_ref, ip=ip)
+            return WaitForIpResult(ip=ip)
+
+        with as_activity_errors(f"wait for the IP of VM {input.name}"):
+            try:
+                return self._session.run(run)
+            except TimeoutError as exc:
+                raise ApplicationError(
+                    f"VMware Tools reported no IP address for {input.name} within "
+                    f"{input.timeout_seconds}s: check that the template runs open-vm-tools "
+                    "and that the network hands out addresses",
+                    type="IpTimeout",
+                    non_retryable=True,
+                ) from exc

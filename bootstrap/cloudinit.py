@@ -1,0 +1,94 @@
+"""A node's cloud-config: host name, the ``pke`` user, the node API URL and the
+node's own token, and the bootstrap script that runs ``pke install``.
+
+The token is the only credential a node gets here; vCenter credentials and
+cluster keys never enter a cloud-config (masters fetch the CAs from the node API).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import yaml
+
+from bootstrap import pke
+from models.messages import NodeBootstrapSettings
+from models.state import NodeIdentity
+
+CONFIG_DIR = "/etc/pke-vsphere"
+ENV_FILE = f"{CONFIG_DIR}/node.env"
+TOKEN_FILE = f"{CONFIG_DIR}/token"
+SCRIPT_FILE = f"{CONFIG_DIR}/bootstrap.sh"
+BOOTSTRAP_USER = "pke"
+
+
+def bootstrap_script(identity: NodeIdentity, settings: NodeBootstrapSettings) -> str:
+    template = resources.files("bootstrap").joinpath("script.sh").read_text()
+    return template.replace("__PKE_INSTALL_ARGS__", " ".join(pke.install_args(identity, settings)))
+
+
+def node_env(identity: NodeIdentity, settings: NodeBootstrapSettings, node_api_url: str) -> str:
+    values = {
+        "PKE_VSPHERE_NODE_API": node_api_url.rstrip("/"),
+        "PKE_VSPHERE_CLUSTER": identity.cluster,
+        "PKE_VSPHERE_NODE": identity.name,
+        "PKE_VSPHERE_POOL": identity.pool,
+        "PKE_VSPHERE_KIND": identity.kind.value,
+    }
+    if settings.api_endpoint:
+        values["PKE_VSPHERE_API_ENDPOINT"] = settings.api_endpoint
+    return "".join(f"{k}={v}\n" for k, v in values.items())
+
+
+def render(
+    identity: NodeIdentity,
+    settings: NodeBootstrapSettings,
+    *,
+    node_api_url: str,
+    node_token: str,
+) -> str:
+    """The ``#cloud-config`` document for one node."""
+    config = {
+        "hostname": identity.name,
+        "fqdn": identity.name,
+        "prefer_fqdn_over_hostname": False,
+        "manage_etc_hosts": True,
+        "users": [
+            {
+                "name": BOOTSTRAP_USER,
+                "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "shell": "/bin/bash",
+                "lock_passwd": True,
+                "ssh_authorized_keys": list(settings.ssh_authorized_keys),
+            }
+        ],
+        "write_files": [
+            {"path": ENV_FILE, "permissions": "0644", "owner": "root:root",
+             "content": node_env(identity, settings, node_api_url)},
+            {"path": TOKEN_FILE, "permissions": "0600", "owner": "root:root",
+             "content": node_token},
+            {"path": SCRIPT_FILE, "permissions": "0755", "owner": "root:root",
+             "content": bootstrap_script(identity, settings)},
+        ],
+        "runcmd": [[SCRIPT_FILE]],
+    }
+    return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=1000)
+
+
+def parse(document: str) -> dict[str, object]:
+    """Parse a cloud-config back (tests and the simulated nodes use this)."""
+    if not document.startswith("#cloud-config\n"):
+        raise ValueError("not a cloud-config document")
+    parsed = yaml.safe_load(document)
+    if not isinstance(parsed, dict):
+        raise ValueError("cloud-config is not a mapping")
+    return parsed
+
+
+def written_file(config: dict[str, object], path: str) -> str:
+    files = config.get("write_files")
+    if isinstance(files, list):
+        for entry in files:
+            if isinstance(entry, dict) and entry.get("path") == path:
+                return str(entry["content"])
+    raise KeyError(path)

@@ -1,0 +1,49 @@
+"""The ``pke install`` command line for each bootstrap role.
+
+Values a node only learns at boot (its address, the join token and the CA hash)
+are shell variables that the bootstrap script fills in: ``$ADVERTISE_ADDRESS``,
+``$JOIN_TOKEN``, ``$CA_CERT_HASH`` and ``$API_ENDPOINT``.
+"""
+
+from __future__ import annotations
+
+from models.messages import NodeBootstrapSettings
+from models.state import NodeIdentity, NodeKind
+
+CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane:NoSchedule"
+POOL_LABEL = "node.pke-vsphere.io/pool"
+
+
+def install_args(identity: NodeIdentity, settings: NodeBootstrapSettings) -> list[str]:
+    """Arguments of ``pke install`` for this node, shell-quoted where needed."""
+    common = [
+        f"--kubernetes-version={settings.kubernetes_version}",
+        f"--kubernetes-node-labels={POOL_LABEL}={identity.pool}",
+        "--kubernetes-cloud-provider=vsphere",
+    ]
+    if identity.kind is NodeKind.WORKER:
+        return [
+            "worker",
+            *common,
+            '--kubernetes-api-server="$API_ENDPOINT"',
+            '--kubernetes-node-token="$JOIN_TOKEN"',
+            '--kubernetes-api-server-ca-cert-hash="$CA_CERT_HASH"',
+        ]
+    master = [
+        "master",
+        *common,
+        f"--kubernetes-cluster-name={identity.cluster}",
+        f"--kubernetes-master-mode={settings.master_mode}",
+        '--kubernetes-advertise-address="$ADVERTISE_ADDRESS"',
+        '--kubernetes-api-server="$API_ENDPOINT"',
+        f"--kubernetes-pod-network-cidr={settings.pod_cidr}",
+        f"--kubernetes-service-cidr={settings.service_cidr}",
+        f"--kubernetes-node-taints={CONTROL_PLANE_TAINT}",
+    ]
+    if identity.kind is NodeKind.MASTER:
+        master += [
+            "--kubernetes-join-control-plane",
+            '--kubernetes-node-token="$JOIN_TOKEN"',
+            '--kubernetes-api-server-ca-cert-hash="$CA_CERT_HASH"',
+        ]
+    return master

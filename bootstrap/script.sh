@@ -1,0 +1,58 @@
+#!/bin/bash
+# pke-vsphere node bootstrap: rendered into every node's cloud-config.
+# Talks to the pke-vsphere node API with this node's token, then runs `pke install`.
+set -euo pipefail
+. /etc/pke-vsphere/node.env
+TOKEN="$(cat /etc/pke-vsphere/token)"
+
+api() { # METHOD PATH [JSON]
+  curl --fail-with-body --silent --show-error --max-time 30 \
+    ${PKE_VSPHERE_NODE_API_CA:+--cacert "$PKE_VSPHERE_NODE_API_CA"} \
+    -X "$1" -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
+    ${3:+--data "$3"} "$PKE_VSPHERE_NODE_API$2"
+}
+report_failure() {
+  msg=$(printf 'bootstrap failed at line %s (exit %s)' "$1" "$2")
+  api POST /v1/nodes/self/report "{\"kind\":\"failed\",\"message\":\"$msg\"}" || true
+}
+trap 'report_failure $LINENO $?' ERR
+json() { # KEY.PATH: print one value of the JSON document on stdin
+  python3 -c 'import functools,json,sys; print(functools.reduce(lambda d, k: d[k], sys.argv[1].split("."), json.load(sys.stdin)))' "$1"
+}
+
+ADVERTISE_ADDRESS="$(ip -4 route get 1.1.1.1 | awk '{for(i=1;i<=NF;i++) if ($i=="src") print $(i+1)}')"
+API_ENDPOINT="${PKE_VSPHERE_API_ENDPOINT:-$ADVERTISE_ADDRESS:6443}"
+
+if [ "$PKE_VSPHERE_KIND" != worker ]; then
+  material="$(api GET /v1/nodes/self/bootstrap)"
+  install -d -m 0700 /etc/kubernetes/pki /etc/kubernetes/pki/etcd
+  umask 077
+  echo "$material" | json pki.kubernetes_ca.cert_pem > /etc/kubernetes/pki/ca.crt
+  echo "$material" | json pki.kubernetes_ca.key_pem > /etc/kubernetes/pki/ca.key
+  echo "$material" | json pki.etcd_ca.cert_pem > /etc/kubernetes/pki/etcd/ca.crt
+  echo "$material" | json pki.etcd_ca.key_pem > /etc/kubernetes/pki/etcd/ca.key
+  echo "$material" | json pki.front_proxy_ca.cert_pem > /etc/kubernetes/pki/front-proxy-ca.crt
+  echo "$material" | json pki.front_proxy_ca.key_pem > /etc/kubernetes/pki/front-proxy-ca.key
+  echo "$material" | json pki.service_account_key_pem > /etc/kubernetes/pki/sa.key
+  echo "$material" | json pki.service_account_public_pem > /etc/kubernetes/pki/sa.pub
+  keepalived_conf="$(echo "$material" | json keepalived_conf)"
+  if [ "$keepalived_conf" != None ]; then
+    echo "$keepalived_conf" > /etc/keepalived/keepalived.conf
+    systemctl enable --now keepalived
+  fi
+fi
+
+if [ "$PKE_VSPHERE_KIND" != leader ]; then
+  until join="$(api GET /v1/nodes/self/join)"; do sleep $((5 + RANDOM % 10)); done
+  JOIN_TOKEN="$(echo "$join" | json token)"
+  CA_CERT_HASH="$(echo "$join" | json ca_cert_hash)"
+  API_ENDPOINT="$(echo "$join" | json api_endpoint)"
+fi
+
+pke install __PKE_INSTALL_ARGS__
+
+if [ "$PKE_VSPHERE_KIND" = leader ]; then
+  api POST /v1/nodes/self/report '{"kind":"ready"}'
+else
+  api POST /v1/nodes/self/report '{"kind":"joined"}'
+fi

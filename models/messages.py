@@ -1,0 +1,177 @@
+"""Inputs and outputs of workflows, activities, signals and updates."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from models.pki import BootstrapToken, ClusterPKI
+from models.spec import ClusterSpec, Timeouts, VSpherePlacement
+from models.state import ClusterPhase, NodeIdentity, NodeState
+
+
+# --- cluster workflow -------------------------------------------------------
+class ClusterState(BaseModel):
+    """What the cluster workflow carries across continue-as-new."""
+
+    cluster_uid: str
+    phase: ClusterPhase
+    pki: ClusterPKI
+    nodes: list[NodeState]
+    join_token: BootstrapToken | None = None
+    created_at: datetime
+    ready_at: datetime | None = None
+    error: str | None = None
+
+
+class ClusterWorkflowInput(BaseModel):
+    """Input of ``ClusterWorkflow``. Start a cluster with only ``spec`` set."""
+
+    spec: ClusterSpec
+    state: ClusterState | None = Field(
+        default=None, description="Set by the workflow itself when it continues as new."
+    )
+
+
+class ClusterResult(BaseModel):
+    name: str
+    phase: ClusterPhase
+    error: str | None = None
+
+
+# --- node workflow ----------------------------------------------------------
+class NodeBootstrapSettings(BaseModel):
+    """What a node's cloud-init needs to know about its cluster (no secrets)."""
+
+    kubernetes_version: str
+    api_endpoint: str | None
+    """host:port followers and workers join; None for the leader of a 1-master cluster."""
+    master_mode: str
+    """PKE ``--kubernetes-master-mode``: 'default' (1 master) or 'ha'."""
+    pod_cidr: str
+    service_cidr: str
+    ssh_authorized_keys: list[str] = Field(default_factory=list)
+
+
+class NodeWorkflowInput(BaseModel):
+    identity: NodeIdentity
+    placement: VSpherePlacement
+    cpus: int
+    memory_mb: int
+    bootstrap: NodeBootstrapSettings
+    timeouts: Timeouts
+
+
+class NodeResult(BaseModel):
+    name: str
+    vm_ref: str
+    ip: str
+
+
+class NodeReportKind(StrEnum):
+    READY = "ready"
+    JOINED = "joined"
+    FAILED = "failed"
+
+
+class NodeReport(BaseModel):
+    """Signal ``report`` on a node's workflow, sent by the node API for the node."""
+
+    kind: NodeReportKind
+    message: str | None = Field(default=None, max_length=2000)
+
+
+# --- node API <-> cluster workflow --------------------------------------------
+class JoinRequest(BaseModel):
+    """Update ``request_join``: a follower or worker asks how to join."""
+
+    node: str
+
+
+class JoinInfo(BaseModel):
+    token: str
+    """kubeadm bootstrap token; the payload codec keeps it out of plain history."""
+    expires_at: datetime
+    ca_cert_hash: str
+    api_endpoint: str
+
+
+class BootstrapMaterialRequest(BaseModel):
+    """Query ``bootstrap_material``: a master asks for the cluster's CAs."""
+
+    node: str
+
+
+class BootstrapMaterial(BaseModel):
+    pki: ClusterPKI
+    api_endpoint: str | None
+    vip: str | None
+    vrrp_router_id: int
+    vrrp_interface: str
+    vrrp_priority: int
+    kind: str
+
+
+class NodeLookup(BaseModel):
+    """Query ``node``: the node API checks that a token's node still belongs to the cluster."""
+
+    node: str
+
+
+class NodeLookupResult(BaseModel):
+    cluster_uid: str
+    node: NodeState | None
+
+
+# --- activities ---------------------------------------------------------------
+class GeneratePkiInput(BaseModel):
+    cluster: str
+    cluster_uid: str
+
+
+class MintTokenInput(BaseModel):
+    cluster: str
+    ttl_seconds: int = 3600
+
+
+class EnsureVmInput(BaseModel):
+    identity: NodeIdentity
+    placement: VSpherePlacement
+    cpus: int
+    memory_mb: int
+    bootstrap: NodeBootstrapSettings
+
+
+class EnsureVmResult(BaseModel):
+    vm_ref: str
+    created: bool
+    """False when the VM already existed (a retry after a crash, or a resumed run)."""
+
+
+class ConfigureVmInput(BaseModel):
+    vm_ref: str
+    name: str
+    cpus: int
+    memory_mb: int
+
+
+class PowerOnInput(BaseModel):
+    vm_ref: str
+    name: str
+
+
+class PowerOnResult(BaseModel):
+    powered_on_at: datetime
+    already_on: bool
+
+
+class WaitForIpInput(BaseModel):
+    vm_ref: str
+    name: str
+    timeout_seconds: int
+
+
+class WaitForIpResult(BaseModel):
+    ip: str

@@ -1,0 +1,222 @@
+"""The cluster spec: what a user asks for, validated before anything is created.
+
+Every field is documented here; ``examples/demo-cluster.yaml`` shows a full
+spec and the README lists the rules. Validation errors name the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# RFC 1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric.
+_RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_K8S_VERSION = re.compile(r"^1\.(2[6-9]|3[0-9])\.[0-9]{1,2}$")
+
+# Node names are "<cluster>-<pool>-NN" and must stay a valid host name label (63).
+MAX_CLUSTER_NAME = 30
+MAX_POOL_NAME = 20
+MASTER_COUNTS = (1, 3, 5)
+MAX_POOL_SIZE = 99
+
+
+def _rfc1123_label(value: str, what: str, max_len: int) -> str:
+    if len(value) > max_len:
+        raise ValueError(f"{what} {value!r} is longer than {max_len} characters")
+    if not _RFC1123_LABEL.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not an RFC 1123 label "
+            "(lower-case letters, digits and '-', starting and ending with a letter or digit)"
+        )
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeRole(StrEnum):
+    """What a pool's nodes run."""
+
+    MASTER = "master"
+    """Control plane: etcd and the Kubernetes API server."""
+    WORKER = "worker"
+    """Workloads."""
+
+
+class VSpherePlacement(_Strict):
+    """Where the cluster's VMs go in vCenter. Names are inventory paths relative
+    to the datacenter's folders (``host/``, ``vm/``, ``datastore/``, ``network/``)."""
+
+    datacenter: str = Field(min_length=1, description="Datacenter name, e.g. 'DC0'.")
+    template: str = Field(
+        min_length=1,
+        description="VM template to clone, path under the datacenter's VM folder.",
+    )
+    folder: str = Field(
+        min_length=1, description="VM folder for the cluster's VMs, path under the VM folder."
+    )
+    compute_cluster: str | None = Field(
+        default=None, description="Compute cluster; VMs go into its root resource pool."
+    )
+    resource_pool: str | None = Field(
+        default=None,
+        description="Resource pool path under the host folder, e.g. 'C0/Resources/pke'.",
+    )
+    datastore: str | None = Field(default=None, description="Datastore for the VMs' disks.")
+    datastore_cluster: str | None = Field(
+        default=None,
+        description="Datastore cluster (storage pod); Storage DRS recommends the datastore.",
+    )
+    network: str | None = Field(
+        default=None,
+        description="Port group for the first NIC; omitted: keep the template's network.",
+    )
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> Self:
+        if (self.compute_cluster is None) == (self.resource_pool is None):
+            raise ValueError("set exactly one of vsphere.compute_cluster or vsphere.resource_pool")
+        if (self.datastore is None) == (self.datastore_cluster is None):
+            raise ValueError("set exactly one of vsphere.datastore or vsphere.datastore_cluster")
+        return self
+
+
+class NodePoolSpec(_Strict):
+    """A group of identical nodes."""
+
+    name: str = Field(description="Pool name, an RFC 1123 label; part of every node name.")
+    role: NodeRole = Field(description="'master' (exactly one pool) or 'worker'.")
+    count: int = Field(ge=0, le=MAX_POOL_SIZE, description="Desired number of nodes.")
+    cpus: int = Field(default=2, ge=1, le=128, description="Virtual CPUs per node.")
+    memory_mb: int = Field(
+        default=4096, ge=2048, le=1048576, description="Memory per node in MiB (2048..1048576)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _rfc1123_label(value, "pool name", MAX_POOL_NAME)
+
+    @field_validator("memory_mb")
+    @classmethod
+    def _memory_multiple(cls, value: int) -> int:
+        if value % 4:
+            raise ValueError("memory_mb must be a multiple of 4 (vSphere requirement)")
+        return value
+
+
+class ControlPlane(_Strict):
+    """How followers, workers and users reach the Kubernetes API."""
+
+    vip: ipaddress.IPv4Address | None = Field(
+        default=None,
+        description="Virtual IP the masters share through keepalived; required with >1 master.",
+    )
+    interface: str = Field(
+        default="ens192", pattern=r"^[a-zA-Z0-9_.:-]{1,15}$", description="NIC keepalived uses."
+    )
+    port: int = Field(default=6443, ge=1, le=65535, description="API server port.")
+
+
+class KubernetesNetwork(_Strict):
+    """Cluster-internal address ranges."""
+
+    pod_cidr: ipaddress.IPv4Network = Field(default=ipaddress.IPv4Network("10.20.0.0/16"))
+    service_cidr: ipaddress.IPv4Network = Field(default=ipaddress.IPv4Network("10.10.0.0/16"))
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> Self:
+        if self.pod_cidr.overlaps(self.service_cidr):
+            raise ValueError("network.pod_cidr and network.service_cidr overlap")
+        return self
+
+
+Seconds = Annotated[int, Field(ge=5, le=24 * 3600)]
+
+
+class Timeouts(_Strict):
+    """Deadlines for each step of a node, in seconds."""
+
+    clone: Seconds = Field(default=900, description="Find-or-clone the VM.")
+    configure: Seconds = Field(default=300, description="Set CPUs, memory, network.")
+    power_on: Seconds = Field(default=300, description="Power the VM on.")
+    ip: Seconds = Field(default=600, description="VMware Tools reports an IP.")
+    leader_ready: Seconds = Field(default=1200, description="Leader reports Kubernetes is up.")
+    join: Seconds = Field(default=1200, description="A follower or worker reports it joined.")
+
+    def as_timedelta(self, step: str) -> timedelta:
+        return timedelta(seconds=getattr(self, step))
+
+
+class ClusterSpec(_Strict):
+    """A PKE cluster on vSphere."""
+
+    name: str = Field(description="Cluster name, an RFC 1123 label of at most 30 characters.")
+    kubernetes_version: str = Field(default="1.30.4", description="Kubernetes 1.26 to 1.39.")
+    vsphere: VSpherePlacement
+    control_plane: ControlPlane = Field(default_factory=ControlPlane)
+    network: KubernetesNetwork = Field(default_factory=KubernetesNetwork)
+    pools: list[NodePoolSpec] = Field(min_length=1, description="Exactly one master pool.")
+    ssh_authorized_keys: list[str] = Field(
+        default_factory=list, description="Public keys for the 'pke' user on every node."
+    )
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _rfc1123_label(value, "cluster name", MAX_CLUSTER_NAME)
+
+    @field_validator("kubernetes_version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not _K8S_VERSION.match(value):
+            raise ValueError(f"kubernetes_version {value!r} is not a supported 1.26-1.39 release")
+        return value
+
+    @field_validator("ssh_authorized_keys")
+    @classmethod
+    def _keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$", key):
+                raise ValueError(f"ssh_authorized_keys: {key[:20]!r}... is not an OpenSSH public key")
+        return keys
+
+    @model_validator(mode="after")
+    def _pools(self) -> Self:
+        names = [p.name for p in self.pools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"pools: names must be unique, repeated: {', '.join(duplicates)}")
+        masters = [p for p in self.pools if p.role is NodeRole.MASTER]
+        if len(masters) != 1:
+            raise ValueError(f"pools: need exactly one master pool, found {len(masters)}")
+        if masters[0].count not in MASTER_COUNTS:
+            raise ValueError(
+                f"pools.{masters[0].name}.count: a master pool has 1, 3 or 5 nodes "
+                f"(etcd needs an odd quorum), not {masters[0].count}"
+            )
+        if masters[0].count > 1 and self.control_plane.vip is None:
+            raise ValueError("control_plane.vip is required when the master pool has more than 1 node")
+        vip = self.control_plane.vip
+        if vip is not None:
+            for label, net in (("pod_cidr", self.network.pod_cidr), ("service_cidr", self.network.service_cidr)):
+                if vip in net:
+                    raise ValueError(f"control_plane.vip {vip} lies inside network.{label} {net}")
+        return self
+
+    @property
+    def master_pool(self) -> NodePoolSpec:
+        return next(p for p in self.pools if p.role is NodeRole.MASTER)
+
+    def pool(self, name: str) -> NodePoolSpec:
+        for pool in self.pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)

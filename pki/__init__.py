@@ -1,0 +1,2 @@
+"""Key material: the cluster's certificate authorities, node tokens and
+kubeadm bootstrap tokens. Pure functions; callers decide where keys live."""

@@ -1,0 +1,37 @@
+"""Connect to Temporal with the settings and the project's data converter."""
+
+from __future__ import annotations
+
+from temporalio.client import Client, TLSConfig
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
+
+from settings import TemporalSettings
+
+DATA_CONVERTER: DataConverter = pydantic_data_converter
+
+
+async def connect(settings: TemporalSettings) -> Client:
+    tls: TLSConfig | bool = False
+    if settings.temporal_tls_ca_file or settings.temporal_tls_cert_file:
+        tls = TLSConfig(
+            server_root_ca_cert=settings.temporal_tls_ca_file.read_bytes()
+            if settings.temporal_tls_ca_file
+            else None,
+            client_cert=settings.temporal_tls_cert_file.read_bytes()
+            if settings.temporal_tls_cert_file
+            else None,
+            client_private_key=settings.temporal_tls_key_file.read_bytes()
+            if settings.temporal_tls_key_file
+            else None,
+        )
+    api_key = (
+        settings.temporal_api_key_file.read_text().strip() if settings.temporal_api_key_file else None
+    )
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        tls=tls or bool(api_key),
+        api_key=api_key,
+        data_converter=DATA_CONVERTER,
+    )

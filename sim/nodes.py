@@ -1,0 +1,224 @@
+"""Simulated booting nodes.
+
+A stand-in for real VMs running cloud-init and PKE, because no VM boots here.
+It watches the simulator for powered-on VMs carrying pke-vsphere's markers,
+decodes each VM's real ``guestinfo.userdata``, waits a boot delay, reports an
+address the way VMware Tools would (``SET.guest.ipAddress``, a distinct
+127.x.y.z per VM), then follows the bootstrap protocol of the rendered
+script using only what the cloud-config gave it (node API URL and token):
+masters fetch their material, the leader reports ready, the others fetch
+join information until the leader is ready and then report joined.
+
+It never reaches into Temporal or the orchestrator's memory. Per-node
+behaviours let tests make a node silent, fail, or never get an address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import httpx
+import structlog
+from pyVmomi import vim
+
+from bootstrap import cloudinit, guestinfo
+from pki.bootstrap_tokens import TOKEN_PATTERN
+from vsphere import properties
+
+log = structlog.get_logger(__name__)
+
+
+class Behaviour(StrEnum):
+    NORMAL = "normal"
+    SILENT = "silent"
+    """Gets an address, never reports."""
+    NO_IP = "no-ip"
+    """VMware Tools never reports an address."""
+    FAIL = "fail"
+    """Reports a bootstrap failure."""
+
+
+@dataclass
+class BootedNode:
+    name: str
+    vm_ref: str
+    kind: str
+    ip: str
+    install_command: str
+    events: list[tuple[float, str]] = field(default_factory=list)
+
+
+class SimulatedNodes:
+    """Boots every powered-on VM of pke-vsphere that appears in the simulator."""
+
+    def __init__(
+        self,
+        connect: Any,
+        *,
+        boot_seconds: float = 0.5,
+        join_poll_seconds: float = 0.5,
+        behaviours: dict[str, Behaviour] | None = None,
+        scan_seconds: float = 0.3,
+        ip_prefix: str = "127.77",
+    ) -> None:
+        self._connect = connect
+        self._si: Any = None
+        self.boot_seconds = boot_seconds
+        self.join_poll_seconds = join_poll_seconds
+        self.behaviours = behaviours or {}
+        self.scan_seconds = scan_seconds
+        self._ip_prefix = ip_prefix
+        self._ips: dict[str, str] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.nodes: dict[str, BootedNode] = {}
+        self.errors: list[str] = []
+
+    def behaviour(self, name: str) -> Behaviour:
+        for pattern, behaviour in self.behaviours.items():
+            if fnmatch.fnmatch(name, pattern):
+                return behaviour
+        return Behaviour.NORMAL
+
+    def _ip_for(self, instance_uuid: str) -> str:
+        if instance_uuid not in self._ips:
+            n = len(self._ips) + 10
+            self._ips[instance_uuid] = f"{self._ip_prefix}.{n // 250}.{n % 250 + 2}"
+        return self._ips[instance_uuid]
+
+    def _scan(self) -> list[tuple[Any, dict[str, str], str]]:
+        if self._si is None:
+            self._si = self._connect()
+        found = []
+        for vm, props in properties.find_all(
+            self._si, vim.VirtualMachine, ["runtime.powerState", "config.extraConfig", "config.instanceUuid"]
+        ):
+            if props.get("runtime.powerState") != vim.VirtualMachine.PowerState.poweredOn:
+                continue
+            extra = properties.extra_config(props.get("config.extraConfig"))
+            if extra.get(guestinfo.MARKER_MANAGED_BY) == guestinfo.MANAGED_BY:
+                found.append((vm, extra, props.get("config.instanceUuid", vm._moId)))
+        return found
+
+    async def run(self) -> None:
+        """Scan until cancelled; boot each VM once per power-on."""
+        try:
+            while True:
+                try:
+                    vms = await asyncio.to_thread(self._scan)
+                except Exception as exc:  # the simulator may restart in fault tests
+                    log.warning("simnodes.scan_failed", error=str(exc))
+                    self._si = None
+                    vms = []
+                on = set()
+                for vm, extra, uuid in vms:
+                    on.add(uuid)
+                    if uuid not in self._tasks:
+                        self._tasks[uuid] = asyncio.create_task(self._boot(vm, extra, uuid))
+                for uuid in list(self._tasks):
+                    if uuid not in on and self._tasks[uuid].done():
+                        del self._tasks[uuid]  # powered off: boots again when powered on
+                await asyncio.sleep(self.scan_seconds)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+
+    async def _boot(self, vm: Any, extra: dict[str, str], uuid: str) -> None:
+        name = extra.get(guestinfo.MARKER_NODE, vm._moId)
+        try:
+            await self._boot_node(vm, extra, uuid, name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.errors.append(f"{name}: {exc}")
+            log.warning("simnodes.boot_failed", node=name, error=str(exc))
+
+    async def _boot_node(self, vm: Any, extra: dict[str, str], uuid: str, name: str) -> None:
+        behaviour = self.behaviour(name)
+        userdata = guestinfo.decode(
+            extra[guestinfo.USERDATA], extra.get(f"{guestinfo.USERDATA}.encoding", "")
+        )
+        config = cloudinit.parse(userdata)
+        env = dict(
+            line.split("=", 1)
+            for line in cloudinit.written_file(config, cloudinit.ENV_FILE).splitlines()
+            if "=" in line
+        )
+        token = cloudinit.written_file(config, cloudinit.TOKEN_FILE).strip()
+        script = cloudinit.written_file(config, cloudinit.SCRIPT_FILE)
+        install = next(line for line in script.splitlines() if line.startswith("pke install "))
+        kind = env["PKE_VSPHERE_KIND"]
+        ip = self._ip_for(uuid)
+        node = BootedNode(name=name, vm_ref=vm._moId, kind=kind, ip=ip, install_command=install)
+        self.nodes[name] = node
+        node.events.append((time.time(), "powered-on"))
+
+        await asyncio.sleep(self.boot_seconds)
+        if behaviour is Behaviour.NO_IP:
+            node.events.append((time.time(), "no-ip"))
+            return
+        await asyncio.to_thread(self._report_ip, vm, ip, name)
+        node.events.append((time.time(), "ip-reported"))
+        if behaviour is Behaviour.SILENT:
+            return
+
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=env["PKE_VSPHERE_NODE_API"], headers=headers, timeout=30) as api:
+            if behaviour is Behaviour.FAIL:
+                await self._post(api, {"kind": "failed", "message": "simulated: pke install exited 1"})
+                node.events.append((time.time(), "reported-failed"))
+                return
+            if kind != "worker":
+                response = await api.get("/v1/nodes/self/bootstrap")
+                response.raise_for_status()
+                if "BEGIN CERTIFICATE" not in response.json()["pki"]["kubernetes_ca"]["cert_pem"]:
+                    raise RuntimeError("bootstrap material has no Kubernetes CA")
+                node.events.append((time.time(), "material-fetched"))
+            if kind == "leader":
+                await self._post(api, {"kind": "ready"})
+                node.events.append((time.time(), "reported-ready"))
+                return
+            join = await self._wait_for_join(api)
+            if not TOKEN_PATTERN.match(join["token"]) or not join["ca_cert_hash"].startswith("sha256:"):
+                await self._post(api, {"kind": "failed", "message": "malformed join information"})
+                return
+            node.events.append((time.time(), "join-info"))
+            await self._post(api, {"kind": "joined"})
+            node.events.append((time.time(), "reported-joined"))
+
+    async def _wait_for_join(self, api: httpx.AsyncClient) -> dict[str, Any]:
+        while True:
+            response = await api.get("/v1/nodes/self/join")
+            if response.status_code == 200:
+                result: dict[str, Any] = response.json()
+                return result
+            if response.status_code not in (409, 503):
+                response.raise_for_status()
+            await asyncio.sleep(self.join_poll_seconds)
+
+    @staticmethod
+    async def _post(api: httpx.AsyncClient, body: dict[str, str]) -> None:
+        for _ in range(20):
+            response = await api.post("/v1/nodes/self/report", json=body)
+            if response.status_code != 503:
+                break
+            await asyncio.sleep(0.5)
+        if response.status_code not in (202, 409):
+            response.raise_for_status()
+
+    def _report_ip(self, vm: Any, ip: str, name: str) -> None:
+        """What VMware Tools does: publish the guest's address and host name."""
+        if self._si is None:
+            self._si = self._connect()
+        spec = vim.vm.ConfigSpec(
+            extraConfig=[
+                vim.option.OptionValue(key="SET.guest.ipAddress", value=ip),
+                vim.option.OptionValue(key="SET.guest.hostName", value=name),
+            ]
+        )
+        vm = vim.VirtualMachine(vm._moId, self._si._stub)
+        vm.ReconfigVM_Task(spec=spec)

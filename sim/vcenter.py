@@ -1,0 +1,168 @@
+"""Build, start and stock govmomi's vCenter simulator (vcsim).
+
+The simulator is a real vSphere SOAP API on loopback. It is built once from
+Debian's ``golang-github-vmware-govmomi-dev`` source, offline, in GOPATH mode.
+``prepare_inventory`` turns its generated inventory into what a cluster spec
+needs: a template, a VM folder, and a datastore cluster holding two datastores.
+See sim/README.md for where it differs from a real vCenter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from pyVim import connect
+from pyVmomi import vim
+
+from vsphere import properties
+from vsphere.waits import wait_for_task
+
+GO_SOURCE = Path(__file__).parent / "vcsim"
+DEBIAN_GOPATH = "/usr/share/gocode"
+
+# The inventory the demo and tests use (names the simulator generates, plus ours).
+DATACENTER = "DC0"
+COMPUTE_CLUSTER = "DC0_C0"
+RESOURCE_POOL = "DC0_C0/Resources/DC0_C0_RP1"
+DATASTORE = "LocalDS_0"
+DATASTORE_CLUSTER = "DC0_POD0"
+NETWORK = "DC0_DVPG0"
+TEMPLATE = "pke-ubuntu-2204"
+FOLDER = "pke"
+SOURCE_VM = "DC0_C0_RP0_VM0"
+
+
+def binary_path(state_dir: Path) -> Path:
+    digest = hashlib.sha256((GO_SOURCE / "main.go").read_bytes()).hexdigest()[:12]
+    return state_dir / "bin" / f"vcsim-{digest}"
+
+
+def build(state_dir: Path) -> Path:
+    """Build the simulator once per source version; later calls reuse the binary."""
+    binary = binary_path(state_dir)
+    if binary.exists():
+        return binary
+    go = shutil.which("go") or "/usr/lib/go/bin/go"
+    if not Path(go).exists() or not Path(DEBIAN_GOPATH, "src/github.com/vmware/govmomi").exists():
+        raise RuntimeError(
+            "building the vCenter simulator needs Debian's golang-go and "
+            "golang-github-vmware-govmomi-dev packages: run `make deps`"
+        )
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "GO111MODULE": "off",
+        "GOPATH": DEBIAN_GOPATH,
+        "GOPROXY": "off",
+        "GOFLAGS": "",
+        "GOCACHE": str((state_dir / "go-cache").resolve()),
+    }
+    tmp = binary.with_suffix(".tmp")
+    subprocess.run([go, "build", "-o", str(tmp.resolve()), "."], cwd=GO_SOURCE, env=env, check=True)
+    tmp.rename(binary)
+    return binary
+
+
+@dataclass
+class Simulator:
+    """A running simulator process."""
+
+    process: subprocess.Popen[str]
+    url: str
+    username: str
+    password: str
+    log: IO[str] | None = field(default=None, repr=False)
+
+    def connect(self) -> Any:
+        parts = urlsplit(self.url)
+        return connect.SmartConnect(
+            protocol=parts.scheme,
+            host=parts.hostname,
+            port=parts.port,
+            user=self.username,
+            pwd=self.password,
+            disableSslCertValidation=True,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(
+    state_dir: Path,
+    *,
+    username: str = "pke-orchestrator@vsphere.local",
+    password: str = "sim-password",  # noqa: S107 - the simulator's own login, not a real secret
+    listen: str = "127.0.0.1:0",
+    method_delay: dict[str, int] | None = None,
+    session_idle_timeout: str | None = None,
+    log_file: Path | None = None,
+    prepare: bool = True,
+) -> Simulator:
+    binary = build(state_dir)
+    args = [str(binary), "-listen", listen, "-username", username, "-password", password]
+    if method_delay:
+        args += ["-method-delay", ",".join(f"{k}={v}" for k, v in method_delay.items())]
+    if session_idle_timeout:
+        args += ["-session-idle-timeout", session_idle_timeout]
+    log = log_file.open("a") if log_file else None
+    process = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
+        args, stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL, text=True
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        process.wait(timeout=5)
+        raise RuntimeError(f"vCenter simulator exited with {process.returncode} before listening")
+    sim = Simulator(process, json.loads(line)["url"], username, password, log)
+    if prepare:
+        prepare_inventory(sim)
+    return sim
+
+
+def prepare_inventory(sim: Simulator) -> None:
+    """Template, VM folder and datastore cluster the example specs name."""
+    si = sim.connect()
+    try:
+        content = si.content
+        index = content.searchIndex
+        dc = index.FindByInventoryPath(DATACENTER)
+        if index.FindByInventoryPath(f"{DATACENTER}/vm/{TEMPLATE}") is None:
+            vm = index.FindByInventoryPath(f"{DATACENTER}/vm/{SOURCE_VM}")
+            state = properties.read(si, vm, ["runtime.powerState"])["runtime.powerState"]
+            if state == vim.VirtualMachine.PowerState.poweredOn:
+                wait_for_task(si, vm.PowerOffVM_Task(), timeout=30)
+            wait_for_task(si, vm.Rename_Task(TEMPLATE), timeout=30)
+            vm.MarkAsTemplate()
+        vm_folder = properties.read(si, dc, ["vmFolder"])["vmFolder"]
+        if index.FindByInventoryPath(f"{DATACENTER}/vm/{FOLDER}") is None:
+            vm_folder.CreateFolder(FOLDER)
+        pod = index.FindByInventoryPath(f"{DATACENTER}/datastore/{DATASTORE_CLUSTER}")
+        members = properties.read(si, pod, ["childEntity"]).get("childEntity", [])
+        if not members:
+            stores = [index.FindByInventoryPath(f"{DATACENTER}/datastore/LocalDS_{i}") for i in (1, 2)]
+            wait_for_task(si, pod.MoveIntoFolder_Task([s for s in stores if s]), timeout=30)
+    finally:
+        connect.Disconnect(si)
+
+
+def wait_until_stopped(process: subprocess.Popen[Any], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)

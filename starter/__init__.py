@@ -1,0 +1,1 @@
+"""The ``pke-vsphere`` command line: start cluster workflows and watch them."""

@@ -1,0 +1,57 @@
+"""Cluster operations on a Temporal client, used by the CLI and the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from models.messages import ClusterResult, ClusterWorkflowInput
+from models.spec import ClusterSpec
+from models.state import ClusterStatus
+from workflows import ids
+from workflows.cluster import STATUS_QUERY, ClusterWorkflow
+
+
+class ClusterExists(Exception):
+    """A cluster of this name is already being created or running."""
+
+
+def load_spec(path: Path) -> ClusterSpec:
+    """Read and validate a YAML or JSON spec; pydantic's errors name the field."""
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data, dict) and "spec" in data and "name" not in data:
+        data = data["spec"]  # a workflow input file ({"spec": ...}) works too
+    return ClusterSpec.model_validate(data)
+
+
+async def create(client: Client, spec: ClusterSpec, task_queue: str) -> WorkflowHandle[ClusterWorkflow, ClusterResult]:
+    try:
+        return await client.start_workflow(
+            ClusterWorkflow.run,
+            ClusterWorkflowInput(spec=spec),
+            id=ids.cluster_workflow_id(spec.name),
+            task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        )
+    except WorkflowAlreadyStartedError:
+        raise ClusterExists(f"cluster {spec.name!r} already exists (workflow {ids.cluster_workflow_id(spec.name)})") from None
+
+
+async def status(client: Client, name: str) -> ClusterStatus:
+    handle = client.get_workflow_handle(ids.cluster_workflow_id(name))
+    return await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+
+
+async def list_clusters(client: Client) -> list[tuple[str, WorkflowExecutionStatus | None]]:
+    clusters = []
+    query = f"WorkflowType = 'ClusterWorkflow' AND WorkflowId STARTS_WITH '{ids.CLUSTER_PREFIX}'"
+    async for wf in client.list_workflows(query):
+        if "/node/" in wf.id:
+            continue
+        clusters.append((wf.id.removeprefix(ids.CLUSTER_PREFIX), wf.status))
+    return clusters

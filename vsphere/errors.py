@@ -1,0 +1,94 @@
+"""vCenter faults, sorted once into permanent (retrying cannot help: a person has
+to fix something) and transient (retry with backoff)."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pyVmomi import vim, vmodl
+from temporalio.exceptions import ApplicationError
+
+
+class VSphereError(Exception):
+    """Base of this package's errors."""
+
+
+class PermanentError(VSphereError):
+    """Retrying cannot help; the message says what to fix."""
+
+
+class TransientError(VSphereError):
+    """A fault that may pass: retry with backoff."""
+
+
+# Faults whose cause a person has to fix, with what to tell them.
+_PERMANENT: tuple[tuple[type[BaseException], str], ...] = (
+    (vim.fault.InvalidLogin, "vCenter rejected the user name or password"),
+    (vim.fault.NoPermission, "the vCenter account lacks a privilege"),
+    (vim.fault.NoDiskSpace, "the datastore is full"),
+    (vim.fault.InvalidDatastore, "the datastore cannot be used"),
+    (vim.fault.DuplicateName, "an object with that name already exists"),
+    (vim.fault.InvalidName, "vCenter rejected a name"),
+    (vmodl.fault.InvalidArgument, "vCenter rejected an argument"),
+    (vmodl.fault.NotSupported, "vCenter does not support the operation"),
+    (vmodl.fault.InvalidRequest, "vCenter rejected the request"),
+    (vmodl.fault.ManagedObjectNotFound, "a vCenter object no longer exists"),
+    (ssl.SSLCertVerificationError, "vCenter's TLS certificate did not verify"),
+)
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    vim.fault.NotAuthenticated,
+    vim.fault.TaskInProgress,
+    vim.fault.InvalidState,
+    vim.fault.Timedout,
+    vmodl.fault.SystemError,
+    vmodl.fault.HostCommunication,
+    vim.fault.InsufficientResourcesFault,
+    ConnectionError,
+    http.client.HTTPException,
+    socket.timeout,
+    TimeoutError,
+    OSError,
+)
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the fault and vCenter's own message, if any."""
+    msg = getattr(exc, "msg", None) or str(exc)
+    prop = getattr(exc, "invalidProperty", None)
+    detail = f" ({prop})" if prop else ""
+    return f"{type(exc).__name__}{detail}: {msg}".strip().rstrip(":")
+
+
+def classify(exc: BaseException) -> VSphereError:
+    if isinstance(exc, VSphereError):
+        return exc
+    for kind, advice in _PERMANENT:
+        if isinstance(exc, kind):
+            return PermanentError(f"{advice}: {describe(exc)}")
+    if isinstance(exc, _TRANSIENT):
+        return TransientError(describe(exc))
+    if isinstance(exc, vmodl.MethodFault):
+        return TransientError(describe(exc))
+    return TransientError(describe(exc))
+
+
+@contextmanager
+def as_activity_errors(action: str) -> Iterator[None]:
+    """Turn vCenter faults into Temporal ``ApplicationError``s: permanent ones
+    are non-retryable, so the workflow gets a clear reason at once."""
+    try:
+        yield
+    except ApplicationError:
+        raise
+    except Exception as exc:
+        err = classify(exc)
+        raise ApplicationError(
+            f"{action}: {err}",
+            type=type(err).__name__,
+            non_retryable=isinstance(err, PermanentError),
+        ) from exc

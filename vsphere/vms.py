@@ -1,0 +1,183 @@
+"""VM operations: find a node's VM by its instance UUID, clone it from the
+template, set its hardware, power it on, and wait for VMware Tools to report
+its address. Each operation is safe to repeat."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pyVmomi import vim
+
+from vsphere import properties
+from vsphere.errors import PermanentError
+from vsphere.inventory import Placement
+from vsphere.waits import wait_for_properties
+
+VM_FACTS = [
+    "name",
+    "config.instanceUuid",
+    "config.hardware.numCPU",
+    "config.hardware.memoryMB",
+    "runtime.powerState",
+    "guest.ipAddress",
+]
+
+
+@dataclass(frozen=True)
+class VmFacts:
+    ref: str
+    name: str
+    instance_uuid: str | None
+    cpus: int | None
+    memory_mb: int | None
+    power_state: str | None
+
+    @property
+    def powered_on(self) -> bool:
+        return self.power_state == vim.VirtualMachine.PowerState.poweredOn
+
+
+def vm_by_ref(si: Any, ref: str) -> Any:
+    return vim.VirtualMachine(ref, si._stub)
+
+
+def facts(si: Any, vm: Any) -> VmFacts:
+    props = properties.read(si, vm, VM_FACTS)
+    if not props:
+        raise PermanentError(f"VM {vm._moId} no longer exists")
+    return VmFacts(
+        ref=vm._moId,
+        name=props.get("name", ""),
+        instance_uuid=props.get("config.instanceUuid"),
+        cpus=props.get("config.hardware.numCPU"),
+        memory_mb=props.get("config.hardware.memoryMB"),
+        power_state=str(props.get("runtime.powerState")),
+    )
+
+
+def find_by_instance_uuid(si: Any, datacenter: Any, instance_uuid: str) -> Any | None:
+    return si.content.searchIndex.FindByUuid(
+        datacenter=datacenter, uuid=instance_uuid, vmSearch=True, instanceUuid=True
+    )
+
+
+def find_in_folder(si: Any, folder: Any, name: str) -> Any | None:
+    return si.content.searchIndex.FindChild(folder, name)
+
+
+def _network_backing(si: Any, network: Any) -> Any:
+    if isinstance(network, vim.dvs.DistributedVirtualPortgroup):
+        props = properties.read(si, network, ["key", "config.distributedVirtualSwitch"])
+        dvs = props["config.distributedVirtualSwitch"]
+        uuid = properties.read(si, dvs, ["uuid"])["uuid"]
+        return vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
+            port=vim.dvs.PortConnection(portgroupKey=props["key"], switchUuid=uuid)
+        )
+    name = properties.read(si, network, ["name"])["name"]
+    return vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=name, network=network)
+
+
+def _nic_change(si: Any, template: Any, network: Any) -> list[Any]:
+    devices = properties.read(si, template, ["config.hardware.device"]).get(
+        "config.hardware.device", []
+    )
+    nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+    if not nics:
+        raise PermanentError("vsphere.network: the template has no network adapter to connect")
+    nic = nics[0]
+    nic.backing = _network_backing(si, network)
+    nic.connectable = vim.vm.device.VirtualDevice.ConnectInfo(
+        startConnected=True, allowGuestControl=True, connected=True
+    )
+    return [vim.vm.device.VirtualDeviceSpec(operation="edit", device=nic)]
+
+
+def _recommend_datastore(si: Any, placement: Placement, clone_spec: Any, name: str) -> Any:
+    """Ask Storage DRS which datastore of the datastore cluster to use."""
+    pod = placement.datastore_cluster
+    storage_spec = vim.storageDrs.StoragePlacementSpec(
+        type="clone",
+        cloneName=name,
+        folder=placement.folder,
+        vm=placement.template,
+        cloneSpec=clone_spec,
+        podSelectionSpec=vim.storageDrs.PodSelectionSpec(
+            storagePod=pod, initialVmConfig=[vim.storageDrs.PodSelectionSpec.VmPodConfig(storagePod=pod)]
+        ),
+    )
+    result = si.content.storageResourceManager.RecommendDatastores(storageSpec=storage_spec)
+    for rec in result.recommendations or []:
+        for action in rec.action or []:
+            destination = getattr(action, "destination", None)
+            if isinstance(destination, vim.Datastore):
+                return destination
+    raise PermanentError(
+        "vsphere.datastore_cluster: Storage DRS recommended no datastore (is the cluster full or empty?)"
+    )
+
+
+def start_clone(
+    si: Any,
+    placement: Placement,
+    *,
+    name: str,
+    instance_uuid: str,
+    cpus: int,
+    memory_mb: int,
+    extra_config: Mapping[str, str],
+) -> Any:
+    """Start cloning the template; returns the vCenter task."""
+    config = vim.vm.ConfigSpec(
+        instanceUuid=instance_uuid,
+        numCPUs=cpus,
+        memoryMB=memory_mb,
+        extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in extra_config.items()],
+    )
+    location = vim.vm.RelocateSpec(pool=placement.pool)
+    if placement.network is not None:
+        location.deviceChange = _nic_change(si, placement.template, placement.network)
+    spec = vim.vm.CloneSpec(location=location, config=config, powerOn=False, template=False)
+    location.datastore = placement.datastore or _recommend_datastore(si, placement, spec, name)
+    return placement.template.CloneVM_Task(folder=placement.folder, name=name, spec=spec)
+
+
+def start_reconfigure(vm: Any, *, cpus: int, memory_mb: int) -> Any:
+    return vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(numCPUs=cpus, memoryMB=memory_mb))
+
+
+def _usable_ip(value: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return ip.version == 4 and not ip.is_link_local and not ip.is_unspecified
+
+
+def pick_ip(guest_net: list[Any] | None, ip_address: str | None) -> str | None:
+    """The node's address: the first usable IPv4 on a virtual NIC, else the
+    primary address. Link-local addresses and NICs VMware does not own (a
+    container bridge reports deviceConfigId -1) are ignored."""
+    for nic in guest_net or []:
+        if getattr(nic, "deviceConfigId", 0) is not None and nic.deviceConfigId < 0:
+            continue
+        for addr in nic.ipAddress or []:
+            if _usable_ip(addr):
+                return str(addr)
+    if ip_address and _usable_ip(ip_address):
+        return ip_address
+    return None
+
+
+def wait_for_ip(si: Any, vm: Any, *, timeout: float, on_wake: Callable[[], None]) -> str:
+    return wait_for_properties(
+        si,
+        vm,
+        ["guest.net", "guest.ipAddress"],
+        lambda p: pick_ip(p.get("guest.net"), p.get("guest.ipAddress")),
+        timeout=timeout,
+        on_wake=on_wake,
+        what="IP address from VMware Tools",
+    )

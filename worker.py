@@ -1,0 +1,100 @@
+"""The pke-vsphere Temporal worker: runs the cluster and node workflows and the
+activities that talk to vCenter. Settings come from the environment or a
+settings file (see README, "Configuration")."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities import pki as pki_activities
+from activities.vms import VSphereActivities
+from pki.node_tokens import NodeTokenSigner, load_signing_key
+from runtime import logs, temporal
+from settings import NodeApiSettings, TemporalSettings, VCenterSettings, load
+from vsphere.session import VCenterSession
+from workflows.cluster import ClusterWorkflow
+from workflows.node import NodeWorkflow
+
+log = structlog.get_logger(__name__)
+
+# One thread per concurrent activity: IP waits block a thread each.
+MAX_CONCURRENT_ACTIVITIES = 256
+
+
+def build_worker(
+    client: Client,
+    task_queue: str,
+    vsphere: VSphereActivities,
+    executor: ThreadPoolExecutor,
+    max_concurrent_activities: int = MAX_CONCURRENT_ACTIVITIES,
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[ClusterWorkflow, NodeWorkflow],
+        activities=[
+            pki_activities.generate_pki,
+            pki_activities.mint_bootstrap_token,
+            vsphere.ensure_vm,
+            vsphere.configure_vm,
+            vsphere.power_on_vm,
+            vsphere.wait_for_vm_ip,
+        ],
+        activity_executor=executor,
+        max_concurrent_activities=max_concurrent_activities,
+        # After a crash, resume on another worker within a second instead of ten.
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
+    )
+
+
+def build_vsphere_activities(vcenter: VCenterSettings, node_api: NodeApiSettings) -> VSphereActivities:
+    return VSphereActivities(
+        VCenterSession(vcenter),
+        NodeTokenSigner(load_signing_key(node_api.node_token_key_file)),
+        node_api.node_api_url,
+        timedelta(seconds=node_api.node_token_ttl_seconds),
+        vcenter.vcenter_max_concurrent_tasks,
+    )
+
+
+async def run(settings_file: str | None = None) -> None:
+    temporal_settings = load(TemporalSettings, settings_file)
+    vcenter = load(VCenterSettings, settings_file)
+    node_api = load(NodeApiSettings, settings_file)
+    client = await temporal.connect(temporal_settings)
+    vsphere = build_vsphere_activities(vcenter, node_api)
+    with ThreadPoolExecutor(MAX_CONCURRENT_ACTIVITIES, thread_name_prefix="activity") as executor:
+        worker = build_worker(client, temporal_settings.temporal_task_queue, vsphere, executor)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.shutdown()))
+        log.info(
+            "worker.started",
+            temporal=temporal_settings.temporal_address,
+            namespace=temporal_settings.temporal_namespace,
+            task_queue=temporal_settings.temporal_task_queue,
+            vcenter=vcenter.vcenter_url,
+        )
+        await worker.run()
+    log.info("worker.stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--settings", help="dotenv-style settings file")
+    args = parser.parse_args(argv)
+    logs.configure()
+    asyncio.run(run(args.settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""NodeWorkflow: one VM from clone to joined, one child workflow per node.
+
+Steps, each with its own deadline from the spec: ensure the VM exists (found
+by its instance UUID, else cloned), configure it, power it on, wait for its IP,
+then wait for the node's own report (``ready`` from the leader, ``joined`` from
+the others) that the node API delivers as the ``report`` signal. Every phase
+change is signalled to the cluster workflow, which serves the status query.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from models.messages import (
+        ConfigureVmInput,
+        EnsureVmInput,
+        EnsureVmResult,
+        NodeReport,
+        NodeReportKind,
+        NodeResult,
+        NodeWorkflowInput,
+        PowerOnInput,
+        PowerOnResult,
+        WaitForIpInput,
+        WaitForIpResult,
+    )
+    from models.state import NodeKind, NodePhase, NodeProgress
+    from workflows.policies import VSPHERE_HEARTBEAT, VSPHERE_RETRY
+
+# Signal names, shared with the node API and the cluster workflow.
+REPORT_SIGNAL = "report"
+PROGRESS_SIGNAL = "node_progress"
+
+
+@workflow.defn(name="NodeWorkflow")
+class NodeWorkflow:
+    def __init__(self) -> None:
+        self._report: NodeReport | None = None
+        self._phase = NodePhase.PENDING
+
+    @workflow.signal(name=REPORT_SIGNAL)
+    def report(self, report: NodeReport) -> None:
+        """The node's own report, delivered by the node API. The first one counts."""
+        if self._report is None:
+            self._report = report
+
+    @workflow.query(name="phase")
+    def phase(self) -> NodePhase:
+        return self._phase
+
+    async def _progress(self, phase: NodePhase, **fields: str | None) -> None:
+        self._phase = phase
+        parent = workflow.info().parent
+        if parent is None:
+            return
+        progress = NodeProgress(name=self._name, phase=phase, at=workflow.now(), **fields)
+        await workflow.get_external_workflow_handle(parent.workflow_id).signal(
+            PROGRESS_SIGNAL, progress
+        )
+
+    @workflow.run
+    async def run(self, input: NodeWorkflowInput) -> NodeResult:
+        node = input.identity
+        self._name = node.name
+        steps = input.timeouts
+
+        await self._progress(NodePhase.CLONING)
+        vm = await workflow.execute_activity(
+            "ensure_vm",
+            EnsureVmInput(
+                identity=node,
+                placement=input.placement,
+                cpus=input.cpus,
+                memory_mb=input.memory_mb,
+                bootstrap=input.bootstrap,
+            ),
+            result_type=EnsureVmResult,
+            schedule_to_close_timeout=steps.as_timedelta("clone"),
+            heartbeat_timeout=VSPHERE_HEARTBEAT,
+            retry_policy=VSPHERE_RETRY,
+        )
+
+        await self._progress(NodePhase.CONFIGURING, vm_ref=vm.vm_ref)
+        await workflow.execute_activity(
+            "configure_vm",
+            ConfigureVmInput(
+                vm_ref=vm.vm_ref, name=node.name, cpus=input.cpus, memory_mb=input.memory_mb
+            ),
+            schedule_to_close_timeout=steps.as_timedelta("configure"),
+            heartbeat_timeout=VSPHERE_HEARTBEAT,
+            retry_policy=VSPHERE_RETRY,
+        )
+
+        await self._progress(NodePhase.POWERING_ON)
+        await workflow.execute_activity(
+            "power_on_vm",
+            PowerOnInput(vm_ref=vm.vm_ref, name=node.name),
+            result_type=PowerOnResult,
+            schedule_to_close_timeout=steps.as_timedelta("power_on"),
+            heartbeat_timeout=VSPHERE_HEARTBEAT,
+            retry_policy=VSPHERE_RETRY,
+        )
+
+        await self._progress(NodePhase.WAITING_FOR_IP)
+        ip = await workflow.execute_activity(
+            "wait_for_vm_ip",
+            WaitForIpInput(vm_ref=vm.vm_ref, name=node.name, timeout_seconds=steps.ip),
+            result_type=WaitForIpResult,
+            # A retry after a crash gets the rest of the step's deadline, not a new one.
+            schedule_to_close_timeout=steps.as_timedelta("ip") + timedelta(seconds=30),
+            heartbeat_timeout=VSPHERE_HEARTBEAT,
+            retry_policy=VSPHERE_RETRY,
+        )
+
+        await self._progress(NodePhase.BOOTSTRAPPING, ip=ip.ip)
+        leader = node.kind is NodeKind.LEADER
+        expected = NodeReportKind.READY if leader else NodeReportKind.JOINED
+        deadline = steps.leader_ready if leader else steps.join
+        try:
+            await workflow.wait_condition(lambda: self._report is not None, timeout=deadline)
+        except TimeoutError:
+            raise ApplicationError(
+                f"{node.name} ({ip.ip}) did not report {expected.value} within {deadline}s; "
+                "see the node's cloud-init log (/var/log/cloud-init-output.log)",
+                type="NodeReportTimeout",
+                non_retryable=True,
+            ) from None
+        assert self._report is not None
+        if self._report.kind is NodeReportKind.FAILED:
+            raise ApplicationError(
+                f"{node.name} reported a bootstrap failure: {self._report.message or 'no message'}",
+                type="NodeBootstrapFailed",
+                non_retryable=True,
+            )
+        await self._progress(NodePhase.READY)
+        return NodeResult(name=node.name, vm_ref=vm.vm_ref, ip=ip.ip)
+

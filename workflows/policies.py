@@ -1,0 +1,23 @@
+"""Timeouts and retry policies shared by the workflows."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.common import RetryPolicy
+
+# vCenter calls: back off from 2 s to 30 s; each step's own deadline bounds the attempts.
+VSPHERE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
+# A long vCenter activity on a dead worker is retried this soon.
+VSPHERE_HEARTBEAT = timedelta(seconds=10)
+
+LOCAL_WORK_TIMEOUT = timedelta(minutes=2)
+LOCAL_WORK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
+
+# Hand out a join token only while it stays valid at least this long.
+JOIN_TOKEN_MARGIN = timedelta(minutes=10)
+JOIN_TOKEN_TTL = timedelta(hours=1)
