@@ -56,7 +56,9 @@ def build_worker(
     )
 
 
-def build_vsphere_activities(vcenter: VCenterSettings, node_api: NodeApiSettings) -> VSphereActivities:
+def build_vsphere_activities(
+    vcenter: VCenterSettings, node_api: NodeApiSettings
+) -> VSphereActivities:
     return VSphereActivities(
         VCenterSession(vcenter),
         NodeTokenSigner(load_signing_key(node_api.node_token_key_file)),

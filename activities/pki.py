@@ -27,5 +27,7 @@ def generate_pki(input: GeneratePkiInput) -> ClusterPKI:
 @activity.defn(name="mint_bootstrap_token")
 def mint_bootstrap_token(input: MintTokenInput) -> BootstrapToken:
     token = bootstrap_tokens.mint(timedelta(seconds=input.ttl_seconds))
-    log.info("bootstrap_token.minted", cluster=input.cluster, expires_at=token.expires_at.isoformat())
+    log.info(
+        "bootstrap_token.minted", cluster=input.cluster, expires_at=token.expires_at.isoformat()
+    )
     return token

@@ -91,7 +91,9 @@ class VSphereActivities:
                 node, input.bootstrap, node_api_url=self._node_api_url, node_token=token
             )
             self.clones_started += 1
-            logger.info("vm.cloning", template=input.placement.template, folder=input.placement.folder)
+            logger.info(
+                "vm.cloning", template=input.placement.template, folder=input.placement.folder
+            )
             vm = self._run_task(
                 si,
                 lambda: vms.start_clone(
@@ -135,17 +137,25 @@ class VSphereActivities:
                 return
             if current.powered_on:
                 raise PermanentError(
-                    f"VM {input.name} is powered on with {current.cpus} CPUs/{current.memory_mb} MiB; "
+                    f"VM {input.name} is on with {current.cpus} CPUs/{current.memory_mb} MiB; "
                     f"power it off to apply {input.cpus} CPUs/{input.memory_mb} MiB"
                 )
-            timeout = (activity.info().start_to_close_timeout or timedelta(minutes=5)).total_seconds()
+            timeout = (
+                activity.info().start_to_close_timeout or timedelta(minutes=5)
+            ).total_seconds()
             self._run_task(
                 si,
                 lambda: vms.start_reconfigure(vm, cpus=input.cpus, memory_mb=input.memory_mb),
                 timeout,
                 input.name,
             )
-            log.info("vm.configured", node=input.name, vm=input.vm_ref, cpus=input.cpus, memory_mb=input.memory_mb)
+            log.info(
+                "vm.configured",
+                node=input.name,
+                vm=input.vm_ref,
+                cpus=input.cpus,
+                memory_mb=input.memory_mb,
+            )
 
         with as_activity_errors(f"configure VM {input.name}"):
             self._session.run(run)
@@ -156,7 +166,9 @@ class VSphereActivities:
             vm = vms.vm_by_ref(si, input.vm_ref)
             if vms.facts(si, vm).powered_on:
                 return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=True)
-            timeout = (activity.info().start_to_close_timeout or timedelta(minutes=5)).total_seconds()
+            timeout = (
+                activity.info().start_to_close_timeout or timedelta(minutes=5)
+            ).total_seconds()
             self._run_task(si, vm.PowerOnVM_Task, timeout, input.name)
             log.info("vm.powered_on", node=input.name, vm=input.vm_ref)
             return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=False)

@@ -63,12 +63,24 @@ def render(
             }
         ],
         "write_files": [
-            {"path": ENV_FILE, "permissions": "0644", "owner": "root:root",
-             "content": node_env(identity, settings, node_api_url)},
-            {"path": TOKEN_FILE, "permissions": "0600", "owner": "root:root",
-             "content": node_token},
-            {"path": SCRIPT_FILE, "permissions": "0755", "owner": "root:root",
-             "content": bootstrap_script(identity, settings)},
+            {
+                "path": ENV_FILE,
+                "permissions": "0644",
+                "owner": "root:root",
+                "content": node_env(identity, settings, node_api_url),
+            },
+            {
+                "path": TOKEN_FILE,
+                "permissions": "0600",
+                "owner": "root:root",
+                "content": node_token,
+            },
+            {
+                "path": SCRIPT_FILE,
+                "permissions": "0755",
+                "owner": "root:root",
+                "content": bootstrap_script(identity, settings),
+            },
         ],
         "runcmd": [[SCRIPT_FILE]],
     }

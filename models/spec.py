@@ -184,8 +184,12 @@ class ClusterSpec(_Strict):
     @classmethod
     def _keys(cls, keys: list[str]) -> list[str]:
         for key in keys:
-            if not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$", key):
-                raise ValueError(f"ssh_authorized_keys: {key[:20]!r}... is not an OpenSSH public key")
+            if not re.match(
+                r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$", key
+            ):
+                raise ValueError(
+                    f"ssh_authorized_keys: {key[:20]!r}... is not an OpenSSH public key"
+                )
         return keys
 
     @model_validator(mode="after")
@@ -203,10 +207,15 @@ class ClusterSpec(_Strict):
                 f"(etcd needs an odd quorum), not {masters[0].count}"
             )
         if masters[0].count > 1 and self.control_plane.vip is None:
-            raise ValueError("control_plane.vip is required when the master pool has more than 1 node")
+            raise ValueError(
+                "control_plane.vip is required when the master pool has more than 1 node"
+            )
         vip = self.control_plane.vip
         if vip is not None:
-            for label, net in (("pod_cidr", self.network.pod_cidr), ("service_cidr", self.network.service_cidr)):
+            for label, net in (
+                ("pod_cidr", self.network.pod_cidr),
+                ("service_cidr", self.network.service_cidr),
+            ):
                 if vip in net:
                     raise ValueError(f"control_plane.vip {vip} lies inside network.{label} {net}")
         return self

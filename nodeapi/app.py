@@ -1,7 +1,6 @@
 """Routes of the node API (``/v1/nodes/self/...``); ``self`` is the node the
 bearer token names, so a token can only ever act for its own node."""
 
-
 from typing import Annotated
 
 import structlog
@@ -88,7 +87,9 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
                 password=material.pki.vrrp_password.get_secret_value(),
             )
         log.info("nodeapi.bootstrap_served")
-        body = MasterBootstrap(pki=material.pki, api_endpoint=material.api_endpoint, keepalived_conf=conf)
+        body = MasterBootstrap(
+            pki=material.pki, api_endpoint=material.api_endpoint, keepalived_conf=conf
+        )
         return JSONResponse(body.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
     @app.get("/v1/nodes/self/join", response_model=JoinInfo)
@@ -107,13 +108,17 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
                     status_code=status.HTTP_409_CONFLICT,
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
-            raise HTTPException(status.HTTP_403_FORBIDDEN, str(getattr(cause, "message", cause))) from None
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, str(getattr(cause, "message", cause))
+            ) from None
         except RPCError as exc:
             raise _unavailable(exc) from None
         log.info("nodeapi.join_served", expires_at=info.expires_at.isoformat())
         return JSONResponse(info.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
-    @app.post("/v1/nodes/self/report", response_model=Accepted, status_code=status.HTTP_202_ACCEPTED)
+    @app.post(
+        "/v1/nodes/self/report", response_model=Accepted, status_code=status.HTTP_202_ACCEPTED
+    )
     async def report(report: NodeReport, node: Node) -> Accepted:
         allowed = {
             NodeKind.LEADER: {NodeReportKind.READY, NodeReportKind.FAILED},
@@ -125,12 +130,16 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
                 status.HTTP_422_UNPROCESSABLE_ENTITY,
                 f"a {node.claims.kind.value} reports one of: {', '.join(sorted(allowed))}",
             )
-        handle = client.get_workflow_handle(ids.node_workflow_id(node.claims.cluster, node.claims.node))
+        handle = client.get_workflow_handle(
+            ids.node_workflow_id(node.claims.cluster, node.claims.node)
+        )
         try:
             await handle.signal(REPORT_SIGNAL, report)
         except RPCError as exc:
             if exc.status is RPCStatusCode.NOT_FOUND:
-                raise HTTPException(status.HTTP_409_CONFLICT, "this node is no longer bootstrapping") from None
+                raise HTTPException(
+                    status.HTTP_409_CONFLICT, "this node is no longer bootstrapping"
+                ) from None
             raise _unavailable(exc) from None
         log.info("nodeapi.report", kind=report.kind.value)
         return Accepted()
@@ -140,4 +149,6 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
 
 def _unavailable(exc: RPCError) -> HTTPException:
     log.warning("nodeapi.temporal_error", status=str(exc.status), error=exc.message)
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "orchestrator unavailable, retry later")
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE, "orchestrator unavailable, retry later"
+    )

@@ -39,7 +39,9 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def authenticate(request: Request, client: Client, verifier: NodeTokenVerifier) -> AuthenticatedNode:
+async def authenticate(
+    request: Request, client: Client, verifier: NodeTokenVerifier
+) -> AuthenticatedNode:
     try:
         claims = verifier.verify(bearer_token(request))
     except InvalidNodeToken as exc:
@@ -53,7 +55,9 @@ async def authenticate(request: Request, client: Client, verifier: NodeTokenVeri
     except RPCError as exc:
         if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
             raise _unauthorized("cluster unknown") from None
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "orchestrator unavailable") from None
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "orchestrator unavailable"
+        ) from None
     node = found.node
     if (
         found.cluster_uid != claims.cluster_uid

@@ -26,7 +26,9 @@ async def connect(settings: TemporalSettings) -> Client:
             else None,
         )
     api_key = (
-        settings.temporal_api_key_file.read_text().strip() if settings.temporal_api_key_file else None
+        settings.temporal_api_key_file.read_text().strip()
+        if settings.temporal_api_key_file
+        else None
     )
     return await Client.connect(
         settings.temporal_address,

@@ -23,13 +23,21 @@ _S = TypeVar("_S", bound=BaseSettings)
 class TemporalSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PKE_VSPHERE_", extra="ignore")
 
-    temporal_address: str = Field(default="127.0.0.1:7233", description="Temporal frontend host:port.")
+    temporal_address: str = Field(
+        default="127.0.0.1:7233", description="Temporal frontend host:port."
+    )
     temporal_namespace: str = Field(default="default")
     temporal_task_queue: str = Field(default=TASK_QUEUE)
-    temporal_tls_ca_file: Path | None = Field(default=None, description="CA bundle for Temporal TLS.")
-    temporal_tls_cert_file: Path | None = Field(default=None, description="mTLS client certificate.")
+    temporal_tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle for Temporal TLS."
+    )
+    temporal_tls_cert_file: Path | None = Field(
+        default=None, description="mTLS client certificate."
+    )
     temporal_tls_key_file: Path | None = Field(default=None, description="mTLS client key.")
-    temporal_api_key_file: Path | None = Field(default=None, description="API key (Temporal Cloud).")
+    temporal_api_key_file: Path | None = Field(
+        default=None, description="API key (Temporal Cloud)."
+    )
 
 
 class VCenterSettings(BaseSettings):
@@ -46,7 +54,8 @@ class VCenterSettings(BaseSettings):
         default=None, description="Pinned SHA-256 thumbprint of vCenter's certificate."
     )
     vcenter_insecure: bool = Field(
-        default=False, description="Skip TLS verification (logged as a warning; never in production)."
+        default=False,
+        description="Skip TLS verification (logged as a warning; never in production).",
     )
     vcenter_max_concurrent_tasks: int = Field(
         default=8, ge=1, le=256, description="vCenter tasks (clone, reconfigure, power) in flight."
@@ -55,7 +64,9 @@ class VCenterSettings(BaseSettings):
     @model_validator(mode="after")
     def _password(self) -> Self:
         if self.vcenter_password is None and self.vcenter_password_file is None:
-            raise ValueError("set PKE_VSPHERE_VCENTER_PASSWORD_FILE or PKE_VSPHERE_VCENTER_PASSWORD")
+            raise ValueError(
+                "set PKE_VSPHERE_VCENTER_PASSWORD_FILE or PKE_VSPHERE_VCENTER_PASSWORD"
+            )
         return self
 
     def password(self) -> str:
@@ -72,7 +83,7 @@ class NodeApiSettings(BaseSettings):
     node_api_listen_host: str = Field(default="127.0.0.1")
     node_api_listen_port: int = Field(default=8480)
     node_token_key_file: Path = Field(
-        description="Ed25519 private key (PEM) that signs node tokens; the node API verifies with it."
+        description="Ed25519 private key (PEM) signing node tokens; the node API verifies with it."
     )
     node_token_ttl_seconds: int = Field(default=4 * 3600, ge=300, le=7 * 24 * 3600)
 

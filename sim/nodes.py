@@ -95,7 +95,9 @@ class SimulatedNodes:
             self._si = self._connect()
         found = []
         for vm, props in properties.find_all(
-            self._si, vim.VirtualMachine, ["runtime.powerState", "config.extraConfig", "config.instanceUuid"]
+            self._si,
+            vim.VirtualMachine,
+            ["runtime.powerState", "config.extraConfig", "config.instanceUuid"],
         ):
             if props.get("runtime.powerState") != vim.VirtualMachine.PowerState.poweredOn:
                 continue
@@ -167,9 +169,13 @@ class SimulatedNodes:
             return
 
         headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(base_url=env["PKE_VSPHERE_NODE_API"], headers=headers, timeout=30) as api:
+        async with httpx.AsyncClient(
+            base_url=env["PKE_VSPHERE_NODE_API"], headers=headers, timeout=30
+        ) as api:
             if behaviour is Behaviour.FAIL:
-                await self._post(api, {"kind": "failed", "message": "simulated: pke install exited 1"})
+                await self._post(
+                    api, {"kind": "failed", "message": "simulated: pke install exited 1"}
+                )
                 node.events.append((time.time(), "reported-failed"))
                 return
             if kind != "worker":
@@ -183,7 +189,9 @@ class SimulatedNodes:
                 node.events.append((time.time(), "reported-ready"))
                 return
             join = await self._wait_for_join(api)
-            if not TOKEN_PATTERN.match(join["token"]) or not join["ca_cert_hash"].startswith("sha256:"):
+            if not TOKEN_PATTERN.match(join["token"]) or not join["ca_cert_hash"].startswith(
+                "sha256:"
+            ):
                 await self._post(api, {"kind": "failed", "message": "malformed join information"})
                 return
             node.events.append((time.time(), "join-info"))
@@ -222,3 +230,41 @@ class SimulatedNodes:
         )
         vm = vim.VirtualMachine(vm._moId, self._si._stub)
         vm.ReconfigVM_Task(spec=spec)
+
+
+def main() -> None:
+    """``python -m sim.nodes --settings FILE``: boot the simulator's VMs (demo)."""
+    import argparse
+
+    from runtime import logs
+    from settings import VCenterSettings, load
+    from vsphere.session import VCenterSession
+
+    parser = argparse.ArgumentParser(description="simulated booting nodes")
+    parser.add_argument("--settings", help="dotenv-style settings file (vCenter URL and login)")
+    parser.add_argument("--boot-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--behaviour",
+        action="append",
+        default=[],
+        metavar="NODE_GLOB=BEHAVIOUR",
+        help=f"e.g. 'demo-workers-02=silent'; behaviours: {', '.join(b.value for b in Behaviour)}",
+    )
+    args = parser.parse_args()
+    logs.configure()
+    behaviours = {}
+    for item in args.behaviour:
+        pattern, _, value = item.partition("=")
+        behaviours[pattern] = Behaviour(value)
+    session = VCenterSession(load(VCenterSettings, args.settings))
+    agent = SimulatedNodes(
+        session.service_instance,
+        boot_seconds=args.boot_seconds,
+        join_poll_seconds=2.0,
+        behaviours=behaviours,
+    )
+    asyncio.run(agent.run())
+
+
+if __name__ == "__main__":
+    main()

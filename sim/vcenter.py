@@ -114,6 +114,7 @@ def start(
     session_idle_timeout: str | None = None,
     log_file: Path | None = None,
     prepare: bool = True,
+    new_session: bool = False,
 ) -> Simulator:
     binary = build(state_dir)
     args = [str(binary), "-listen", listen, "-username", username, "-password", password]
@@ -122,8 +123,12 @@ def start(
     if session_idle_timeout:
         args += ["-session-idle-timeout", session_idle_timeout]
     log = log_file.open("a") if log_file else None
-    process = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
-        args, stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL, text=True
+    process = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=log or subprocess.DEVNULL,
+        text=True,
+        start_new_session=new_session,
     )
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -156,7 +161,9 @@ def prepare_inventory(sim: Simulator) -> None:
         pod = index.FindByInventoryPath(f"{DATACENTER}/datastore/{DATASTORE_CLUSTER}")
         members = properties.read(si, pod, ["childEntity"]).get("childEntity", [])
         if not members:
-            stores = [index.FindByInventoryPath(f"{DATACENTER}/datastore/LocalDS_{i}") for i in (1, 2)]
+            stores = [
+                index.FindByInventoryPath(f"{DATACENTER}/datastore/LocalDS_{i}") for i in (1, 2)
+            ]
             wait_for_task(si, pod.MoveIntoFolder_Task([s for s in stores if s]), timeout=30)
     finally:
         connect.Disconnect(si)

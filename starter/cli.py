@@ -1,8 +1,8 @@
 """``pke-vsphere``: create clusters and watch them.
 
-    pke-vsphere create -f cluster.yaml [--wait]
-    pke-vsphere status NAME [--watch]
-    pke-vsphere list
+pke-vsphere create -f cluster.yaml [--wait]
+pke-vsphere status NAME [--watch]
+pke-vsphere list
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ def load_spec(path: Path) -> ClusterSpec:
     return ClusterSpec.model_validate(data)
 
 
-async def create(client: Client, spec: ClusterSpec, task_queue: str) -> WorkflowHandle[ClusterWorkflow, ClusterResult]:
+async def create(
+    client: Client, spec: ClusterSpec, task_queue: str
+) -> WorkflowHandle[ClusterWorkflow, ClusterResult]:
     try:
         return await client.start_workflow(
             ClusterWorkflow.run,
@@ -39,12 +41,15 @@ async def create(client: Client, spec: ClusterSpec, task_queue: str) -> Workflow
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         )
     except WorkflowAlreadyStartedError:
-        raise ClusterExists(f"cluster {spec.name!r} already exists (workflow {ids.cluster_workflow_id(spec.name)})") from None
+        raise ClusterExists(
+            f"cluster {spec.name!r} already exists (workflow {ids.cluster_workflow_id(spec.name)})"
+        ) from None
 
 
 async def status(client: Client, name: str) -> ClusterStatus:
     handle = client.get_workflow_handle(ids.cluster_workflow_id(name))
-    return await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+    result: ClusterStatus = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+    return result
 
 
 async def list_clusters(client: Client) -> list[tuple[str, WorkflowExecutionStatus | None]]:

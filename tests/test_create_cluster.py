@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import base64
-from datetime import timedelta
-
-import pytest
+import gzip
 
 from bootstrap import cloudinit, guestinfo
 from models.state import ClusterPhase, ClusterStatus, NodePhase
@@ -15,11 +12,13 @@ from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import vms_of_cluster
 
 
-async def wait_for_phase(stack: Stack, name: str, phases: set[ClusterPhase], timeout: float = 90) -> ClusterStatus:
+async def wait_for_phase(
+    stack: Stack, name: str, phases: set[ClusterPhase], within: float = 90
+) -> ClusterStatus:
     import asyncio
 
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         try:
             status = await clusters.status(stack.client, name)
@@ -43,7 +42,13 @@ async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
     assert status.api_endpoint == "127.0.10.100:6443"
 
     vms = vms_of_cluster(stack.sim, name)
-    expected = [f"{name}-master-01", f"{name}-master-02", f"{name}-master-03", f"{name}-workers-01", f"{name}-workers-02"]
+    expected = [
+        f"{name}-master-01",
+        f"{name}-master-02",
+        f"{name}-master-03",
+        f"{name}-workers-01",
+        f"{name}-workers-02",
+    ]
     assert sorted(vms) == expected
     for vm_name, props in vms.items():
         pool = "master" if "-master-" in vm_name else "workers"
@@ -65,4 +70,6 @@ async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
     assert leader.ready_at is not None
     for node in status.nodes:
         if node is not leader:
-            assert node.powered_on_at is not None and node.powered_on_at > leader.ready_at, node.name
+            assert node.powered_on_at is not None and node.powered_on_at > leader.ready_at, (
+                node.name
+            )

@@ -46,7 +46,9 @@ def resolve(si: Any, spec: VSpherePlacement) -> Placement:
             problems.append(f"vsphere.{field}: nothing at {full!r}")
             return None
         if not isinstance(obj, kind):
-            problems.append(f"vsphere.{field}: {full!r} is a {type(obj).__name__}, not what is needed")
+            problems.append(
+                f"vsphere.{field}: {full!r} is a {type(obj).__name__}, not what is needed"
+            )
             return None
         return obj
 

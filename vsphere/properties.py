@@ -49,7 +49,9 @@ def read_many(si: Any, objs: Iterable[Any], paths: Sequence[str]) -> dict[str, P
     return {oc.obj._moId: _to_props(oc) for oc in _collect(pc, spec)}
 
 
-def find_all(si: Any, kind: type, paths: Sequence[str], root: Any = None) -> list[tuple[Any, Props]]:
+def find_all(
+    si: Any, kind: type, paths: Sequence[str], root: Any = None
+) -> list[tuple[Any, Props]]:
     """Every object of ``kind`` under ``root`` (default: the whole inventory), with properties."""
     content = si.content
     view = content.viewManager.CreateContainerView(root or content.rootFolder, [kind], True)

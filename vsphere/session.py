@@ -45,7 +45,9 @@ class VCenterSession:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             return ctx
-        return ssl.create_default_context(cafile=str(s.vcenter_ca_file) if s.vcenter_ca_file else None)
+        return ssl.create_default_context(
+            cafile=str(s.vcenter_ca_file) if s.vcenter_ca_file else None
+        )
 
     def _connect(self) -> Any:
         s = self._settings
@@ -75,9 +77,10 @@ class VCenterSession:
         ctx.verify_mode = ssl.CERT_NONE
         import socket
 
-        with socket.create_connection((host, port), timeout=10) as raw, ctx.wrap_socket(
-            raw, server_hostname=host
-        ) as tls:
+        with (
+            socket.create_connection((host, port), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
             der = tls.getpeercert(binary_form=True) or b""
         actual = hashlib.sha256(der).hexdigest()
         if actual != expected.replace(":", "").lower():

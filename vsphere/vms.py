@@ -37,7 +37,7 @@ class VmFacts:
 
     @property
     def powered_on(self) -> bool:
-        return self.power_state == vim.VirtualMachine.PowerState.poweredOn
+        return bool(self.power_state == vim.VirtualMachine.PowerState.poweredOn)
 
 
 def vm_by_ref(si: Any, ref: str) -> Any:
@@ -105,7 +105,8 @@ def _recommend_datastore(si: Any, placement: Placement, clone_spec: Any, name: s
         vm=placement.template,
         cloneSpec=clone_spec,
         podSelectionSpec=vim.storageDrs.PodSelectionSpec(
-            storagePod=pod, initialVmConfig=[vim.storageDrs.PodSelectionSpec.VmPodConfig(storagePod=pod)]
+            storagePod=pod,
+            initialVmConfig=[vim.storageDrs.PodSelectionSpec.VmPodConfig(storagePod=pod)],
         ),
     )
     result = si.content.storageResourceManager.RecommendDatastores(storageSpec=storage_spec)
@@ -115,7 +116,8 @@ def _recommend_datastore(si: Any, placement: Placement, clone_spec: Any, name: s
             if isinstance(destination, vim.Datastore):
                 return destination
     raise PermanentError(
-        "vsphere.datastore_cluster: Storage DRS recommended no datastore (is the cluster full or empty?)"
+        "vsphere.datastore_cluster: Storage DRS recommended no datastore "
+        "(is the datastore cluster full or empty?)"
     )
 
 

@@ -96,4 +96,3 @@ def wait_for_task(
             raise value
         raise TransientError(f"vCenter task failed: {value}")
     return value
-

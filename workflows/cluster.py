@@ -14,7 +14,7 @@ leader fails the create with the leader's reason.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
@@ -34,7 +34,6 @@ with workflow.unsafe.imports_passed_through():
         NodeBootstrapSettings,
         NodeLookup,
         NodeLookupResult,
-        NodeResult,
         NodeWorkflowInput,
     )
     from models.pki import BootstrapToken, ClusterPKI
@@ -83,7 +82,7 @@ class ClusterWorkflow:
         self._join_token: BootstrapToken | None = None
         self._token_lock = asyncio.Lock()
         self._created_at = workflow.now()
-        self._ready_at = None
+        self._ready_at: datetime | None = None
         self._error: str | None = None
 
     # --- run --------------------------------------------------------------
@@ -93,7 +92,7 @@ class ClusterWorkflow:
         expected_id = ids.cluster_workflow_id(spec.name)
         if workflow.info().workflow_id != expected_id:
             raise ApplicationError(
-                f"a ClusterWorkflow for cluster {spec.name!r} must use workflow id {expected_id!r}, "
+                f"cluster {spec.name!r} needs workflow id {expected_id!r}, "
                 f"not {workflow.info().workflow_id!r}",
                 type="InvalidWorkflowId",
                 non_retryable=True,
@@ -172,7 +171,7 @@ class ClusterWorkflow:
         return f"{leader.ip}:{cp.port}" if leader.ip else None
 
     async def _launch(self, node: NodeState) -> bool:
-        """Run the node's workflow to completion; False (and the node marked Failed) if it failed."""
+        """Run the node's workflow to completion; on failure mark the node Failed, return False."""
         spec = self._spec
         assert spec is not None
         pool = spec.pool(node.identity.pool)
@@ -196,7 +195,6 @@ class ClusterWorkflow:
                     timeouts=spec.timeouts,
                 ),
                 id=ids.node_workflow_id(spec.name, node.name),
-                result_type=NodeResult,
             )
         except ChildWorkflowError as err:
             node.phase = NodePhase.FAILED
@@ -279,7 +277,9 @@ class ClusterWorkflow:
         assert self._spec is not None
         node = self._nodes.get(request.node)
         if node is None or node.identity.kind is NodeKind.WORKER:
-            raise ApplicationError(f"{request.node} is not a master of this cluster", type="NotAMaster")
+            raise ApplicationError(
+                f"{request.node} is not a master of this cluster", type="NotAMaster"
+            )
         if self._pki is None:
             raise ApplicationError("the cluster's PKI is not generated yet", type="NotYet")
         cp = self._spec.control_plane
@@ -303,7 +303,9 @@ class ClusterWorkflow:
                 assert self._spec is not None
                 self._join_token = await workflow.execute_activity(
                     "mint_bootstrap_token",
-                    MintTokenInput(cluster=self._spec.name, ttl_seconds=int(JOIN_TOKEN_TTL.total_seconds())),
+                    MintTokenInput(
+                        cluster=self._spec.name, ttl_seconds=int(JOIN_TOKEN_TTL.total_seconds())
+                    ),
                     result_type=BootstrapToken,
                     start_to_close_timeout=timedelta(seconds=30),
                     retry_policy=LOCAL_WORK_RETRY,
@@ -321,8 +323,12 @@ class ClusterWorkflow:
     def _validate_join(self, request: JoinRequest) -> None:
         node = self._nodes.get(request.node)
         if node is None:
-            raise ApplicationError(f"{request.node} is not a node of this cluster", type="UnknownNode")
+            raise ApplicationError(
+                f"{request.node} is not a node of this cluster", type="UnknownNode"
+            )
         if node.identity.kind is NodeKind.LEADER:
-            raise ApplicationError("the leader initialises the cluster; it does not join", type="NotAJoiner")
+            raise ApplicationError(
+                "the leader initialises the cluster; it does not join", type="NotAJoiner"
+            )
         if self._phase not in (ClusterPhase.STARTING_NODES, ClusterPhase.READY):
             raise ApplicationError("not yet: the leader is not ready", type="NotYet")

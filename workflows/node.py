@@ -138,4 +138,3 @@ class NodeWorkflow:
             )
         await self._progress(NodePhase.READY)
         return NodeResult(name=node.name, vm_ref=vm.vm_ref, ip=ip.ip)
-

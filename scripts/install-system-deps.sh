@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Debian packages the vCenter simulator build needs (Go and govmomi's source).
+# Installs only what is missing; runs apt-get update once first.
+set -euo pipefail
+packages=(golang-go golang-github-vmware-govmomi-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null; then
+  echo "need the Debian packages: ${missing[*]} (no apt-get here)" >&2
+  exit 1
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing Debian packages: ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,222 @@
+"""``make demo`` and ``make down``: the whole system on one machine.
+
+``up`` starts an embedded Temporal server (``temporal server start-dev`` with a
+SQLite file), the vCenter simulator, the worker, the node API and the simulated
+nodes, each as a background process with its log and pid file under
+``.state/demo``, then creates the demo cluster and shows it node by node until
+it is Ready. ``down`` stops them all and forgets the simulated data center.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pki.node_tokens import create_signing_key
+from runtime.binaries import temporal_binary
+from sim import vcenter
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".state" / "demo"
+TEMPORAL_PORT = 7233
+UI_PORT = 8233
+NODE_API_PORT = 8480
+SPEC = ROOT / "examples" / "demo-cluster.yaml"
+SERVICES = ("nodes", "node-api", "worker", "vcsim", "temporal")
+
+
+def _pidfile(name: str) -> Path:
+    return STATE / f"{name}.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _running(name: str) -> int | None:
+    path = _pidfile(name)
+    if path.exists():
+        pid = int(path.read_text())
+        if _alive(pid):
+            return pid
+    return None
+
+
+def _spawn(
+    name: str, args: list[str], env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    log = (STATE / f"{name}.log").open("ab")
+    process = subprocess.Popen(
+        args,
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,  # survives `make demo` returning
+    )
+    _pidfile(name).write_text(str(process.pid))
+    return process
+
+
+def _wait_for(check: object, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"{what} did not come up within {timeout:.0f}s; see {STATE}/*.log")
+
+
+def _temporal_healthy() -> bool:
+    result = subprocess.run(
+        [
+            temporal_binary(),
+            "operator",
+            "cluster",
+            "health",
+            "--address",
+            f"127.0.0.1:{TEMPORAL_PORT}",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def up() -> int:
+    STATE.mkdir(parents=True, exist_ok=True)
+    running = [name for name in SERVICES if _running(name)]
+    if running and len(running) != len(SERVICES):
+        raise SystemExit(
+            f"part of the demo is running ({', '.join(running)}): run `make down` first"
+        )
+    settings = STATE / "settings.env"
+    if not running:
+        for port in (TEMPORAL_PORT, UI_PORT, NODE_API_PORT):
+            if not _port_free(port):
+                raise SystemExit(
+                    f"port {port} on 127.0.0.1 is taken; stop what uses it (or `make down`)"
+                )
+        print("starting Temporal (embedded dev server, SQLite) ...", flush=True)
+        _spawn(
+            "temporal",
+            [
+                temporal_binary(),
+                "server",
+                "start-dev",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(TEMPORAL_PORT),
+                "--ui-port",
+                str(UI_PORT),
+                "--db-filename",
+                str(STATE / "temporal.db"),
+                "--ui-disable-news-fetch",
+                "--log-level",
+                "warn",
+            ],
+        )
+        _wait_for(_temporal_healthy, "Temporal")
+
+        print("starting the vCenter simulator ...", flush=True)
+        password_file = STATE / "vcenter-password"
+        password_file.write_text("demo-only-simulator-password\n")
+        password_file.chmod(0o600)
+        sim = vcenter.start(
+            ROOT / ".state",
+            password=password_file.read_text().strip(),
+            log_file=STATE / "vcsim.log",
+            new_session=True,
+        )
+        _pidfile("vcsim").write_text(str(sim.process.pid))
+        key_file = STATE / "node-token.pem"
+        if not key_file.exists():
+            create_signing_key(key_file)
+        settings.write_text(
+            "\n".join(
+                [
+                    f"PKE_VSPHERE_TEMPORAL_ADDRESS=127.0.0.1:{TEMPORAL_PORT}",
+                    f"PKE_VSPHERE_VCENTER_URL={sim.url}",
+                    f"PKE_VSPHERE_VCENTER_USERNAME={sim.username}",
+                    f"PKE_VSPHERE_VCENTER_PASSWORD_FILE={password_file}",
+                    f"PKE_VSPHERE_NODE_API_URL=http://127.0.0.1:{NODE_API_PORT}",
+                    f"PKE_VSPHERE_NODE_API_LISTEN_PORT={NODE_API_PORT}",
+                    f"PKE_VSPHERE_NODE_TOKEN_KEY_FILE={key_file}",
+                    "",
+                ]
+            )
+        )
+        python = sys.executable
+        print("starting the worker, the node API and the simulated nodes ...", flush=True)
+        _spawn("worker", [python, str(ROOT / "worker.py"), "--settings", str(settings)])
+        _spawn("node-api", [python, "-m", "nodeapi", "--settings", str(settings)])
+        _spawn(
+            "nodes", [python, "-m", "sim.nodes", "--settings", str(settings), "--boot-seconds", "2"]
+        )
+        _wait_for(lambda: not _port_free(NODE_API_PORT), "the node API")
+
+    from starter import cli
+
+    print(
+        f"\nTemporal Web UI: http://127.0.0.1:{UI_PORT}/namespaces/default/workflows\n", flush=True
+    )
+    code = asyncio.run(cli.run(["--settings", str(settings), "create", "-f", str(SPEC), "--wait"]))
+    if code == 1:  # already created by an earlier `make demo`: show it instead
+        code = asyncio.run(cli.run(["--settings", str(settings), "status", "demo", "--watch"]))
+    print(
+        f"\nThe demo keeps running. Web UI: http://127.0.0.1:{UI_PORT}  "
+        f"CLI: .venv/bin/pke-vsphere --settings {settings.relative_to(ROOT)} status demo\n"
+        f"Logs: {STATE.relative_to(ROOT)}/*.log   Stop everything: make down",
+        flush=True,
+    )
+    return code
+
+
+def down() -> int:
+    for name in SERVICES:
+        pid = _running(name)
+        if pid is None:
+            continue
+        print(f"stopping {name} ({pid})", flush=True)
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    # The simulated vCenter keeps its inventory in memory only, so the workflows
+    # recorded against it are forgotten with it.
+    shutil.rmtree(STATE, ignore_errors=True)
+    print("demo stopped", flush=True)
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="run the pke-vsphere demo")
+    parser.add_argument("action", choices=["up", "down"])
+    args = parser.parse_args()
+    sys.exit(up() if args.action == "up" else down())
+
+
+if __name__ == "__main__":
+    main()
