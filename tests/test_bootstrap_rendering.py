@@ -1,0 +1,126 @@
+"""What a node receives: its cloud-config, guestinfo encoding, pke flags, keepalived."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+
+import pytest
+
+from bootstrap import cloudinit, guestinfo, keepalived
+from models.messages import NodeBootstrapSettings
+from models.state import NodeIdentity, NodeKind
+
+SETTINGS = NodeBootstrapSettings(
+    kubernetes_version="1.30.4",
+    api_endpoint="10.0.0.100:6443",
+    master_mode="ha",
+    pod_cidr="10.20.0.0/16",
+    service_cidr="10.10.0.0/16",
+    ssh_authorized_keys=["ssh-ed25519 AAAAC3Nza test@example"],
+)
+
+
+def identity(kind: NodeKind, index: int = 1) -> NodeIdentity:
+    pool = "workers" if kind is NodeKind.WORKER else "master"
+    return NodeIdentity(
+        cluster="prod",
+        cluster_uid="uid-1",
+        pool=pool,
+        name=f"prod-{pool}-{index:02d}",
+        kind=kind,
+        index=index,
+        instance_uuid="11111111-2222-3333-4444-555555555555",
+    )
+
+
+def render(kind: NodeKind, index: int = 1) -> dict[str, object]:
+    doc = cloudinit.render(
+        identity(kind, index), SETTINGS, node_api_url="https://orchestrator:8480/", node_token="tok.en.jwt"
+    )
+    return cloudinit.parse(doc)
+
+
+def install_line(config: dict[str, object]) -> list[str]:
+    script = cloudinit.written_file(config, cloudinit.SCRIPT_FILE)
+    line = next(line for line in script.splitlines() if line.startswith("pke install "))
+    return shlex.split(line)
+
+
+def test_leader_installs_the_first_master_without_join_flags() -> None:
+    args = install_line(render(NodeKind.LEADER))
+    assert args[:3] == ["pke", "install", "master"]
+    assert "--kubernetes-master-mode=ha" in args
+    assert "--kubernetes-cluster-name=prod" in args
+    assert "--kubernetes-advertise-address=$ADVERTISE_ADDRESS" in args
+    assert "--kubernetes-pod-network-cidr=10.20.0.0/16" in args
+    assert not any(a.startswith("--kubernetes-join-control-plane") for a in args)
+    assert not any(a.startswith("--kubernetes-node-token") for a in args)
+
+
+def test_follower_joins_the_control_plane_with_a_token_from_the_node_api() -> None:
+    args = install_line(render(NodeKind.MASTER, 2))
+    assert args[:3] == ["pke", "install", "master"]
+    assert "--kubernetes-join-control-plane" in args
+    assert "--kubernetes-node-token=$JOIN_TOKEN" in args
+    assert "--kubernetes-api-server-ca-cert-hash=$CA_CERT_HASH" in args
+
+
+def test_worker_installs_a_worker_against_the_api_endpoint() -> None:
+    args = install_line(render(NodeKind.WORKER))
+    assert args[:3] == ["pke", "install", "worker"]
+    assert "--kubernetes-api-server=$API_ENDPOINT" in args
+    assert not any("master-mode" in a or "taints" in a for a in args)
+
+
+def test_cloud_config_names_the_host_and_carries_only_the_node_token() -> None:
+    config = render(NodeKind.WORKER)
+    assert config["hostname"] == "prod-workers-01"
+    env = cloudinit.written_file(config, cloudinit.ENV_FILE)
+    assert "PKE_VSPHERE_NODE_API=https://orchestrator:8480\n" in env
+    assert "PKE_VSPHERE_KIND=worker\n" in env
+    assert "PKE_VSPHERE_API_ENDPOINT=10.0.0.100:6443\n" in env
+    assert cloudinit.written_file(config, cloudinit.TOKEN_FILE) == "tok.en.jwt"
+    files = {f["path"]: f for f in config["write_files"]}  # type: ignore[attr-defined, index]
+    assert files[cloudinit.TOKEN_FILE]["permissions"] == "0600"
+    users = config["users"]
+    assert users[0]["ssh_authorized_keys"] == SETTINGS.ssh_authorized_keys  # type: ignore[index]
+    assert config["runcmd"] == [[cloudinit.SCRIPT_FILE]]
+    dumped = json.dumps(config).lower()
+    assert "password" not in dumped and "vcenter" not in dumped
+
+
+def test_bootstrap_script_is_valid_bash() -> None:
+    script = cloudinit.written_file(render(NodeKind.MASTER, 2), cloudinit.SCRIPT_FILE)
+    result = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_guestinfo_round_trips_and_marks_the_vm() -> None:
+    node = identity(NodeKind.LEADER)
+    extra = guestinfo.extra_config(node, "#cloud-config\nhostname: x\n")
+    assert extra["guestinfo.userdata.encoding"] == "gzip+base64"
+    assert guestinfo.decode(extra["guestinfo.userdata"], "gzip+base64").startswith("#cloud-config")
+    meta = json.loads(guestinfo.decode(extra["guestinfo.metadata"], extra["guestinfo.metadata.encoding"]))
+    assert meta == {"instance-id": node.instance_uuid, "local-hostname": node.name}
+    assert extra["disk.enableUUID"] == "TRUE"
+    assert extra[guestinfo.MARKER_CLUSTER_UID] == "uid-1"
+    assert extra[guestinfo.MARKER_NODE] == node.name
+    with pytest.raises(ValueError, match="unknown guestinfo encoding"):
+        guestinfo.decode("x", "rot13")
+
+
+def test_keepalived_gives_the_leader_the_highest_priority_and_a_cluster_router_id() -> None:
+    router = keepalived.router_id("uid-1")
+    assert 1 <= router <= 255 and router == keepalived.router_id("uid-1")
+    priorities = [keepalived.priority(i) for i in (1, 2, 3, 4, 5)]
+    assert priorities[0] == max(priorities) and len(set(priorities)) == 5
+    conf = keepalived.render(
+        cluster="prod", vip="10.0.0.100", interface="ens192", router=router, node_priority=150, password="abcd1234"
+    )
+    assert f"virtual_router_id {router}" in conf
+    assert "state MASTER" in conf and "auth_pass abcd1234" in conf and "10.0.0.100" in conf
+    assert "https://127.0.0.1:6443/healthz" in conf
+    with pytest.raises(ValueError):
+        keepalived.render(cluster="p", vip="v", interface="i", router=0, node_priority=1, password="p")

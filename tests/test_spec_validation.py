@@ -1,0 +1,102 @@
+"""Every rule of the cluster spec names the field it checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from models.spec import ClusterSpec
+from tests.conftest import cluster_spec
+
+BASE: dict[str, Any] = cluster_spec("valid").model_dump(mode="json")
+
+
+def with_changes(**changes: Any) -> dict[str, Any]:
+    data = {**BASE, **changes}
+    return data
+
+
+def placement(**changes: Any) -> dict[str, Any]:
+    return with_changes(vsphere={**BASE["vsphere"], **changes})
+
+
+def pools(*items: dict[str, Any]) -> dict[str, Any]:
+    return with_changes(pools=list(items))
+
+
+MASTER = {"name": "master", "role": "master", "count": 3}
+WORKER = {"name": "workers", "role": "worker", "count": 2}
+
+BAD_SPECS = [
+    ("upper-case name", with_changes(name="Prod"), "name", "RFC 1123"),
+    ("name with underscore", with_changes(name="my_cluster"), "name", "RFC 1123"),
+    ("name too long", with_changes(name="a" * 31), "name", "longer than 30"),
+    ("name ends with dash", with_changes(name="prod-"), "name", "RFC 1123"),
+    ("bad kubernetes version", with_changes(kubernetes_version="2.0"), "kubernetes_version", "1.26-1.39"),
+    ("unknown field", with_changes(colour="blue"), "colour", "Extra inputs"),
+    ("no pools", with_changes(pools=[]), "pools", "at least 1"),
+    ("no master pool", pools(WORKER), "", "exactly one master pool, found 0"),
+    ("two master pools", pools(MASTER, {**MASTER, "name": "m2"}), "", "exactly one master pool, found 2"),
+    ("even masters", pools({**MASTER, "count": 2}, WORKER), "", "1, 3 or 5 nodes"),
+    ("zero masters", pools({**MASTER, "count": 0}, WORKER), "", "1, 3 or 5 nodes"),
+    ("duplicate pool", pools(MASTER, WORKER, WORKER), "", "repeated: workers"),
+    ("pool name upper-case", pools(MASTER, {**WORKER, "name": "Workers"}), "pools.1.name", "RFC 1123"),
+    ("negative count", pools(MASTER, {**WORKER, "count": -1}), "pools.1.count", "greater than or equal"),
+    ("too many cpus", pools(MASTER, {**WORKER, "cpus": 500}), "pools.1.cpus", "less than or equal"),
+    ("too little memory", pools(MASTER, {**WORKER, "memory_mb": 512}), "pools.1.memory_mb", "2048"),
+    ("odd memory", pools(MASTER, {**WORKER, "memory_mb": 4097}), "pools.1.memory_mb", "multiple of 4"),
+    ("unknown role", pools(MASTER, {**WORKER, "role": "etcd"}), "pools.1.role", "'master' or 'worker'"),
+    ("HA without VIP", with_changes(control_plane={}), "", "control_plane.vip is required"),
+    ("VIP not an address", with_changes(control_plane={"vip": "10.0.0"}), "control_plane.vip", "IPv4"),
+    (
+        "VIP inside pod CIDR",
+        with_changes(control_plane={"vip": "10.20.1.1"}),
+        "",
+        "inside network.pod_cidr",
+    ),
+    (
+        "overlapping CIDRs",
+        with_changes(network={"pod_cidr": "10.0.0.0/8", "service_cidr": "10.10.0.0/16"}),
+        "network",
+        "overlap",
+    ),
+    ("both cluster and pool", placement(resource_pool="C0/Resources"), "vsphere", "exactly one of"),
+    ("neither cluster nor pool", placement(compute_cluster=None), "vsphere", "exactly one of"),
+    ("datastore and datastore cluster", placement(datastore="ds"), "vsphere", "exactly one of"),
+    ("empty template", placement(template=""), "vsphere.template", "at least 1"),
+    ("bad ssh key", with_changes(ssh_authorized_keys=["hello"]), "ssh_authorized_keys", "OpenSSH"),
+    ("timeout too short", with_changes(timeouts={"ip": 1}), "timeouts.ip", "greater than or equal to 5"),
+    ("bad interface", with_changes(control_plane={"vip": "127.0.10.1", "interface": "a b"}), "", "pattern"),
+]
+
+
+@pytest.mark.parametrize(("case", "data", "field", "message"), BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
+def test_bad_spec_is_refused_with_a_message_naming_the_field(
+    case: str, data: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        ClusterSpec.model_validate(data)
+    errors = info.value.errors()
+    rendered = [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in errors]
+    assert any(loc.startswith(field) and message in msg for loc, msg in rendered), rendered
+
+
+def test_the_valid_base_spec_passes() -> None:
+    assert ClusterSpec.model_validate(BASE).master_pool.count == 3
+
+
+def test_single_master_may_omit_the_vip() -> None:
+    spec = ClusterSpec.model_validate(pools({**MASTER, "count": 1}, WORKER) | {"control_plane": {}})
+    assert spec.control_plane.vip is None
+
+
+def test_the_example_specs_are_valid() -> None:
+    from pathlib import Path
+
+    from starter.clusters import load_spec
+
+    root = Path(__file__).parent.parent / "examples"
+    assert load_spec(root / "demo-cluster.yaml").name == "demo"
+    assert load_spec(root / "cluster-input.json").name == "cli-example"
