@@ -6,37 +6,18 @@ import base64
 import gzip
 
 from bootstrap import cloudinit, guestinfo
-from models.state import ClusterPhase, ClusterStatus, NodePhase
+from models.state import ClusterPhase, NodePhase
 from starter import clusters
+from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import vms_of_cluster
-
-
-async def wait_for_phase(
-    stack: Stack, name: str, phases: set[ClusterPhase], within: float = 90
-) -> ClusterStatus:
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        try:
-            status = await clusters.status(stack.client, name)
-            if status.phase in phases:
-                return status
-        except Exception:
-            if loop.time() > deadline:
-                raise
-        if loop.time() > deadline:
-            raise AssertionError(f"cluster {name} did not reach {phases}: {status!r}")
-        await asyncio.sleep(0.3)
 
 
 async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
     name = unique("e2e")
     spec = cluster_spec(name)
     await clusters.create(stack.client, spec, stack.task_queue)
-    status = await wait_for_phase(stack, name, {ClusterPhase.READY, ClusterPhase.FAILED})
+    status = await wait_until_settled(stack, name)
     assert status.phase is ClusterPhase.READY, status.error
     assert [n.phase for n in status.nodes] == [NodePhase.READY] * 5
     assert status.api_endpoint == "127.0.10.100:6443"

@@ -65,7 +65,14 @@ def test_a_tampered_token_is_refused() -> None:
 
 def test_a_token_for_another_audience_or_algorithm_is_refused() -> None:
     now = int(datetime.now(UTC).timestamp())
-    claims = {"iss": "pke-vsphere", "aud": "someone-else", "sub": "n", "jti": "j", "iat": now, "exp": now + 60}
+    claims = {
+        "iss": "pke-vsphere",
+        "aud": "someone-else",
+        "sub": "n",
+        "jti": "j",
+        "iat": now,
+        "exp": now + 60,
+    }
     with pytest.raises(InvalidNodeToken):
         VERIFIER.verify(jwt.encode(claims, KEY, algorithm="EdDSA"))
     claims["aud"] = AUDIENCE

@@ -18,7 +18,10 @@ from pki.cluster import generate_cluster_pki
 def verify_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
     public = issuer.public_key()
     public.verify(  # type: ignore[union-attr, call-arg]
-        cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm
+        cert.signature,
+        cert.tbs_certificate_bytes,
+        padding.PKCS1v15(),
+        cert.signature_hash_algorithm,
     )
     assert cert.issuer == issuer.subject
 
@@ -35,11 +38,13 @@ def test_cluster_pki_has_three_distinct_cas_and_keys() -> None:
         assert usage.key_cert_sign and usage.crl_sign
         verify_signed_by(cert, cert)
     assert len(base64.b64decode(pki.encryption_secret.get_secret_value())) == 32
-    sa = serialization.load_pem_private_key(pki.service_account_key_pem.get_secret_value().encode(), None)
+    sa = serialization.load_pem_private_key(
+        pki.service_account_key_pem.get_secret_value().encode(), None
+    )
     assert (
-        sa.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode()
+        sa.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
         == pki.service_account_public_pem
     )
     assert len(pki.vrrp_password.get_secret_value()) == 8
@@ -48,7 +53,9 @@ def test_cluster_pki_has_three_distinct_cas_and_keys() -> None:
 
 def test_leaf_certificates_chain_to_their_ca_with_the_right_usages() -> None:
     ca = authority.new_ca("test-ca")
-    server = authority.issue(ca, "kube-apiserver", dns_names=("kubernetes",), ip_addresses=("10.0.0.1",), server=True)
+    server = authority.issue(
+        ca, "kube-apiserver", dns_names=("kubernetes",), ip_addresses=("10.0.0.1",), server=True
+    )
     client = authority.issue(ca, "admin", organizations=("system:masters",), client=True)
     verify_signed_by(server.cert, ca.cert)
     verify_signed_by(client.cert, ca.cert)
@@ -79,7 +86,9 @@ def test_ca_cert_hash_is_sha256_of_the_public_key_info() -> None:
 
 def test_bootstrap_tokens_have_kubeadm_form_and_are_not_reused_near_expiry() -> None:
     now = datetime.now(UTC)
-    tokens = {bootstrap_tokens.mint(timedelta(hours=1), now).token.get_secret_value() for _ in range(50)}
+    tokens = {
+        bootstrap_tokens.mint(timedelta(hours=1), now).token.get_secret_value() for _ in range(50)
+    }
     assert len(tokens) == 50
     assert all(bootstrap_tokens.TOKEN_PATTERN.match(t) for t in tokens)
     token = bootstrap_tokens.mint(timedelta(minutes=30), now)

@@ -34,22 +34,57 @@ BAD_SPECS = [
     ("name with underscore", with_changes(name="my_cluster"), "name", "RFC 1123"),
     ("name too long", with_changes(name="a" * 31), "name", "longer than 30"),
     ("name ends with dash", with_changes(name="prod-"), "name", "RFC 1123"),
-    ("bad kubernetes version", with_changes(kubernetes_version="2.0"), "kubernetes_version", "1.26-1.39"),
+    (
+        "bad kubernetes version",
+        with_changes(kubernetes_version="2.0"),
+        "kubernetes_version",
+        "1.26-1.39",
+    ),
     ("unknown field", with_changes(colour="blue"), "colour", "Extra inputs"),
     ("no pools", with_changes(pools=[]), "pools", "at least 1"),
     ("no master pool", pools(WORKER), "", "exactly one master pool, found 0"),
-    ("two master pools", pools(MASTER, {**MASTER, "name": "m2"}), "", "exactly one master pool, found 2"),
+    (
+        "two master pools",
+        pools(MASTER, {**MASTER, "name": "m2"}),
+        "",
+        "exactly one master pool, found 2",
+    ),
     ("even masters", pools({**MASTER, "count": 2}, WORKER), "", "1, 3 or 5 nodes"),
     ("zero masters", pools({**MASTER, "count": 0}, WORKER), "", "1, 3 or 5 nodes"),
     ("duplicate pool", pools(MASTER, WORKER, WORKER), "", "repeated: workers"),
-    ("pool name upper-case", pools(MASTER, {**WORKER, "name": "Workers"}), "pools.1.name", "RFC 1123"),
-    ("negative count", pools(MASTER, {**WORKER, "count": -1}), "pools.1.count", "greater than or equal"),
+    (
+        "pool name upper-case",
+        pools(MASTER, {**WORKER, "name": "Workers"}),
+        "pools.1.name",
+        "RFC 1123",
+    ),
+    (
+        "negative count",
+        pools(MASTER, {**WORKER, "count": -1}),
+        "pools.1.count",
+        "greater than or equal",
+    ),
     ("too many cpus", pools(MASTER, {**WORKER, "cpus": 500}), "pools.1.cpus", "less than or equal"),
     ("too little memory", pools(MASTER, {**WORKER, "memory_mb": 512}), "pools.1.memory_mb", "2048"),
-    ("odd memory", pools(MASTER, {**WORKER, "memory_mb": 4097}), "pools.1.memory_mb", "multiple of 4"),
-    ("unknown role", pools(MASTER, {**WORKER, "role": "etcd"}), "pools.1.role", "'master' or 'worker'"),
+    (
+        "odd memory",
+        pools(MASTER, {**WORKER, "memory_mb": 4097}),
+        "pools.1.memory_mb",
+        "multiple of 4",
+    ),
+    (
+        "unknown role",
+        pools(MASTER, {**WORKER, "role": "etcd"}),
+        "pools.1.role",
+        "'master' or 'worker'",
+    ),
     ("HA without VIP", with_changes(control_plane={}), "", "control_plane.vip is required"),
-    ("VIP not an address", with_changes(control_plane={"vip": "10.0.0"}), "control_plane.vip", "IPv4"),
+    (
+        "VIP not an address",
+        with_changes(control_plane={"vip": "10.0.0"}),
+        "control_plane.vip",
+        "IPv4",
+    ),
     (
         "VIP inside pod CIDR",
         with_changes(control_plane={"vip": "10.20.1.1"}),
@@ -67,12 +102,24 @@ BAD_SPECS = [
     ("datastore and datastore cluster", placement(datastore="ds"), "vsphere", "exactly one of"),
     ("empty template", placement(template=""), "vsphere.template", "at least 1"),
     ("bad ssh key", with_changes(ssh_authorized_keys=["hello"]), "ssh_authorized_keys", "OpenSSH"),
-    ("timeout too short", with_changes(timeouts={"ip": 1}), "timeouts.ip", "greater than or equal to 5"),
-    ("bad interface", with_changes(control_plane={"vip": "127.0.10.1", "interface": "a b"}), "", "pattern"),
+    (
+        "timeout too short",
+        with_changes(timeouts={"ip": 1}),
+        "timeouts.ip",
+        "greater than or equal to 5",
+    ),
+    (
+        "bad interface",
+        with_changes(control_plane={"vip": "127.0.10.1", "interface": "a b"}),
+        "",
+        "pattern",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "data", "field", "message"), BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
+@pytest.mark.parametrize(
+    ("case", "data", "field", "message"), BAD_SPECS, ids=[c[0] for c in BAD_SPECS]
+)
 def test_bad_spec_is_refused_with_a_message_naming_the_field(
     case: str, data: dict[str, Any], field: str, message: str
 ) -> None:
