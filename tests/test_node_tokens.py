@@ -57,7 +57,7 @@ def test_a_token_signed_by_another_key_is_refused() -> None:
 
 
 def test_a_tampered_token_is_refused() -> None:
-    header, payload, signature = SIGNER.sign(NODE, timedelta(minutes=5)).split(".")
+    header, _payload, signature = SIGNER.sign(NODE, timedelta(minutes=5)).split(".")
     forged = jwt.encode({"node": "prod-master-01"}, "k" * 32, algorithm="HS256").split(".")[1]
     with pytest.raises(InvalidNodeToken):
         VERIFIER.verify(f"{header}.{forged}.{signature}")
