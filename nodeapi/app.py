@@ -127,7 +127,7 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
         }[node.claims.kind]
         if report.kind not in allowed:
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                422,
                 f"a {node.claims.kind.value} reports one of: {', '.join(sorted(allowed))}",
             )
         handle = client.get_workflow_handle(

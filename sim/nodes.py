@@ -63,6 +63,7 @@ class SimulatedNodes:
         boot_seconds: float = 0.5,
         join_poll_seconds: float = 0.5,
         behaviours: dict[str, Behaviour] | None = None,
+        boot_delays: dict[str, float] | None = None,
         scan_seconds: float = 0.3,
         ip_prefix: str = "127.77",
     ) -> None:
@@ -71,6 +72,7 @@ class SimulatedNodes:
         self.boot_seconds = boot_seconds
         self.join_poll_seconds = join_poll_seconds
         self.behaviours = behaviours or {}
+        self.boot_delays = boot_delays or {}
         self.scan_seconds = scan_seconds
         self._ip_prefix = ip_prefix
         self._ips: dict[str, str] = {}
@@ -83,6 +85,12 @@ class SimulatedNodes:
             if fnmatch.fnmatch(name, pattern):
                 return behaviour
         return Behaviour.NORMAL
+
+    def boot_delay(self, name: str) -> float:
+        for pattern, seconds in self.boot_delays.items():
+            if fnmatch.fnmatch(name, pattern):
+                return seconds
+        return self.boot_seconds
 
     def _ip_for(self, instance_uuid: str) -> str:
         if instance_uuid not in self._ips:
@@ -159,7 +167,7 @@ class SimulatedNodes:
         self.nodes[name] = node
         node.events.append((time.time(), "powered-on"))
 
-        await asyncio.sleep(self.boot_seconds)
+        await asyncio.sleep(self.boot_delay(name))
         if behaviour is Behaviour.NO_IP:
             node.events.append((time.time(), "no-ip"))
             return

@@ -1,0 +1,171 @@
+"""The node API over real HTTP against the real workflows: bad or foreign
+requests get 4xx and change nothing; a node can only act for itself."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from models.state import ClusterPhase, ClusterStatus, NodeIdentity, NodeKind
+from pki.node_tokens import NodeTokenSigner, load_signing_key
+from sim.nodes import Behaviour
+from starter import clusters
+from tests.conftest import Stack, cluster_spec, unique
+
+
+async def wait_for_node_identities(stack: Stack, name: str) -> ClusterStatus:
+    for _ in range(100):
+        try:
+            status = await clusters.status(stack.client, name)
+            if status.phase is ClusterPhase.STARTING_LEADER:
+                return status
+        except Exception:  # noqa: S110 - not started yet
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("cluster did not start")
+
+
+@pytest.fixture(scope="module")
+async def waiting_cluster(stack: Stack) -> ClusterStatus:
+    """A cluster whose leader stays silent, so its nodes wait for the leader."""
+    name = unique("napi")
+    stack.nodes.behaviours[f"{name}-master-01"] = Behaviour.SILENT
+    spec = cluster_spec(name, masters=1, workers=2, timeouts={"leader_ready": 300})
+    await clusters.create(stack.client, spec, stack.task_queue)
+    return await wait_for_node_identities(stack, name)
+
+
+def token_for(
+    key_file: Path, node: NodeIdentity, ttl: timedelta = timedelta(minutes=5)
+) -> dict[str, str]:
+    token = NodeTokenSigner(load_signing_key(key_file)).sign(node, ttl)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def node(status: ClusterStatus, kind: NodeKind, index: int = 1) -> NodeIdentity:
+    return next(
+        n.identity for n in status.nodes if n.identity.kind is kind and n.identity.index == index
+    )
+
+
+async def test_health_needs_no_token(node_api_url: str) -> None:
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        assert (await api.get("/healthz")).json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/nodes/self/bootstrap"),
+        ("GET", "/v1/nodes/self/join"),
+        ("POST", "/v1/nodes/self/report"),
+    ],
+)
+@pytest.mark.parametrize(
+    "header", [None, "Bearer", "Basic dXNlcjpwYXNz", "Bearer not-a-jwt", "Bearer a.b.c"]
+)
+async def test_requests_without_a_valid_token_get_401(
+    node_api_url: str, method: str, path: str, header: str | None
+) -> None:
+    headers = {"Authorization": header} if header else {}
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        response = await api.request(method, path, headers=headers, json={"kind": "ready"})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_a_token_for_an_unknown_cluster_or_node_is_refused(
+    node_api_url: str, key_file: Path, waiting_cluster: ClusterStatus
+) -> None:
+    worker = node(waiting_cluster, NodeKind.WORKER)
+    strangers = [
+        worker.model_copy(update={"cluster": "no-such-cluster"}),
+        worker.model_copy(update={"cluster_uid": "an-earlier-incarnation"}),
+        worker.model_copy(update={"name": f"{worker.cluster}-workers-09"}),
+        worker.model_copy(update={"instance_uuid": "00000000-0000-0000-0000-000000000000"}),
+        worker.model_copy(update={"kind": NodeKind.MASTER}),  # a worker claiming to be a master
+    ]
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        for stranger in strangers:
+            response = await api.get(
+                "/v1/nodes/self/bootstrap", headers=token_for(key_file, stranger)
+            )
+            assert response.status_code == 401, stranger
+
+
+async def test_an_expired_token_is_refused(
+    node_api_url: str, key_file: Path, waiting_cluster: ClusterStatus
+) -> None:
+    worker = node(waiting_cluster, NodeKind.WORKER)
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        response = await api.get(
+            "/v1/nodes/self/join", headers=token_for(key_file, worker, timedelta(seconds=-60))
+        )
+    assert response.status_code == 401
+    assert response.json()["detail"] == "token expired"
+
+
+async def test_only_masters_get_the_cluster_cas(
+    node_api_url: str, key_file: Path, waiting_cluster: ClusterStatus
+) -> None:
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        worker = await api.get(
+            "/v1/nodes/self/bootstrap",
+            headers=token_for(key_file, node(waiting_cluster, NodeKind.WORKER)),
+        )
+        leader = await api.get(
+            "/v1/nodes/self/bootstrap",
+            headers=token_for(key_file, node(waiting_cluster, NodeKind.LEADER)),
+        )
+    assert worker.status_code == 403
+    assert leader.status_code == 200
+    body = leader.json()
+    assert "BEGIN CERTIFICATE" in body["pki"]["kubernetes_ca"]["cert_pem"]
+    assert "PRIVATE KEY" in body["pki"]["kubernetes_ca"]["key_pem"]
+    assert leader.headers["cache-control"] == "no-store"
+
+
+async def test_join_says_not_yet_until_the_leader_is_ready(
+    node_api_url: str, key_file: Path, waiting_cluster: ClusterStatus
+) -> None:
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        response = await api.get(
+            "/v1/nodes/self/join",
+            headers=token_for(key_file, node(waiting_cluster, NodeKind.WORKER)),
+        )
+        leader = await api.get(
+            "/v1/nodes/self/join",
+            headers=token_for(key_file, node(waiting_cluster, NodeKind.LEADER)),
+        )
+    assert response.status_code == 409
+    assert response.headers["retry-after"] == "5"
+    assert "leader is not ready" in response.json()["detail"]
+    assert leader.status_code == 403
+
+
+async def test_malformed_or_foreign_reports_are_refused_and_change_nothing(
+    stack: Stack, node_api_url: str, key_file: Path, waiting_cluster: ClusterStatus
+) -> None:
+    worker = token_for(key_file, node(waiting_cluster, NodeKind.WORKER))
+    leader = token_for(key_file, node(waiting_cluster, NodeKind.LEADER))
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        bad = [
+            await api.post("/v1/nodes/self/report", headers=worker, content=b"{not json"),
+            await api.post("/v1/nodes/self/report", headers=worker, json={"kind": "exploded"}),
+            await api.post("/v1/nodes/self/report", headers=worker, json={"kind": "ready"}),
+            await api.post("/v1/nodes/self/report", headers=leader, json={"kind": "joined"}),
+            await api.post(
+                "/v1/nodes/self/report",
+                headers=worker,
+                json={"kind": "failed", "message": "x" * 5000},
+            ),
+            await api.post("/v1/nodes/self/report", headers=worker, json=[1, 2]),
+        ]
+    assert [r.status_code for r in bad] == [422] * len(bad)
+    after = await clusters.status(stack.client, waiting_cluster.name)
+    assert after.phase is ClusterPhase.STARTING_LEADER
+    assert not after.failed_nodes
