@@ -12,7 +12,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # RFC 1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric.
 _RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -229,3 +229,12 @@ class ClusterSpec(_Strict):
             if pool.name == name:
                 return pool
         raise KeyError(name)
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """One line per problem, each naming its field: ``pools.1.cpus: ...``."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "spec"
+        problems.append(f"{where}: {error['msg']}")
+    return problems

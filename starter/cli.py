@@ -21,6 +21,7 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from models.spec import validation_problems
 from models.state import ClusterPhase, ClusterStatus, NodePhase
 from runtime import temporal
 from settings import TemporalSettings, load
@@ -135,9 +136,8 @@ async def run(argv: Sequence[str] | None = None, client: Client | None = None) -
         return await _list(client)
     except ValidationError as exc:
         console.print(f"[bold red]invalid cluster spec[/] ({exc.error_count()} problem(s)):")
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "spec"
-            console.print(f"  {where}: {error['msg']}")
+        for problem in validation_problems(exc):
+            console.print(f"  {problem}", markup=False)
         return 2
     except (clusters.ClusterExists, FileNotFoundError) as exc:
         console.print(f"[bold red]error:[/] {exc}")

@@ -34,7 +34,7 @@ async def create(
     try:
         return await client.start_workflow(
             ClusterWorkflow.run,
-            ClusterWorkflowInput(spec=spec),
+            ClusterWorkflowInput(spec=spec).model_dump(mode="json"),
             id=ids.cluster_workflow_id(spec.name),
             task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,

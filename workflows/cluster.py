@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
     from bootstrap import keepalived
     from models.messages import (
         BootstrapMaterial,
@@ -37,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
         NodeWorkflowInput,
     )
     from models.pki import BootstrapToken, ClusterPKI
-    from models.spec import ClusterSpec, NodeRole
+    from models.spec import ClusterSpec, NodeRole, validation_problems
     from models.state import (
         ClusterPhase,
         ClusterStatus,
@@ -87,7 +90,18 @@ class ClusterWorkflow:
 
     # --- run --------------------------------------------------------------
     @workflow.run
-    async def run(self, input: ClusterWorkflowInput) -> ClusterResult:
+    async def run(self, raw: dict[str, Any]) -> ClusterResult:
+        """Input: a :class:`ClusterWorkflowInput` as JSON. It is validated here rather
+        than by the data converter, so that a bad spec started from the Web UI or the
+        ``temporal`` CLI fails the workflow with the reason instead of retrying forever."""
+        try:
+            input = ClusterWorkflowInput.model_validate(raw)
+        except ValidationError as exc:
+            raise ApplicationError(
+                "invalid cluster spec: " + "; ".join(validation_problems(exc)),
+                type="InvalidSpec",
+                non_retryable=True,
+            ) from None
         spec = self._spec = input.spec
         expected_id = ids.cluster_workflow_id(spec.name)
         if workflow.info().workflow_id != expected_id:
@@ -105,7 +119,9 @@ class ClusterWorkflow:
         # Serve the node API and later commands until history grows long.
         await workflow.wait_condition(lambda: workflow.info().is_continue_as_new_suggested())
         await workflow.wait_condition(workflow.all_handlers_finished)
-        workflow.continue_as_new(ClusterWorkflowInput(spec=spec, state=self._state()))
+        workflow.continue_as_new(
+            ClusterWorkflowInput(spec=spec, state=self._state()).model_dump(mode="json")
+        )
 
     async def _create(self, spec: ClusterSpec) -> None:
         self._uid = str(workflow.uuid4())
