@@ -40,6 +40,7 @@ NETWORK = "DC0_DVPG0"
 TEMPLATE = "pke-ubuntu-2204"
 FOLDER = "pke"
 SOURCE_VM = "DC0_C0_RP0_VM0"
+PLAIN_VM = "DC0_C0_RP0_VM1"  # an ordinary VM, not a template
 
 
 def binary_path(state_dir: Path) -> Path:

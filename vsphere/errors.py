@@ -1,10 +1,8 @@
 """vCenter faults, sorted once into permanent (retrying cannot help: a person has
-to fix something) and transient (retry with backoff)."""
+to fix something) and transient (everything else: retry with backoff)."""
 
 from __future__ import annotations
 
-import http.client
-import socket
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,21 +38,6 @@ _PERMANENT: tuple[tuple[type[BaseException], str], ...] = (
     (ssl.SSLCertVerificationError, "vCenter's TLS certificate did not verify"),
 )
 
-_TRANSIENT: tuple[type[BaseException], ...] = (
-    vim.fault.NotAuthenticated,
-    vim.fault.TaskInProgress,
-    vim.fault.InvalidState,
-    vim.fault.Timedout,
-    vmodl.fault.SystemError,
-    vmodl.fault.HostCommunication,
-    vim.fault.InsufficientResourcesFault,
-    ConnectionError,
-    http.client.HTTPException,
-    socket.timeout,
-    TimeoutError,
-    OSError,
-)
-
 
 def describe(exc: BaseException) -> str:
     """One line naming the fault and vCenter's own message, if any."""
@@ -67,13 +50,13 @@ def describe(exc: BaseException) -> str:
 def classify(exc: BaseException) -> VSphereError:
     if isinstance(exc, VSphereError):
         return exc
+    if isinstance(exc, vim.fault.NotAuthenticated):  # a NoPermission subclass, but it passes
+        return TransientError(f"vCenter session expired: {describe(exc)}")
     for kind, advice in _PERMANENT:
         if isinstance(exc, kind):
             return PermanentError(f"{advice}: {describe(exc)}")
-    if isinstance(exc, _TRANSIENT):
-        return TransientError(describe(exc))
-    if isinstance(exc, vmodl.MethodFault):
-        return TransientError(describe(exc))
+    # Everything else may pass (dropped connections, TaskInProgress, InvalidState,
+    # timeouts, unknown faults): retry, bounded by the step's deadline.
     return TransientError(describe(exc))
 
 

@@ -73,7 +73,7 @@ func main() {
 	model.Pod = 1
 	model.Portgroup = 2
 	model.Pool = 1
-	model.Machine = 1
+	model.Machine = 2
 	model.DelayConfig.MethodDelay = delays
 
 	if err := model.Create(); err != nil {

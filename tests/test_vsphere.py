@@ -1,0 +1,145 @@
+"""The pyvmomi wrapper against the real simulator: lookups, session renewal,
+fault mapping, and which guest address counts as the node's IP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from pydantic import SecretStr
+from pyVmomi import vim, vmodl
+from temporalio.exceptions import ApplicationError
+
+from models.spec import VSpherePlacement
+from settings import VCenterSettings
+from sim import vcenter
+from tests.harness import STATE_DIR
+from vsphere import inventory, properties
+from vsphere.errors import PermanentError, TransientError, as_activity_errors, classify
+from vsphere.session import VCenterSession
+from vsphere.vms import pick_ip
+
+
+def settings_for(sim: vcenter.Simulator, password: str | None = None) -> VCenterSettings:
+    return VCenterSettings(
+        vcenter_url=sim.url,
+        vcenter_username=sim.username,
+        vcenter_password=SecretStr(password or sim.password),
+    )
+
+
+@pytest.fixture(scope="module")
+def expiring_sim() -> Iterator[vcenter.Simulator]:
+    """A second simulator whose sessions expire after 2 s idle."""
+    sim = vcenter.start(STATE_DIR, session_idle_timeout="2s", prepare=False)
+    yield sim
+    sim.stop()
+
+
+def test_an_expired_session_is_renewed_transparently(expiring_sim: vcenter.Simulator) -> None:
+    session = VCenterSession(settings_for(expiring_sim))
+
+    def datacenters(si: object) -> list[str]:
+        return [p["name"] for _, p in properties.find_all(si, vim.Datacenter, ["name"])]
+
+    assert session.run(datacenters) == ["DC0"]
+    time.sleep(4.5)  # idle past the timeout; the simulator reaps sessions on its own clock
+    assert session.run(datacenters) == ["DC0"]
+    assert session.logins == 2
+    session.close()
+
+
+def test_wrong_credentials_are_a_permanent_error_that_names_the_cause(
+    vcsim: vcenter.Simulator,
+) -> None:
+    session = VCenterSession(settings_for(vcsim, password="wrong"))
+    with pytest.raises(ApplicationError) as info, as_activity_errors("log in"):
+        session.run(lambda si: si)
+    assert info.value.non_retryable
+    assert "vCenter rejected the user name or password" in info.value.message
+
+
+def test_resolve_reports_every_missing_object_at_once(vcsim: vcenter.Simulator) -> None:
+    session = VCenterSession(settings_for(vcsim))
+    spec = VSpherePlacement(
+        datacenter="DC0",
+        template="DC0_H0_VM0-missing",
+        folder="nope",
+        resource_pool="DC0_C0/Resources/missing",
+        datastore="LocalDS_0",
+        network="no-such-network",
+    )
+    with pytest.raises(PermanentError) as info:
+        session.run(lambda si: inventory.resolve(si, spec))
+    message = str(info.value)
+    for field in ("vsphere.template", "vsphere.folder", "vsphere.resource_pool", "vsphere.network"):
+        assert field in message
+    assert "vsphere.datastore" not in message
+    session.close()
+
+
+def test_resolve_refuses_a_vm_that_is_not_a_template(vcsim: vcenter.Simulator) -> None:
+    session = VCenterSession(settings_for(vcsim))
+    si = session.service_instance()
+    spec = VSpherePlacement(
+        datacenter="DC0",
+        template=vcenter.PLAIN_VM,
+        folder="pke",
+        compute_cluster="DC0_C0",
+        datastore="LocalDS_0",
+    )
+    with pytest.raises(PermanentError, match="is a VM, not a template"):
+        inventory.resolve(si, spec)
+    session.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        (vim.fault.InvalidLogin(), PermanentError),
+        (vim.fault.NoPermission(privilegeId="VirtualMachine.Provisioning.Clone"), PermanentError),
+        (vim.fault.NoDiskSpace(datastore="ds1"), PermanentError),
+        (vmodl.fault.InvalidArgument(invalidProperty="spec.location.pool"), PermanentError),
+        (vim.fault.TaskInProgress(), TransientError),
+        (vim.fault.NotAuthenticated(), TransientError),
+        (ConnectionResetError(), TransientError),
+        (TimeoutError(), TransientError),
+    ],
+)
+def test_faults_are_sorted_into_permanent_and_transient(fault: BaseException, kind: type) -> None:
+    assert isinstance(classify(fault), kind)
+
+
+def test_an_invalid_argument_names_the_property() -> None:
+    error = classify(vmodl.fault.InvalidArgument(invalidProperty="spec.location.pool"))
+    assert "spec.location.pool" in str(error)
+
+
+def nic(*addresses: str, device: int = 4000) -> SimpleNamespace:
+    return SimpleNamespace(ipAddress=list(addresses), deviceConfigId=device)
+
+
+@pytest.mark.parametrize(
+    ("net", "primary", "expected"),
+    [
+        ([nic("10.0.0.5")], None, "10.0.0.5"),
+        ([nic("169.254.3.4", "fe80::1", "10.0.0.6")], None, "10.0.0.6"),
+        ([nic("172.17.0.1", device=-1), nic("10.0.0.7")], "172.17.0.1", "10.0.0.7"),
+        ([nic("169.254.1.1")], "169.254.1.1", None),
+        ([], "10.0.0.8", "10.0.0.8"),
+        ([nic("2001:db8::5")], None, None),
+        (None, None, None),
+    ],
+)
+def test_the_node_ip_ignores_link_local_ipv6_and_foreign_bridges(
+    net: list[SimpleNamespace] | None, primary: str | None, expected: str | None
+) -> None:
+    assert pick_ip(net, primary) == expected
+
+
+def test_the_simulator_binary_is_cached_by_source(tmp_path: Path) -> None:
+    assert vcenter.binary_path(STATE_DIR).exists()
+    assert vcenter.build(STATE_DIR) == vcenter.binary_path(STATE_DIR)
