@@ -1,0 +1,86 @@
+"""Determinism: recorded histories replay against the current workflow code.
+
+``tests/histories/*.json`` hold histories of earlier versions (key material
+redacted); a change that breaks replay of a running cluster fails here. To
+record new ones: ``PKE_VSPHERE_RECORD_HISTORIES=1 pytest tests/test_replay.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from runtime.temporal import DATA_CONVERTER
+from starter import clusters
+from tests.clusters import wait_until_settled
+from tests.conftest import Stack, cluster_spec, unique
+from workflows import ids
+from workflows.cluster import ClusterWorkflow
+from workflows.node import NodeWorkflow
+
+HISTORIES = Path(__file__).parent / "histories"
+_PEM = re.compile(r"-----BEGIN [A-Z ]+-----[^-]+-----END [A-Z ]+-----")
+_SECRET_FIELDS = re.compile(r'"(token|encryption_secret|vrrp_password)":"[^"]*"')
+
+
+def replayer() -> Replayer:
+    return Replayer(workflows=[ClusterWorkflow, NodeWorkflow], data_converter=DATA_CONVERTER)
+
+
+def redact(history_json: dict[str, object]) -> dict[str, object]:
+    """Replace key material inside payloads, so no key, even a test one, enters the repo."""
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "data" in node and isinstance(node["data"], str) and "metadata" in node:
+                text = base64.b64decode(node["data"]).decode(errors="replace")
+                text = _PEM.sub("REDACTED", text)
+                text = _SECRET_FIELDS.sub(r'"\1":"REDACTED"', text)
+                node["data"] = base64.b64encode(text.encode()).decode()
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(history_json)
+    return history_json
+
+
+async def test_a_fresh_create_replays_against_the_current_code(stack: Stack) -> None:
+    name = unique("replay")
+    await clusters.create(stack.client, cluster_spec(name, masters=1, workers=1), stack.task_queue)
+    await wait_until_settled(stack, name)
+    workflow_ids = [
+        ids.cluster_workflow_id(name),
+        ids.node_workflow_id(name, f"{name}-master-01"),
+        ids.node_workflow_id(name, f"{name}-workers-01"),
+    ]
+    for workflow_id in workflow_ids:
+        history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
+        result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, f"{workflow_id}: {result.replay_failure}"
+        if os.environ.get("PKE_VSPHERE_RECORD_HISTORIES"):
+            kind = "cluster" if workflow_id.endswith(name) else workflow_id.rsplit("-", 2)[-2]
+            target = HISTORIES / f"{kind}-v1.json"
+            record = {"workflow_id": workflow_id, "history": redact(history.to_json_dict())}
+            target.write_text(json.dumps(record, indent=1) + "\n")
+
+
+@pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.name)
+async def test_stored_histories_replay(path: Path) -> None:
+    record = json.loads(path.read_text())
+    payloads = re.findall(r'"data": "([A-Za-z0-9+/=]+)"', json.dumps(record))
+    assert not any(b"PRIVATE KEY" in base64.b64decode(p) for p in payloads), (
+        "unredacted key material"
+    )
+    history = WorkflowHistory.from_json(record["workflow_id"], record["history"])
+    result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
