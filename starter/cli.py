@@ -65,20 +65,58 @@ def _settled(status: ClusterStatus) -> bool:
     return status.phase in (ClusterPhase.READY, ClusterPhase.FAILED)
 
 
+async def _poll(client: Client, name: str) -> ClusterStatus | None:
+    """The cluster's status, or None once its workflow has closed without an answer."""
+    try:
+        return await clusters.status(client, name)
+    except RPCError:
+        desc = await client.get_workflow_handle(ids.cluster_workflow_id(name)).describe()
+        if desc.status is not None and desc.status.name != "RUNNING":
+            return None
+        raise
+
+
+def _transitions(before: ClusterStatus | None, after: ClusterStatus) -> list[str]:
+    """One line per node whose phase changed: the progress log when not on a terminal."""
+    old = {n.name: n.phase for n in before.nodes} if before else {}
+    lines = []
+    if before is None or before.phase is not after.phase:
+        lines.append(f"cluster {after.name}: {after.phase.value}")
+    for node in after.nodes:
+        if old.get(node.name) is not node.phase:
+            detail = f" ({node.ip})" if node.ip and node.phase is NodePhase.BOOTSTRAPPING else ""
+            error = f": {node.last_error}" if node.last_error else ""
+            lines.append(
+                f"  {node.name} [{node.identity.kind.value}] {node.phase.value}{detail}{error}"
+            )
+    return lines
+
+
 async def watch(client: Client, name: str, interval: float = 1.0) -> ClusterStatus:
-    """Show the node table live until the cluster is Ready or Failed."""
-    handle = client.get_workflow_handle(ids.cluster_workflow_id(name))
+    """Show progress until the cluster is Ready or Failed: a live table on a
+    terminal, one line per node phase change otherwise."""
     current = await clusters.status(client, name)
+    if not console.is_terminal:
+        previous: ClusterStatus | None = None
+        while True:
+            for line in _transitions(previous, current):
+                console.print(line, markup=False, highlight=False)
+            if _settled(current):
+                break
+            await asyncio.sleep(interval)
+            previous, latest = current, await _poll(client, name)
+            if latest is None:
+                break
+            current = latest
+        console.print(render(current))
+        return current
     with Live(render(current), console=console, refresh_per_second=4, transient=False) as live:
         while not _settled(current):
             await asyncio.sleep(interval)
-            try:
-                current = await clusters.status(client, name)
-            except RPCError:
-                desc = await handle.describe()
-                if desc.status is not None and desc.status.name != "RUNNING":
-                    break
-                raise
+            latest = await _poll(client, name)
+            if latest is None:
+                break
+            current = latest
             live.update(render(current))
     return current
 

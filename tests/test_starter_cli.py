@@ -1,0 +1,71 @@
+"""The ``pke-vsphere`` CLI against the real stack: progress, refusals, status, list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from starter import cli
+from tests.conftest import Stack, cluster_spec, unique
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> tuple[str, Path]:
+    name = unique("cli")
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        yaml.safe_dump(cluster_spec(name, masters=1, workers=1).model_dump(mode="json"))
+    )
+    return name, path
+
+
+async def test_create_wait_shows_node_progress_then_status_and_list(
+    stack: Stack,
+    spec_file: tuple[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name, path = spec_file
+    monkeypatch.setenv("PKE_VSPHERE_TEMPORAL_TASK_QUEUE", stack.task_queue)
+    assert await cli.run(["create", "-f", str(path), "--wait"], client=stack.client) == 0
+    out = capsys.readouterr().out
+    assert f"cluster {name}: Ready" in out
+    lines = out.splitlines()
+    worker_lines = [i for i, line in enumerate(lines) if f"{name}-workers-01 [worker]" in line]
+    assert "Pending" in lines[worker_lines[0]] and "Ready" in lines[worker_lines[-1]]
+    leader_ready = lines.index(f"  {name}-master-01 [leader] Ready")
+    assert leader_ready < worker_lines[1]  # the worker moved only after the leader was ready
+
+    assert await cli.run(["create", "-f", str(path)], client=stack.client) == 1
+    assert "already exists" in capsys.readouterr().out
+
+    assert await cli.run(["status", name], client=stack.client) == 0
+    out = capsys.readouterr().out
+    assert f"{name}-master-01" in out and "2/2 nodes ready" in out
+
+    assert await cli.run(["list"], client=stack.client) == 0
+    assert name in capsys.readouterr().out
+
+
+async def test_create_refuses_an_invalid_spec_naming_each_field(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = cluster_spec(unique("cli-bad")).model_dump(mode="json")
+    data["pools"][1]["cpus"] = 0
+    data["name"] = "Bad Name"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert await cli.run(["create", "-f", str(path)], client=stack.client) == 2
+    out = capsys.readouterr().out
+    assert "invalid cluster spec (2 problem(s))" in out
+    assert "name: Value error, cluster name 'Bad Name' is not an RFC 1123 label" in out
+    assert "pools.1.cpus: Input should be greater than or equal to 1" in out
+
+
+async def test_status_of_an_unknown_cluster_is_a_clear_error(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await cli.run(["status", "no-such-cluster"], client=stack.client) == 1
+    assert "Temporal:" in capsys.readouterr().out
