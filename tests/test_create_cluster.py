@@ -4,13 +4,39 @@ from __future__ import annotations
 
 import base64
 import gzip
+from typing import Any
+
+from pyVim import connect
+from pyVmomi import vim
 
 from bootstrap import cloudinit, guestinfo
+from models.spec import ClusterSpec
 from models.state import ClusterPhase, NodePhase
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import vms_of_cluster
+from vsphere import inventory, properties
+
+
+def placement_of(stack: Stack, spec: ClusterSpec) -> dict[str, Any]:
+    """Where the spec says the VMs go, resolved independently of the worker."""
+    si = stack.sim.connect()
+    try:
+        where = inventory.resolve(si, spec.vsphere)
+        if where.datastore_cluster is not None:
+            stores = properties.read(si, where.datastore_cluster, ["childEntity"])["childEntity"]
+        else:
+            stores = [where.datastore]
+        key = properties.read(si, where.network, ["key"])["key"] if where.network else None
+        return {
+            "folder": where.folder,
+            "pool": where.pool,
+            "datastores": list(stores),
+            "portgroup_key": key,
+        }
+    finally:
+        connect.Disconnect(si)
 
 
 async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
@@ -23,6 +49,7 @@ async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
     assert status.api_endpoint == "127.0.10.100:6443"
 
     vms = vms_of_cluster(stack.sim, name)
+    where = placement_of(stack, spec)
     expected = [
         f"{name}-master-01",
         f"{name}-master-02",
@@ -44,6 +71,15 @@ async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
         config = cloudinit.parse(userdata)
         assert config["hostname"] == vm_name
         assert props["runtime.powerState"] == "poweredOn"
+        assert props["parent"] == where["folder"]
+        assert props["resourcePool"] == where["pool"]
+        assert len(props["datastore"]) == 1 and props["datastore"][0] in where["datastores"]
+        nics = [
+            d
+            for d in props["config.hardware.device"]
+            if isinstance(d, vim.vm.device.VirtualEthernetCard)
+        ]
+        assert nics[0].backing.port.portgroupKey == where["portgroup_key"]
 
     # Followers and workers were powered on only after the leader reported ready.
     by_name = {n.name: n for n in status.nodes}
@@ -54,3 +90,29 @@ async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
             assert node.powered_on_at is not None and node.powered_on_at > leader.ready_at, (
                 node.name
             )
+
+
+async def test_resource_pool_and_datastore_placement(stack: Stack) -> None:
+    name = unique("placed")
+    spec = cluster_spec(
+        name,
+        masters=1,
+        workers=1,
+        vsphere={
+            "compute_cluster": None,
+            "resource_pool": "DC0_C0/Resources/DC0_C0_RP1",
+            "datastore_cluster": None,
+            "datastore": "LocalDS_0",
+            "network": None,
+        },
+    )
+    await clusters.create(stack.client, spec, stack.task_queue)
+    status = await wait_until_settled(stack, name)
+    assert status.phase is ClusterPhase.READY, status.error
+    assert status.api_endpoint == f"{status.nodes[0].ip}:6443"  # one master: the leader's address
+    where = placement_of(stack, spec)
+    vms = vms_of_cluster(stack.sim, name)
+    assert len(vms) == 2
+    for props in vms.values():
+        assert props["resourcePool"] == where["pool"]
+        assert props["datastore"] == [where["datastores"][0]]
