@@ -79,7 +79,11 @@ async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
             for d in props["config.hardware.device"]
             if isinstance(d, vim.vm.device.VirtualEthernetCard)
         ]
-        assert nics[0].backing.port.portgroupKey == where["portgroup_key"]
+        backing = nics[0].backing
+        assert isinstance(
+            backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo
+        )
+        assert backing.port.portgroupKey == where["portgroup_key"]
 
     # Followers and workers were powered on only after the leader reported ready.
     by_name = {n.name: n for n in status.nodes}
