@@ -15,13 +15,16 @@ import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities import kube as kube_activities
 from activities import pki as pki_activities
+from activities.commands import ClusterCommandActivities
 from activities.vms import VSphereActivities
 from pki.node_tokens import NodeTokenSigner, load_signing_key
 from runtime import logs, temporal
 from settings import NodeApiSettings, TemporalSettings, VCenterSettings, load
 from vsphere.session import VCenterSession
 from workflows.cluster import ClusterWorkflow
+from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
 from workflows.node import NodeWorkflow
 
 log = structlog.get_logger(__name__)
@@ -37,17 +40,25 @@ def build_worker(
     executor: ThreadPoolExecutor,
     max_concurrent_activities: int = MAX_CONCURRENT_ACTIVITIES,
 ) -> Worker:
+    commands = ClusterCommandActivities(client)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[ClusterWorkflow, NodeWorkflow],
+        workflows=[ClusterWorkflow, NodeWorkflow, ScaleClusterWorkflow, DeleteClusterWorkflow],
         activities=[
             pki_activities.generate_pki,
             pki_activities.mint_bootstrap_token,
+            kube_activities.create_bootstrap_token,
+            kube_activities.drain_node,
+            kube_activities.delete_kube_node,
+            commands.run_cluster_update,
+            commands.delete_cluster_schedules,
             vsphere.ensure_vm,
             vsphere.configure_vm,
             vsphere.power_on_vm,
             vsphere.wait_for_vm_ip,
+            vsphere.find_cluster_vms,
+            vsphere.destroy_vm,
         ],
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
@@ -56,9 +67,7 @@ def build_worker(
     )
 
 
-def build_vsphere_activities(
-    vcenter: VCenterSettings, node_api: NodeApiSettings
-) -> VSphereActivities:
+def build_vsphere_activities(vcenter: VCenterSettings, node_api: NodeApiSettings) -> VSphereActivities:
     return VSphereActivities(
         VCenterSession(vcenter),
         NodeTokenSigner(load_signing_key(node_api.node_token_key_file)),

@@ -26,8 +26,8 @@ def generate_pki(input: GeneratePkiInput) -> ClusterPKI:
 
 @activity.defn(name="mint_bootstrap_token")
 def mint_bootstrap_token(input: MintTokenInput) -> BootstrapToken:
+    """A token known only to the orchestrator: used by clusters whose workflows began
+    before join tokens were installed in the cluster (``create_bootstrap_token``)."""
     token = bootstrap_tokens.mint(timedelta(seconds=input.ttl_seconds))
-    log.info(
-        "bootstrap_token.minted", cluster=input.cluster, expires_at=token.expires_at.isoformat()
-    )
+    log.info("bootstrap_token.minted", cluster=input.cluster, expires_at=token.expires_at.isoformat())
     return token

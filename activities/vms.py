@@ -19,16 +19,21 @@ from temporalio.exceptions import ApplicationError
 
 from bootstrap import cloudinit, guestinfo
 from models.messages import (
+    ClusterVm,
     ConfigureVmInput,
+    DestroyVmInput,
+    DestroyVmResult,
     EnsureVmInput,
     EnsureVmResult,
+    FindClusterVmsInput,
+    FindClusterVmsResult,
     PowerOnInput,
     PowerOnResult,
     WaitForIpInput,
     WaitForIpResult,
 )
 from pki.node_tokens import NodeTokenSigner
-from vsphere import inventory, vms
+from vsphere import inventory, properties, vms
 from vsphere.errors import PermanentError, as_activity_errors
 from vsphere.session import VCenterSession
 from vsphere.waits import wait_for_task
@@ -91,23 +96,24 @@ class VSphereActivities:
                 node, input.bootstrap, node_api_url=self._node_api_url, node_token=token
             )
             self.clones_started += 1
-            logger.info(
-                "vm.cloning", template=input.placement.template, folder=input.placement.folder
-            )
-            vm = self._run_task(
-                si,
-                lambda: vms.start_clone(
+            logger.info("vm.cloning", template=input.placement.template, folder=input.placement.folder)
+            # A clone, once started, is waited for even if the activity is cancelled
+            # (a cluster deleted mid-create): the VM must exist before the sweep.
+            with activity.shield_thread_cancel_exception():
+                vm = self._run_task(
                     si,
-                    placement,
-                    name=node.name,
-                    instance_uuid=node.instance_uuid,
-                    cpus=input.cpus,
-                    memory_mb=input.memory_mb,
-                    extra_config=guestinfo.extra_config(node, userdata),
-                ),
-                timeout.total_seconds(),
-                node.name,
-            )
+                    lambda: vms.start_clone(
+                        si,
+                        placement,
+                        name=node.name,
+                        instance_uuid=node.instance_uuid,
+                        cpus=input.cpus,
+                        memory_mb=input.memory_mb,
+                        extra_config=guestinfo.extra_config(node, userdata),
+                    ),
+                    timeout.total_seconds(),
+                    node.name,
+                )
             logger.info("vm.cloned", vm=vm._moId)
             return EnsureVmResult(vm_ref=vm._moId, created=True)
 
@@ -140,9 +146,7 @@ class VSphereActivities:
                     f"VM {input.name} is on with {current.cpus} CPUs/{current.memory_mb} MiB; "
                     f"power it off to apply {input.cpus} CPUs/{input.memory_mb} MiB"
                 )
-            timeout = (
-                activity.info().start_to_close_timeout or timedelta(minutes=5)
-            ).total_seconds()
+            timeout = (activity.info().start_to_close_timeout or timedelta(minutes=5)).total_seconds()
             self._run_task(
                 si,
                 lambda: vms.start_reconfigure(vm, cpus=input.cpus, memory_mb=input.memory_mb),
@@ -166,9 +170,7 @@ class VSphereActivities:
             vm = vms.vm_by_ref(si, input.vm_ref)
             if vms.facts(si, vm).powered_on:
                 return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=True)
-            timeout = (
-                activity.info().start_to_close_timeout or timedelta(minutes=5)
-            ).total_seconds()
+            timeout = (activity.info().start_to_close_timeout or timedelta(minutes=5)).total_seconds()
             self._run_task(si, vm.PowerOnVM_Task, timeout, input.name)
             log.info("vm.powered_on", node=input.name, vm=input.vm_ref)
             return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=False)
@@ -197,3 +199,66 @@ class VSphereActivities:
                     type="IpTimeout",
                     non_retryable=True,
                 ) from exc
+
+    @activity.defn(name="find_cluster_vms")
+    def find_cluster_vms(self, input: FindClusterVmsInput) -> FindClusterVmsResult:
+        """Every VM in the datacenter marked as belonging to the cluster."""
+
+        def run(si: Any) -> FindClusterVmsResult:
+            root = None
+            if input.datacenter is not None:
+                root = inventory.find_path(si, input.datacenter)
+                if root is None:
+                    raise PermanentError(f"no datacenter {input.datacenter!r}")
+            markers = {
+                guestinfo.MARKER_MANAGED_BY: guestinfo.MANAGED_BY,
+                guestinfo.MARKER_CLUSTER: input.cluster,
+            }
+            found = [
+                ClusterVm(
+                    ref=vm._moId,
+                    name=props.get("name", ""),
+                    instance_uuid=props.get("config.instanceUuid"),
+                    powered_on=props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn,
+                    cluster_uid=props["extra"].get(guestinfo.MARKER_CLUSTER_UID),
+                    pool=props["extra"].get(guestinfo.MARKER_POOL),
+                    node=props["extra"].get(guestinfo.MARKER_NODE),
+                )
+                for vm, props in vms.marked_vms(si, root, markers)
+            ]
+            return FindClusterVmsResult(vms=found)
+
+        with as_activity_errors(f"find the VMs of cluster {input.cluster}"):
+            return self._session.run(run)
+
+    @activity.defn(name="destroy_vm")
+    def destroy_vm(self, input: DestroyVmInput) -> DestroyVmResult:
+        """Power off and destroy a VM, found by reference or instance UUID; a VM that
+        is already gone is success. Never touches a VM without the cluster's marker."""
+        timeout = (activity.info().start_to_close_timeout or timedelta(minutes=10)).total_seconds()
+
+        def run(si: Any) -> DestroyVmResult:
+            vm = None
+            if input.instance_uuid:
+                datacenter = inventory.find_path(si, input.datacenter) if input.datacenter else None
+                vm = vms.find_by_instance_uuid(si, datacenter, input.instance_uuid)
+            if vm is None and input.vm_ref:
+                vm = vms.vm_by_ref(si, input.vm_ref)
+            props = properties.read(si, vm, ["config.extraConfig", "runtime.powerState"]) if vm else {}
+            if vm is None or not props:
+                return DestroyVmResult(destroyed=False)
+            marker = properties.extra_config(props.get("config.extraConfig")).get(guestinfo.MARKER_CLUSTER)
+            if marker != input.cluster:
+                raise PermanentError(
+                    f"refusing to destroy {input.name} ({vm._moId}): it is not marked as part of "
+                    f"cluster {input.cluster!r}"
+                )
+            with activity.shield_thread_cancel_exception():
+                if props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn:
+                    self._run_task(si, lambda: vms.start_power_off(vm), timeout, input.name)
+                self._run_task(si, lambda: vms.start_destroy(vm), timeout, input.name)
+            log.info("vm.destroyed", cluster=input.cluster, node=input.name, vm=vm._moId)
+            return DestroyVmResult(destroyed=True)
+
+        with as_activity_errors(f"destroy VM {input.name}"):
+            return self._session.run(run)

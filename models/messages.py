@@ -8,8 +8,9 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from models.pki import BootstrapToken, ClusterPKI
+from models.secret import Secret
 from models.spec import ClusterSpec, Timeouts, VSpherePlacement
-from models.state import ClusterPhase, NodeIdentity, NodeState
+from models.state import ClusterPhase, NodeIdentity, NodeState, ReconcileReport
 
 
 # --- cluster workflow -------------------------------------------------------
@@ -24,6 +25,9 @@ class ClusterState(BaseModel):
     created_at: datetime
     ready_at: datetime | None = None
     error: str | None = None
+    generations: dict[str, int] = Field(default_factory=dict)
+    orphans_seen: dict[str, datetime] = Field(default_factory=dict)
+    last_reconcile: ReconcileReport | None = None
 
 
 class ClusterWorkflowInput(BaseModel):
@@ -123,6 +127,8 @@ class NodeLookup(BaseModel):
 class NodeLookupResult(BaseModel):
     cluster_uid: str
     node: NodeState | None
+    accepting: bool = True
+    """False once the cluster is being deleted: every token of it is refused."""
 
 
 # --- activities ---------------------------------------------------------------
@@ -175,3 +181,81 @@ class WaitForIpInput(BaseModel):
 
 class WaitForIpResult(BaseModel):
     ip: str
+
+
+class PowerOffInput(BaseModel):
+    vm_ref: str
+    name: str
+
+
+# --- the cluster's Kubernetes API ----------------------------------------------
+class KubeAccess(BaseModel):
+    """How activities reach the cluster's API server: TLS verified against the
+    cluster CA, with a short-lived admin client certificate minted from it."""
+
+    endpoint: str
+    """host:port of the API server (the VIP, or the leader's address)."""
+    ca_cert_pem: str
+    ca_key_pem: Secret
+
+
+class CreateTokenInput(BaseModel):
+    cluster: str
+    access: KubeAccess
+    ttl_seconds: int
+
+
+class DrainInput(BaseModel):
+    cluster: str
+    node: str
+    access: KubeAccess
+    timeout_seconds: int
+
+
+class DrainResult(BaseModel):
+    cordoned: bool
+    evicted: list[str] = Field(default_factory=list)
+    remaining: list[str] = Field(default_factory=list)
+    timed_out: bool = False
+
+
+class DeleteKubeNodeInput(BaseModel):
+    cluster: str
+    node: str
+    access: KubeAccess
+
+
+# --- finding and removing a cluster's VMs --------------------------------------------
+class FindClusterVmsInput(BaseModel):
+    cluster: str
+    datacenter: str | None = None
+    """None: search the whole vCenter."""
+
+
+class ClusterVm(BaseModel):
+    """A VM carrying the cluster's markers, as vCenter reports it."""
+
+    ref: str
+    name: str
+    instance_uuid: str | None
+    powered_on: bool
+    cluster_uid: str | None
+    pool: str | None
+    node: str | None
+
+
+class FindClusterVmsResult(BaseModel):
+    vms: list[ClusterVm] = Field(default_factory=list)
+
+
+class DestroyVmInput(BaseModel):
+    cluster: str
+    name: str
+    datacenter: str | None = None
+    instance_uuid: str | None = None
+    vm_ref: str | None = None
+
+
+class DestroyVmResult(BaseModel):
+    destroyed: bool
+    """False when the VM was already gone."""

@@ -154,6 +154,26 @@ class Timeouts(_Strict):
         return timedelta(seconds=getattr(self, step))
 
 
+class ReconcilePolicy(_Strict):
+    """How often the cluster workflow compares vCenter with its desired state."""
+
+    interval_seconds: int = Field(default=300, ge=10, le=24 * 3600)
+    orphan_grace_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="A VM marked with the cluster that the cluster does not own is destroyed "
+        "once it has been seen for this long.",
+    )
+
+
+class DrainPolicy(_Strict):
+    """Removing a node: how long to wait for its pods to be evicted (PodDisruptionBudgets
+    may hold them); after that the removal proceeds and says so."""
+
+    timeout_seconds: int = Field(default=300, ge=0, le=3600)
+
+
 class ClusterSpec(_Strict):
     """A PKE cluster on vSphere."""
 
@@ -167,6 +187,8 @@ class ClusterSpec(_Strict):
         default_factory=list, description="Public keys for the 'pke' user on every node."
     )
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    reconcile: ReconcilePolicy = Field(default_factory=ReconcilePolicy)
+    drain: DrainPolicy = Field(default_factory=DrainPolicy)
 
     @field_validator("name")
     @classmethod
@@ -184,12 +206,8 @@ class ClusterSpec(_Strict):
     @classmethod
     def _keys(cls, keys: list[str]) -> list[str]:
         for key in keys:
-            if not re.match(
-                r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$", key
-            ):
-                raise ValueError(
-                    f"ssh_authorized_keys: {key[:20]!r}... is not an OpenSSH public key"
-                )
+            if not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$", key):
+                raise ValueError(f"ssh_authorized_keys: {key[:20]!r}... is not an OpenSSH public key")
         return keys
 
     @model_validator(mode="after")
@@ -207,9 +225,7 @@ class ClusterSpec(_Strict):
                 f"(etcd needs an odd quorum), not {masters[0].count}"
             )
         if masters[0].count > 1 and self.control_plane.vip is None:
-            raise ValueError(
-                "control_plane.vip is required when the master pool has more than 1 node"
-            )
+            raise ValueError("control_plane.vip is required when the master pool has more than 1 node")
         vip = self.control_plane.vip
         if vip is not None:
             for label, net in (

@@ -28,6 +28,8 @@ class NodePhase(StrEnum):
     BOOTSTRAPPING = "Bootstrapping"
     READY = "Ready"
     FAILED = "Failed"
+    DRAINING = "Draining"
+    REMOVING = "Removing"
 
 
 class ClusterPhase(StrEnum):
@@ -37,6 +39,8 @@ class ClusterPhase(StrEnum):
     STARTING_NODES = "StartingNodes"
     READY = "Ready"
     FAILED = "Failed"
+    DELETING = "Deleting"
+    DELETED = "Deleted"
 
 
 class NodeIdentity(BaseModel):
@@ -50,6 +54,9 @@ class NodeIdentity(BaseModel):
     kind: NodeKind
     index: int
     instance_uuid: str
+    generation: int = 0
+    """Bumped each time the node's VM is replaced, so the new VM gets a new
+    instance UUID and the old VM's token stops working."""
 
 
 class NodeState(BaseModel):
@@ -81,6 +88,22 @@ class NodeProgress(BaseModel):
     at: datetime
 
 
+class Drift(BaseModel):
+    """A difference between vCenter and the cluster's desired state."""
+
+    kind: str
+    """'missing' (VM gone), 'powered-off', or 'orphan' (marked with the cluster, not owned)."""
+    name: str
+    detail: str
+
+
+class ReconcileReport(BaseModel):
+    at: datetime
+    reason: str
+    drift: list[Drift] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list)
+
+
 class ClusterStatus(BaseModel):
     """Answer of the ``status`` query."""
 
@@ -92,6 +115,11 @@ class ClusterStatus(BaseModel):
     created_at: datetime | None = None
     ready_at: datetime | None = None
     nodes: list[NodeState] = Field(default_factory=list)
+    pools: dict[str, int] = Field(default_factory=dict)
+    """Desired size of each pool."""
+    operation: str | None = None
+    """The command running now, e.g. 'scale workers 2 -> 5'."""
+    last_reconcile: ReconcileReport | None = None
 
     @property
     def failed_nodes(self) -> list[NodeState]:

@@ -87,9 +87,7 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
                 password=material.pki.vrrp_password.get_secret_value(),
             )
         log.info("nodeapi.bootstrap_served")
-        body = MasterBootstrap(
-            pki=material.pki, api_endpoint=material.api_endpoint, keepalived_conf=conf
-        )
+        body = MasterBootstrap(pki=material.pki, api_endpoint=material.api_endpoint, keepalived_conf=conf)
         return JSONResponse(body.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
     @app.get("/v1/nodes/self/join", response_model=JoinInfo)
@@ -102,23 +100,29 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
             )
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
-            if isinstance(cause, ApplicationError) and cause.type == "NotYet":
+            kind = cause.type if isinstance(cause, ApplicationError) else None
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause)
+            if kind == "NotYet":
                 return JSONResponse(
-                    {"detail": cause.message, "retry_after": RETRY_AFTER_SECONDS},
+                    {"detail": message, "retry_after": RETRY_AFTER_SECONDS},
                     status_code=status.HTTP_409_CONFLICT,
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN, str(getattr(cause, "message", cause))
-            ) from None
+            if kind in ("UnknownNode", "NotAJoiner"):
+                raise HTTPException(status.HTTP_403_FORBIDDEN, message) from None
+            # The orchestrator could not produce a token (e.g. the API server is down).
+            log.warning("nodeapi.join_failed", error=message)
+            return JSONResponse(
+                {"detail": "join information is unavailable right now", "retry_after": RETRY_AFTER_SECONDS},
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         except RPCError as exc:
             raise _unavailable(exc) from None
         log.info("nodeapi.join_served", expires_at=info.expires_at.isoformat())
         return JSONResponse(info.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
-    @app.post(
-        "/v1/nodes/self/report", response_model=Accepted, status_code=status.HTTP_202_ACCEPTED
-    )
+    @app.post("/v1/nodes/self/report", response_model=Accepted, status_code=status.HTTP_202_ACCEPTED)
     async def report(report: NodeReport, node: Node) -> Accepted:
         allowed = {
             NodeKind.LEADER: {NodeReportKind.READY, NodeReportKind.FAILED},
@@ -130,9 +134,7 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
                 422,
                 f"a {node.claims.kind.value} reports one of: {', '.join(sorted(allowed))}",
             )
-        handle = client.get_workflow_handle(
-            ids.node_workflow_id(node.claims.cluster, node.claims.node)
-        )
+        handle = client.get_workflow_handle(ids.node_workflow_id(node.claims.cluster, node.claims.node))
         try:
             await handle.signal(REPORT_SIGNAL, report)
         except RPCError as exc:
@@ -149,6 +151,4 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
 
 def _unavailable(exc: RPCError) -> HTTPException:
     log.warning("nodeapi.temporal_error", status=str(exc.status), error=exc.message)
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE, "orchestrator unavailable, retry later"
-    )
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "orchestrator unavailable, retry later")

@@ -39,9 +39,7 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def authenticate(
-    request: Request, client: Client, verifier: NodeTokenVerifier
-) -> AuthenticatedNode:
+async def authenticate(request: Request, client: Client, verifier: NodeTokenVerifier) -> AuthenticatedNode:
     try:
         claims = verifier.verify(bearer_token(request))
     except InvalidNodeToken as exc:
@@ -49,18 +47,15 @@ async def authenticate(
         raise _unauthorized(str(exc)) from None
     handle = client.get_workflow_handle(ids.cluster_workflow_id(claims.cluster))
     try:
-        found = await handle.query(
-            NODE_QUERY, NodeLookup(node=claims.node), result_type=NodeLookupResult
-        )
+        found = await handle.query(NODE_QUERY, NodeLookup(node=claims.node), result_type=NodeLookupResult)
     except RPCError as exc:
         if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
             raise _unauthorized("cluster unknown") from None
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, "orchestrator unavailable"
-        ) from None
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "orchestrator unavailable") from None
     node = found.node
     if (
-        found.cluster_uid != claims.cluster_uid
+        not found.accepting
+        or found.cluster_uid != claims.cluster_uid
         or node is None
         or node.identity.instance_uuid != claims.jti
         or node.identity.kind is not claims.kind

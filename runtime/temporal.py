@@ -25,11 +25,7 @@ async def connect(settings: TemporalSettings) -> Client:
             if settings.temporal_tls_key_file
             else None,
         )
-    api_key = (
-        settings.temporal_api_key_file.read_text().strip()
-        if settings.temporal_api_key_file
-        else None
-    )
+    api_key = settings.temporal_api_key_file.read_text().strip() if settings.temporal_api_key_file else None
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,

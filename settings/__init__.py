@@ -23,21 +23,13 @@ _S = TypeVar("_S", bound=BaseSettings)
 class TemporalSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PKE_VSPHERE_", extra="ignore")
 
-    temporal_address: str = Field(
-        default="127.0.0.1:7233", description="Temporal frontend host:port."
-    )
+    temporal_address: str = Field(default="127.0.0.1:7233", description="Temporal frontend host:port.")
     temporal_namespace: str = Field(default="default")
     temporal_task_queue: str = Field(default=TASK_QUEUE)
-    temporal_tls_ca_file: Path | None = Field(
-        default=None, description="CA bundle for Temporal TLS."
-    )
-    temporal_tls_cert_file: Path | None = Field(
-        default=None, description="mTLS client certificate."
-    )
+    temporal_tls_ca_file: Path | None = Field(default=None, description="CA bundle for Temporal TLS.")
+    temporal_tls_cert_file: Path | None = Field(default=None, description="mTLS client certificate.")
     temporal_tls_key_file: Path | None = Field(default=None, description="mTLS client key.")
-    temporal_api_key_file: Path | None = Field(
-        default=None, description="API key (Temporal Cloud)."
-    )
+    temporal_api_key_file: Path | None = Field(default=None, description="API key (Temporal Cloud).")
 
 
 class VCenterSettings(BaseSettings):
@@ -64,9 +56,7 @@ class VCenterSettings(BaseSettings):
     @model_validator(mode="after")
     def _password(self) -> Self:
         if self.vcenter_password is None and self.vcenter_password_file is None:
-            raise ValueError(
-                "set PKE_VSPHERE_VCENTER_PASSWORD_FILE or PKE_VSPHERE_VCENTER_PASSWORD"
-            )
+            raise ValueError("set PKE_VSPHERE_VCENTER_PASSWORD_FILE or PKE_VSPHERE_VCENTER_PASSWORD")
         return self
 
     def password(self) -> str:

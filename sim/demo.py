@@ -53,9 +53,7 @@ def _running(name: str) -> int | None:
     return None
 
 
-def _spawn(
-    name: str, args: list[str], env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
+def _spawn(name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     log = (STATE / f"{name}.log").open("ab")
     process = subprocess.Popen(
         args,
@@ -106,16 +104,12 @@ def up() -> int:
     STATE.mkdir(parents=True, exist_ok=True)
     running = [name for name in SERVICES if _running(name)]
     if running and len(running) != len(SERVICES):
-        raise SystemExit(
-            f"part of the demo is running ({', '.join(running)}): run `make down` first"
-        )
+        raise SystemExit(f"part of the demo is running ({', '.join(running)}): run `make down` first")
     settings = STATE / "settings.env"
     if not running:
         for port in (TEMPORAL_PORT, UI_PORT, NODE_API_PORT):
             if not _port_free(port):
-                raise SystemExit(
-                    f"port {port} on 127.0.0.1 is taken; stop what uses it (or `make down`)"
-                )
+                raise SystemExit(f"port {port} on 127.0.0.1 is taken; stop what uses it (or `make down`)")
         print("starting Temporal (embedded dev server, SQLite) ...", flush=True)
         _spawn(
             "temporal",
@@ -170,16 +164,12 @@ def up() -> int:
         print("starting the worker, the node API and the simulated nodes ...", flush=True)
         _spawn("worker", [python, str(ROOT / "worker.py"), "--settings", str(settings)])
         _spawn("node-api", [python, "-m", "nodeapi", "--settings", str(settings)])
-        _spawn(
-            "nodes", [python, "-m", "sim.nodes", "--settings", str(settings), "--boot-seconds", "2"]
-        )
+        _spawn("nodes", [python, "-m", "sim.nodes", "--settings", str(settings), "--boot-seconds", "2"])
         _wait_for(lambda: not _port_free(NODE_API_PORT), "the node API")
 
     from starter import cli
 
-    print(
-        f"\nTemporal Web UI: http://127.0.0.1:{UI_PORT}/namespaces/default/workflows\n", flush=True
-    )
+    print(f"\nTemporal Web UI: http://127.0.0.1:{UI_PORT}/namespaces/default/workflows\n", flush=True)
     code = asyncio.run(cli.run(["--settings", str(settings), "create", "-f", str(SPEC), "--wait"]))
     if code == 1:  # already created by an earlier `make demo`: show it instead
         code = asyncio.run(cli.run(["--settings", str(settings), "status", "demo", "--watch"]))

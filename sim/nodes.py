@@ -28,6 +28,7 @@ from pyVmomi import vim
 
 from bootstrap import cloudinit, guestinfo
 from pki.bootstrap_tokens import TOKEN_PATTERN
+from sim.kubeapi import PORT, StandInKubeAPI
 from vsphere import properties
 
 log = structlog.get_logger(__name__)
@@ -79,6 +80,10 @@ class SimulatedNodes:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.nodes: dict[str, BootedNode] = {}
         self.errors: list[str] = []
+        # Stand-in API servers, by every "host:port" they answer on, and by cluster.
+        self.kube_apis: dict[str, StandInKubeAPI] = {}
+        self.cluster_apis: dict[str, StandInKubeAPI] = {}
+        self.pods_per_worker = 2
 
     def behaviour(self, name: str) -> Behaviour:
         for pattern, behaviour in self.behaviours.items():
@@ -136,6 +141,7 @@ class SimulatedNodes:
         finally:
             for task in self._tasks.values():
                 task.cancel()
+            await self.stop_apis()
 
     async def _boot(self, vm: Any, extra: dict[str, str], uuid: str) -> None:
         name = extra.get(guestinfo.MARKER_NODE, vm._moId)
@@ -181,30 +187,62 @@ class SimulatedNodes:
             base_url=env["PKE_VSPHERE_NODE_API"], headers=headers, timeout=30
         ) as api:
             if behaviour is Behaviour.FAIL:
-                await self._post(
-                    api, {"kind": "failed", "message": "simulated: pke install exited 1"}
-                )
+                await self._post(api, {"kind": "failed", "message": "simulated: pke install exited 1"})
                 node.events.append((time.time(), "reported-failed"))
                 return
+            material: dict[str, Any] = {}
             if kind != "worker":
                 response = await api.get("/v1/nodes/self/bootstrap")
                 response.raise_for_status()
-                if "BEGIN CERTIFICATE" not in response.json()["pki"]["kubernetes_ca"]["cert_pem"]:
+                material = response.json()
+                if "BEGIN CERTIFICATE" not in material["pki"]["kubernetes_ca"]["cert_pem"]:
                     raise RuntimeError("bootstrap material has no Kubernetes CA")
                 node.events.append((time.time(), "material-fetched"))
+            pool = env["PKE_VSPHERE_POOL"]
             if kind == "leader":
+                kube = await self._start_api(env["PKE_VSPHERE_CLUSTER"], ip, material)
+                kube.register_node(name, pool, kind, pods=0)
                 await self._post(api, {"kind": "ready"})
                 node.events.append((time.time(), "reported-ready"))
                 return
             join = await self._wait_for_join(api)
-            if not TOKEN_PATTERN.match(join["token"]) or not join["ca_cert_hash"].startswith(
-                "sha256:"
-            ):
+            if not TOKEN_PATTERN.match(join["token"]) or not join["ca_cert_hash"].startswith("sha256:"):
                 await self._post(api, {"kind": "failed", "message": "malformed join information"})
                 return
             node.events.append((time.time(), "join-info"))
+            serving = self.kube_apis.get(join["api_endpoint"])
+            if serving is None or not serving.accepts_token(join["token"]):
+                node.events.append((time.time(), "token-rejected"))
+                message = (
+                    f"kubeadm join: the API server at {join['api_endpoint']} rejected the bootstrap token"
+                )
+                await self._post(api, {"kind": "failed", "message": message})
+                return
+            serving.register_node(name, pool, kind, pods=self.pods_per_worker if kind == "worker" else 0)
             await self._post(api, {"kind": "joined"})
             node.events.append((time.time(), "reported-joined"))
+
+    async def _start_api(self, cluster: str, ip: str, material: dict[str, Any]) -> StandInKubeAPI:
+        """The leader's API server, on its own address and on the VIP, signed by the cluster CA."""
+        ca = material["pki"]["kubernetes_ca"]
+        kube = self.kube_apis.get(f"{ip}:{PORT}")
+        if kube is None:
+            kube = StandInKubeAPI(ca["cert_pem"], ca["key_pem"])
+        hosts = [ip]
+        endpoint = material.get("api_endpoint")
+        if endpoint and endpoint.rpartition(":")[0] != ip:
+            hosts.append(endpoint.rpartition(":")[0])
+        for host in hosts:
+            await kube.serve(host)
+            self.kube_apis[f"{host}:{PORT}"] = kube
+        self.cluster_apis[cluster] = kube
+        return kube
+
+    async def stop_apis(self) -> None:
+        for kube in {id(k): k for k in self.kube_apis.values()}.values():
+            await kube.stop()
+        self.kube_apis.clear()
+        self.cluster_apis.clear()
 
     async def _wait_for_join(self, api: httpx.AsyncClient) -> dict[str, Any]:
         while True:

@@ -162,9 +162,7 @@ def prepare_inventory(sim: Simulator) -> None:
         pod = index.FindByInventoryPath(f"{DATACENTER}/datastore/{DATASTORE_CLUSTER}")
         members = properties.read(si, pod, ["childEntity"]).get("childEntity", [])
         if not members:
-            stores = [
-                index.FindByInventoryPath(f"{DATACENTER}/datastore/LocalDS_{i}") for i in (1, 2)
-            ]
+            stores = [index.FindByInventoryPath(f"{DATACENTER}/datastore/LocalDS_{i}") for i in (1, 2)]
             wait_for_task(si, pod.MoveIntoFolder_Task([s for s in stores if s]), timeout=30)
     finally:
         connect.Disconnect(si)

@@ -86,9 +86,7 @@ def _transitions(before: ClusterStatus | None, after: ClusterStatus) -> list[str
         if old.get(node.name) is not node.phase:
             detail = f" ({node.ip})" if node.ip and node.phase is NodePhase.BOOTSTRAPPING else ""
             error = f": {node.last_error}" if node.last_error else ""
-            lines.append(
-                f"  {node.name} [{node.identity.kind.value}] {node.phase.value}{detail}{error}"
-            )
+            lines.append(f"  {node.name} [{node.identity.kind.value}] {node.phase.value}{detail}{error}")
     return lines
 
 

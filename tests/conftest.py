@@ -5,6 +5,7 @@ they never see each other's VMs."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -122,6 +123,15 @@ async def stack(
             yield Stack(client, task_queue, vsphere, vcsim, sim_nodes, node_api_url)
 
 
+_vips = itertools.count(2)
+
+
+def unique_vip() -> str:
+    """Every test cluster gets its own VIP: its stand-in API server binds it."""
+    n = next(_vips)
+    return f"127.0.{11 + n // 250}.{n % 250 + 1}"
+
+
 def cluster_spec(name: str, *, masters: int = 3, workers: int = 2, **overrides: Any) -> ClusterSpec:
     """A spec on the simulator's inventory, short deadlines for tests."""
     data: dict[str, Any] = {
@@ -134,7 +144,7 @@ def cluster_spec(name: str, *, masters: int = 3, workers: int = 2, **overrides: 
             "datastore_cluster": vcenter.DATASTORE_CLUSTER,
             "network": vcenter.NETWORK,
         },
-        "control_plane": {"vip": "127.0.10.100"} if masters > 1 else {},
+        "control_plane": {"vip": unique_vip()} if masters > 1 else {},
         "pools": [
             {"name": "master", "role": "master", "count": masters, "cpus": 2, "memory_mb": 4096},
             {"name": "workers", "role": "worker", "count": workers, "cpus": 4, "memory_mb": 8192},

@@ -39,9 +39,7 @@ async def serve_node_api(client: Client, key_file: Path) -> AsyncIterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(client, verifier), log_config=None, access_log=False, lifespan="off"
-    )
+    config = uvicorn.Config(create_app(client, verifier), log_config=None, access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to await

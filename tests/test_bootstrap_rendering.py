@@ -96,9 +96,7 @@ def test_cloud_config_names_the_host_and_carries_only_the_node_token() -> None:
 
 def test_bootstrap_script_is_valid_bash() -> None:
     script = cloudinit.written_file(render(NodeKind.MASTER, 2), cloudinit.SCRIPT_FILE)
-    result = subprocess.run(
-        ["bash", "-n"], input=script, text=True, capture_output=True, check=False
-    )
+    result = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True, check=False)
     assert result.returncode == 0, result.stderr
 
 
@@ -107,9 +105,7 @@ def test_guestinfo_round_trips_and_marks_the_vm() -> None:
     extra = guestinfo.extra_config(node, "#cloud-config\nhostname: x\n")
     assert extra["guestinfo.userdata.encoding"] == "gzip+base64"
     assert guestinfo.decode(extra["guestinfo.userdata"], "gzip+base64").startswith("#cloud-config")
-    meta = json.loads(
-        guestinfo.decode(extra["guestinfo.metadata"], extra["guestinfo.metadata.encoding"])
-    )
+    meta = json.loads(guestinfo.decode(extra["guestinfo.metadata"], extra["guestinfo.metadata.encoding"]))
     assert meta == {"instance-id": node.instance_uuid, "local-hostname": node.name}
     assert extra["disk.enableUUID"] == "TRUE"
     assert extra[guestinfo.MARKER_CLUSTER_UID] == "uid-1"
@@ -135,6 +131,4 @@ def test_keepalived_gives_the_leader_the_highest_priority_and_a_cluster_router_i
     assert "state MASTER" in conf and "auth_pass abcd1234" in conf and "10.0.0.100" in conf
     assert "https://127.0.0.1:6443/healthz" in conf
     with pytest.raises(ValueError):
-        keepalived.render(
-            cluster="p", vip="v", interface="i", router=0, node_priority=1, password="p"
-        )
+        keepalived.render(cluster="p", vip="v", interface="i", router=0, node_priority=1, password="p")

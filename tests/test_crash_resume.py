@@ -66,9 +66,7 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def worker_process(
-    stack: Stack, key_file: Path, tmp_path: Path
-) -> Iterator[tuple[WorkerProcess, str]]:
+def worker_process(stack: Stack, key_file: Path, tmp_path: Path) -> Iterator[tuple[WorkerProcess, str]]:
     task_queue = f"crash-{uuid.uuid4()}"
     target = stack.client.service_client.config.target_host
     settings = tmp_path / "worker.env"
@@ -103,9 +101,7 @@ async def test_worker_killed_after_the_leader_vm_exists_resumes_without_duplicat
     else:
         raise AssertionError(f"leader VM never appeared; worker log:\n{worker.log.read_text()}")
     worker.kill()
-    assert sorted(vms_of_cluster(stack.sim, name)) == [leader], (
-        "workers launched before the leader was ready"
-    )
+    assert sorted(vms_of_cluster(stack.sim, name)) == [leader], "workers launched before the leader was ready"
 
     await asyncio.sleep(1)
     worker.start()

@@ -46,7 +46,7 @@ async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
     status = await wait_until_settled(stack, name)
     assert status.phase is ClusterPhase.READY, status.error
     assert [n.phase for n in status.nodes] == [NodePhase.READY] * 5
-    assert status.api_endpoint == "127.0.10.100:6443"
+    assert status.api_endpoint == f"{spec.control_plane.vip}:6443"
 
     vms = vms_of_cluster(stack.sim, name)
     where = placement_of(stack, spec)
@@ -75,14 +75,10 @@ async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
         assert props["resourcePool"] == where["pool"]
         assert len(props["datastore"]) == 1 and props["datastore"][0] in where["datastores"]
         nics = [
-            d
-            for d in props["config.hardware.device"]
-            if isinstance(d, vim.vm.device.VirtualEthernetCard)
+            d for d in props["config.hardware.device"] if isinstance(d, vim.vm.device.VirtualEthernetCard)
         ]
         backing = nics[0].backing
-        assert isinstance(
-            backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo
-        )
+        assert isinstance(backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo)
         assert backing.port.portgroupKey == where["portgroup_key"]
 
     # Followers and workers were powered on only after the leader reported ready.
@@ -91,9 +87,7 @@ async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
     assert leader.ready_at is not None
     for node in status.nodes:
         if node is not leader:
-            assert node.powered_on_at is not None and node.powered_on_at > leader.ready_at, (
-                node.name
-            )
+            assert node.powered_on_at is not None and node.powered_on_at > leader.ready_at, node.name
 
 
 async def test_resource_pool_and_datastore_placement(stack: Stack) -> None:

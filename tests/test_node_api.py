@@ -39,17 +39,13 @@ async def waiting_cluster(stack: Stack) -> ClusterStatus:
     return await wait_for_node_identities(stack, name)
 
 
-def token_for(
-    key_file: Path, node: NodeIdentity, ttl: timedelta = timedelta(minutes=5)
-) -> dict[str, str]:
+def token_for(key_file: Path, node: NodeIdentity, ttl: timedelta = timedelta(minutes=5)) -> dict[str, str]:
     token = NodeTokenSigner(load_signing_key(key_file)).sign(node, ttl)
     return {"Authorization": f"Bearer {token}"}
 
 
 def node(status: ClusterStatus, kind: NodeKind, index: int = 1) -> NodeIdentity:
-    return next(
-        n.identity for n in status.nodes if n.identity.kind is kind and n.identity.index == index
-    )
+    return next(n.identity for n in status.nodes if n.identity.kind is kind and n.identity.index == index)
 
 
 async def test_health_needs_no_token(node_api_url: str) -> None:
@@ -65,9 +61,7 @@ async def test_health_needs_no_token(node_api_url: str) -> None:
         ("POST", "/v1/nodes/self/report"),
     ],
 )
-@pytest.mark.parametrize(
-    "header", [None, "Bearer", "Basic dXNlcjpwYXNz", "Bearer not-a-jwt", "Bearer a.b.c"]
-)
+@pytest.mark.parametrize("header", [None, "Bearer", "Basic dXNlcjpwYXNz", "Bearer not-a-jwt", "Bearer a.b.c"])
 async def test_requests_without_a_valid_token_get_401(
     node_api_url: str, method: str, path: str, header: str | None
 ) -> None:
@@ -91,9 +85,7 @@ async def test_a_token_for_an_unknown_cluster_or_node_is_refused(
     ]
     async with httpx.AsyncClient(base_url=node_api_url) as api:
         for stranger in strangers:
-            response = await api.get(
-                "/v1/nodes/self/bootstrap", headers=token_for(key_file, stranger)
-            )
+            response = await api.get("/v1/nodes/self/bootstrap", headers=token_for(key_file, stranger))
             assert response.status_code == 401, stranger
 
 

@@ -30,9 +30,7 @@ async def test_a_leader_that_never_reports_ready_fails_the_create_within_its_dea
     assert elapsed < 30, elapsed
     # Nothing else was launched after the leader failed.
     assert sorted(vms_of_cluster(stack.sim, name)) == [f"{name}-master-01"]
-    assert [n.phase for n in status.nodes if n.identity.kind.value == "worker"] == [
-        NodePhase.PENDING
-    ]
+    assert [n.phase for n in status.nodes if n.identity.kind.value == "worker"] == [NodePhase.PENDING]
 
 
 async def test_a_silent_worker_leaves_the_cluster_ready_with_one_failed_node(stack: Stack) -> None:

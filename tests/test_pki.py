@@ -32,9 +32,7 @@ def test_cluster_pki_has_three_distinct_cas_and_keys() -> None:
         assert usage.key_cert_sign and usage.crl_sign
         verify_signed_by(cert, cert)
     assert len(base64.b64decode(pki.encryption_secret.get_secret_value())) == 32
-    sa = serialization.load_pem_private_key(
-        pki.service_account_key_pem.get_secret_value().encode(), None
-    )
+    sa = serialization.load_pem_private_key(pki.service_account_key_pem.get_secret_value().encode(), None)
     assert (
         sa.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -76,9 +74,7 @@ def test_ca_cert_hash_is_sha256_of_the_public_key_info() -> None:
 
 def test_bootstrap_tokens_have_kubeadm_form_and_are_not_reused_near_expiry() -> None:
     now = datetime.now(UTC)
-    tokens = {
-        bootstrap_tokens.mint(timedelta(hours=1), now).token.get_secret_value() for _ in range(50)
-    }
+    tokens = {bootstrap_tokens.mint(timedelta(hours=1), now).token.get_secret_value() for _ in range(50)}
     assert len(tokens) == 50
     assert all(bootstrap_tokens.TOKEN_PATTERN.match(t) for t in tokens)
     token = bootstrap_tokens.mint(timedelta(minutes=30), now)

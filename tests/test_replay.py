@@ -78,9 +78,7 @@ async def test_a_fresh_create_replays_against_the_current_code(stack: Stack) -> 
 async def test_stored_histories_replay(path: Path) -> None:
     record = json.loads(path.read_text())
     payloads = re.findall(r'"data": "([A-Za-z0-9+/=]+)"', json.dumps(record))
-    assert not any(b"PRIVATE KEY" in base64.b64decode(p) for p in payloads), (
-        "unredacted key material"
-    )
+    assert not any(b"PRIVATE KEY" in base64.b64decode(p) for p in payloads), "unredacted key material"
     history = WorkflowHistory.from_json(record["workflow_id"], record["history"])
     result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure

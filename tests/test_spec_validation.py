@@ -117,9 +117,7 @@ BAD_SPECS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("case", "data", "field", "message"), BAD_SPECS, ids=[c[0] for c in BAD_SPECS]
-)
+@pytest.mark.parametrize(("case", "data", "field", "message"), BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
 def test_bad_spec_is_refused_with_a_message_naming_the_field(
     case: str, data: dict[str, Any], field: str, message: str
 ) -> None:

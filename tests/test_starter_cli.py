@@ -15,9 +15,7 @@ from tests.conftest import Stack, cluster_spec, unique
 def spec_file(tmp_path: Path) -> tuple[str, Path]:
     name = unique("cli")
     path = tmp_path / "cluster.yaml"
-    path.write_text(
-        yaml.safe_dump(cluster_spec(name, masters=1, workers=1).model_dump(mode="json"))
-    )
+    path.write_text(yaml.safe_dump(cluster_spec(name, masters=1, workers=1).model_dump(mode="json")))
     return name, path
 
 

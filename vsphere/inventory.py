@@ -46,9 +46,7 @@ def resolve(si: Any, spec: VSpherePlacement) -> Placement:
             problems.append(f"vsphere.{field}: nothing at {full!r}")
             return None
         if not isinstance(obj, kind):
-            problems.append(
-                f"vsphere.{field}: {full!r} is a {type(obj).__name__}, not what is needed"
-            )
+            problems.append(f"vsphere.{field}: {full!r} is a {type(obj).__name__}, not what is needed")
             return None
         return obj
 
@@ -65,9 +63,7 @@ def resolve(si: Any, spec: VSpherePlacement) -> Placement:
     if spec.datastore is not None:
         datastore = lookup("datastore", f"datastore/{spec.datastore}", vim.Datastore)
     else:
-        datastore_cluster = lookup(
-            "datastore_cluster", f"datastore/{spec.datastore_cluster}", vim.StoragePod
-        )
+        datastore_cluster = lookup("datastore_cluster", f"datastore/{spec.datastore_cluster}", vim.StoragePod)
     if spec.network is not None:
         network = lookup("network", f"network/{spec.network}", vim.Network)
     if template is not None:

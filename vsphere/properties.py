@@ -49,9 +49,7 @@ def read_many(si: Any, objs: Iterable[Any], paths: Sequence[str]) -> dict[str, P
     return {oc.obj._moId: _to_props(oc) for oc in _collect(pc, spec)}
 
 
-def find_all(
-    si: Any, kind: type, paths: Sequence[str], root: Any = None
-) -> list[tuple[Any, Props]]:
+def find_all(si: Any, kind: type, paths: Sequence[str], root: Any = None) -> list[tuple[Any, Props]]:
     """Every object of ``kind`` under ``root`` (default: the whole inventory), with properties."""
     content = si.content
     view = content.viewManager.CreateContainerView(root or content.rootFolder, [kind], True)
@@ -60,9 +58,7 @@ def find_all(
             name="view", path="view", skip=False, type=vim.view.ContainerView
         )
         spec = vmodl.query.PropertyCollector.FilterSpec(
-            objectSet=[
-                vmodl.query.PropertyCollector.ObjectSpec(obj=view, skip=True, selectSet=[traversal])
-            ],
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=view, skip=True, selectSet=[traversal])],
             propSet=[vmodl.query.PropertyCollector.PropertySpec(type=kind, pathSet=list(paths))],
         )
         return [(oc.obj, _to_props(oc)) for oc in _collect(content.propertyCollector, spec)]

@@ -45,9 +45,7 @@ class VCenterSession:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             return ctx
-        return ssl.create_default_context(
-            cafile=str(s.vcenter_ca_file) if s.vcenter_ca_file else None
-        )
+        return ssl.create_default_context(cafile=str(s.vcenter_ca_file) if s.vcenter_ca_file else None)
 
     def _connect(self) -> Any:
         s = self._settings

@@ -81,9 +81,7 @@ def _network_backing(si: Any, network: Any) -> Any:
 
 
 def _nic_change(si: Any, template: Any, network: Any) -> list[Any]:
-    devices = properties.read(si, template, ["config.hardware.device"]).get(
-        "config.hardware.device", []
-    )
+    devices = properties.read(si, template, ["config.hardware.device"]).get("config.hardware.device", [])
     nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
     if not nics:
         raise PermanentError("vsphere.network: the template has no network adapter to connect")
@@ -183,3 +181,32 @@ def wait_for_ip(si: Any, vm: Any, *, timeout: float, on_wake: Callable[[], None]
         on_wake=on_wake,
         what="IP address from VMware Tools",
     )
+
+
+def marked_vms(
+    si: Any, datacenter: Any | None, markers: Mapping[str, str]
+) -> list[tuple[Any, dict[str, Any]]]:
+    """Every VM in the datacenter (None: in vCenter) whose extraConfig carries all of
+    ``markers``. Found by marker, not by name or from memory, so VMs a crashed run
+    left behind are found too."""
+    vm_folder = properties.read(si, datacenter, ["vmFolder"])["vmFolder"] if datacenter else None
+    found = []
+    for vm, props in properties.find_all(
+        si,
+        vim.VirtualMachine,
+        ["name", "config.extraConfig", "config.instanceUuid", "runtime.powerState"],
+        root=vm_folder,
+    ):
+        extra = properties.extra_config(props.get("config.extraConfig"))
+        if all(extra.get(k) == v for k, v in markers.items()):
+            props["extra"] = extra
+            found.append((vm, props))
+    return found
+
+
+def start_power_off(vm: Any) -> Any:
+    return vm.PowerOffVM_Task()
+
+
+def start_destroy(vm: Any) -> Any:
+    return vm.Destroy_Task()

@@ -69,9 +69,7 @@ def wait_for_properties(
             pass
 
 
-def wait_for_task(
-    si: Any, task: Any, *, timeout: float, on_wake: Callable[[], None] = lambda: None
-) -> Any:
+def wait_for_task(si: Any, task: Any, *, timeout: float, on_wake: Callable[[], None] = lambda: None) -> Any:
     """Wait for a vCenter task and return its result; raise its fault if it failed."""
 
     def finished(props: dict[str, Any]) -> tuple[str, Any] | None:

@@ -2,91 +2,103 @@
 
 It generates the cluster's PKI, launches the leader master and waits until the
 leader reports ready, then launches the follower masters and every worker pool
-in parallel, one ``NodeWorkflow`` child per node. It stays running once Ready,
-holding the cluster's state (spec, PKI, node inventory) for the status query,
-the node API's queries and updates, and later commands; it continues as new
-when the SDK suggests it.
+in parallel, one ``NodeWorkflow`` child per node. Once Ready it stays running,
+holding the cluster's state (spec, PKI, node inventory), reconciling vCenter
+with it every ``reconcile.interval_seconds``, and serving:
 
-A failed worker or follower is marked Failed and the rest go on; a failed
-leader fails the create with the leader's reason.
+- queries ``status``, ``node`` and ``bootstrap_material``;
+- updates ``request_join`` (nodes), ``scale_pool``, ``add_pool``,
+  ``remove_pool``, ``reconcile`` and ``delete`` (people, schedules);
+- the ``node_progress`` signal from its node workflows.
+
+Commands run one at a time in arrival order; a command sent during the create
+waits until the create is done. ``delete`` cancels whatever runs and refuses
+what waits. The workflow continues as new when the SDK suggests it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from bootstrap import keepalived
+    from models.commands import (
+        AddPoolRequest,
+        DeleteOutcome,
+        DeleteRequest,
+        ReconcileRequest,
+        RemovePoolRequest,
+        ScaleOutcome,
+        ScaleRequest,
+    )
     from models.messages import (
         BootstrapMaterial,
         BootstrapMaterialRequest,
         ClusterResult,
-        ClusterState,
         ClusterWorkflowInput,
+        CreateTokenInput,
         GeneratePkiInput,
         JoinInfo,
         JoinRequest,
         MintTokenInput,
-        NodeBootstrapSettings,
         NodeLookup,
         NodeLookupResult,
-        NodeWorkflowInput,
     )
     from models.pki import BootstrapToken, ClusterPKI
     from models.spec import ClusterSpec, NodeRole, validation_problems
     from models.state import (
         ClusterPhase,
         ClusterStatus,
-        NodeIdentity,
         NodeKind,
         NodePhase,
         NodeProgress,
-        NodeState,
+        ReconcileReport,
     )
     from pki.bootstrap_tokens import usable
-    from workflows import ids
-    from workflows.node import PROGRESS_SIGNAL, NodeWorkflow
+    from workflows import ids, validation
+    from workflows.cluster_core import failure_reason
+    from workflows.deletion import DeletionMixin
+    from workflows.node import PROGRESS_SIGNAL
     from workflows.policies import (
         JOIN_TOKEN_MARGIN,
         JOIN_TOKEN_TTL,
+        KUBE_RETRY,
         LOCAL_WORK_RETRY,
         LOCAL_WORK_TIMEOUT,
     )
+    from workflows.reconcile import ReconcileMixin
+    from workflows.scaling import ScalingMixin
 
-# Names the node API and the starter use.
+# Names the node API, the starter and the command workflows use.
 STATUS_QUERY = "status"
 NODE_QUERY = "node"
 BOOTSTRAP_QUERY = "bootstrap_material"
 JOIN_UPDATE = "request_join"
+SCALE_UPDATE = "scale_pool"
+ADD_POOL_UPDATE = "add_pool"
+REMOVE_POOL_UPDATE = "remove_pool"
+RECONCILE_UPDATE = "reconcile"
+DELETE_UPDATE = "delete"
 
+# Changes to running workflows, guarded so older histories still replay.
+PATCH_RECONCILE_LOOP = "reconcile-loop"
+PATCH_TOKENS_IN_CLUSTER = "join-tokens-installed-in-cluster"
 
-def failure_reason(err: BaseException) -> str:
-    """The innermost message of a child or activity failure: what a person should read."""
-    while isinstance(err, ChildWorkflowError | ActivityError) and err.cause is not None:
-        err = err.cause
-    return err.message if isinstance(err, FailureError) else str(err)
+__all__ = ["ClusterWorkflow", "failure_reason"]
 
 
 @workflow.defn(name="ClusterWorkflow")
-class ClusterWorkflow:
+class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
     def __init__(self) -> None:
-        self._spec: ClusterSpec | None = None
-        self._uid: str | None = None
-        self._phase = ClusterPhase.PENDING
-        self._pki: ClusterPKI | None = None
-        self._nodes: dict[str, NodeState] = {}
-        self._join_token: BootstrapToken | None = None
-        self._token_lock = asyncio.Lock()
-        self._created_at = workflow.now()
-        self._ready_at: datetime | None = None
-        self._error: str | None = None
+        super().__init__()
+        self._delete_outcome: DeleteOutcome | None = None
 
     # --- run --------------------------------------------------------------
     @workflow.run
@@ -114,25 +126,50 @@ class ClusterWorkflow:
         if input.state is not None:
             self._restore(input.state)
         else:
-            await self._create(spec)
+            self._uid = str(workflow.uuid4())
+            try:
+                await self._run_op("create", self._create)
+            except ApplicationError as err:
+                if err.type != "Deleting":
+                    raise
 
-        # Serve the node API and later commands until history grows long.
-        await workflow.wait_condition(lambda: workflow.info().is_continue_as_new_suggested())
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        workflow.continue_as_new(
-            ClusterWorkflowInput(spec=spec, state=self._state()).model_dump(mode="json")
-        )
+        reconcile_loop = workflow.patched(PATCH_RECONCILE_LOOP)
+        while True:
+            if self._deleting:
+                await workflow.wait_condition(lambda: self._deleted)
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                return ClusterResult(name=self.spec.name, phase=ClusterPhase.DELETED)
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    ClusterWorkflowInput(spec=self.spec, state=self._state()).model_dump(mode="json")
+                )
 
-    async def _create(self, spec: ClusterSpec) -> None:
-        self._uid = str(workflow.uuid4())
+            def wake() -> bool:
+                return self._deleting or workflow.info().is_continue_as_new_suggested()
+
+            if not reconcile_loop:
+                await workflow.wait_condition(wake)
+                continue
+            try:
+                interval = timedelta(seconds=self.spec.reconcile.interval_seconds)
+                await workflow.wait_condition(wake, timeout=interval)
+            except TimeoutError:
+                try:
+                    await self._run_op("reconcile", lambda: self._reconcile("periodic"))
+                except ApplicationError as err:
+                    workflow.logger.warning("periodic reconcile of %s failed: %s", spec.name, err)
+
+    async def _create(self) -> None:
+        spec = self.spec
         self._created_at = workflow.now()
-        self._nodes = {n.name: n for n in self._plan(spec)}
+        self._plan(spec)
         workflow.logger.info("creating cluster %s (%s nodes)", spec.name, len(self._nodes))
 
         self._phase = ClusterPhase.CREATING_PKI
         self._pki = await workflow.execute_activity(
             "generate_pki",
-            GeneratePkiInput(cluster=spec.name, cluster_uid=self._uid),
+            GeneratePkiInput(cluster=spec.name, cluster_uid=self.uid),
             result_type=ClusterPKI,
             start_to_close_timeout=LOCAL_WORK_TIMEOUT,
             retry_policy=LOCAL_WORK_RETRY,
@@ -154,99 +191,12 @@ class ClusterWorkflow:
         if failed:
             workflow.logger.warning("cluster %s is Ready with failed nodes: %s", spec.name, failed)
 
-    def _plan(self, spec: ClusterSpec) -> list[NodeState]:
+    def _plan(self, spec: ClusterSpec) -> None:
         """Every node's identity, recorded before any VM is cloned."""
-        assert self._uid is not None
-        nodes = []
         for pool in spec.pools:
             for index in range(1, pool.count + 1):
-                name = ids.node_name(spec.name, pool.name, index)
-                if pool.role is NodeRole.MASTER:
-                    kind = NodeKind.LEADER if index == 1 else NodeKind.MASTER
-                else:
-                    kind = NodeKind.WORKER
-                identity = NodeIdentity(
-                    cluster=spec.name,
-                    cluster_uid=self._uid,
-                    pool=pool.name,
-                    name=name,
-                    kind=kind,
-                    index=index,
-                    instance_uuid=ids.instance_uuid(self._uid, name),
-                )
-                nodes.append(NodeState(identity=identity))
-        return nodes
-
-    def _api_endpoint(self) -> str | None:
-        """What followers and workers join: the VIP, else the leader's address."""
-        assert self._spec is not None
-        cp = self._spec.control_plane
-        if cp.vip is not None:
-            return f"{cp.vip}:{cp.port}"
-        leader = next(n for n in self._nodes.values() if n.identity.kind is NodeKind.LEADER)
-        return f"{leader.ip}:{cp.port}" if leader.ip else None
-
-    async def _launch(self, node: NodeState) -> bool:
-        """Run the node's workflow to completion; on failure mark the node Failed, return False."""
-        spec = self._spec
-        assert spec is not None
-        pool = spec.pool(node.identity.pool)
-        bootstrap = NodeBootstrapSettings(
-            kubernetes_version=spec.kubernetes_version,
-            api_endpoint=self._api_endpoint(),
-            master_mode="ha" if spec.master_pool.count > 1 else "default",
-            pod_cidr=str(spec.network.pod_cidr),
-            service_cidr=str(spec.network.service_cidr),
-            ssh_authorized_keys=spec.ssh_authorized_keys,
-        )
-        try:
-            result = await workflow.execute_child_workflow(
-                NodeWorkflow.run,
-                NodeWorkflowInput(
-                    identity=node.identity,
-                    placement=spec.vsphere,
-                    cpus=pool.cpus,
-                    memory_mb=pool.memory_mb,
-                    bootstrap=bootstrap,
-                    timeouts=spec.timeouts,
-                ),
-                id=ids.node_workflow_id(spec.name, node.name),
-            )
-        except ChildWorkflowError as err:
-            node.phase = NodePhase.FAILED
-            node.last_error = failure_reason(err)
-            node.updated_at = workflow.now()
-            workflow.logger.warning("node %s failed: %s", node.name, node.last_error)
-            return False
-        node.vm_ref, node.ip = result.vm_ref, result.ip
-        if node.phase is not NodePhase.READY:  # progress signal not yet processed
-            node.phase = NodePhase.READY
-            node.ready_at = node.updated_at = workflow.now()
-        return True
-
-    # --- state ------------------------------------------------------------
-    def _state(self) -> ClusterState:
-        assert self._uid is not None and self._pki is not None
-        return ClusterState(
-            cluster_uid=self._uid,
-            phase=self._phase,
-            pki=self._pki,
-            nodes=list(self._nodes.values()),
-            join_token=self._join_token,
-            created_at=self._created_at,
-            ready_at=self._ready_at,
-            error=self._error,
-        )
-
-    def _restore(self, state: ClusterState) -> None:
-        self._uid = state.cluster_uid
-        self._phase = state.phase
-        self._pki = state.pki
-        self._nodes = {n.name: n for n in state.nodes}
-        self._join_token = state.join_token
-        self._created_at = state.created_at
-        self._ready_at = state.ready_at
-        self._error = state.error
+                leader = pool.role is NodeRole.MASTER and index == 1
+                self._new_node(pool, index, NodeKind.LEADER if leader else None)
 
     # --- signals from node workflows -----------------------------------------
     @workflow.signal(name=PROGRESS_SIGNAL)
@@ -271,39 +221,30 @@ class ClusterWorkflow:
     # --- queries ------------------------------------------------------------
     @workflow.query(name=STATUS_QUERY)
     def status(self) -> ClusterStatus:
-        assert self._spec is not None
-        return ClusterStatus(
-            name=self._spec.name,
-            cluster_uid=self._uid,
-            phase=self._phase,
-            api_endpoint=self._api_endpoint(),
-            error=self._error,
-            created_at=self._created_at,
-            ready_at=self._ready_at,
-            nodes=list(self._nodes.values()),
-        )
+        return self._status()
 
     @workflow.query(name=NODE_QUERY)
     def node(self, lookup: NodeLookup) -> NodeLookupResult:
-        return NodeLookupResult(cluster_uid=self._uid or "", node=self._nodes.get(lookup.node))
+        return NodeLookupResult(
+            cluster_uid=self._uid or "",
+            node=self._nodes.get(lookup.node),
+            accepting=not self._deleting,
+        )
 
     @workflow.query(name=BOOTSTRAP_QUERY)
     def bootstrap_material(self, request: BootstrapMaterialRequest) -> BootstrapMaterial:
         """The CAs and keys a master needs. Queries are not recorded in history."""
-        assert self._spec is not None
         node = self._nodes.get(request.node)
-        if node is None or node.identity.kind is NodeKind.WORKER:
-            raise ApplicationError(
-                f"{request.node} is not a master of this cluster", type="NotAMaster"
-            )
+        if node is None or node.identity.kind is NodeKind.WORKER or self._deleting:
+            raise ApplicationError(f"{request.node} is not a master of this cluster", type="NotAMaster")
         if self._pki is None:
             raise ApplicationError("the cluster's PKI is not generated yet", type="NotYet")
-        cp = self._spec.control_plane
+        cp = self.spec.control_plane
         return BootstrapMaterial(
             pki=self._pki,
             api_endpoint=self._api_endpoint(),
             vip=str(cp.vip) if cp.vip else None,
-            vrrp_router_id=keepalived.router_id(self._uid or ""),
+            vrrp_router_id=keepalived.router_id(self.uid),
             vrrp_interface=cp.interface,
             vrrp_priority=keepalived.priority(node.identity.index),
             kind=node.identity.kind.value,
@@ -313,19 +254,11 @@ class ClusterWorkflow:
     @workflow.update(name=JOIN_UPDATE)
     async def request_join(self, request: JoinRequest) -> JoinInfo:
         """Join information for a follower or worker: a bootstrap token (reused while
-        it stays valid, never after expiry), the CA hash and the API endpoint."""
+        it stays valid, never after expiry; installed in the cluster when minted),
+        the CA hash and the API endpoint."""
         async with self._token_lock:
             if not usable(self._join_token, workflow.now(), JOIN_TOKEN_MARGIN):
-                assert self._spec is not None
-                self._join_token = await workflow.execute_activity(
-                    "mint_bootstrap_token",
-                    MintTokenInput(
-                        cluster=self._spec.name, ttl_seconds=int(JOIN_TOKEN_TTL.total_seconds())
-                    ),
-                    result_type=BootstrapToken,
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=LOCAL_WORK_RETRY,
-                )
+                self._join_token = await self._mint_join_token()
         token, endpoint = self._join_token, self._api_endpoint()
         assert token is not None and self._pki is not None and endpoint is not None
         return JoinInfo(
@@ -335,16 +268,102 @@ class ClusterWorkflow:
             api_endpoint=endpoint,
         )
 
+    async def _mint_join_token(self) -> BootstrapToken:
+        ttl = int(JOIN_TOKEN_TTL.total_seconds())
+        token: BootstrapToken
+        if workflow.patched(PATCH_TOKENS_IN_CLUSTER):
+            token = await workflow.execute_activity(
+                "create_bootstrap_token",
+                CreateTokenInput(cluster=self.spec.name, access=self._kube_access(), ttl_seconds=ttl),
+                result_type=BootstrapToken,
+                schedule_to_close_timeout=timedelta(minutes=2),
+                retry_policy=KUBE_RETRY,
+            )
+            return token
+        token = await workflow.execute_activity(
+            "mint_bootstrap_token",
+            MintTokenInput(cluster=self.spec.name, ttl_seconds=ttl),
+            result_type=BootstrapToken,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=LOCAL_WORK_RETRY,
+        )
+        return token
+
     @request_join.validator
     def _validate_join(self, request: JoinRequest) -> None:
         node = self._nodes.get(request.node)
-        if node is None:
-            raise ApplicationError(
-                f"{request.node} is not a node of this cluster", type="UnknownNode"
-            )
+        if node is None or self._deleting:
+            raise ApplicationError(f"{request.node} is not a node of this cluster", type="UnknownNode")
         if node.identity.kind is NodeKind.LEADER:
-            raise ApplicationError(
-                "the leader initialises the cluster; it does not join", type="NotAJoiner"
-            )
+            raise ApplicationError("the leader initialises the cluster; it does not join", type="NotAJoiner")
         if self._phase not in (ClusterPhase.STARTING_NODES, ClusterPhase.READY):
             raise ApplicationError("not yet: the leader is not ready", type="NotYet")
+
+    # --- commands ----------------------------------------------------------------
+    def _spec_or_refuse(self) -> ClusterSpec:
+        if self._spec is None:
+            raise validation.refuse("the cluster's workflow is still starting; retry", "NotYet")
+        return self._spec
+
+    @workflow.update(name=SCALE_UPDATE)
+    async def scale_pool(self, request: ScaleRequest) -> ScaleOutcome:
+        """Set a pool's size: new nodes join; removed ones (newest first) are drained first."""
+        return await self._run_op(
+            f"scale {request.pool} to {request.size}",
+            lambda: self._scale(request.pool, request.size),
+        )
+
+    @scale_pool.validator
+    def _validate_scale(self, request: ScaleRequest) -> None:
+        validation.scale(self._spec_or_refuse(), request, self._deleting)
+
+    @workflow.update(name=ADD_POOL_UPDATE)
+    async def add_pool(self, request: AddPoolRequest) -> ScaleOutcome:
+        async def add() -> ScaleOutcome:
+            self._set_pool(request.pool.model_copy(update={"count": 0}), request.pool.name)
+            return await self._scale(request.pool.name, request.pool.count)
+
+        return await self._run_op(f"add pool {request.pool.name}", add)
+
+    @add_pool.validator
+    def _validate_add_pool(self, request: AddPoolRequest) -> None:
+        validation.add_pool(self._spec_or_refuse(), request, self._deleting)
+
+    @workflow.update(name=REMOVE_POOL_UPDATE)
+    async def remove_pool(self, request: RemovePoolRequest) -> ScaleOutcome:
+        async def remove() -> ScaleOutcome:
+            outcome = await self._scale(request.pool, 0)
+            self._set_pool(None, request.pool)
+            return outcome
+
+        return await self._run_op(f"remove pool {request.pool}", remove)
+
+    @remove_pool.validator
+    def _validate_remove_pool(self, request: RemovePoolRequest) -> None:
+        validation.remove_pool(self._spec_or_refuse(), request, self._deleting)
+
+    @workflow.update(name=RECONCILE_UPDATE)
+    async def reconcile(self, request: ReconcileRequest) -> ReconcileReport:
+        """Compare vCenter with the desired state now and repair what drifted."""
+        return await self._run_op("reconcile", lambda: self._reconcile(request.reason))
+
+    @reconcile.validator
+    def _validate_reconcile(self, request: ReconcileRequest) -> None:
+        validation.not_deleting(self._deleting, self._spec_or_refuse())
+
+    @workflow.update(name=DELETE_UPDATE)
+    async def delete(self, request: DeleteRequest) -> DeleteOutcome:
+        """Cancel what runs, destroy every VM of the cluster, remove its schedules, finish."""
+        if not self._deleting:
+            self._deleting = True
+            workflow.logger.info("deleting cluster %s (%s)", self.spec.name, request.reason)
+            if self._op_task is not None:
+                self._op_task.cancel()
+        async with self._op_lock:
+            if self._delete_outcome is None:
+                self._delete_outcome = await self._delete()
+        return self._delete_outcome
+
+    @delete.validator
+    def _validate_delete(self, request: DeleteRequest) -> None:
+        self._spec_or_refuse()

@@ -22,7 +22,30 @@ def node_name(cluster: str, pool: str, index: int) -> str:
     return f"{cluster}-{pool}-{index:02d}"
 
 
-def instance_uuid(cluster_uid: str, node: str) -> str:
-    """Deterministic per cluster incarnation and node: a re-created cluster of the
-    same name gets new UUIDs, so its VMs never collide with leftovers."""
-    return str(uuid.uuid5(_NODE_NAMESPACE, f"{cluster_uid}/{node}"))
+def instance_uuid(cluster_uid: str, node: str, generation: int = 0) -> str:
+    """Deterministic per cluster incarnation, node and generation: a re-created
+    cluster of the same name, or a replaced VM, gets a new UUID, so it never
+    collides with leftovers and an old VM's token stops working."""
+    key = f"{cluster_uid}/{node}" if generation == 0 else f"{cluster_uid}/{node}#{generation}"
+    return str(uuid.uuid5(_NODE_NAMESPACE, key))
+
+
+# Schedule ids: "pke-scale.<cluster>.<pool>.<suffix>". Cluster and pool names are
+# RFC 1123 labels without dots, so the dots make the owner unambiguous.
+SCHEDULE_PREFIX = "pke-scale."
+
+
+def schedule_id(cluster: str, pool: str, suffix: str) -> str:
+    return f"{SCHEDULE_PREFIX}{cluster}.{pool}.{suffix}"
+
+
+def schedule_belongs_to(schedule: str, cluster: str) -> bool:
+    return schedule.startswith(f"{SCHEDULE_PREFIX}{cluster}.")
+
+
+def scale_workflow_id(cluster: str, request_id: str) -> str:
+    return f"pke-scale-{cluster}-{request_id}"
+
+
+def delete_workflow_id(cluster: str) -> str:
+    return f"pke-delete-{cluster}"

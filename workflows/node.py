@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from models.messages import (
@@ -58,9 +59,7 @@ class NodeWorkflow:
         if parent is None:
             return
         progress = NodeProgress(name=self._name, phase=phase, at=workflow.now(), **fields)
-        await workflow.get_external_workflow_handle(parent.workflow_id).signal(
-            PROGRESS_SIGNAL, progress
-        )
+        await workflow.get_external_workflow_handle(parent.workflow_id).signal(PROGRESS_SIGNAL, progress)
 
     @workflow.run
     async def run(self, input: NodeWorkflowInput) -> NodeResult:
@@ -82,14 +81,15 @@ class NodeWorkflow:
             schedule_to_close_timeout=steps.as_timedelta("clone"),
             heartbeat_timeout=VSPHERE_HEARTBEAT,
             retry_policy=VSPHERE_RETRY,
+            # If the cluster is deleted mid-clone, the clone finishes before this
+            # workflow ends, so the deletion's sweep finds the VM.
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
 
         await self._progress(NodePhase.CONFIGURING, vm_ref=vm.vm_ref)
         await workflow.execute_activity(
             "configure_vm",
-            ConfigureVmInput(
-                vm_ref=vm.vm_ref, name=node.name, cpus=input.cpus, memory_mb=input.memory_mb
-            ),
+            ConfigureVmInput(vm_ref=vm.vm_ref, name=node.name, cpus=input.cpus, memory_mb=input.memory_mb),
             schedule_to_close_timeout=steps.as_timedelta("configure"),
             heartbeat_timeout=VSPHERE_HEARTBEAT,
             retry_policy=VSPHERE_RETRY,

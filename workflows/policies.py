@@ -21,3 +21,10 @@ LOCAL_WORK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_at
 # Hand out a join token only while it stays valid at least this long.
 JOIN_TOKEN_MARGIN = timedelta(minutes=10)
 JOIN_TOKEN_TTL = timedelta(hours=1)
+
+# The cluster's API server: it may be briefly unreachable while a VIP moves.
+KUBE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=15),
+)

@@ -1,0 +1,87 @@
+"""Activities on a cluster's Kubernetes API: mint join tokens, drain and delete nodes."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import httpx2
+import structlog
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from kube import bootstrap_tokens, nodes
+from kube.client import connect
+from models.messages import (
+    CreateTokenInput,
+    DeleteKubeNodeInput,
+    DrainInput,
+    DrainResult,
+    KubeAccess,
+)
+from models.pki import BootstrapToken
+from pki import bootstrap_tokens as tokens
+
+log = structlog.get_logger(__name__)
+
+
+@asynccontextmanager
+async def api(access: KubeAccess, action: str) -> AsyncIterator[AsyncClient]:
+    """A client, with the API's failures turned into retryable or final errors."""
+    try:
+        async with connect(access) as client:
+            yield client
+    except ApiError as exc:
+        final = exc.status.code in (400, 401, 403, 422)
+        raise ApplicationError(
+            f"{action}: the API server at {access.endpoint} answered {exc.status.code}: {exc.status.message}",
+            type="KubeApiError",
+            non_retryable=final,
+        ) from exc
+    except (httpx2.HTTPError, OSError, ssl.SSLError) as exc:
+        raise ApplicationError(
+            f"{action}: cannot reach the API server at {access.endpoint}: {exc!r}",
+            type="KubeApiUnreachable",
+        ) from exc
+
+
+@activity.defn(name="create_bootstrap_token")
+async def create_bootstrap_token(input: CreateTokenInput) -> BootstrapToken:
+    """Mint a kubeadm token and install it in the cluster, so it is valid there."""
+    token = tokens.mint(timedelta(seconds=input.ttl_seconds))
+    async with api(input.access, "install a bootstrap token") as client:
+        await bootstrap_tokens.install(client, token)
+    log.info("bootstrap_token.installed", cluster=input.cluster, expires_at=token.expires_at.isoformat())
+    return token
+
+
+@activity.defn(name="drain_node")
+async def drain_node(input: DrainInput) -> DrainResult:
+    """Cordon the node and evict its pods; after the timeout, report what is left."""
+    async with api(input.access, f"drain {input.node}") as client:
+
+        def beat() -> None:
+            activity.heartbeat()
+
+        result = await nodes.drain(client, input.node, input.timeout_seconds, beat)
+    log.info(
+        "node.drained",
+        cluster=input.cluster,
+        node=input.node,
+        evicted=len(result.evicted),
+        remaining=result.remaining,
+        timed_out=result.timed_out,
+    )
+    return result
+
+
+@activity.defn(name="delete_kube_node")
+async def delete_kube_node(input: DeleteKubeNodeInput) -> bool:
+    async with api(input.access, f"delete node {input.node}") as client:
+        deleted = await nodes.delete(client, input.node)
+    log.info("node.deleted_from_kubernetes", cluster=input.cluster, node=input.node, existed=deleted)
+    return deleted

@@ -1,0 +1,290 @@
+"""The state a cluster's workflow holds and the steps every command shares:
+planning node identities, launching a node's workflow, reaching the cluster's
+API, running one command at a time, and calling activities.
+
+``ClusterWorkflow`` (workflows/cluster.py) is this plus the scaling, reconcile
+and deletion mixins; the Temporal handlers live there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from models.messages import (
+        ClusterState,
+        DestroyVmInput,
+        DestroyVmResult,
+        FindClusterVmsInput,
+        FindClusterVmsResult,
+        KubeAccess,
+        NodeBootstrapSettings,
+        NodeWorkflowInput,
+    )
+    from models.pki import BootstrapToken, ClusterPKI
+    from models.spec import ClusterSpec, NodePoolSpec, NodeRole
+    from models.state import (
+        ClusterPhase,
+        ClusterStatus,
+        NodeIdentity,
+        NodeKind,
+        NodePhase,
+        NodeState,
+        ReconcileReport,
+    )
+    from workflows import ids
+    from workflows.node import NodeWorkflow
+    from workflows.policies import VSPHERE_HEARTBEAT, VSPHERE_RETRY
+
+T = TypeVar("T")
+
+VM_STEP_TIMEOUT = timedelta(minutes=15)
+
+
+def failure_reason(err: BaseException) -> str:
+    """The innermost message of a child or activity failure: what a person should read."""
+    while isinstance(err, ChildWorkflowError | ActivityError) and err.cause is not None:
+        err = err.cause
+    return err.message if isinstance(err, FailureError) else str(err)
+
+
+class ClusterCore:
+    def __init__(self) -> None:
+        self._spec: ClusterSpec | None = None
+        self._uid: str | None = None
+        self._phase = ClusterPhase.PENDING
+        self._pki: ClusterPKI | None = None
+        self._nodes: dict[str, NodeState] = {}
+        self._join_token: BootstrapToken | None = None
+        self._token_lock = asyncio.Lock()
+        self._created_at = workflow.now()
+        self._ready_at: datetime | None = None
+        self._error: str | None = None
+        # Bumped per node name each time its VM is (re)created after the first.
+        self._generations: dict[str, int] = {}
+        self._orphans_seen: dict[str, datetime] = {}
+        self._last_reconcile: ReconcileReport | None = None
+        # One command at a time; delete cancels the one running.
+        self._op_lock = asyncio.Lock()
+        self._operation: str | None = None
+        self._op_task: asyncio.Task[Any] | None = None
+        self._deleting = False
+        self._deleted = False
+
+    # --- accessors -----------------------------------------------------------
+    @property
+    def spec(self) -> ClusterSpec:
+        assert self._spec is not None
+        return self._spec
+
+    @property
+    def uid(self) -> str:
+        assert self._uid is not None
+        return self._uid
+
+    def _pool_nodes(self, pool: str) -> list[NodeState]:
+        return sorted(
+            (n for n in self._nodes.values() if n.identity.pool == pool),
+            key=lambda n: n.identity.index,
+        )
+
+    def _set_pool(self, pool: NodePoolSpec | None, name: str) -> None:
+        """Replace (or with None, drop) a pool in the desired spec."""
+        pools = [p for p in self.spec.pools if p.name != name]
+        if pool is not None:
+            pools.append(pool)
+        self._spec = self.spec.model_copy(update={"pools": pools})
+
+    # --- node identities ---------------------------------------------------------
+    def _identity(self, pool: NodePoolSpec, index: int, kind: NodeKind | None = None) -> NodeIdentity:
+        name = ids.node_name(self.spec.name, pool.name, index)
+        generation = self._generations.get(name, 0)
+        if kind is None:
+            kind = NodeKind.MASTER if pool.role is NodeRole.MASTER else NodeKind.WORKER
+        return NodeIdentity(
+            cluster=self.spec.name,
+            cluster_uid=self.uid,
+            pool=pool.name,
+            name=name,
+            kind=kind,
+            index=index,
+            instance_uuid=ids.instance_uuid(self.uid, name, generation),
+            generation=generation,
+        )
+
+    def _new_node(self, pool: NodePoolSpec, index: int, kind: NodeKind | None = None) -> NodeState:
+        """A node about to get a VM: a name seen before gets a new generation, so
+        its instance UUID (and token id) differ from any earlier VM's."""
+        name = ids.node_name(self.spec.name, pool.name, index)
+        if name in self._generations:
+            self._generations[name] += 1
+        else:
+            self._generations[name] = 0
+        node = NodeState(identity=self._identity(pool, index, kind))
+        self._nodes[name] = node
+        return node
+
+    # --- the cluster's endpoints ----------------------------------------------------
+    def _api_endpoint(self) -> str | None:
+        """What followers, workers and the orchestrator use: the VIP, else the leader's address."""
+        cp = self.spec.control_plane
+        if cp.vip is not None:
+            return f"{cp.vip}:{cp.port}"
+        masters = [n for n in self._pool_nodes(self.spec.master_pool.name) if n.ip]
+        return f"{masters[0].ip}:{cp.port}" if masters else None
+
+    def _kube_access(self) -> KubeAccess:
+        endpoint = self._api_endpoint()
+        if endpoint is None or self._pki is None:
+            raise ApplicationError("the cluster has no reachable API endpoint yet", non_retryable=True)
+        return KubeAccess(
+            endpoint=endpoint,
+            ca_cert_pem=self._pki.kubernetes_ca.cert_pem,
+            ca_key_pem=self._pki.kubernetes_ca.key_pem,
+        )
+
+    # --- launching a node -------------------------------------------------------
+    async def _launch(self, node: NodeState) -> bool:
+        """Run the node's workflow to completion; on failure mark the node Failed, return False."""
+        spec = self.spec
+        pool = spec.pool(node.identity.pool)
+        bootstrap = NodeBootstrapSettings(
+            kubernetes_version=spec.kubernetes_version,
+            api_endpoint=self._api_endpoint(),
+            # With a VIP the control plane can grow later, so it starts in HA mode.
+            master_mode="ha" if spec.control_plane.vip is not None else "default",
+            pod_cidr=str(spec.network.pod_cidr),
+            service_cidr=str(spec.network.service_cidr),
+            ssh_authorized_keys=spec.ssh_authorized_keys,
+        )
+        try:
+            result = await workflow.execute_child_workflow(
+                NodeWorkflow.run,
+                NodeWorkflowInput(
+                    identity=node.identity,
+                    placement=spec.vsphere,
+                    cpus=pool.cpus,
+                    memory_mb=pool.memory_mb,
+                    bootstrap=bootstrap,
+                    timeouts=spec.timeouts,
+                ),
+                id=ids.node_workflow_id(spec.name, node.name),
+            )
+        except ChildWorkflowError as err:
+            node.phase = NodePhase.FAILED
+            node.last_error = failure_reason(err)
+            node.updated_at = workflow.now()
+            workflow.logger.warning("node %s failed: %s", node.name, node.last_error)
+            return False
+        node.vm_ref, node.ip = result.vm_ref, result.ip
+        if node.phase is not NodePhase.READY:  # progress signal not yet processed
+            node.phase = NodePhase.READY
+            node.ready_at = node.updated_at = workflow.now()
+        return True
+
+    # --- one command at a time ------------------------------------------------------
+    async def _run_op(self, description: str, body: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run a command under the cluster's lock. Commands queue in arrival order;
+        a delete cancels the running one and every queued one is then refused."""
+        async with self._op_lock:
+            if self._deleting:
+                raise ApplicationError(
+                    f"cannot {description}: the cluster is being deleted",
+                    type="Deleting",
+                    non_retryable=True,
+                )
+            self._operation = description
+            task: asyncio.Task[T] = asyncio.create_task(body())
+            self._op_task = task
+            try:
+                return await task
+            except asyncio.CancelledError:
+                if self._deleting:
+                    raise ApplicationError(
+                        f"{description} stopped: the cluster is being deleted",
+                        type="Deleting",
+                        non_retryable=True,
+                    ) from None
+                raise
+            finally:
+                self._operation = None
+                self._op_task = None
+
+    # --- vCenter activities shared by commands ----------------------------------------
+    async def _find_vms(self) -> FindClusterVmsResult:
+        found: FindClusterVmsResult = await workflow.execute_activity(
+            "find_cluster_vms",
+            FindClusterVmsInput(cluster=self.spec.name, datacenter=self.spec.vsphere.datacenter),
+            result_type=FindClusterVmsResult,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=VSPHERE_RETRY,
+        )
+        return found
+
+    async def _destroy_vm(self, name: str, instance_uuid: str | None, vm_ref: str | None) -> bool:
+        result: DestroyVmResult = await workflow.execute_activity(
+            "destroy_vm",
+            DestroyVmInput(
+                cluster=self.spec.name,
+                name=name,
+                datacenter=self.spec.vsphere.datacenter,
+                instance_uuid=instance_uuid,
+                vm_ref=vm_ref,
+            ),
+            result_type=DestroyVmResult,
+            schedule_to_close_timeout=VM_STEP_TIMEOUT,
+            heartbeat_timeout=VSPHERE_HEARTBEAT,
+            retry_policy=VSPHERE_RETRY,
+        )
+        return result.destroyed
+
+    # --- status and continue-as-new ---------------------------------------------------
+    def _status(self) -> ClusterStatus:
+        return ClusterStatus(
+            name=self.spec.name,
+            cluster_uid=self._uid,
+            phase=self._phase,
+            api_endpoint=self._api_endpoint() if self._uid else None,
+            error=self._error,
+            created_at=self._created_at,
+            ready_at=self._ready_at,
+            nodes=sorted(self._nodes.values(), key=lambda n: (n.identity.pool, n.identity.index)),
+            pools={p.name: p.count for p in self.spec.pools},
+            operation=self._operation,
+            last_reconcile=self._last_reconcile,
+        )
+
+    def _state(self) -> ClusterState:
+        assert self._pki is not None
+        return ClusterState(
+            cluster_uid=self.uid,
+            phase=self._phase,
+            pki=self._pki,
+            nodes=list(self._nodes.values()),
+            join_token=self._join_token,
+            created_at=self._created_at,
+            ready_at=self._ready_at,
+            error=self._error,
+            generations=self._generations,
+            orphans_seen=self._orphans_seen,
+            last_reconcile=self._last_reconcile,
+        )
+
+    def _restore(self, state: ClusterState) -> None:
+        self._uid = state.cluster_uid
+        self._phase = state.phase
+        self._pki = state.pki
+        self._nodes = {n.name: n for n in state.nodes}
+        self._join_token = state.join_token
+        self._created_at = state.created_at
+        self._ready_at = state.ready_at
+        self._error = state.error
+        self._generations = dict(state.generations) or {n: 0 for n in self._nodes}
+        self._orphans_seen = dict(state.orphans_seen)
+        self._last_reconcile = state.last_reconcile

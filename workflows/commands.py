@@ -1,0 +1,149 @@
+"""Workflow types for cluster commands, so that the Temporal Web UI, the
+``temporal`` CLI and Schedules can start them:
+
+- ``ScaleClusterWorkflow`` (cluster, pool, size) runs the ``scale_pool`` update
+  on the cluster's workflow and finishes with its outcome or its reason.
+- ``DeleteClusterWorkflow`` (cluster) runs the ``delete`` update when the
+  cluster's workflow is running, then sweeps vCenter for any VM still marked
+  with the cluster (a failed create leaves its leader behind) and removes the
+  cluster's schedules.
+
+A workflow cannot send an update, so an activity does, with an update id
+derived from this workflow's id: a retried activity attaches to the same update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import BaseModel, ValidationError
+
+    from models.commands import (
+        ClusterUpdateCall,
+        DeleteClusterInput,
+        DeleteOutcome,
+        DeleteRequest,
+        ScaleClusterInput,
+        ScaleOutcome,
+        ScaleRequest,
+    )
+    from models.messages import (
+        DestroyVmInput,
+        DestroyVmResult,
+        FindClusterVmsInput,
+        FindClusterVmsResult,
+    )
+    from models.spec import validation_problems
+    from workflows.policies import LOCAL_WORK_RETRY, VSPHERE_HEARTBEAT, VSPHERE_RETRY
+
+COMMAND_TIMEOUT = timedelta(hours=6)
+COMMAND_HEARTBEAT = timedelta(seconds=30)
+
+
+M = TypeVar("M", bound="BaseModel")
+
+
+def _parse(model: type[M], raw: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ApplicationError(
+            "invalid input: " + "; ".join(validation_problems(exc)), type="InvalidInput", non_retryable=True
+        ) from None
+
+
+async def _cluster_update(cluster: str, update: str, argument: BaseModel) -> dict[str, Any] | None:
+    result: dict[str, Any] | None = await workflow.execute_activity(
+        "run_cluster_update",
+        ClusterUpdateCall(
+            cluster=cluster,
+            update=update,
+            update_id=f"{update}:{workflow.info().workflow_id}:{workflow.info().run_id}",
+            argument=argument.model_dump(mode="json"),
+        ),
+        result_type=dict[str, Any] | None,  # type: ignore[arg-type]
+        start_to_close_timeout=COMMAND_TIMEOUT,
+        heartbeat_timeout=COMMAND_HEARTBEAT,
+        retry_policy=LOCAL_WORK_RETRY,
+    )
+    return result
+
+
+@workflow.defn(name="ScaleClusterWorkflow")
+class ScaleClusterWorkflow:
+    @workflow.run
+    async def run(self, raw: dict[str, Any]) -> ScaleOutcome:
+        input = _parse(ScaleClusterInput, raw)
+        result = await _cluster_update(
+            input.cluster, "scale_pool", ScaleRequest(pool=input.pool, size=input.size)
+        )
+        if result is None:
+            raise ApplicationError(
+                f"cluster {input.cluster!r} is not running (never created, deleted, or failed)",
+                type="NoSuchCluster",
+                non_retryable=True,
+            )
+        outcome = ScaleOutcome.model_validate(result)
+        if outcome.failed:
+            raise ApplicationError(
+                f"scaled {input.pool} of {input.cluster} to {input.size} with failed nodes: "
+                + "; ".join(f"{k}: {v}" for k, v in outcome.failed.items()),
+                outcome.model_dump(mode="json"),
+                type="ScaleIncomplete",
+                non_retryable=True,
+            )
+        return outcome
+
+
+@workflow.defn(name="DeleteClusterWorkflow")
+class DeleteClusterWorkflow:
+    @workflow.run
+    async def run(self, raw: dict[str, Any]) -> DeleteOutcome:
+        input = _parse(DeleteClusterInput, raw)
+        result = await _cluster_update(
+            input.cluster, "delete", DeleteRequest(reason=f"workflow {workflow.info().workflow_id}")
+        )
+        outcome = DeleteOutcome.model_validate(result) if result else DeleteOutcome(cluster=input.cluster)
+        # Whatever the cluster's workflow did not know of (or could not, if it had failed).
+        outcome.destroyed += await self._sweep(input.cluster)
+        schedules: list[str] = await workflow.execute_activity(
+            "delete_cluster_schedules",
+            input.cluster,
+            result_type=list[str],
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=LOCAL_WORK_RETRY,
+        )
+        outcome.schedules_removed = sorted({*outcome.schedules_removed, *schedules})
+        return outcome
+
+    async def _sweep(self, cluster: str) -> list[str]:
+        """Destroy every VM anywhere in vCenter still marked with the cluster."""
+        vms: FindClusterVmsResult = await workflow.execute_activity(
+            "find_cluster_vms",
+            FindClusterVmsInput(cluster=cluster),
+            result_type=FindClusterVmsResult,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=VSPHERE_RETRY,
+        )
+        gone = await asyncio.gather(
+            *(
+                workflow.execute_activity(
+                    "destroy_vm",
+                    DestroyVmInput(
+                        cluster=cluster, name=vm.name, instance_uuid=vm.instance_uuid, vm_ref=vm.ref
+                    ),
+                    result_type=DestroyVmResult,
+                    schedule_to_close_timeout=timedelta(minutes=15),
+                    heartbeat_timeout=VSPHERE_HEARTBEAT,
+                    retry_policy=VSPHERE_RETRY,
+                )
+                for vm in vms.vms
+            )
+        )
+        return [vm.name for vm, result in zip(vms.vms, gone, strict=True) if result.destroyed]

@@ -1,0 +1,38 @@
+"""Deleting a cluster: every VM carrying the cluster's marker (found in vCenter,
+not only from memory, so VMs a crashed run left are found too) is destroyed in
+parallel under the worker's vCenter task cap, and the cluster's schedules go."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from models.commands import DeleteOutcome
+    from models.state import ClusterPhase
+    from workflows.cluster_core import ClusterCore
+    from workflows.policies import LOCAL_WORK_RETRY
+
+
+class DeletionMixin(ClusterCore):
+    async def _delete(self) -> DeleteOutcome:
+        self._phase = ClusterPhase.DELETING
+        found = await self._find_vms()
+        destroyed = await asyncio.gather(
+            *(self._destroy_vm(vm.name, vm.instance_uuid, vm.ref) for vm in found.vms)
+        )
+        schedules: list[str] = await workflow.execute_activity(
+            "delete_cluster_schedules",
+            self.spec.name,
+            result_type=list[str],
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=LOCAL_WORK_RETRY,
+        )
+        self._nodes.clear()
+        self._phase = ClusterPhase.DELETED
+        self._deleted = True
+        names = [vm.name for vm, gone in zip(found.vms, destroyed, strict=True) if gone]
+        workflow.logger.info("deleted cluster %s: VMs %s, schedules %s", self.spec.name, names, schedules)
+        return DeleteOutcome(cluster=self.spec.name, destroyed=sorted(names), schedules_removed=schedules)

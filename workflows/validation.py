@@ -1,0 +1,72 @@
+"""Where a command on a running cluster is validated, before anything is written.
+
+Pure functions of the cluster's desired spec and state, called by the update
+validators of ``ClusterWorkflow``: a refused update leaves no trace in history.
+Each raises ``ApplicationError`` with a message that names the problem.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+from temporalio.exceptions import ApplicationError
+
+from models.commands import AddPoolRequest, RemovePoolRequest, ScaleRequest
+from models.spec import MASTER_COUNTS, ClusterSpec, NodePoolSpec, NodeRole, validation_problems
+
+
+def refuse(message: str, kind: str = "InvalidCommand") -> ApplicationError:
+    return ApplicationError(message, type=kind, non_retryable=True)
+
+
+def _pool(spec: ClusterSpec, name: str) -> NodePoolSpec:
+    try:
+        return spec.pool(name)
+    except KeyError:
+        known = ", ".join(p.name for p in spec.pools)
+        raise refuse(f"cluster {spec.name} has no pool {name!r} (pools: {known})", "UnknownPool") from None
+
+
+def not_deleting(deleting: bool, spec: ClusterSpec) -> None:
+    if deleting:
+        raise refuse(f"cluster {spec.name} is being deleted", "Deleting")
+
+
+def scale(spec: ClusterSpec, request: ScaleRequest, deleting: bool) -> None:
+    not_deleting(deleting, spec)
+    pool = _pool(spec, request.pool)
+    if pool.role is not NodeRole.MASTER:
+        return
+    if request.size not in MASTER_COUNTS:
+        raise refuse(
+            f"pool {pool.name}: the control plane has 1, 3 or 5 masters (etcd quorum), not {request.size}"
+        )
+    if request.size < pool.count:
+        raise refuse(
+            f"pool {pool.name}: removing masters is not supported yet (etcd members would have to be "
+            "removed first); the control plane can only grow"
+        )
+    if request.size > 1 and spec.control_plane.vip is None:
+        raise refuse(
+            f"pool {pool.name}: more than one master needs control_plane.vip, and this cluster was "
+            "created without one"
+        )
+
+
+def add_pool(spec: ClusterSpec, request: AddPoolRequest, deleting: bool) -> None:
+    not_deleting(deleting, spec)
+    if request.pool.role is NodeRole.MASTER:
+        raise refuse("a cluster has exactly one master pool; add worker pools only")
+    if any(p.name == request.pool.name for p in spec.pools):
+        raise refuse(f"cluster {spec.name} already has a pool {request.pool.name!r}", "PoolExists")
+    candidate = spec.model_copy(update={"pools": [*spec.pools, request.pool]})
+    try:  # the spec's own rules hold for the result too
+        ClusterSpec.model_validate(candidate.model_dump())
+    except ValidationError as exc:
+        raise refuse("; ".join(validation_problems(exc))) from None
+
+
+def remove_pool(spec: ClusterSpec, request: RemovePoolRequest, deleting: bool) -> None:
+    not_deleting(deleting, spec)
+    pool = _pool(spec, request.pool)
+    if pool.role is NodeRole.MASTER:
+        raise refuse("the master pool cannot be removed; delete the cluster instead")
