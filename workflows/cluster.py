@@ -305,20 +305,25 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
             raise validation.refuse("the cluster's workflow is still starting; retry", "NotYet")
         return self._spec
 
+    # Command updates take JSON and parse it themselves, so a malformed request is
+    # refused with the field and the rule, not a decoding error.
     @workflow.update(name=SCALE_UPDATE)
-    async def scale_pool(self, request: ScaleRequest) -> ScaleOutcome:
+    async def scale_pool(self, raw: dict[str, Any]) -> ScaleOutcome:
         """Set a pool's size: new nodes join; removed ones (newest first) are drained first."""
+        request = validation.parse(ScaleRequest, raw)
         return await self._run_op(
             f"scale {request.pool} to {request.size}",
             lambda: self._scale(request.pool, request.size),
         )
 
     @scale_pool.validator
-    def _validate_scale(self, request: ScaleRequest) -> None:
-        validation.scale(self._spec_or_refuse(), request, self._deleting)
+    def _validate_scale(self, raw: dict[str, Any]) -> None:
+        validation.scale(self._spec_or_refuse(), validation.parse(ScaleRequest, raw), self._deleting)
 
     @workflow.update(name=ADD_POOL_UPDATE)
-    async def add_pool(self, request: AddPoolRequest) -> ScaleOutcome:
+    async def add_pool(self, raw: dict[str, Any]) -> ScaleOutcome:
+        request = validation.parse(AddPoolRequest, raw)
+
         async def add() -> ScaleOutcome:
             self._set_pool(request.pool.model_copy(update={"count": 0}), request.pool.name)
             return await self._scale(request.pool.name, request.pool.count)
@@ -326,11 +331,13 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
         return await self._run_op(f"add pool {request.pool.name}", add)
 
     @add_pool.validator
-    def _validate_add_pool(self, request: AddPoolRequest) -> None:
-        validation.add_pool(self._spec_or_refuse(), request, self._deleting)
+    def _validate_add_pool(self, raw: dict[str, Any]) -> None:
+        validation.add_pool(self._spec_or_refuse(), validation.parse(AddPoolRequest, raw), self._deleting)
 
     @workflow.update(name=REMOVE_POOL_UPDATE)
-    async def remove_pool(self, request: RemovePoolRequest) -> ScaleOutcome:
+    async def remove_pool(self, raw: dict[str, Any]) -> ScaleOutcome:
+        request = validation.parse(RemovePoolRequest, raw)
+
         async def remove() -> ScaleOutcome:
             outcome = await self._scale(request.pool, 0)
             self._set_pool(None, request.pool)
@@ -339,21 +346,26 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
         return await self._run_op(f"remove pool {request.pool}", remove)
 
     @remove_pool.validator
-    def _validate_remove_pool(self, request: RemovePoolRequest) -> None:
-        validation.remove_pool(self._spec_or_refuse(), request, self._deleting)
+    def _validate_remove_pool(self, raw: dict[str, Any]) -> None:
+        validation.remove_pool(
+            self._spec_or_refuse(), validation.parse(RemovePoolRequest, raw), self._deleting
+        )
 
     @workflow.update(name=RECONCILE_UPDATE)
-    async def reconcile(self, request: ReconcileRequest) -> ReconcileReport:
+    async def reconcile(self, raw: dict[str, Any]) -> ReconcileReport:
         """Compare vCenter with the desired state now and repair what drifted."""
+        request = validation.parse(ReconcileRequest, raw)
         return await self._run_op("reconcile", lambda: self._reconcile(request.reason))
 
     @reconcile.validator
-    def _validate_reconcile(self, request: ReconcileRequest) -> None:
+    def _validate_reconcile(self, raw: dict[str, Any]) -> None:
+        validation.parse(ReconcileRequest, raw)
         validation.not_deleting(self._deleting, self._spec_or_refuse())
 
     @workflow.update(name=DELETE_UPDATE)
-    async def delete(self, request: DeleteRequest) -> DeleteOutcome:
+    async def delete(self, raw: dict[str, Any]) -> DeleteOutcome:
         """Cancel what runs, destroy every VM of the cluster, remove its schedules, finish."""
+        request = validation.parse(DeleteRequest, raw)
         if not self._deleting:
             self._deleting = True
             workflow.logger.info("deleting cluster %s (%s)", self.spec.name, request.reason)
@@ -365,5 +377,6 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
         return self._delete_outcome
 
     @delete.validator
-    def _validate_delete(self, request: DeleteRequest) -> None:
+    def _validate_delete(self, raw: dict[str, Any]) -> None:
+        validation.parse(DeleteRequest, raw)
         self._spec_or_refuse()

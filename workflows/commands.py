@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel, ValidationError
+    from pydantic import BaseModel
 
     from models.commands import (
         ClusterUpdateCall,
@@ -39,23 +39,11 @@ with workflow.unsafe.imports_passed_through():
         FindClusterVmsInput,
         FindClusterVmsResult,
     )
-    from models.spec import validation_problems
+    from workflows import validation
     from workflows.policies import LOCAL_WORK_RETRY, VSPHERE_HEARTBEAT, VSPHERE_RETRY
 
 COMMAND_TIMEOUT = timedelta(hours=6)
 COMMAND_HEARTBEAT = timedelta(seconds=30)
-
-
-M = TypeVar("M", bound="BaseModel")
-
-
-def _parse(model: type[M], raw: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise ApplicationError(
-            "invalid input: " + "; ".join(validation_problems(exc)), type="InvalidInput", non_retryable=True
-        ) from None
 
 
 async def _cluster_update(cluster: str, update: str, argument: BaseModel) -> dict[str, Any] | None:
@@ -79,7 +67,7 @@ async def _cluster_update(cluster: str, update: str, argument: BaseModel) -> dic
 class ScaleClusterWorkflow:
     @workflow.run
     async def run(self, raw: dict[str, Any]) -> ScaleOutcome:
-        input = _parse(ScaleClusterInput, raw)
+        input = validation.parse(ScaleClusterInput, raw)
         result = await _cluster_update(
             input.cluster, "scale_pool", ScaleRequest(pool=input.pool, size=input.size)
         )
@@ -105,7 +93,7 @@ class ScaleClusterWorkflow:
 class DeleteClusterWorkflow:
     @workflow.run
     async def run(self, raw: dict[str, Any]) -> DeleteOutcome:
-        input = _parse(DeleteClusterInput, raw)
+        input = validation.parse(DeleteClusterInput, raw)
         result = await _cluster_update(
             input.cluster, "delete", DeleteRequest(reason=f"workflow {workflow.info().workflow_id}")
         )

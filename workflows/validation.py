@@ -7,11 +7,23 @@ Each raises ``ApplicationError`` with a message that names the problem.
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
 from temporalio.exceptions import ApplicationError
 
 from models.commands import AddPoolRequest, RemovePoolRequest, ScaleRequest
 from models.spec import MASTER_COUNTS, ClusterSpec, NodePoolSpec, NodeRole, validation_problems
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], raw: object) -> M:
+    """The request as its model, or a refusal naming each field and rule."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise refuse(f"invalid {model.__name__}: " + "; ".join(validation_problems(exc))) from None
 
 
 def refuse(message: str, kind: str = "InvalidCommand") -> ApplicationError:

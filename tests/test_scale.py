@@ -1,0 +1,211 @@
+"""Scaling on the real Temporal server, the real simulator and the stand-in
+Kubernetes API: the right VMs after each step, removals drained first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pyVim import connect
+from pyVmomi import vim
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+
+from models.commands import AddPoolRequest, RemovePoolRequest, ScaleOutcome, ScaleRequest
+from models.spec import NodePoolSpec
+from models.state import ClusterPhase, ClusterStatus, NodePhase
+from sim.vcenter import Simulator
+from starter import clusters
+from tests.clusters import wait_until_settled
+from tests.conftest import Stack, cluster_spec, unique
+from tests.harness import vms_of_cluster
+from workflows import ids
+from workflows.cluster import ADD_POOL_UPDATE, REMOVE_POOL_UPDATE, SCALE_UPDATE, STATUS_QUERY
+
+
+def removal_times(sim: Simulator) -> dict[str, float]:
+    """When vCenter removed each VM, from its own event log."""
+    si = sim.connect()
+    try:
+        events = si.content.eventManager.QueryEvents(
+            vim.event.EventFilterSpec(eventTypeId=["VmRemovedEvent"])
+        )
+        return {e.vm.name: e.createdTime.timestamp() for e in events if e.vm is not None}
+    finally:
+        connect.Disconnect(si)
+
+
+async def ready_cluster(
+    stack: Stack, name: str, masters: int = 1, workers: int = 2
+) -> WorkflowHandle[Any, Any]:
+    await clusters.create(
+        stack.client, cluster_spec(name, masters=masters, workers=workers), stack.task_queue
+    )
+    status = await wait_until_settled(stack, name)
+    assert status.phase is ClusterPhase.READY, status.error
+    return stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
+
+
+async def scale(handle: WorkflowHandle[Any, Any], pool: str, size: int) -> ScaleOutcome:
+    outcome: ScaleOutcome = await handle.execute_update(
+        SCALE_UPDATE, ScaleRequest(pool=pool, size=size), result_type=ScaleOutcome
+    )
+    return outcome
+
+
+def worker_names(name: str, *indices: int) -> list[str]:
+    return [f"{name}-workers-{i:02d}" for i in indices]
+
+
+async def test_scale_workers_2_5_2_drains_before_destroying(stack: Stack) -> None:
+    name = unique("scale")
+    handle = await ready_cluster(stack, name)
+
+    up = await scale(handle, "workers", 5)
+    assert up.added == worker_names(name, 3, 4, 5) and not up.failed
+    vms = vms_of_cluster(stack.sim, name)
+    assert sorted(vms) == [f"{name}-master-01", *worker_names(name, 1, 2, 3, 4, 5)]
+    kube = stack.nodes.cluster_apis[name]
+    assert set(worker_names(name, 1, 2, 3, 4, 5)) <= set(kube.objects.nodes)
+
+    down = await scale(handle, "workers", 2)
+    assert sorted(down.removed) == worker_names(name, 3, 4, 5)  # the newest went
+    assert not down.warnings
+    vms = vms_of_cluster(stack.sim, name)
+    assert sorted(vms) == [f"{name}-master-01", *worker_names(name, 1, 2)]
+    assert set(kube.objects.nodes) == {f"{name}-master-01", *worker_names(name, 1, 2)}
+
+    removed_at = removal_times(stack.sim)
+    for node in worker_names(name, 3, 4, 5):
+        calls = [c for c in kube.objects.calls if c.name == node or c.name.startswith(f"default/app-{node}-")]
+        verbs = [c.verb for c in calls]
+        assert verbs[0] == "cordon" and verbs[-1] == "delete", verbs
+        assert verbs.count("evict") == stack.nodes.pods_per_worker, verbs
+        assert max(c.at for c in calls) <= removed_at[node], f"{node}'s VM went before Kubernetes let go"
+
+    status: ClusterStatus = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+    assert status.pools["workers"] == 2
+    assert [n.name for n in status.nodes if n.identity.pool == "workers"] == worker_names(name, 1, 2)
+    assert all(n.phase is NodePhase.READY for n in status.nodes)
+
+
+async def test_a_pod_held_by_a_disruption_budget_delays_removal_then_it_proceeds(stack: Stack) -> None:
+    name = unique("pdb")
+    await clusters.create(
+        stack.client, cluster_spec(name, masters=1, workers=2, drain={"timeout_seconds": 3}), stack.task_queue
+    )
+    assert (await wait_until_settled(stack, name)).phase is ClusterPhase.READY
+    handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
+    kube = stack.nodes.cluster_apis[name]
+    held = f"default/app-{name}-workers-02-1"
+    kube.objects.protected.add(held)
+
+    outcome = await scale(handle, "workers", 1)
+    assert outcome.removed == worker_names(name, 2)
+    assert len(outcome.warnings) == 1
+    assert (
+        "drain timed out after 3s with 1 pod(s) left" in outcome.warnings[0] and held in outcome.warnings[0]
+    )
+    assert next(c.verb for c in kube.objects.calls if c.name == held) == "eviction-refused"
+    assert sorted(vms_of_cluster(stack.sim, name)) == [f"{name}-master-01", *worker_names(name, 1)]
+
+
+async def test_add_and_remove_a_pool(stack: Stack) -> None:
+    name = unique("pools")
+    handle = await ready_cluster(stack, name, workers=1)
+    pool = NodePoolSpec(name="gpu", role="worker", count=2, cpus=8, memory_mb=16384)
+    added: ScaleOutcome = await handle.execute_update(
+        ADD_POOL_UPDATE, AddPoolRequest(pool=pool), result_type=ScaleOutcome
+    )
+    assert added.added == [f"{name}-gpu-01", f"{name}-gpu-02"]
+    vms = vms_of_cluster(stack.sim, name)
+    assert vms[f"{name}-gpu-01"]["config.hardware.numCPU"] == 8
+    assert vms[f"{name}-gpu-02"]["config.hardware.memoryMB"] == 16384
+
+    removed: ScaleOutcome = await handle.execute_update(
+        REMOVE_POOL_UPDATE, RemovePoolRequest(pool="gpu"), result_type=ScaleOutcome
+    )
+    assert sorted(removed.removed) == [f"{name}-gpu-01", f"{name}-gpu-02"]
+    status: ClusterStatus = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+    assert "gpu" not in status.pools
+    assert sorted(vms_of_cluster(stack.sim, name)) == [f"{name}-master-01", f"{name}-workers-01"]
+
+
+async def test_masters_grow_1_to_3_behind_the_vip(stack: Stack) -> None:
+    name = unique("grow-cp")
+    spec = cluster_spec(name, masters=3, workers=0)
+    spec = spec.model_copy(update={"pools": [spec.pools[0].model_copy(update={"count": 1}), spec.pools[1]]})
+    await clusters.create(stack.client, spec, stack.task_queue)
+    assert (await wait_until_settled(stack, name)).phase is ClusterPhase.READY
+    handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
+    outcome = await scale(handle, "master", 3)
+    assert outcome.added == [f"{name}-master-02", f"{name}-master-03"] and not outcome.failed
+    kube = stack.nodes.cluster_apis[name]
+    assert {f"{name}-master-02", f"{name}-master-03"} <= set(kube.objects.nodes)
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await scale(handle, "master", 1)
+    assert "removing masters is not supported yet" in str(info.value.cause)
+
+
+BAD_REQUESTS = [
+    ("unknown pool", SCALE_UPDATE, ScaleRequest(pool="nope", size=3), "has no pool 'nope'"),
+    ("even masters", SCALE_UPDATE, ScaleRequest(pool="master", size=2), "1, 3 or 5 masters"),
+    (
+        "grow masters without VIP",
+        SCALE_UPDATE,
+        ScaleRequest(pool="master", size=3),
+        "needs control_plane.vip",
+    ),
+    (
+        "second master pool",
+        ADD_POOL_UPDATE,
+        AddPoolRequest(pool=NodePoolSpec(name="m2", role="master", count=1)),
+        "exactly one master pool",
+    ),
+    (
+        "existing pool",
+        ADD_POOL_UPDATE,
+        AddPoolRequest(pool=NodePoolSpec(name="workers", role="worker", count=1)),
+        "already has a pool 'workers'",
+    ),
+    (
+        "remove master pool",
+        REMOVE_POOL_UPDATE,
+        RemovePoolRequest(pool="master"),
+        "master pool cannot be removed",
+    ),
+    ("remove unknown pool", REMOVE_POOL_UPDATE, RemovePoolRequest(pool="gpu"), "has no pool 'gpu'"),
+]
+
+
+@pytest.fixture(scope="module")
+async def small_cluster(stack: Stack) -> str:
+    name = unique("refuse")
+    spec = cluster_spec(name, masters=1, workers=1)
+    await clusters.create(stack.client, spec, stack.task_queue)
+    assert (await wait_until_settled(stack, name)).phase is ClusterPhase.READY
+    return name
+
+
+@pytest.mark.parametrize(
+    ("case", "update", "request_", "message"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
+async def test_invalid_requests_are_refused_with_the_reason_and_change_nothing(
+    stack: Stack, small_cluster: str, case: str, update: str, request_: object, message: str
+) -> None:
+    handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(small_cluster))
+    before = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+    history_before = len([e async for e in handle.fetch_history_events()])
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await handle.execute_update(update, request_, result_type=ScaleOutcome)
+    assert message in str(info.value.cause)
+    after = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+    assert after.model_dump(exclude={"operation"}) == before.model_dump(exclude={"operation"})
+    # A refused update is not written to history.
+    assert len([e async for e in handle.fetch_history_events()]) == history_before
+
+
+async def test_a_negative_size_is_refused_by_the_request_model(stack: Stack, small_cluster: str) -> None:
+    handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(small_cluster))
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await handle.execute_update(SCALE_UPDATE, {"pool": "workers", "size": -1}, result_type=ScaleOutcome)
+    assert "invalid ScaleRequest: size: Input should be greater than or equal to 0" in str(info.value.cause)
