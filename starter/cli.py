@@ -1,8 +1,13 @@
-"""``pke-vsphere``: create clusters and watch them.
+"""``pke-vsphere``: create, scale and delete clusters, schedule scaling, watch.
 
 pke-vsphere create -f cluster.yaml [--wait]
 pke-vsphere status NAME [--watch]
 pke-vsphere list
+pke-vsphere scale NAME --pool POOL --size N [--wait]
+pke-vsphere delete NAME [--wait]
+pke-vsphere schedule add NAME --pool POOL --size N --cron EXPR [--timezone TZ]
+pke-vsphere schedule list [NAME]
+pke-vsphere schedule pause|unpause|delete|trigger SCHEDULE_ID
 """
 
 from __future__ import annotations
@@ -12,111 +17,25 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
-from rich.console import Console, Group
-from rich.live import Live
 from rich.table import Table
-from rich.text import Text
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from models.spec import validation_problems
-from models.state import ClusterPhase, ClusterStatus, NodePhase
+from models.state import ClusterPhase, ClusterStatus
 from runtime import temporal
 from settings import TemporalSettings, load
-from starter import clusters
-from workflows import ids
-
-console = Console()
-_PHASE_STYLE = {NodePhase.READY: "green", NodePhase.FAILED: "bold red"}
+from starter import clusters, schedules
+from starter.progress import console, render, watch
 
 
-def render(status: ClusterStatus) -> Group:
-    table = Table(show_edge=False, pad_edge=False)
-    for column in ("NODE", "ROLE", "PHASE", "VM", "IP", "UPDATED", "ERROR"):
-        table.add_column(column, overflow="fold")
-    for node in status.nodes:
-        table.add_row(
-            node.name,
-            node.identity.kind.value,
-            Text(node.phase.value, style=_PHASE_STYLE.get(node.phase, "yellow")),
-            node.vm_ref or "",
-            node.ip or "",
-            node.updated_at.strftime("%H:%M:%S") if node.updated_at else "",
-            node.last_error or "",
-        )
-    ready = sum(n.phase is NodePhase.READY for n in status.nodes)
-    failed = len(status.failed_nodes)
-    head = Text.assemble(
-        (f"cluster {status.name}: ", "bold"),
-        (status.phase.value, "green" if status.phase is ClusterPhase.READY else "yellow"),
-        f"  {ready}/{len(status.nodes)} nodes ready",
-        (f", {failed} failed" if failed else "", "red"),
-        f"  api {status.api_endpoint or '-'}",
-    )
-    parts: list[Text | Table] = [head, table]
-    if status.error:
-        parts.append(Text(f"error: {status.error}", style="bold red"))
-    return Group(*parts)
-
-
-def _settled(status: ClusterStatus) -> bool:
-    return status.phase in (ClusterPhase.READY, ClusterPhase.FAILED)
-
-
-async def _poll(client: Client, name: str) -> ClusterStatus | None:
-    """The cluster's status, or None once its workflow has closed without an answer."""
-    try:
-        return await clusters.status(client, name)
-    except RPCError:
-        desc = await client.get_workflow_handle(ids.cluster_workflow_id(name)).describe()
-        if desc.status is not None and desc.status.name != "RUNNING":
-            return None
-        raise
-
-
-def _transitions(before: ClusterStatus | None, after: ClusterStatus) -> list[str]:
-    """One line per node whose phase changed: the progress log when not on a terminal."""
-    old = {n.name: n.phase for n in before.nodes} if before else {}
-    lines = []
-    if before is None or before.phase is not after.phase:
-        lines.append(f"cluster {after.name}: {after.phase.value}")
-    for node in after.nodes:
-        if old.get(node.name) is not node.phase:
-            detail = f" ({node.ip})" if node.ip and node.phase is NodePhase.BOOTSTRAPPING else ""
-            error = f": {node.last_error}" if node.last_error else ""
-            lines.append(f"  {node.name} [{node.identity.kind.value}] {node.phase.value}{detail}{error}")
-    return lines
-
-
-async def watch(client: Client, name: str, interval: float = 1.0) -> ClusterStatus:
-    """Show progress until the cluster is Ready or Failed: a live table on a
-    terminal, one line per node phase change otherwise."""
-    current = await clusters.status(client, name)
-    if not console.is_terminal:
-        previous: ClusterStatus | None = None
-        while True:
-            for line in _transitions(previous, current):
-                console.print(line, markup=False, highlight=False)
-            if _settled(current):
-                break
-            await asyncio.sleep(interval)
-            previous, latest = current, await _poll(client, name)
-            if latest is None:
-                break
-            current = latest
-        console.print(render(current))
-        return current
-    with Live(render(current), console=console, refresh_per_second=4, transient=False) as live:
-        while not _settled(current):
-            await asyncio.sleep(interval)
-            latest = await _poll(client, name)
-            if latest is None:
-                break
-            current = latest
-            live.update(render(current))
-    return current
+def _fail(message: str) -> int:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return 1
 
 
 async def _create(client: Client, args: argparse.Namespace, task_queue: str) -> int:
@@ -127,7 +46,7 @@ async def _create(client: Client, args: argparse.Namespace, task_queue: str) -> 
         console.print(f"follow it with: pke-vsphere status {spec.name} --watch")
         return 0
     final = await watch(client, spec.name)
-    return 0 if final.phase is ClusterPhase.READY and not final.failed_nodes else 1
+    return 0 if final and final.phase is ClusterPhase.READY and not final.failed_nodes else 1
 
 
 async def _status(client: Client, args: argparse.Namespace) -> int:
@@ -136,7 +55,7 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
     else:
         final = await clusters.status(client, args.name)
         console.print(render(final))
-    return 0 if final.phase is not ClusterPhase.FAILED else 1
+    return 0 if final and final.phase is not ClusterPhase.FAILED else 1
 
 
 async def _list(client: Client) -> int:
@@ -149,10 +68,94 @@ async def _list(client: Client) -> int:
     return 0
 
 
-async def run(argv: Sequence[str] | None = None, client: Client | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pke-vsphere", description="PKE clusters on vSphere")
-    parser.add_argument("--settings", help="dotenv-style settings file (Temporal address etc.)")
-    sub = parser.add_subparsers(dest="command", required=True)
+async def _follow(client: Client, cluster: str, handle: WorkflowHandle[Any, Any], what: str) -> int:
+    """Show the cluster while a command workflow runs, then its outcome."""
+    result = asyncio.ensure_future(handle.result())
+    await watch(client, cluster, until=lambda _: result.done())
+    try:
+        outcome = await result
+    except WorkflowFailureError as exc:
+        cause = exc.cause
+        return _fail(f"{what} failed: {cause.message if isinstance(cause, ApplicationError) else cause}")
+    console.print(f"{what}: done", outcome.model_dump_json(indent=2), highlight=False)
+    return 0
+
+
+async def _scale(client: Client, args: argparse.Namespace, task_queue: str) -> int:
+    status = await clusters.status(client, args.name)
+    if args.pool not in status.pools:
+        return _fail(f"cluster {args.name} has no pool {args.pool!r} (pools: {', '.join(status.pools)})")
+    handle = await clusters.scale(client, args.name, args.pool, args.size, task_queue)
+    console.print(f"scaling {args.name}/{args.pool} to {args.size}: workflow {handle.id}")
+    if not args.wait:
+        return 0
+    return await _follow(client, args.name, handle, f"scale {args.name}/{args.pool} to {args.size}")
+
+
+async def _delete(client: Client, args: argparse.Namespace, task_queue: str) -> int:
+    handle = await clusters.delete(client, args.name, task_queue)
+    console.print(f"deleting {args.name}: workflow {handle.id}")
+    if not args.wait:
+        return 0
+    return await _follow(client, args.name, handle, f"delete {args.name}")
+
+
+async def _schedule(client: Client, args: argparse.Namespace, task_queue: str) -> int:
+    action = args.schedule_command
+    if action == "add":
+        status: ClusterStatus = await clusters.status(client, args.name)
+        if args.pool not in status.pools:
+            return _fail(f"cluster {args.name} has no pool {args.pool!r} (pools: {', '.join(status.pools)})")
+        schedule_id = await schedules.add(
+            client,
+            cluster=args.name,
+            pool=args.pool,
+            size=args.size,
+            cron=args.cron,
+            timezone=args.timezone,
+            task_queue=task_queue,
+            suffix=args.id,
+        )
+        when = f"'{args.cron}' {args.timezone}"
+        console.print(f"schedule {schedule_id}: scale {args.name}/{args.pool} to {args.size} at {when}")
+        return 0
+    if action == "list":
+        table = Table(show_edge=False)
+        for column in ("SCHEDULE", "CLUSTER", "POOL", "SIZE", "CRON", "TIMEZONE", "STATE", "NEXT"):
+            table.add_column(column)
+        for s in await schedules.list_schedules(client, args.name):
+            nxt = s.next_runs[0].strftime("%Y-%m-%d %H:%M %Z") if s.next_runs else "-"
+            table.add_row(
+                s.id,
+                s.cluster,
+                s.pool,
+                str(s.size),
+                s.cron,
+                s.timezone,
+                "paused" if s.paused else "active",
+                nxt,
+            )
+        console.print(table)
+        return 0
+    operation = {
+        "pause": schedules.pause,
+        "unpause": schedules.unpause,
+        "delete": schedules.delete,
+        "trigger": schedules.trigger,
+    }[action]
+    await operation(client, args.schedule_id)
+    console.print(
+        f"schedule {args.schedule_id}: {action}d"
+        if action != "trigger"
+        else f"schedule {args.schedule_id}: triggered"
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="pke-vsphere", description="PKE clusters on vSphere")
+    top.add_argument("--settings", help="dotenv-style settings file (Temporal address etc.)")
+    sub = top.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="create a cluster from a spec file")
     create.add_argument("-f", "--file", required=True, help="cluster spec (YAML or JSON)")
     create.add_argument("--wait", action="store_true", help="show progress until Ready or Failed")
@@ -160,27 +163,60 @@ async def run(argv: Sequence[str] | None = None, client: Client | None = None) -
     status.add_argument("name")
     status.add_argument("--watch", action="store_true", help="refresh until Ready or Failed")
     sub.add_parser("list", help="list clusters")
-    args = parser.parse_args(argv)
+    scale = sub.add_parser("scale", help="set a pool's size")
+    scale.add_argument("name")
+    scale.add_argument("--pool", required=True)
+    scale.add_argument("--size", required=True, type=int)
+    scale.add_argument("--wait", action="store_true", help="show progress until the scale is done")
+    delete = sub.add_parser("delete", help="delete a cluster and every VM it has")
+    delete.add_argument("name")
+    delete.add_argument("--wait", action="store_true", help="show progress until the cluster is gone")
+    schedule = sub.add_parser("schedule", help="scheduled scaling")
+    ssub = schedule.add_subparsers(dest="schedule_command", required=True)
+    add = ssub.add_parser("add", help="scale a pool on a cron schedule")
+    add.add_argument("name")
+    add.add_argument("--pool", required=True)
+    add.add_argument("--size", required=True, type=int)
+    add.add_argument("--cron", required=True, help='e.g. "0 8 * * MON-FRI"')
+    add.add_argument("--timezone", default="UTC", help="IANA name, e.g. Europe/Budapest (default UTC)")
+    add.add_argument("--id", help="suffix of the schedule id (default: derived from size, cron, timezone)")
+    lst = ssub.add_parser("list", help="list scaling schedules")
+    lst.add_argument("name", nargs="?", help="only this cluster's")
+    for action in ("pause", "unpause", "delete", "trigger"):
+        one = ssub.add_parser(action, help=f"{action} a schedule")
+        one.add_argument("schedule_id")
+    return top
 
+
+async def run(argv: Sequence[str] | None = None, client: Client | None = None) -> int:
+    args = parser().parse_args(argv)
     settings = load(TemporalSettings, args.settings)
+    queue = settings.temporal_task_queue
     try:
         client = client or await temporal.connect(settings)
-        if args.command == "create":
-            return await _create(client, args, settings.temporal_task_queue)
-        if args.command == "status":
-            return await _status(client, args)
-        return await _list(client)
+        match args.command:
+            case "create":
+                return await _create(client, args, queue)
+            case "status":
+                return await _status(client, args)
+            case "list":
+                return await _list(client)
+            case "scale":
+                return await _scale(client, args, queue)
+            case "delete":
+                return await _delete(client, args, queue)
+            case _:
+                return await _schedule(client, args, queue)
     except ValidationError as exc:
-        console.print(f"[bold red]invalid cluster spec[/] ({exc.error_count()} problem(s)):")
+        what = "cluster spec" if args.command == "create" else "input"
+        console.print(f"[bold red]invalid {what}[/] ({exc.error_count()} problem(s)):")
         for problem in validation_problems(exc):
             console.print(f"  {problem}", markup=False)
         return 2
-    except (clusters.ClusterExists, FileNotFoundError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        return 1
+    except (clusters.ClusterExists, schedules.ScheduleExists, FileNotFoundError) as exc:
+        return _fail(str(exc))
     except RPCError as exc:
-        console.print(f"[bold red]Temporal:[/] {exc.message}")
-        return 1
+        return _fail(f"Temporal: {exc.message}")
 
 
 def main() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+from typing import Any
 
 import yaml
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from models.commands import DeleteClusterInput, DeleteOutcome, ScaleClusterInput, ScaleOutcome
 from models.messages import ClusterResult, ClusterWorkflowInput
 from models.spec import ClusterSpec
 from models.state import ClusterStatus
@@ -60,3 +63,30 @@ async def list_clusters(client: Client) -> list[tuple[str, WorkflowExecutionStat
             continue
         clusters.append((wf.id.removeprefix(ids.CLUSTER_PREFIX), wf.status))
     return clusters
+
+
+async def scale(
+    client: Client, cluster: str, pool: str, size: int, task_queue: str
+) -> WorkflowHandle[Any, ScaleOutcome]:
+    """Start a ScaleClusterWorkflow (the same type a schedule starts)."""
+    request = ScaleClusterInput(cluster=cluster, pool=pool, size=size)
+    return await client.start_workflow(
+        "ScaleClusterWorkflow",
+        request.model_dump(mode="json"),
+        id=ids.scale_workflow_id(cluster, uuid.uuid4().hex[:12]),
+        task_queue=task_queue,
+        result_type=ScaleOutcome,
+    )
+
+
+async def delete(client: Client, cluster: str, task_queue: str) -> WorkflowHandle[Any, DeleteOutcome]:
+    """Start (or join the running) DeleteClusterWorkflow for the cluster."""
+    return await client.start_workflow(
+        "DeleteClusterWorkflow",
+        DeleteClusterInput(cluster=cluster).model_dump(mode="json"),
+        id=ids.delete_workflow_id(cluster),
+        task_queue=task_queue,
+        result_type=DeleteOutcome,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )

@@ -1,0 +1,127 @@
+"""Showing a cluster: the node table, and progress while something runs (a live
+table on a terminal, one line per change otherwise, for logs and CI)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from models.state import ClusterPhase, ClusterStatus, NodePhase
+from starter import clusters
+
+console = Console()
+_PHASE_STYLE = {NodePhase.READY: "green", NodePhase.FAILED: "bold red"}
+
+
+def render(status: ClusterStatus) -> Group:
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("NODE", "ROLE", "PHASE", "VM", "IP", "UPDATED", "ERROR"):
+        table.add_column(column, overflow="fold")
+    for node in status.nodes:
+        table.add_row(
+            node.name,
+            node.identity.kind.value,
+            Text(node.phase.value, style=_PHASE_STYLE.get(node.phase, "yellow")),
+            node.vm_ref or "",
+            node.ip or "",
+            node.updated_at.strftime("%H:%M:%S") if node.updated_at else "",
+            node.last_error or "",
+        )
+    ready = sum(n.phase is NodePhase.READY for n in status.nodes)
+    failed = len(status.failed_nodes)
+    pools = ", ".join(f"{name}={size}" for name, size in status.pools.items())
+    head = Text.assemble(
+        (f"cluster {status.name}: ", "bold"),
+        (status.phase.value, "green" if status.phase is ClusterPhase.READY else "yellow"),
+        f"  {ready}/{len(status.nodes)} nodes ready",
+        (f", {failed} failed" if failed else "", "red"),
+        f"  api {status.api_endpoint or '-'}  pools {pools or '-'}",
+        (f"  running: {status.operation}" if status.operation else "", "cyan"),
+    )
+    parts: list[Text | Table] = [head, table]
+    if status.last_reconcile and status.last_reconcile.drift:
+        report = status.last_reconcile
+        parts.append(
+            Text(
+                f"last reconcile {report.at:%H:%M:%S} ({report.reason}): "
+                + "; ".join(f"{d.kind} {d.name}" for d in report.drift)
+                + " -> "
+                + "; ".join(report.actions),
+                style="magenta",
+            )
+        )
+    if status.error:
+        parts.append(Text(f"error: {status.error}", style="bold red"))
+    return Group(*parts)
+
+
+def settled(status: ClusterStatus) -> bool:
+    return status.phase in (ClusterPhase.READY, ClusterPhase.FAILED, ClusterPhase.DELETED)
+
+
+def transitions(before: ClusterStatus | None, after: ClusterStatus) -> list[str]:
+    """One line per change of the cluster's phase, its operation, or a node's phase."""
+    lines = []
+    if before is None or before.phase is not after.phase:
+        lines.append(f"cluster {after.name}: {after.phase.value}")
+    if after.operation and (before is None or before.operation != after.operation):
+        lines.append(f"cluster {after.name}: running {after.operation}")
+    old = {n.name: n.phase for n in before.nodes} if before else {}
+    for node in after.nodes:
+        if old.get(node.name) is not node.phase:
+            detail = f" ({node.ip})" if node.ip and node.phase is NodePhase.BOOTSTRAPPING else ""
+            error = f": {node.last_error}" if node.last_error else ""
+            lines.append(f"  {node.name} [{node.identity.kind.value}] {node.phase.value}{detail}{error}")
+    for name in old.keys() - {n.name for n in after.nodes}:
+        lines.append(f"  {name} removed")
+    return lines
+
+
+async def _poll(client: Client, name: str) -> ClusterStatus | None:
+    """The cluster's status, or None once its workflow answers no more."""
+    try:
+        return await clusters.status(client, name)
+    except RPCError:
+        return None
+
+
+async def watch(
+    client: Client,
+    name: str,
+    until: Callable[[ClusterStatus], bool] = settled,
+    interval: float = 1.0,
+) -> ClusterStatus | None:
+    """Show progress until ``until(status)`` holds or the cluster's workflow stops answering."""
+    current = await _poll(client, name)
+    if current is None:
+        return None
+    if not console.is_terminal:
+        previous: ClusterStatus | None = None
+        while True:
+            for line in transitions(previous, current):
+                console.print(line, markup=False, highlight=False)
+            if until(current):
+                break
+            await asyncio.sleep(interval)
+            latest = await _poll(client, name)
+            if latest is None:
+                break
+            previous, current = current, latest
+        console.print(render(current))
+        return current
+    with Live(render(current), console=console, refresh_per_second=4) as live:
+        while not until(current):
+            await asyncio.sleep(interval)
+            latest = await _poll(client, name)
+            if latest is None:
+                break
+            current = latest
+            live.update(render(current))
+    return current
