@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pyVmomi import vim, vmodl
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 
 
 class VSphereError(Exception):
@@ -66,7 +66,7 @@ def as_activity_errors(action: str) -> Iterator[None]:
     are non-retryable, so the workflow gets a clear reason at once."""
     try:
         yield
-    except ApplicationError:
+    except (ApplicationError, CancelledError):
         raise
     except Exception as exc:
         err = classify(exc)

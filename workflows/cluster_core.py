@@ -177,6 +177,8 @@ class ClusterCore:
                 id=ids.node_workflow_id(spec.name, node.name),
             )
         except ChildWorkflowError as err:
+            if self._deleting:  # the node was cancelled because the cluster is going
+                raise asyncio.CancelledError from err
             node.phase = NodePhase.FAILED
             node.last_error = failure_reason(err)
             node.updated_at = workflow.now()

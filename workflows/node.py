@@ -9,6 +9,7 @@ change is signalled to the cluster workflow, which serves the status query.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -36,12 +37,16 @@ with workflow.unsafe.imports_passed_through():
 REPORT_SIGNAL = "report"
 PROGRESS_SIGNAL = "node_progress"
 
+# Changes to running workflows, guarded so older histories still replay.
+PATCH_BACKGROUND_PROGRESS = "progress-signals-in-background"
+
 
 @workflow.defn(name="NodeWorkflow")
 class NodeWorkflow:
     def __init__(self) -> None:
         self._report: NodeReport | None = None
         self._phase = NodePhase.PENDING
+        self._signals: list[asyncio.Task[None]] = []
 
     @workflow.signal(name=REPORT_SIGNAL)
     def report(self, report: NodeReport) -> None:
@@ -54,12 +59,19 @@ class NodeWorkflow:
         return self._phase
 
     async def _progress(self, phase: NodePhase, **fields: str | None) -> None:
+        """Tell the cluster's workflow, without waiting: a cancellation that arrives
+        while a signal is in flight must reach the step this workflow is on (an
+        awaited external signal absorbs it)."""
         self._phase = phase
         parent = workflow.info().parent
         if parent is None:
             return
         progress = NodeProgress(name=self._name, phase=phase, at=workflow.now(), **fields)
-        await workflow.get_external_workflow_handle(parent.workflow_id).signal(PROGRESS_SIGNAL, progress)
+        signal = workflow.get_external_workflow_handle(parent.workflow_id).signal(PROGRESS_SIGNAL, progress)
+        if workflow.patched(PATCH_BACKGROUND_PROGRESS):
+            self._signals.append(asyncio.create_task(signal))
+        else:
+            await signal
 
     @workflow.run
     async def run(self, input: NodeWorkflowInput) -> NodeResult:
@@ -137,4 +149,5 @@ class NodeWorkflow:
                 non_retryable=True,
             )
         await self._progress(NodePhase.READY)
+        await asyncio.gather(*self._signals)
         return NodeResult(name=node.name, vm_ref=vm.vm_ref, ip=ip.ip)
