@@ -51,6 +51,7 @@ def build_worker(
             kube_activities.create_bootstrap_token,
             kube_activities.drain_node,
             kube_activities.delete_kube_node,
+            kube_activities.wait_for_kube_node_ready,
             commands.run_cluster_update,
             commands.delete_cluster_schedules,
             vsphere.ensure_vm,

@@ -22,6 +22,7 @@ from models.messages import (
     DrainInput,
     DrainResult,
     KubeAccess,
+    WaitNodeReadyInput,
 )
 from models.pki import BootstrapToken
 from pki import bootstrap_tokens as tokens
@@ -85,3 +86,20 @@ async def delete_kube_node(input: DeleteKubeNodeInput) -> bool:
         deleted = await nodes.delete(client, input.node)
     log.info("node.deleted_from_kubernetes", cluster=input.cluster, node=input.node, existed=deleted)
     return deleted
+
+
+@activity.defn(name="wait_for_kube_node_ready")
+async def wait_for_kube_node_ready(input: WaitNodeReadyInput) -> None:
+    """Wait for a restarted node's kubelet to report Ready again."""
+    async with api(input.access, f"wait for {input.node} to be Ready") as client:
+
+        def beat() -> None:
+            activity.heartbeat()
+
+        ready = await nodes.wait_ready(client, input.node, input.timeout_seconds, beat)
+    if not ready:
+        raise ApplicationError(
+            f"{input.node} did not become Ready in Kubernetes within {input.timeout_seconds}s after power-on",
+            type="NodeNotReady",
+            non_retryable=True,
+        )

@@ -92,3 +92,22 @@ async def delete(client: AsyncClient, name: str) -> bool:
             return False
         raise
     return True
+
+
+async def wait_ready(
+    client: AsyncClient, name: str, give_up_after: float, on_progress: Callable[[], None] = lambda: None
+) -> bool:
+    """Wait until the node's Ready condition is True; False if ``give_up_after`` passes."""
+    deadline = time.monotonic() + give_up_after
+    while time.monotonic() < deadline:
+        try:
+            node = await client.get(Node, name)
+            conditions = node.status.conditions if node.status else None
+            if any(c.type == "Ready" and c.status == "True" for c in conditions or []):
+                return True
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+        on_progress()
+        await asyncio.sleep(RETRY_SECONDS)
+    return False

@@ -219,6 +219,13 @@ class DrainResult(BaseModel):
     timed_out: bool = False
 
 
+class WaitNodeReadyInput(BaseModel):
+    cluster: str
+    node: str
+    access: KubeAccess
+    timeout_seconds: int
+
+
 class DeleteKubeNodeInput(BaseModel):
     cluster: str
     node: str

@@ -244,6 +244,12 @@ class StandInKubeAPI:
                 "spec": {"nodeName": name, "containers": [{"name": "app", "image": "app:1"}]},
             }
 
+    def set_ready(self, name: str, ready: bool) -> None:
+        """What the node controller does when a kubelet stops or resumes reporting."""
+        node = self.objects.nodes.get(name)
+        if node is not None:
+            node["status"]["conditions"] = [{"type": "Ready", "status": "True" if ready else "Unknown"}]
+
     def accepts_token(self, token: str, now: datetime | None = None) -> bool:
         """Whether kubeadm would accept this bootstrap token: its Secret exists and is unexpired."""
         token_id, _, secret = token.partition(".")

@@ -84,6 +84,9 @@ class SimulatedNodes:
         self.kube_apis: dict[str, StandInKubeAPI] = {}
         self.cluster_apis: dict[str, StandInKubeAPI] = {}
         self.pods_per_worker = 2
+        # cloud-init runs once per instance: a VM that booted before only restarts its kubelet.
+        self._bootstrapped: set[str] = set()
+        self._node_of: dict[str, str] = {}
 
     def behaviour(self, name: str) -> Behaviour:
         for pattern, behaviour in self.behaviours.items():
@@ -137,6 +140,7 @@ class SimulatedNodes:
                 for uuid in list(self._tasks):
                     if uuid not in on and self._tasks[uuid].done():
                         del self._tasks[uuid]  # powered off: boots again when powered on
+                        self._kubelet_stopped(uuid)
                 await asyncio.sleep(self.scan_seconds)
         finally:
             for task in self._tasks.values():
@@ -169,8 +173,12 @@ class SimulatedNodes:
         install = next(line for line in script.splitlines() if line.startswith("pke install "))
         kind = env["PKE_VSPHERE_KIND"]
         ip = self._ip_for(uuid)
+        if uuid in self._bootstrapped:
+            await self._reboot(vm, uuid, name, ip)
+            return
         node = BootedNode(name=name, vm_ref=vm._moId, kind=kind, ip=ip, install_command=install)
         self.nodes[name] = node
+        self._node_of[uuid] = name
         node.events.append((time.time(), "powered-on"))
 
         await asyncio.sleep(self.boot_delay(name))
@@ -202,6 +210,7 @@ class SimulatedNodes:
             if kind == "leader":
                 kube = await self._start_api(env["PKE_VSPHERE_CLUSTER"], ip, material)
                 kube.register_node(name, pool, kind, pods=0)
+                self._bootstrapped.add(uuid)
                 await self._post(api, {"kind": "ready"})
                 node.events.append((time.time(), "reported-ready"))
                 return
@@ -219,8 +228,26 @@ class SimulatedNodes:
                 await self._post(api, {"kind": "failed", "message": message})
                 return
             serving.register_node(name, pool, kind, pods=self.pods_per_worker if kind == "worker" else 0)
+            self._bootstrapped.add(uuid)
             await self._post(api, {"kind": "joined"})
             node.events.append((time.time(), "reported-joined"))
+
+    async def _reboot(self, vm: Any, uuid: str, name: str, ip: str) -> None:
+        """A second boot of the same instance: VMware Tools reports the address again
+        and the kubelet comes back; cloud-init does not run again."""
+        node = self.nodes[name]
+        node.events.append((time.time(), "powered-on-again"))
+        await asyncio.sleep(self.boot_delay(name))
+        await asyncio.to_thread(self._report_ip, vm, ip, name)
+        for kube in self.cluster_apis.values():
+            kube.set_ready(name, True)
+        node.events.append((time.time(), "kubelet-ready"))
+
+    def _kubelet_stopped(self, uuid: str) -> None:
+        name = self._node_of.get(uuid)
+        if name is not None and uuid in self._bootstrapped:
+            for kube in self.cluster_apis.values():
+                kube.set_ready(name, False)
 
     async def _start_api(self, cluster: str, ip: str, material: dict[str, Any]) -> StandInKubeAPI:
         """The leader's API server, on its own address and on the VIP, signed by the cluster CA."""

@@ -3,7 +3,8 @@ by the cluster's markers) with the nodes the cluster owns, and repair.
 
 - A Ready node whose VM is gone is recreated (new generation, so a new instance
   UUID) and re-joins; the only master of a cluster cannot be, and says so.
-- A Ready node whose VM is powered off is powered on and re-joins.
+- A Ready node whose VM is powered off is powered on; it re-joins when its
+  kubelet reports Ready again (cloud-init does not run twice on one instance).
 - A VM marked with the cluster that the cluster does not own is an orphan: it
   is destroyed once it has been seen for the spec's grace period.
 """
@@ -11,14 +12,24 @@ by the cluster's markers) with the nodes the cluster owns, and repair.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from models.messages import ClusterVm
+    from models.messages import (
+        ClusterVm,
+        PowerOnInput,
+        PowerOnResult,
+        WaitForIpInput,
+        WaitForIpResult,
+        WaitNodeReadyInput,
+    )
     from models.spec import NodeRole
     from models.state import Drift, NodePhase, NodeState, ReconcileReport
-    from workflows.cluster_core import ClusterCore
+    from workflows.cluster_core import ClusterCore, failure_reason
+    from workflows.policies import KUBE_RETRY, VSPHERE_HEARTBEAT, VSPHERE_RETRY
 
 
 class ReconcileMixin(ClusterCore):
@@ -29,6 +40,7 @@ class ReconcileMixin(ClusterCore):
         by_uuid = {vm.instance_uuid: vm for vm in found.vms if vm.instance_uuid}
 
         relaunch: list[NodeState] = []
+        restart: list[NodeState] = []
         for node in list(self._nodes.values()):
             if node.phase is not NodePhase.READY:
                 continue
@@ -45,13 +57,13 @@ class ReconcileMixin(ClusterCore):
                     report.actions.append(f"recreate {node.name}")
             elif not vm.powered_on:
                 report.drift.append(Drift(kind="powered-off", name=node.name, detail=f"VM {vm.ref} is off"))
-                node.phase, node.updated_at = NodePhase.PENDING, now
-                relaunch.append(node)
-                report.actions.append(f"power on {node.name} and wait for it to re-join")
+                restart.append(node)
+                report.actions.append(f"power on {node.name} and wait for it to be Ready again")
 
         orphans = self._orphans(found.vms, report)
         await asyncio.gather(
             *(self._launch(n) for n in relaunch),
+            *(self._restart(n) for n in restart),
             *(self._destroy_vm(vm.name, vm.instance_uuid, vm.ref) for vm in orphans),
         )
         for vm in orphans:
@@ -66,6 +78,49 @@ class ReconcileMixin(ClusterCore):
                 report.actions,
             )
         return report
+
+    async def _restart(self, node: NodeState) -> None:
+        """Power a node's VM back on and wait until Kubernetes sees it Ready."""
+        assert node.vm_ref is not None
+        steps = self.spec.timeouts
+        try:
+            node.phase, node.updated_at = NodePhase.POWERING_ON, workflow.now()
+            await workflow.execute_activity(
+                "power_on_vm",
+                PowerOnInput(vm_ref=node.vm_ref, name=node.name),
+                result_type=PowerOnResult,
+                schedule_to_close_timeout=steps.as_timedelta("power_on"),
+                heartbeat_timeout=VSPHERE_HEARTBEAT,
+                retry_policy=VSPHERE_RETRY,
+            )
+            node.phase, node.powered_on_at = NodePhase.WAITING_FOR_IP, workflow.now()
+            await workflow.execute_activity(
+                "wait_for_vm_ip",
+                WaitForIpInput(vm_ref=node.vm_ref, name=node.name, timeout_seconds=steps.ip),
+                result_type=WaitForIpResult,
+                schedule_to_close_timeout=steps.as_timedelta("ip") + timedelta(seconds=30),
+                heartbeat_timeout=VSPHERE_HEARTBEAT,
+                retry_policy=VSPHERE_RETRY,
+            )
+            node.phase, node.updated_at = NodePhase.BOOTSTRAPPING, workflow.now()
+            await workflow.execute_activity(
+                "wait_for_kube_node_ready",
+                WaitNodeReadyInput(
+                    cluster=self.spec.name,
+                    node=node.name,
+                    access=self._kube_access(),
+                    timeout_seconds=steps.join,
+                ),
+                schedule_to_close_timeout=steps.as_timedelta("join") + timedelta(seconds=60),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=KUBE_RETRY,
+            )
+        except ActivityError as err:
+            node.phase, node.last_error = NodePhase.FAILED, failure_reason(err)
+            node.updated_at = workflow.now()
+            return
+        node.phase = NodePhase.READY
+        node.ready_at = node.updated_at = workflow.now()
 
     def _replacement(self, node: NodeState) -> NodeState | None:
         """A new node (next generation) in place of one whose VM vanished."""

@@ -1,0 +1,162 @@
+"""Reconcile: vCenter drifts out of band; the cluster notices and repairs it,
+and says what it found and did."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from pyVim import connect
+from pyVmomi import vim
+
+from bootstrap import guestinfo
+from models.commands import ReconcileRequest
+from models.state import ClusterPhase, ClusterStatus, NodePhase, ReconcileReport
+from starter import clusters
+from tests.clusters import wait_until_settled
+from tests.conftest import Stack, cluster_spec, unique
+from tests.harness import vms_of_cluster
+from vsphere import inventory
+from vsphere.vms import start_clone
+from vsphere.waits import wait_for_task
+from workflows import ids
+from workflows.cluster import RECONCILE_UPDATE, STATUS_QUERY
+
+
+def out_of_band(stack: Stack, action: str, vm_ref: str) -> None:
+    """What an operator does in the vSphere client, behind the orchestrator's back."""
+    si = stack.sim.connect()
+    try:
+        vm = vim.VirtualMachine(vm_ref, si._stub)
+        wait_for_task(si, vm.PowerOffVM_Task(), timeout=30)
+        if action == "destroy":
+            wait_for_task(si, vm.Destroy_Task(), timeout=30)
+    finally:
+        connect.Disconnect(si)
+
+
+def plant_orphan(stack: Stack, cluster: str, name: str) -> str:
+    """A VM carrying the cluster's markers that the cluster does not own."""
+    spec = cluster_spec(cluster).vsphere
+    si = stack.sim.connect()
+    try:
+        placement = inventory.resolve(si, spec)
+        extra = {
+            guestinfo.MARKER_MANAGED_BY: guestinfo.MANAGED_BY,
+            guestinfo.MARKER_CLUSTER: cluster,
+            guestinfo.MARKER_NODE: name,
+        }
+        task = start_clone(
+            si,
+            placement,
+            name=name,
+            instance_uuid=str(uuid.uuid4()),
+            cpus=1,
+            memory_mb=2048,
+            extra_config=extra,
+        )
+        ref: str = wait_for_task(si, task, timeout=30)._moId
+        return ref
+    finally:
+        connect.Disconnect(si)
+
+
+async def reconcile(stack: Stack, name: str) -> ReconcileReport:
+    handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
+    report: ReconcileReport = await handle.execute_update(
+        RECONCILE_UPDATE, ReconcileRequest(), result_type=ReconcileReport
+    )
+    return report
+
+
+async def ready(stack: Stack, name: str, **spec: Any) -> ClusterStatus:
+    await clusters.create(stack.client, cluster_spec(name, **spec), stack.task_queue)
+    status = await wait_until_settled(stack, name)
+    assert status.phase is ClusterPhase.READY, status.error
+    return status
+
+
+async def test_a_vm_destroyed_out_of_band_is_replaced_and_rejoins(stack: Stack) -> None:
+    name = unique("rec-gone")
+    before = await ready(stack, name, masters=1, workers=2)
+    victim = next(n for n in before.nodes if n.name == f"{name}-workers-02")
+    assert victim.vm_ref is not None
+    out_of_band(stack, "destroy", victim.vm_ref)
+
+    report = await reconcile(stack, name)
+
+    assert [(d.kind, d.name) for d in report.drift] == [("missing", victim.name)]
+    assert report.actions == [f"recreate {victim.name}"]
+    after = await clusters.status(stack.client, name)
+    replaced = next(n for n in after.nodes if n.name == victim.name)
+    assert replaced.phase is NodePhase.READY
+    assert replaced.identity.generation == 1
+    assert replaced.identity.instance_uuid != victim.identity.instance_uuid
+    assert replaced.vm_ref != victim.vm_ref
+    vms = vms_of_cluster(stack.sim, name)
+    assert len(vms) == 3 and vms[victim.name]["config.instanceUuid"] == replaced.identity.instance_uuid
+    assert after.last_reconcile is not None and after.last_reconcile.drift[0].name == victim.name
+    # The replacement joined the cluster's (stand-in) API server again.
+    assert victim.name in stack.nodes.cluster_apis[name].objects.nodes
+
+
+async def test_a_vm_powered_off_out_of_band_is_powered_on_and_rejoins(stack: Stack) -> None:
+    name = unique("rec-off")
+    before = await ready(stack, name, masters=1, workers=1)
+    worker = next(n for n in before.nodes if n.identity.kind.value == "worker")
+    assert worker.vm_ref is not None
+    out_of_band(stack, "power-off", worker.vm_ref)
+    kube = stack.nodes.cluster_apis[name]
+
+    async def kubelet_down() -> None:
+        while kube.objects.nodes[worker.name]["status"]["conditions"][0]["status"] == "True":  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(kubelet_down(), 10)  # Kubernetes noticed the node went away
+
+    report = await reconcile(stack, name)
+
+    assert [(d.kind, d.name) for d in report.drift] == [("powered-off", worker.name)]
+    vms = vms_of_cluster(stack.sim, name)
+    assert vms[worker.name]["runtime.powerState"] == "poweredOn"
+    assert vms[worker.name]["ref"] == worker.vm_ref  # the same VM, not a new one
+    assert kube.objects.nodes[worker.name]["status"]["conditions"][0]["status"] == "True"
+    assert stack.nodes.nodes[worker.name].events[-1][1] == "kubelet-ready"
+    after = await clusters.status(stack.client, name)
+    assert all(n.phase is NodePhase.READY for n in after.nodes)
+
+
+async def test_an_orphan_is_kept_for_its_grace_period_then_destroyed(stack: Stack) -> None:
+    name = unique("rec-orphan")
+    await ready(stack, name, masters=1, workers=1, reconcile={"orphan_grace_seconds": 2})
+    orphan_ref = plant_orphan(stack, name, f"{name}-stray")
+
+    first = await reconcile(stack, name)
+    assert [(d.kind, d.name) for d in first.drift] == [("orphan", f"{name}-stray")]
+    assert first.actions[0].startswith(f"keep orphan {name}-stray")
+    assert f"{name}-stray" in vms_of_cluster(stack.sim, name)
+
+    await asyncio.sleep(2.5)
+    second = await reconcile(stack, name)
+    assert second.actions == [f"destroy orphan {name}-stray ({orphan_ref})"]
+    assert sorted(vms_of_cluster(stack.sim, name)) == [f"{name}-master-01", f"{name}-workers-01"]
+
+
+async def test_periodic_reconcile_repairs_without_being_asked(stack: Stack) -> None:
+    name = unique("rec-periodic")
+    before = await ready(stack, name, masters=1, workers=1, reconcile={"interval_seconds": 10})
+    worker = next(n for n in before.nodes if n.identity.kind.value == "worker")
+    assert worker.vm_ref is not None
+    out_of_band(stack, "destroy", worker.vm_ref)
+    handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
+    for _ in range(100):
+        status: ClusterStatus = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+        report = status.last_reconcile
+        if report and report.reason == "periodic" and report.drift:
+            break
+        await asyncio.sleep(0.3)
+    else:
+        raise AssertionError("no periodic reconcile found the missing VM")
+    await asyncio.sleep(1)
+    assert worker.name in vms_of_cluster(stack.sim, name)
