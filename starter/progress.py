@@ -4,6 +4,7 @@ table on a terminal, one line per change otherwise, for logs and CI)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 
 from rich.console import Console, Group
@@ -16,7 +17,8 @@ from temporalio.service import RPCError
 from models.state import ClusterPhase, ClusterStatus, NodePhase
 from starter import clusters
 
-console = Console()
+# Pipes and CI logs get long lines rather than tables folded at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
 _PHASE_STYLE = {NodePhase.READY: "green", NodePhase.FAILED: "bold red"}
 
 

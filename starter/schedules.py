@@ -72,9 +72,7 @@ async def add(
         state=ScheduleState(note=f"scale {cluster}/{pool} to {size}"),
     )
     try:
-        await client.create_schedule(
-            schedule_id, schedule, memo={"cluster": cluster, "pool": pool, "size": size}
-        )
+        await client.create_schedule(schedule_id, schedule, memo={"cron": cron})
     except ScheduleAlreadyRunningError:
         raise ScheduleExists(f"schedule {schedule_id} already exists") from None
     return schedule_id
@@ -93,13 +91,15 @@ async def list_schedules(client: Client, cluster: str | None = None) -> list[Sca
         raw = await client.data_converter.decode(action.args) if action.args else []
         request = ScaleClusterInput.model_validate(raw[0] if raw else {})
         spec = desc.schedule.spec
+        # Temporal turns cron expressions into calendars; the memo keeps what was typed.
+        memo = await desc.memo()
         found.append(
             ScaleSchedule(
                 id=entry.id,
                 cluster=request.cluster,
                 pool=request.pool,
                 size=request.size,
-                cron=", ".join(spec.cron_expressions),
+                cron=str(memo.get("cron", ", ".join(spec.cron_expressions))),
                 timezone=spec.time_zone_name or "UTC",
                 paused=desc.schedule.state.paused,
                 next_runs=list(desc.info.next_action_times[:3]),
