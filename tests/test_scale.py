@@ -3,6 +3,7 @@ Kubernetes API: the right VMs after each step, removals drained first."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -209,3 +210,40 @@ async def test_a_negative_size_is_refused_by_the_request_model(stack: Stack, sma
     with pytest.raises(WorkflowUpdateFailedError) as info:
         await handle.execute_update(SCALE_UPDATE, {"pool": "workers", "size": -1}, result_type=ScaleOutcome)
     assert "invalid ScaleRequest: size: Input should be greater than or equal to 0" in str(info.value.cause)
+
+
+async def test_a_scale_during_create_waits_for_the_create_then_runs(stack: Stack) -> None:
+    name = unique("queued")
+    stack.nodes.boot_delays[f"{name}-master-01"] = 2.0
+    await clusters.create(stack.client, cluster_spec(name, masters=1, workers=1), stack.task_queue)
+    handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
+    for _ in range(100):
+        try:
+            if (
+                await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+            ).phase is ClusterPhase.STARTING_LEADER:
+                break
+        except Exception:  # noqa: S110 - not started yet
+            pass
+        await asyncio.sleep(0.05)
+
+    outcome = await scale(handle, "workers", 2)  # sent while the leader boots
+
+    status: ClusterStatus = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+    assert outcome.previous == 1 and outcome.added == [f"{name}-workers-02"]
+    by_name = {n.name: n for n in status.nodes}
+    first, added = by_name[f"{name}-workers-01"], by_name[f"{name}-workers-02"]
+    assert status.ready_at is not None and added.powered_on_at is not None
+    assert added.powered_on_at > status.ready_at  # it ran after the create finished
+    assert first.phase is added.phase is NodePhase.READY
+
+
+async def test_concurrent_scales_run_one_after_the_other(stack: Stack) -> None:
+    name = unique("serial")
+    handle = await ready_cluster(stack, name, workers=1)
+    up, down = await asyncio.gather(scale(handle, "workers", 3), scale(handle, "workers", 2))
+    first, second = (up, down) if up.previous == 1 else (down, up)
+    assert first.previous == 1
+    assert second.previous == first.requested  # the second saw the first's result
+    final = len(vms_of_cluster(stack.sim, name)) - 1
+    assert final == second.requested
