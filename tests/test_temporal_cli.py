@@ -1,5 +1,6 @@
-"""The README's ``temporal workflow start`` command, run as written (with this
-test server's address and task queue), creates a cluster that reaches Ready."""
+"""Every ``temporal`` command of the README, run as written (with this test
+server's address and task queue), in order: create, query, scale, reconcile,
+schedule, trigger, delete."""
 
 from __future__ import annotations
 
@@ -9,49 +10,85 @@ import re
 import shlex
 
 from models.state import ClusterPhase
-from starter import clusters
+from starter import clusters, schedules
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack
-from tests.harness import ROOT, temporal_cli
+from tests.harness import ROOT, temporal_cli, vms_of_cluster
 
 
-def readme_command(prefix: str) -> list[str]:
+def readme_commands() -> list[list[str]]:
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```(?:sh|bash|console)\n(.*?)```", text, re.S)
-    for block in blocks:
-        joined = block.replace("\\\n", " ")
-        for line in joined.splitlines():
-            if line.strip().startswith(prefix):
-                return shlex.split(line)
-    raise AssertionError(f"README has no `{prefix}` command")
+    commands = []
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip().startswith(("temporal workflow", "temporal schedule")):
+                commands.append(shlex.split(line))
+    return commands
 
 
 async def run(args: list[str], stack: Stack) -> str:
+    args = [
+        stack.task_queue if previous == "--task-queue" else a
+        for previous, a in zip(["", *args], args, strict=False)
+    ]
     env = {**os.environ, "TEMPORAL_ADDRESS": stack.client.service_client.config.target_host}
     process = await asyncio.create_subprocess_exec(
         temporal_cli(),
-        *args,
+        *args[1:],
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await process.communicate()
-    assert process.returncode == 0, out.decode()
+    assert process.returncode == 0, f"{shlex.join(args)}\n{out.decode()}"
     return out.decode()
 
 
-async def test_readme_temporal_workflow_start_creates_a_ready_cluster(stack: Stack) -> None:
-    args = readme_command("temporal workflow start")
-    assert args[args.index("--input-file") + 1] == "examples/cluster-input.json"
-    args[args.index("--task-queue") + 1] = stack.task_queue
-    await run(args[1:], stack)
+async def pool_size(stack: Stack, cluster: str, pool: str, size: int) -> None:
+    for _ in range(300):
+        status = await clusters.status(stack.client, cluster)
+        if status.pools.get(pool) == size and status.operation is None:
+            if sum(f"-{pool}-" in vm for vm in vms_of_cluster(stack.sim, cluster)) == size:
+                return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{cluster}/{pool} never reached {size}")
 
-    spec = clusters.load_spec(ROOT / "examples" / "cluster-input.json")
-    status = await wait_until_settled(stack, spec.name)
+
+async def test_the_readme_temporal_commands_drive_a_cluster_from_create_to_delete(stack: Stack) -> None:
+    commands = iter(readme_commands())
+    cluster = clusters.load_spec(ROOT / "examples" / "cluster-input.json").name
+
+    start = next(commands)
+    assert start[:3] == ["temporal", "workflow", "start"]
+    assert start[start.index("--input-file") + 1] == "examples/cluster-input.json"
+    await run(start, stack)
+    status = await wait_until_settled(stack, cluster)
     assert status.phase is ClusterPhase.READY, status.error
     assert len(status.nodes) == 5
 
-    query = readme_command("temporal workflow query")
-    out = await run(query[1:], stack)
-    assert '"phase": "Ready"' in out or '"phase":"Ready"' in out
+    out = await run(next(commands), stack)  # query status
+    assert re.search(r'"phase":\s*"Ready"', out), out
+
+    await run(next(commands), stack)  # ScaleClusterWorkflow to 3
+    await pool_size(stack, cluster, "workers", 3)
+
+    out = await run(next(commands), stack)  # reconcile update
+    assert "checked by hand" in out
+
+    await run(next(commands), stack)  # schedule create
+    (schedule,) = await schedules.list_schedules(stack.client, cluster)
+    assert schedule.size == 4 and schedule.timezone == "Europe/Budapest"
+    await run(next(commands), stack)  # schedule trigger
+    await pool_size(stack, cluster, "workers", 4)
+
+    await run(next(commands), stack)  # DeleteClusterWorkflow
+    for _ in range(300):
+        if not vms_of_cluster(stack.sim, cluster) and not await schedules.list_schedules(
+            stack.client, cluster
+        ):
+            break
+        await asyncio.sleep(0.2)
+    assert vms_of_cluster(stack.sim, cluster) == {}
+    assert await schedules.list_schedules(stack.client, cluster) == []
+    assert next(commands, None) is None
