@@ -48,9 +48,9 @@ async def run(args: list[str], stack: Stack) -> str:
 async def pool_size(stack: Stack, cluster: str, pool: str, size: int) -> None:
     for _ in range(300):
         status = await clusters.status(stack.client, cluster)
-        if status.pools.get(pool) == size and status.operation is None:
-            if sum(f"-{pool}-" in vm for vm in vms_of_cluster(stack.sim, cluster)) == size:
-                return
+        settled = status.pools.get(pool) == size and status.operation is None
+        if settled and sum(f"-{pool}-" in vm for vm in vms_of_cluster(stack.sim, cluster)) == size:
+            return
         await asyncio.sleep(0.2)
     raise AssertionError(f"{cluster}/{pool} never reached {size}")
 
