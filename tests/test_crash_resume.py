@@ -28,7 +28,7 @@ def clone_events(sim: Simulator, vm_name: str) -> int:
     """How many clones vCenter saw for this name, from its own event log."""
     si = sim.connect()
     try:
-        spec = vim.event.EventFilterSpec(eventTypeId=["VmBeingClonedEvent"])
+        spec = vim.event.EventFilterSpec(eventTypeId=["VmBeingClonedEvent"], maxCount=1000)
         events = si.content.eventManager.QueryEvents(spec)
         return sum(1 for e in events if getattr(e, "destName", None) == vm_name)
     finally:

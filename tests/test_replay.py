@@ -2,7 +2,7 @@
 
 ``tests/histories/*.json`` hold histories of earlier versions (key material
 redacted); a change that breaks replay of a running cluster fails here. To
-record new ones: ``PKE_VSPHERE_RECORD_HISTORIES=1 pytest tests/test_replay.py``.
+record new ones: ``PKE_VSPHERE_RECORD_HISTORIES=v3 pytest tests/test_replay.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 from workflows import ids
 from workflows.cluster import ClusterWorkflow
+from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
 from workflows.node import NodeWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -31,7 +32,10 @@ _SECRET_FIELDS = re.compile(r'"(token|encryption_secret|vrrp_password)":"[^"]*"'
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[ClusterWorkflow, NodeWorkflow], data_converter=DATA_CONVERTER)
+    return Replayer(
+        workflows=[ClusterWorkflow, NodeWorkflow, DeleteClusterWorkflow, ScaleClusterWorkflow],
+        data_converter=DATA_CONVERTER,
+    )
 
 
 def redact(history_json: dict[str, object]) -> dict[str, object]:
@@ -54,22 +58,29 @@ def redact(history_json: dict[str, object]) -> dict[str, object]:
     return history_json
 
 
-async def test_a_fresh_create_replays_against_the_current_code(stack: Stack) -> None:
+async def test_a_cluster_lifetime_replays_against_the_current_code(stack: Stack) -> None:
+    """Create, scale up and down, reconcile, delete: every handler's commands replay."""
     name = unique("replay")
     await clusters.create(stack.client, cluster_spec(name, masters=1, workers=1), stack.task_queue)
     await wait_until_settled(stack, name)
-    workflow_ids = [
-        ids.cluster_workflow_id(name),
-        ids.node_workflow_id(name, f"{name}-master-01"),
-        ids.node_workflow_id(name, f"{name}-workers-01"),
-    ]
-    for workflow_id in workflow_ids:
+    handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
+    await handle.execute_update("scale_pool", {"pool": "workers", "size": 2})
+    await handle.execute_update("scale_pool", {"pool": "workers", "size": 1})
+    await handle.execute_update("reconcile", {})
+    await (await clusters.delete(stack.client, name, stack.task_queue)).result()
+    workflow_ids = {
+        "cluster": ids.cluster_workflow_id(name),
+        "master": ids.node_workflow_id(name, f"{name}-master-01"),
+        "workers": ids.node_workflow_id(name, f"{name}-workers-01"),
+        "delete": ids.delete_workflow_id(name),
+    }
+    for kind, workflow_id in workflow_ids.items():
         history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
         result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
         assert result.replay_failure is None, f"{workflow_id}: {result.replay_failure}"
-        if os.environ.get("PKE_VSPHERE_RECORD_HISTORIES"):
-            kind = "cluster" if workflow_id.endswith(name) else workflow_id.rsplit("-", 2)[-2]
-            target = HISTORIES / f"{kind}-v1.json"
+        version = os.environ.get("PKE_VSPHERE_RECORD_HISTORIES")
+        if version:
+            target = HISTORIES / f"{kind}-{version}.json"
             record = {"workflow_id": workflow_id, "history": redact(history.to_json_dict())}
             target.write_text(json.dumps(record, indent=1) + "\n")
 

@@ -28,7 +28,7 @@ def removal_times(sim: Simulator) -> dict[str, float]:
     si = sim.connect()
     try:
         events = si.content.eventManager.QueryEvents(
-            vim.event.EventFilterSpec(eventTypeId=["VmRemovedEvent"])
+            vim.event.EventFilterSpec(eventTypeId=["VmRemovedEvent"], maxCount=1000)
         )
         return {e.vm.name: e.createdTime.timestamp() for e in events if e.vm is not None}
     finally:
