@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pyVim import connect
 from pyVmomi import vim
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 
 from models.commands import AddPoolRequest, RemovePoolRequest, ScaleOutcome, ScaleRequest
 from models.spec import NodePoolSpec
@@ -247,3 +247,10 @@ async def test_concurrent_scales_run_one_after_the_other(stack: Stack) -> None:
     assert second.previous == first.requested  # the second saw the first's result
     final = len(vms_of_cluster(stack.sim, name)) - 1
     assert final == second.requested
+
+
+async def test_scale_workflow_reports_why_a_scale_was_refused(stack: Stack, small_cluster: str) -> None:
+    handle = await clusters.scale(stack.client, small_cluster, "gpu", 2, stack.task_queue)
+    with pytest.raises(WorkflowFailureError) as info:
+        await handle.result()
+    assert f"cluster {small_cluster}: cluster {small_cluster} has no pool 'gpu'" in str(info.value.cause)
