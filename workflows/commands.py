@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         FindClusterVmsResult,
     )
     from workflows import validation
+    from workflows.cluster_core import failure_reason
     from workflows.policies import LOCAL_WORK_RETRY, VSPHERE_HEARTBEAT, VSPHERE_RETRY
 
 COMMAND_TIMEOUT = timedelta(hours=6)
@@ -47,6 +48,15 @@ COMMAND_HEARTBEAT = timedelta(seconds=30)
 
 
 async def _cluster_update(cluster: str, update: str, argument: BaseModel) -> dict[str, Any] | None:
+    """The update's result; its refusal or failure becomes this workflow's failure,
+    with the cluster's own reason on top (what the Web UI and the CLI show)."""
+    try:
+        return await _run_update(cluster, update, argument)
+    except ActivityError as err:
+        raise ApplicationError(failure_reason(err), type="CommandFailed", non_retryable=True) from err
+
+
+async def _run_update(cluster: str, update: str, argument: BaseModel) -> dict[str, Any] | None:
     result: dict[str, Any] | None = await workflow.execute_activity(
         "run_cluster_update",
         ClusterUpdateCall(
