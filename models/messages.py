@@ -183,11 +183,6 @@ class WaitForIpResult(BaseModel):
     ip: str
 
 
-class PowerOffInput(BaseModel):
-    vm_ref: str
-    name: str
-
-
 # --- the cluster's Kubernetes API ----------------------------------------------
 class KubeAccess(BaseModel):
     """How activities reach the cluster's API server: TLS verified against the

@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -166,9 +165,3 @@ def prepare_inventory(sim: Simulator) -> None:
             wait_for_task(si, pod.MoveIntoFolder_Task([s for s in stores if s]), timeout=30)
     finally:
         connect.Disconnect(si)
-
-
-def wait_until_stopped(process: subprocess.Popen[Any], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)

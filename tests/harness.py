@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,6 @@ STATE_DIR = ROOT / ".state"
 
 def temporal_cli() -> str:
     return temporal_binary()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager
@@ -90,7 +84,3 @@ def vms_of_cluster(sim: Simulator, cluster: str) -> dict[str, dict[str, Any]]:
         return found
     finally:
         connect.Disconnect(si)
-
-
-def names(objs: Iterable[object]) -> list[str]:
-    return sorted(str(o) for o in objs)
