@@ -10,7 +10,6 @@ change is signalled to the cluster workflow, which serves the status query.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -25,12 +24,9 @@ with workflow.unsafe.imports_passed_through():
         NodeReportKind,
         NodeResult,
         NodeWorkflowInput,
-        PowerOnInput,
-        PowerOnResult,
-        WaitForIpInput,
-        WaitForIpResult,
     )
     from models.state import NodeKind, NodePhase, NodeProgress
+    from workflows import vm_steps
     from workflows.policies import VSPHERE_HEARTBEAT, VSPHERE_RETRY
 
 # Signal names, shared with the node API and the cluster workflow.
@@ -108,27 +104,12 @@ class NodeWorkflow:
         )
 
         await self._progress(NodePhase.POWERING_ON)
-        await workflow.execute_activity(
-            "power_on_vm",
-            PowerOnInput(vm_ref=vm.vm_ref, name=node.name),
-            result_type=PowerOnResult,
-            schedule_to_close_timeout=steps.as_timedelta("power_on"),
-            heartbeat_timeout=VSPHERE_HEARTBEAT,
-            retry_policy=VSPHERE_RETRY,
-        )
+        await vm_steps.power_on(vm.vm_ref, node.name, steps)
 
         await self._progress(NodePhase.WAITING_FOR_IP)
-        ip = await workflow.execute_activity(
-            "wait_for_vm_ip",
-            WaitForIpInput(vm_ref=vm.vm_ref, name=node.name, timeout_seconds=steps.ip),
-            result_type=WaitForIpResult,
-            # A retry after a crash gets the rest of the step's deadline, not a new one.
-            schedule_to_close_timeout=steps.as_timedelta("ip") + timedelta(seconds=30),
-            heartbeat_timeout=VSPHERE_HEARTBEAT,
-            retry_policy=VSPHERE_RETRY,
-        )
+        ip = await vm_steps.wait_for_ip(vm.vm_ref, node.name, steps)
 
-        await self._progress(NodePhase.BOOTSTRAPPING, ip=ip.ip)
+        await self._progress(NodePhase.BOOTSTRAPPING, ip=ip)
         leader = node.kind is NodeKind.LEADER
         expected = NodeReportKind.READY if leader else NodeReportKind.JOINED
         deadline = steps.leader_ready if leader else steps.join
@@ -136,7 +117,7 @@ class NodeWorkflow:
             await workflow.wait_condition(lambda: self._report is not None, timeout=deadline)
         except TimeoutError:
             raise ApplicationError(
-                f"{node.name} ({ip.ip}) did not report {expected.value} within {deadline}s; "
+                f"{node.name} ({ip}) did not report {expected.value} within {deadline}s; "
                 "see the node's cloud-init log (/var/log/cloud-init-output.log)",
                 type="NodeReportTimeout",
                 non_retryable=True,
@@ -150,4 +131,4 @@ class NodeWorkflow:
             )
         await self._progress(NodePhase.READY)
         await asyncio.gather(*self._signals)
-        return NodeResult(name=node.name, vm_ref=vm.vm_ref, ip=ip.ip)
+        return NodeResult(name=node.name, vm_ref=vm.vm_ref, ip=ip)

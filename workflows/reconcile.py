@@ -20,16 +20,13 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from models.messages import (
         ClusterVm,
-        PowerOnInput,
-        PowerOnResult,
-        WaitForIpInput,
-        WaitForIpResult,
         WaitNodeReadyInput,
     )
     from models.spec import NodeRole
     from models.state import Drift, NodePhase, NodeState, ReconcileReport
+    from workflows import vm_steps
     from workflows.cluster_core import ClusterCore, failure_reason
-    from workflows.policies import KUBE_RETRY, VSPHERE_HEARTBEAT, VSPHERE_RETRY
+    from workflows.policies import KUBE_RETRY
 
 
 class ReconcileMixin(ClusterCore):
@@ -85,23 +82,9 @@ class ReconcileMixin(ClusterCore):
         steps = self.spec.timeouts
         try:
             node.phase, node.updated_at = NodePhase.POWERING_ON, workflow.now()
-            await workflow.execute_activity(
-                "power_on_vm",
-                PowerOnInput(vm_ref=node.vm_ref, name=node.name),
-                result_type=PowerOnResult,
-                schedule_to_close_timeout=steps.as_timedelta("power_on"),
-                heartbeat_timeout=VSPHERE_HEARTBEAT,
-                retry_policy=VSPHERE_RETRY,
-            )
+            await vm_steps.power_on(node.vm_ref, node.name, steps)
             node.phase, node.powered_on_at = NodePhase.WAITING_FOR_IP, workflow.now()
-            await workflow.execute_activity(
-                "wait_for_vm_ip",
-                WaitForIpInput(vm_ref=node.vm_ref, name=node.name, timeout_seconds=steps.ip),
-                result_type=WaitForIpResult,
-                schedule_to_close_timeout=steps.as_timedelta("ip") + timedelta(seconds=30),
-                heartbeat_timeout=VSPHERE_HEARTBEAT,
-                retry_policy=VSPHERE_RETRY,
-            )
+            await vm_steps.wait_for_ip(node.vm_ref, node.name, steps)
             node.phase, node.updated_at = NodePhase.BOOTSTRAPPING, workflow.now()
             await workflow.execute_activity(
                 "wait_for_kube_node_ready",
