@@ -83,6 +83,8 @@ async def run(settings_file: str | None = None) -> None:
     vcenter = load(VCenterSettings, settings_file)
     node_api = load(NodeApiSettings, settings_file)
     client = await temporal.connect(temporal_settings)
+    if temporal_settings.payload_keys_file is None:
+        log.warning("payloads.unencrypted", hint="set PKE_VSPHERE_PAYLOAD_KEYS_FILE")
     vsphere = build_vsphere_activities(vcenter, node_api)
     with ThreadPoolExecutor(MAX_CONCURRENT_ACTIVITIES, thread_name_prefix="activity") as executor:
         worker = build_worker(client, temporal_settings.temporal_task_queue, vsphere, executor)

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 
+from codec import keys
+from codec.encryption import EncryptionCodec
 from settings import TemporalSettings
 
+# Without a codec: what reads plain payloads (replays of stored histories, tests).
 DATA_CONVERTER: DataConverter = pydantic_data_converter
+
+
+def data_converter(ring: keys.KeyRing | None) -> DataConverter:
+    """pydantic models as JSON, encrypted with the newest key when there is a key ring."""
+    if ring is None:
+        return DATA_CONVERTER
+    return dataclasses.replace(DATA_CONVERTER, payload_codec=EncryptionCodec(ring))
 
 
 async def connect(settings: TemporalSettings) -> Client:
@@ -31,5 +43,7 @@ async def connect(settings: TemporalSettings) -> Client:
         namespace=settings.temporal_namespace,
         tls=tls or bool(api_key),
         api_key=api_key,
-        data_converter=DATA_CONVERTER,
+        data_converter=data_converter(
+            keys.load(settings.payload_keys_file) if settings.payload_keys_file else None
+        ),
     )

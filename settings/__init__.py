@@ -30,6 +30,25 @@ class TemporalSettings(BaseSettings):
     temporal_tls_cert_file: Path | None = Field(default=None, description="mTLS client certificate.")
     temporal_tls_key_file: Path | None = Field(default=None, description="mTLS client key.")
     temporal_api_key_file: Path | None = Field(default=None, description="API key (Temporal Cloud).")
+    payload_keys_file: Path | None = Field(
+        default=None,
+        description="AES-256 keys that encrypt workflow payloads ('<key-id> <base64>' lines, newest last).",
+    )
+
+
+class CodecServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PKE_VSPHERE_", extra="ignore")
+
+    payload_keys_file: Path
+    codec_listen_host: str = Field(default="127.0.0.1")
+    codec_listen_port: int = Field(default=8234)
+    codec_auth_token_file: Path | None = Field(
+        default=None, description="Requests must carry 'Authorization: Bearer <token>' from this file."
+    )
+    codec_cors_origins: str = Field(
+        default="http://127.0.0.1:8233,http://localhost:8233",
+        description="Comma-separated origins of the Temporal Web UI.",
+    )
 
 
 class VCenterSettings(BaseSettings):

@@ -21,10 +21,11 @@ from temporalio.testing import WorkflowEnvironment
 
 import worker as worker_module
 from activities.vms import VSphereActivities
+from codec import keys
 from models.spec import ClusterSpec
 from pki.node_tokens import NodeTokenSigner, create_signing_key
 from runtime import logs
-from runtime.temporal import DATA_CONVERTER
+from runtime.temporal import data_converter
 from settings import VCenterSettings
 from sim import vcenter
 from sim.nodes import SimulatedNodes
@@ -35,10 +36,18 @@ logs.configure(level="WARNING")
 
 
 @pytest.fixture(scope="session")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+def payload_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The key file every process of the test stack encrypts payloads with."""
+    path = tmp_path_factory.mktemp("payload-keys") / "keys"
+    keys.create(path, "test-key-1")
+    return path
+
+
+@pytest.fixture(scope="session")
+async def temporal_env(payload_keys: Path) -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
-        data_converter=DATA_CONVERTER,
+        data_converter=data_converter(keys.load(payload_keys)),
         ip="127.0.0.1",
         ui=False,
         dev_server_log_level="error",
@@ -161,3 +170,22 @@ def cluster_spec(name: str, *, masters: int = 3, workers: int = 2, **overrides: 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class CodecServer:
+    url: str
+    token: str
+
+
+@pytest.fixture(scope="session")
+async def codec_server(payload_keys: Path) -> AsyncIterator[CodecServer]:
+    """The codec server over loopback HTTP, as the Web UI and the CLI reach it."""
+    from codec.encryption import EncryptionCodec
+    from codec.server import create_app
+    from tests.harness import serve_app
+
+    token = "test-codec-token"
+    app = create_app(EncryptionCodec(keys.load(payload_keys)), token, ["http://127.0.0.1:8233"])
+    async with serve_app(app) as url:
+        yield CodecServer(url, token)

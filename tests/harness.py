@@ -27,14 +27,12 @@ def temporal_cli() -> str:
 
 
 @asynccontextmanager
-async def serve_node_api(client: Client, key_file: Path) -> AsyncIterator[str]:
-    """Run the node API in this event loop; yields its base URL."""
-    verifier = NodeTokenVerifier(load_signing_key(key_file).public_key())
+async def serve_app(app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app on a free loopback port in this event loop; yields its URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(client, verifier), log_config=None, access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to await
         await asyncio.sleep(0.02)
@@ -44,6 +42,14 @@ async def serve_node_api(client: Client, key_file: Path) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
+
+
+@asynccontextmanager
+async def serve_node_api(client: Client, key_file: Path) -> AsyncIterator[str]:
+    """Run the node API in this event loop; yields its base URL."""
+    verifier = NodeTokenVerifier(load_signing_key(key_file).public_key())
+    async with serve_app(create_app(client, verifier)) as url:
+        yield url
 
 
 def vms_of_cluster(sim: Simulator, cluster: str) -> dict[str, dict[str, Any]]:

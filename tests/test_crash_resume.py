@@ -66,7 +66,9 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def worker_process(stack: Stack, key_file: Path, tmp_path: Path) -> Iterator[tuple[WorkerProcess, str]]:
+def worker_process(
+    stack: Stack, key_file: Path, payload_keys: Path, tmp_path: Path
+) -> Iterator[tuple[WorkerProcess, str]]:
     task_queue = f"crash-{uuid.uuid4()}"
     target = stack.client.service_client.config.target_host
     settings = tmp_path / "worker.env"
@@ -78,6 +80,7 @@ def worker_process(stack: Stack, key_file: Path, tmp_path: Path) -> Iterator[tup
         f"PKE_VSPHERE_VCENTER_PASSWORD={stack.sim.password}\n"
         f"PKE_VSPHERE_NODE_API_URL={stack.node_api_url}\n"
         f"PKE_VSPHERE_NODE_TOKEN_KEY_FILE={key_file}\n"
+        f"PKE_VSPHERE_PAYLOAD_KEYS_FILE={payload_keys}\n"
     )
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     yield worker, task_queue

@@ -12,7 +12,7 @@ import shlex
 from models.state import ClusterPhase
 from starter import clusters, schedules
 from tests.clusters import wait_until_settled
-from tests.conftest import Stack
+from tests.conftest import CodecServer, Stack
 from tests.harness import ROOT, temporal_cli, vms_of_cluster
 
 
@@ -26,12 +26,18 @@ def readme_commands() -> list[list[str]]:
     return commands
 
 
-async def run(args: list[str], stack: Stack) -> str:
+async def run(args: list[str], stack: Stack, codec: CodecServer) -> str:
     args = [
         stack.task_queue if previous == "--task-queue" else a
         for previous, a in zip(["", *args], args, strict=False)
     ]
-    env = {**os.environ, "TEMPORAL_ADDRESS": stack.client.service_client.config.target_host}
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": stack.client.service_client.config.target_host,
+        # As the README says: point the CLI at the codec server to read encrypted payloads.
+        "TEMPORAL_CODEC_ENDPOINT": codec.url,
+        "TEMPORAL_CODEC_AUTH": f"Bearer {codec.token}",
+    }
     process = await asyncio.create_subprocess_exec(
         temporal_cli(),
         *args[1:],
@@ -55,34 +61,36 @@ async def pool_size(stack: Stack, cluster: str, pool: str, size: int) -> None:
     raise AssertionError(f"{cluster}/{pool} never reached {size}")
 
 
-async def test_the_readme_temporal_commands_drive_a_cluster_from_create_to_delete(stack: Stack) -> None:
+async def test_the_readme_temporal_commands_drive_a_cluster_from_create_to_delete(
+    stack: Stack, codec_server: CodecServer
+) -> None:
     commands = iter(readme_commands())
     cluster = clusters.load_spec(ROOT / "examples" / "cluster-input.json").name
 
     start = next(commands)
     assert start[:3] == ["temporal", "workflow", "start"]
     assert start[start.index("--input-file") + 1] == "examples/cluster-input.json"
-    await run(start, stack)
+    await run(start, stack, codec_server)
     status = await wait_until_settled(stack, cluster)
     assert status.phase is ClusterPhase.READY, status.error
     assert len(status.nodes) == 5
 
-    out = await run(next(commands), stack)  # query status
+    out = await run(next(commands), stack, codec_server)  # query status
     assert re.search(r'"phase":\s*"Ready"', out), out
 
-    await run(next(commands), stack)  # ScaleClusterWorkflow to 3
+    await run(next(commands), stack, codec_server)  # ScaleClusterWorkflow to 3
     await pool_size(stack, cluster, "workers", 3)
 
-    out = await run(next(commands), stack)  # reconcile update
+    out = await run(next(commands), stack, codec_server)  # reconcile update
     assert "checked by hand" in out
 
-    await run(next(commands), stack)  # schedule create
+    await run(next(commands), stack, codec_server)  # schedule create
     (schedule,) = await schedules.list_schedules(stack.client, cluster)
     assert schedule.size == 4 and schedule.timezone == "Europe/Budapest"
-    await run(next(commands), stack)  # schedule trigger
+    await run(next(commands), stack, codec_server)  # schedule trigger
     await pool_size(stack, cluster, "workers", 4)
 
-    await run(next(commands), stack)  # DeleteClusterWorkflow
+    await run(next(commands), stack, codec_server)  # DeleteClusterWorkflow
     for _ in range(300):
         if not vms_of_cluster(stack.sim, cluster) and not await schedules.list_schedules(
             stack.client, cluster
