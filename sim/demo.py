@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from codec import keys
 from pki.node_tokens import create_signing_key
 from runtime.binaries import temporal_binary
 from sim import vcenter
@@ -29,7 +30,8 @@ TEMPORAL_PORT = 7233
 UI_PORT = 8233
 NODE_API_PORT = 8480
 SPEC = ROOT / "examples" / "demo-cluster.yaml"
-SERVICES = ("nodes", "node-api", "worker", "vcsim", "temporal")
+CODEC_PORT = 8234
+SERVICES = ("nodes", "node-api", "codec", "worker", "vcsim", "temporal")
 
 
 def _pidfile(name: str) -> Path:
@@ -107,7 +109,7 @@ def up() -> int:
         raise SystemExit(f"part of the demo is running ({', '.join(running)}): run `make down` first")
     settings = STATE / "settings.env"
     if not running:
-        for port in (TEMPORAL_PORT, UI_PORT, NODE_API_PORT):
+        for port in (TEMPORAL_PORT, UI_PORT, NODE_API_PORT, CODEC_PORT):
             if not _port_free(port):
                 raise SystemExit(f"port {port} on 127.0.0.1 is taken; stop what uses it (or `make down`)")
         print("starting Temporal (embedded dev server, SQLite) ...", flush=True)
@@ -128,6 +130,8 @@ def up() -> int:
                 "--ui-disable-news-fetch",
                 "--log-level",
                 "warn",
+                "--ui-codec-endpoint",
+                f"http://127.0.0.1:{CODEC_PORT}",
             ],
         )
         _wait_for(_temporal_healthy, "Temporal")
@@ -146,6 +150,9 @@ def up() -> int:
         key_file = STATE / "node-token.pem"
         if not key_file.exists():
             create_signing_key(key_file)
+        payload_keys = STATE / "payload-keys"
+        if not payload_keys.exists():
+            keys.create(payload_keys, "demo-1")
         settings.write_text(
             "\n".join(
                 [
@@ -156,6 +163,8 @@ def up() -> int:
                     f"PKE_VSPHERE_NODE_API_URL=http://127.0.0.1:{NODE_API_PORT}",
                     f"PKE_VSPHERE_NODE_API_LISTEN_PORT={NODE_API_PORT}",
                     f"PKE_VSPHERE_NODE_TOKEN_KEY_FILE={key_file}",
+                    f"PKE_VSPHERE_PAYLOAD_KEYS_FILE={payload_keys}",
+                    f"PKE_VSPHERE_CODEC_LISTEN_PORT={CODEC_PORT}",
                     "",
                 ]
             )
@@ -164,8 +173,10 @@ def up() -> int:
         print("starting the worker, the node API and the simulated nodes ...", flush=True)
         _spawn("worker", [python, str(ROOT / "worker.py"), "--settings", str(settings)])
         _spawn("node-api", [python, "-m", "nodeapi", "--settings", str(settings)])
+        _spawn("codec", [python, "-m", "codec", "--settings", str(settings)])
         _spawn("nodes", [python, "-m", "sim.nodes", "--settings", str(settings), "--boot-seconds", "2"])
         _wait_for(lambda: not _port_free(NODE_API_PORT), "the node API")
+        _wait_for(lambda: not _port_free(CODEC_PORT), "the codec server")
 
     from starter import cli
 
