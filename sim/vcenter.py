@@ -115,6 +115,7 @@ def start(
     log_file: Path | None = None,
     prepare: bool = True,
     new_session: bool = False,
+    tls: tuple[Path, Path] | None = None,
 ) -> Simulator:
     binary = build(state_dir)
     args = [str(binary), "-listen", listen, "-username", username, "-password", password]
@@ -122,6 +123,8 @@ def start(
         args += ["-method-delay", ",".join(f"{k}={v}" for k, v in method_delay.items())]
     if session_idle_timeout:
         args += ["-session-idle-timeout", session_idle_timeout]
+    if tls:
+        args += ["-tls-cert", str(tls[0]), "-tls-key", str(tls[1])]
     log = log_file.open("a") if log_file else None
     process = subprocess.Popen(
         args,
