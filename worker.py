@@ -75,6 +75,7 @@ def build_vsphere_activities(vcenter: VCenterSettings, node_api: NodeApiSettings
         node_api.node_api_url,
         timedelta(seconds=node_api.node_token_ttl_seconds),
         vcenter.vcenter_max_concurrent_tasks,
+        node_api.node_api_ca_pem(),
     )
 
 

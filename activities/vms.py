@@ -55,11 +55,13 @@ class VSphereActivities:
         node_api_url: str,
         node_token_ttl: timedelta,
         max_concurrent_tasks: int,
+        node_api_ca_pem: str | None = None,
     ) -> None:
         self._session = session
         self._signer = signer
         self._node_api_url = node_api_url
         self._node_token_ttl = node_token_ttl
+        self._node_api_ca_pem = node_api_ca_pem
         self._task_slots = threading.BoundedSemaphore(max_concurrent_tasks)
         self.clones_started = 0
 
@@ -93,7 +95,11 @@ class VSphereActivities:
                 )
             token = self._signer.sign(node, self._node_token_ttl)
             userdata = cloudinit.render(
-                node, input.bootstrap, node_api_url=self._node_api_url, node_token=token
+                node,
+                input.bootstrap,
+                node_api_url=self._node_api_url,
+                node_token=token,
+                node_api_ca_pem=self._node_api_ca_pem,
             )
             self.clones_started += 1
             logger.info("vm.cloning", template=input.placement.template, folder=input.placement.folder)

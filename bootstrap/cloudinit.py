@@ -19,6 +19,7 @@ CONFIG_DIR = "/etc/pke-vsphere"
 ENV_FILE = f"{CONFIG_DIR}/node.env"
 TOKEN_FILE = f"{CONFIG_DIR}/token"
 SCRIPT_FILE = f"{CONFIG_DIR}/bootstrap.sh"
+NODE_API_CA_FILE = f"{CONFIG_DIR}/node-api-ca.pem"
 BOOTSTRAP_USER = "pke"
 
 
@@ -27,7 +28,9 @@ def bootstrap_script(identity: NodeIdentity, settings: NodeBootstrapSettings) ->
     return template.replace("__PKE_INSTALL_ARGS__", " ".join(pke.install_args(identity, settings)))
 
 
-def node_env(identity: NodeIdentity, settings: NodeBootstrapSettings, node_api_url: str) -> str:
+def node_env(
+    identity: NodeIdentity, settings: NodeBootstrapSettings, node_api_url: str, verify_with_ca: bool = False
+) -> str:
     values = {
         "PKE_VSPHERE_NODE_API": node_api_url.rstrip("/"),
         "PKE_VSPHERE_CLUSTER": identity.cluster,
@@ -37,6 +40,8 @@ def node_env(identity: NodeIdentity, settings: NodeBootstrapSettings, node_api_u
     }
     if settings.api_endpoint:
         values["PKE_VSPHERE_API_ENDPOINT"] = settings.api_endpoint
+    if verify_with_ca:
+        values["PKE_VSPHERE_NODE_API_CA"] = NODE_API_CA_FILE
     return "".join(f"{k}={v}\n" for k, v in values.items())
 
 
@@ -46,6 +51,7 @@ def render(
     *,
     node_api_url: str,
     node_token: str,
+    node_api_ca_pem: str | None = None,
 ) -> str:
     """The ``#cloud-config`` document for one node."""
     config = {
@@ -67,7 +73,7 @@ def render(
                 "path": ENV_FILE,
                 "permissions": "0644",
                 "owner": "root:root",
-                "content": node_env(identity, settings, node_api_url),
+                "content": node_env(identity, settings, node_api_url, node_api_ca_pem is not None),
             },
             {
                 "path": TOKEN_FILE,
@@ -84,6 +90,18 @@ def render(
         ],
         "runcmd": [[SCRIPT_FILE]],
     }
+    if node_api_ca_pem is not None:
+        # A public certificate: how the node knows it talks to this orchestrator.
+        files = config["write_files"]
+        assert isinstance(files, list)
+        files.append(
+            {
+                "path": NODE_API_CA_FILE,
+                "permissions": "0644",
+                "owner": "root:root",
+                "content": node_api_ca_pem,
+            }
+        )
     return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=1000)
 
 

@@ -23,6 +23,8 @@ async def serve(settings_file: str | None) -> None:
         port=node_api.node_api_listen_port,
         log_config=None,
         access_log=False,
+        ssl_certfile=str(node_api.node_api_tls_cert_file) if node_api.node_api_tls_cert_file else None,
+        ssl_keyfile=str(node_api.node_api_tls_key_file) if node_api.node_api_tls_key_file else None,
     )
     await uvicorn.Server(config).serve()
 

@@ -95,6 +95,16 @@ class NodeApiSettings(BaseSettings):
         description="Ed25519 private key (PEM) signing node tokens; the node API verifies with it."
     )
     node_token_ttl_seconds: int = Field(default=4 * 3600, ge=300, le=7 * 24 * 3600)
+    node_api_tls_cert_file: Path | None = Field(
+        default=None, description="Serve the node API over HTTPS with this certificate (PEM)."
+    )
+    node_api_tls_key_file: Path | None = Field(default=None, description="Its private key (PEM).")
+    node_api_ca_file: Path | None = Field(
+        default=None, description="CA that signed the node API's certificate; nodes verify with it."
+    )
+
+    def node_api_ca_pem(self) -> str | None:
+        return self.node_api_ca_file.read_text() if self.node_api_ca_file else None
 
 
 def settings_file() -> str | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import ssl
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -191,8 +192,13 @@ class SimulatedNodes:
             return
 
         headers = {"Authorization": f"Bearer {token}"}
+        verify: ssl.SSLContext | bool = True
+        if "PKE_VSPHERE_NODE_API_CA" in env:  # like curl --cacert in the bootstrap script
+            verify = ssl.create_default_context(
+                cadata=cloudinit.written_file(config, env["PKE_VSPHERE_NODE_API_CA"])
+            )
         async with httpx.AsyncClient(
-            base_url=env["PKE_VSPHERE_NODE_API"], headers=headers, timeout=30
+            base_url=env["PKE_VSPHERE_NODE_API"], headers=headers, timeout=30, verify=verify
         ) as api:
             if behaviour is Behaviour.FAIL:
                 await self._post(api, {"kind": "failed", "message": "simulated: pke install exited 1"})

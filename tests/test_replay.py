@@ -14,7 +14,10 @@ import re
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHistory
+from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.worker import Replayer
 
 from runtime.temporal import DATA_CONVERTER
@@ -31,23 +34,22 @@ _PEM = re.compile(r"-----BEGIN [A-Z ]+-----[^-]+-----END [A-Z ]+-----")
 _SECRET_FIELDS = re.compile(r'"(token|encryption_secret|vrrp_password)":"[^"]*"')
 
 
-def replayer() -> Replayer:
+def replayer(converter: DataConverter = DATA_CONVERTER) -> Replayer:
     return Replayer(
         workflows=[ClusterWorkflow, NodeWorkflow, DeleteClusterWorkflow, ScaleClusterWorkflow],
-        data_converter=DATA_CONVERTER,
+        data_converter=converter,
     )
 
 
-def redact(history_json: dict[str, object]) -> dict[str, object]:
-    """Replace key material inside payloads, so no key, even a test one, enters the repo."""
+async def redact(history_json: dict[str, object], codec: PayloadCodec | None) -> dict[str, object]:
+    """Decrypt payloads (the stored file must replay without our key) and replace
+    the key material inside them, so no key, even a test one, enters the repo."""
+    payloads: list[dict[str, object]] = []
 
     def walk(node: object) -> None:
         if isinstance(node, dict):
-            if "data" in node and isinstance(node["data"], str) and "metadata" in node:
-                text = base64.b64decode(node["data"]).decode(errors="replace")
-                text = _PEM.sub("REDACTED", text)
-                text = _SECRET_FIELDS.sub(r'"\1":"REDACTED"', text)
-                node["data"] = base64.b64encode(text.encode()).decode()
+            if isinstance(node.get("data"), str) and isinstance(node.get("metadata"), dict):
+                payloads.append(node)
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -55,6 +57,15 @@ def redact(history_json: dict[str, object]) -> dict[str, object]:
                 walk(value)
 
     walk(history_json)
+    for node in payloads:
+        payload = json_format.ParseDict(node, Payload())
+        if codec is not None:
+            (payload,) = await codec.decode([payload])
+        text = payload.data.decode(errors="replace")
+        text = _SECRET_FIELDS.sub(r'"\1":"REDACTED"', _PEM.sub("REDACTED", text))
+        payload.data = text.encode()
+        node.clear()
+        node.update(json_format.MessageToDict(payload))
     return history_json
 
 
@@ -76,12 +87,14 @@ async def test_a_cluster_lifetime_replays_against_the_current_code(stack: Stack)
     }
     for kind, workflow_id in workflow_ids.items():
         history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
-        result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
+        converter = stack.client.data_converter  # the histories are encrypted
+        result = await replayer(converter).replay_workflow(history, raise_on_replay_failure=False)
         assert result.replay_failure is None, f"{workflow_id}: {result.replay_failure}"
         version = os.environ.get("PKE_VSPHERE_RECORD_HISTORIES")
         if version:
             target = HISTORIES / f"{kind}-{version}.json"
-            record = {"workflow_id": workflow_id, "history": redact(history.to_json_dict())}
+            plain = await redact(history.to_json_dict(), converter.payload_codec)
+            record = {"workflow_id": workflow_id, "history": plain}
             target.write_text(json.dumps(record, indent=1) + "\n")
 
 
