@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from codec import keys
+from pki import authority
 from pki.node_tokens import create_signing_key
 from runtime.binaries import temporal_binary
 from sim import vcenter
@@ -102,6 +103,18 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+def _node_api_certificate() -> tuple[Path, Path, Path]:
+    """A demo CA and the node API's serving certificate (127.0.0.1); nodes get the CA."""
+    ca = authority.new_ca("pke-vsphere demo node API CA")
+    leaf = authority.issue(ca, "node-api", ip_addresses=("127.0.0.1",), server=True)
+    paths = (STATE / "node-api.crt", STATE / "node-api.key", STATE / "node-api-ca.crt")
+    paths[0].write_text(leaf.cert_pem())
+    paths[1].write_text(leaf.key_pem())
+    paths[1].chmod(0o600)
+    paths[2].write_text(ca.cert_pem())
+    return paths
+
+
 def up() -> int:
     STATE.mkdir(parents=True, exist_ok=True)
     running = [name for name in SERVICES if _running(name)]
@@ -153,6 +166,7 @@ def up() -> int:
         payload_keys = STATE / "payload-keys"
         if not payload_keys.exists():
             keys.create(payload_keys, "demo-1")
+        node_api_tls = _node_api_certificate()
         settings.write_text(
             "\n".join(
                 [
@@ -160,7 +174,10 @@ def up() -> int:
                     f"PKE_VSPHERE_VCENTER_URL={sim.url}",
                     f"PKE_VSPHERE_VCENTER_USERNAME={sim.username}",
                     f"PKE_VSPHERE_VCENTER_PASSWORD_FILE={password_file}",
-                    f"PKE_VSPHERE_NODE_API_URL=http://127.0.0.1:{NODE_API_PORT}",
+                    f"PKE_VSPHERE_NODE_API_URL=https://127.0.0.1:{NODE_API_PORT}",
+                    f"PKE_VSPHERE_NODE_API_TLS_CERT_FILE={node_api_tls[0]}",
+                    f"PKE_VSPHERE_NODE_API_TLS_KEY_FILE={node_api_tls[1]}",
+                    f"PKE_VSPHERE_NODE_API_CA_FILE={node_api_tls[2]}",
                     f"PKE_VSPHERE_NODE_API_LISTEN_PORT={NODE_API_PORT}",
                     f"PKE_VSPHERE_NODE_TOKEN_KEY_FILE={key_file}",
                     f"PKE_VSPHERE_PAYLOAD_KEYS_FILE={payload_keys}",

@@ -27,17 +27,26 @@ def temporal_cli() -> str:
 
 
 @asynccontextmanager
-async def serve_app(app: Any) -> AsyncIterator[str]:
-    """Serve an ASGI app on a free loopback port in this event loop; yields its URL."""
+async def serve_app(app: Any, tls: tuple[Path, Path] | None = None) -> AsyncIterator[str]:
+    """Serve an ASGI app on a free loopback port in this event loop; yields its URL.
+    With ``tls`` (certificate, key) it serves HTTPS."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
+    )
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to await
         await asyncio.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task
@@ -45,10 +54,12 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def serve_node_api(client: Client, key_file: Path) -> AsyncIterator[str]:
+async def serve_node_api(
+    client: Client, key_file: Path, tls: tuple[Path, Path] | None = None
+) -> AsyncIterator[str]:
     """Run the node API in this event loop; yields its base URL."""
     verifier = NodeTokenVerifier(load_signing_key(key_file).public_key())
-    async with serve_app(create_app(client, verifier)) as url:
+    async with serve_app(create_app(client, verifier), tls) as url:
         yield url
 
 
