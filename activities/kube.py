@@ -64,11 +64,7 @@ async def create_bootstrap_token(input: CreateTokenInput) -> BootstrapToken:
 async def drain_node(input: DrainInput) -> DrainResult:
     """Cordon the node and evict its pods; after the timeout, report what is left."""
     async with api(input.access, f"drain {input.node}") as client:
-
-        def beat() -> None:
-            activity.heartbeat()
-
-        result = await nodes.drain(client, input.node, input.timeout_seconds, beat)
+        result = await nodes.drain(client, input.node, input.timeout_seconds, activity.heartbeat)
     log.info(
         "node.drained",
         cluster=input.cluster,
@@ -92,11 +88,7 @@ async def delete_kube_node(input: DeleteKubeNodeInput) -> bool:
 async def wait_for_kube_node_ready(input: WaitNodeReadyInput) -> None:
     """Wait for a restarted node's kubelet to report Ready again."""
     async with api(input.access, f"wait for {input.node} to be Ready") as client:
-
-        def beat() -> None:
-            activity.heartbeat()
-
-        ready = await nodes.wait_ready(client, input.node, input.timeout_seconds, beat)
+        ready = await nodes.wait_ready(client, input.node, input.timeout_seconds, activity.heartbeat)
     if not ready:
         raise ApplicationError(
             f"{input.node} did not become Ready in Kubernetes within {input.timeout_seconds}s after power-on",

@@ -1,13 +1,13 @@
 """Routes of the node API (``/v1/nodes/self/...``); ``self`` is the node the
 bearer token names, so a token can only ever act for its own node."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -57,7 +57,7 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
 
     Node = Annotated[AuthenticatedNode, Depends(current_node)]
 
-    def cluster(node: AuthenticatedNode):  # type: ignore[no-untyped-def]
+    def cluster(node: AuthenticatedNode) -> WorkflowHandle[Any, Any]:
         return client.get_workflow_handle(ids.cluster_workflow_id(node.claims.cluster))
 
     @app.get("/healthz")

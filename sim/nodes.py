@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import random
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -67,7 +68,7 @@ class SimulatedNodes:
         behaviours: dict[str, Behaviour] | None = None,
         boot_delays: dict[str, float] | None = None,
         scan_seconds: float = 0.3,
-        ip_prefix: str = "127.77",
+        ip_prefix: str | None = None,
     ) -> None:
         self._connect = connect
         self._si: Any = None
@@ -76,7 +77,9 @@ class SimulatedNodes:
         self.behaviours = behaviours or {}
         self.boot_delays = boot_delays or {}
         self.scan_seconds = scan_seconds
-        self._ip_prefix = ip_prefix
+        # Each agent takes its own 127.N.0.0/16, so two at once (a demo and a test
+        # run) never hand out the same address or bind the same API port.
+        self._ip_prefix = ip_prefix or f"127.{random.randint(64, 250)}"
         self._ips: dict[str, str] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.nodes: dict[str, BootedNode] = {}
