@@ -101,3 +101,39 @@ def vms_of_cluster(sim: Simulator, cluster: str) -> dict[str, dict[str, Any]]:
         return found
     finally:
         connect.Disconnect(si)
+
+
+def plant_marked_vm(sim: Simulator, cluster: str, name: str) -> str:
+    """A VM carrying the cluster's markers that the cluster does not own (what a
+    crashed run or a person's copy leaves behind); returns its reference."""
+    import uuid
+
+    from pyVim import connect
+
+    from bootstrap import guestinfo
+    from tests.conftest import cluster_spec
+    from vsphere import inventory
+    from vsphere.vms import start_clone
+    from vsphere.waits import wait_for_task
+
+    si = sim.connect()
+    try:
+        placement = inventory.resolve(si, cluster_spec(cluster).vsphere)
+        extra = {
+            guestinfo.MARKER_MANAGED_BY: guestinfo.MANAGED_BY,
+            guestinfo.MARKER_CLUSTER: cluster,
+            guestinfo.MARKER_NODE: name,
+        }
+        task = start_clone(
+            si,
+            placement,
+            name=name,
+            instance_uuid=str(uuid.uuid4()),
+            cpus=1,
+            memory_mb=2048,
+            extra_config=extra,
+        )
+        ref: str = wait_for_task(si, task, timeout=30)._moId
+        return ref
+    finally:
+        connect.Disconnect(si)

@@ -60,19 +60,18 @@ async def test_nodes_bootstrap_over_https_only_against_the_ca_they_were_given(
             spec = cluster_spec(name, masters=1, workers=1, timeouts={"leader_ready": 5})
             await clusters.create(stack.client, spec, task_queue)
             status = await wait_until_settled(stack, name, within=60)
-    leader = vms_of_cluster(stack.sim, name)[f"{name}-master-01"]["extra"]
-    config = cloudinit.parse(
-        guestinfo.decode(leader[guestinfo.USERDATA], leader[f"{guestinfo.USERDATA}.encoding"])
-    )
-    assert cloudinit.written_file(config, cloudinit.NODE_API_CA_FILE) == ca.cert_pem()
-    assert f"PKE_VSPHERE_NODE_API_CA={cloudinit.NODE_API_CA_FILE}" in cloudinit.written_file(
-        config, cloudinit.ENV_FILE
-    )
-    assert f"PKE_VSPHERE_NODE_API={url}" in cloudinit.written_file(config, cloudinit.ENV_FILE)
     if trusted:
         assert status.phase is ClusterPhase.READY, status.error
+        leader = vms_of_cluster(stack.sim, name)[f"{name}-master-01"]["extra"]
+        userdata = guestinfo.decode(leader[guestinfo.USERDATA], leader[f"{guestinfo.USERDATA}.encoding"])
+        config = cloudinit.parse(userdata)
+        env = cloudinit.written_file(config, cloudinit.ENV_FILE)
+        assert cloudinit.written_file(config, cloudinit.NODE_API_CA_FILE) == ca.cert_pem()
+        assert f"PKE_VSPHERE_NODE_API_CA={cloudinit.NODE_API_CA_FILE}" in env
+        assert f"PKE_VSPHERE_NODE_API={url}" in env
     else:
         assert status.phase is ClusterPhase.FAILED
         assert any(name in e and "CERTIFICATE_VERIFY_FAILED" in e for e in stack.nodes.errors), (
             stack.nodes.errors
         )
+        assert vms_of_cluster(stack.sim, name) == {}

@@ -28,8 +28,9 @@ async def test_a_leader_that_never_reports_ready_fails_the_create_within_its_dea
     assert f"leader {name}-master-01 failed" in status.error
     assert "did not report ready within 5s" in status.error
     assert elapsed < 30, elapsed
-    # Nothing else was launched after the leader failed.
-    assert sorted(vms_of_cluster(stack.sim, name)) == [f"{name}-master-01"]
+    # Nothing else was launched after the leader failed, and the leader given up
+    # on left no VM behind.
+    assert vms_of_cluster(stack.sim, name) == {}
     assert [n.phase for n in status.nodes if n.identity.kind.value == "worker"] == [NodePhase.PENDING]
 
 
@@ -50,6 +51,8 @@ async def test_a_silent_worker_leaves_the_cluster_ready_with_one_failed_node(sta
     failed = status.failed_nodes[0]
     assert failed.last_error is not None and "did not report joined within 5s" in failed.last_error
     assert failed.ip is not None  # it got as far as an address
+    assert failed.vm_ref is None  # and its VM is gone
+    assert sorted(vms_of_cluster(stack.sim, name)) == [f"{name}-master-01", f"{name}-workers-01"]
 
 
 async def test_a_node_reporting_failure_is_marked_failed_with_its_message(stack: Stack) -> None:
@@ -60,6 +63,7 @@ async def test_a_node_reporting_failure_is_marked_failed_with_its_message(stack:
     assert status.phase is ClusterPhase.READY
     (failed,) = status.failed_nodes
     assert failed.last_error is not None and "pke install exited 1" in failed.last_error
+    assert sorted(vms_of_cluster(stack.sim, name)) == [f"{name}-master-01"]
 
 
 async def test_a_vm_that_never_gets_an_ip_fails_with_a_tools_hint(stack: Stack) -> None:
@@ -71,3 +75,4 @@ async def test_a_vm_that_never_gets_an_ip_fails_with_a_tools_hint(stack: Stack) 
     (failed,) = status.failed_nodes
     assert failed.last_error is not None
     assert "reported no IP address" in failed.last_error and "open-vm-tools" in failed.last_error
+    assert sorted(vms_of_cluster(stack.sim, name)) == [f"{name}-master-01"]

@@ -4,21 +4,17 @@ and says what it found and did."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 from pyVim import connect
 from pyVmomi import vim
 
-from bootstrap import guestinfo
 from models.commands import ReconcileRequest
 from models.state import ClusterPhase, ClusterStatus, NodePhase, ReconcileReport
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
-from tests.harness import vms_of_cluster
-from vsphere import inventory
-from vsphere.vms import start_clone
+from tests.harness import plant_marked_vm, vms_of_cluster
 from vsphere.waits import wait_for_task
 from workflows import ids
 from workflows.cluster import RECONCILE_UPDATE, STATUS_QUERY
@@ -32,32 +28,6 @@ def out_of_band(stack: Stack, action: str, vm_ref: str) -> None:
         wait_for_task(si, vm.PowerOffVM_Task(), timeout=30)
         if action == "destroy":
             wait_for_task(si, vm.Destroy_Task(), timeout=30)
-    finally:
-        connect.Disconnect(si)
-
-
-def plant_orphan(stack: Stack, cluster: str, name: str) -> str:
-    """A VM carrying the cluster's markers that the cluster does not own."""
-    spec = cluster_spec(cluster).vsphere
-    si = stack.sim.connect()
-    try:
-        placement = inventory.resolve(si, spec)
-        extra = {
-            guestinfo.MARKER_MANAGED_BY: guestinfo.MANAGED_BY,
-            guestinfo.MARKER_CLUSTER: cluster,
-            guestinfo.MARKER_NODE: name,
-        }
-        task = start_clone(
-            si,
-            placement,
-            name=name,
-            instance_uuid=str(uuid.uuid4()),
-            cpus=1,
-            memory_mb=2048,
-            extra_config=extra,
-        )
-        ref: str = wait_for_task(si, task, timeout=30)._moId
-        return ref
     finally:
         connect.Disconnect(si)
 
@@ -130,7 +100,7 @@ async def test_a_vm_powered_off_out_of_band_is_powered_on_and_rejoins(stack: Sta
 async def test_an_orphan_is_kept_for_its_grace_period_then_destroyed(stack: Stack) -> None:
     name = unique("rec-orphan")
     await ready(stack, name, masters=1, workers=1, reconcile={"orphan_grace_seconds": 2})
-    orphan_ref = plant_orphan(stack, name, f"{name}-stray")
+    orphan_ref = plant_marked_vm(stack.sim, name, f"{name}-stray")
 
     first = await reconcile(stack, name)
     assert [(d.kind, d.name) for d in first.drift] == [("orphan", f"{name}-stray")]

@@ -44,6 +44,9 @@ with workflow.unsafe.imports_passed_through():
 
 T = TypeVar("T")
 
+# Changes to running workflows, guarded so older histories still replay.
+PATCH_DESTROY_GIVEN_UP = "destroy-vms-of-given-up-nodes"
+
 VM_STEP_TIMEOUT = timedelta(minutes=15)
 
 
@@ -183,12 +186,24 @@ class ClusterCore:
             node.last_error = failure_reason(err)
             node.updated_at = workflow.now()
             workflow.logger.warning("node %s failed: %s", node.name, node.last_error)
+            await self._remove_given_up(node)
             return False
         node.vm_ref, node.ip = result.vm_ref, result.ip
         if node.phase is not NodePhase.READY:  # progress signal not yet processed
             node.phase = NodePhase.READY
             node.ready_at = node.updated_at = workflow.now()
         return True
+
+    async def _remove_given_up(self, node: NodeState) -> None:
+        """A node given up on leaves no VM behind (its reason stays in the status)."""
+        if not workflow.patched(PATCH_DESTROY_GIVEN_UP):
+            return
+        try:
+            await self._destroy_vm(node.name, node.identity.instance_uuid, node.vm_ref)
+        except ActivityError as err:
+            node.last_error = f"{node.last_error}; and its VM could not be removed: {failure_reason(err)}"
+            return
+        node.vm_ref = None
 
     # --- one command at a time ------------------------------------------------------
     async def _run_op(self, description: str, body: Callable[[], Coroutine[Any, Any, T]]) -> T:
