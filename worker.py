@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 from activities import kube as kube_activities
 from activities import pki as pki_activities
 from activities.commands import ClusterCommandActivities
+from activities.preflight import PreflightActivities
 from activities.vms import VSphereActivities
 from pki.node_tokens import NodeTokenSigner, load_signing_key
 from runtime import logs, temporal
@@ -60,6 +61,7 @@ def build_worker(
             vsphere.wait_for_vm_ip,
             vsphere.find_cluster_vms,
             vsphere.destroy_vm,
+            PreflightActivities(vsphere.session).preflight,
         ],
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,

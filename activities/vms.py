@@ -65,6 +65,10 @@ class VSphereActivities:
         self._task_slots = threading.BoundedSemaphore(max_concurrent_tasks)
         self.clones_started = 0
 
+    @property
+    def session(self) -> VCenterSession:
+        return self._session
+
     def _run_task(self, si: Any, start: Any, timeout: float, name: str) -> Any:
         """Start a vCenter task under the concurrency cap and wait for it."""
         with self._task_slots:

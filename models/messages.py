@@ -261,3 +261,16 @@ class DestroyVmInput(BaseModel):
 class DestroyVmResult(BaseModel):
     destroyed: bool
     """False when the VM was already gone."""
+
+
+class PreflightInput(BaseModel):
+    """What is checked before anything of a cluster is created."""
+
+    cluster: str
+    placement: VSpherePlacement
+    vip: str | None = None
+    api_port: int = 6443
+
+
+class PreflightResult(BaseModel):
+    checked: list[str] = Field(default_factory=list)

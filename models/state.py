@@ -34,6 +34,7 @@ class NodePhase(StrEnum):
 
 class ClusterPhase(StrEnum):
     PENDING = "Pending"
+    PREFLIGHT = "Preflight"
     CREATING_PKI = "CreatingPKI"
     STARTING_LEADER = "StartingLeader"
     STARTING_NODES = "StartingNodes"

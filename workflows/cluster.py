@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -50,6 +50,8 @@ with workflow.unsafe.imports_passed_through():
         MintTokenInput,
         NodeLookup,
         NodeLookupResult,
+        PreflightInput,
+        PreflightResult,
     )
     from models.pki import BootstrapToken, ClusterPKI
     from models.spec import ClusterSpec, NodeRole, validation_problems
@@ -72,6 +74,7 @@ with workflow.unsafe.imports_passed_through():
         KUBE_RETRY,
         LOCAL_WORK_RETRY,
         LOCAL_WORK_TIMEOUT,
+        VSPHERE_RETRY,
     )
     from workflows.reconcile import ReconcileMixin
     from workflows.scaling import ScalingMixin
@@ -90,6 +93,7 @@ DELETE_UPDATE = "delete"
 # Changes to running workflows, guarded so older histories still replay.
 PATCH_RECONCILE_LOOP = "reconcile-loop"
 PATCH_TOKENS_IN_CLUSTER = "join-tokens-installed-in-cluster"
+PATCH_PREFLIGHT = "preflight-before-create"
 
 __all__ = ["ClusterWorkflow", "failure_reason"]
 
@@ -166,6 +170,9 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
         self._plan(spec)
         workflow.logger.info("creating cluster %s (%s nodes)", spec.name, len(self._nodes))
 
+        if workflow.patched(PATCH_PREFLIGHT):
+            await self._preflight(spec)
+
         self._phase = ClusterPhase.CREATING_PKI
         self._pki = await workflow.execute_activity(
             "generate_pki",
@@ -190,6 +197,27 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
         failed = [n.name for n in self._nodes.values() if n.phase is NodePhase.FAILED]
         if failed:
             workflow.logger.warning("cluster %s is Ready with failed nodes: %s", spec.name, failed)
+
+    async def _preflight(self, spec: ClusterSpec) -> None:
+        """Check the placement and the VIP before anything is created; every problem at once."""
+        self._phase = ClusterPhase.PREFLIGHT
+        try:
+            await workflow.execute_activity(
+                "preflight",
+                PreflightInput(
+                    cluster=spec.name,
+                    placement=spec.vsphere,
+                    vip=str(spec.control_plane.vip) if spec.control_plane.vip else None,
+                    api_port=spec.control_plane.port,
+                ),
+                result_type=PreflightResult,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=VSPHERE_RETRY,
+            )
+        except ActivityError as err:
+            self._phase = ClusterPhase.FAILED
+            self._error = failure_reason(err)
+            raise ApplicationError(self._error, type="PreflightFailed", non_retryable=True) from None
 
     def _plan(self, spec: ClusterSpec) -> None:
         """Every node's identity, recorded before any VM is cloned."""
