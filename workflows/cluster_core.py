@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -19,9 +19,6 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from models.messages import (
         ClusterState,
-        DestroyVmInput,
-        DestroyVmResult,
-        FindClusterVmsInput,
         FindClusterVmsResult,
         KubeAccess,
         NodeBootstrapSettings,
@@ -38,16 +35,13 @@ with workflow.unsafe.imports_passed_through():
         NodeState,
         ReconcileReport,
     )
-    from workflows import ids
+    from workflows import ids, vm_steps
     from workflows.node import NodeWorkflow
-    from workflows.policies import VSPHERE_HEARTBEAT, VSPHERE_RETRY
 
 T = TypeVar("T")
 
 # Changes to running workflows, guarded so older histories still replay.
 PATCH_DESTROY_GIVEN_UP = "destroy-vms-of-given-up-nodes"
-
-VM_STEP_TIMEOUT = timedelta(minutes=15)
 
 
 def failure_reason(err: BaseException) -> str:
@@ -235,31 +229,12 @@ class ClusterCore:
 
     # --- vCenter activities shared by commands ----------------------------------------
     async def _find_vms(self) -> FindClusterVmsResult:
-        found: FindClusterVmsResult = await workflow.execute_activity(
-            "find_cluster_vms",
-            FindClusterVmsInput(cluster=self.spec.name, datacenter=self.spec.vsphere.datacenter),
-            result_type=FindClusterVmsResult,
-            start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=VSPHERE_RETRY,
-        )
-        return found
+        return await vm_steps.find_cluster_vms(self.spec.name, self.spec.vsphere.datacenter)
 
     async def _destroy_vm(self, name: str, instance_uuid: str | None, vm_ref: str | None) -> bool:
-        result: DestroyVmResult = await workflow.execute_activity(
-            "destroy_vm",
-            DestroyVmInput(
-                cluster=self.spec.name,
-                name=name,
-                datacenter=self.spec.vsphere.datacenter,
-                instance_uuid=instance_uuid,
-                vm_ref=vm_ref,
-            ),
-            result_type=DestroyVmResult,
-            schedule_to_close_timeout=VM_STEP_TIMEOUT,
-            heartbeat_timeout=VSPHERE_HEARTBEAT,
-            retry_policy=VSPHERE_RETRY,
+        return await vm_steps.destroy_vm(
+            self.spec.name, name, self.spec.vsphere.datacenter, instance_uuid, vm_ref
         )
-        return result.destroyed
 
     # --- status and continue-as-new ---------------------------------------------------
     def _status(self) -> ClusterStatus:

@@ -33,15 +33,9 @@ with workflow.unsafe.imports_passed_through():
         ScaleOutcome,
         ScaleRequest,
     )
-    from models.messages import (
-        DestroyVmInput,
-        DestroyVmResult,
-        FindClusterVmsInput,
-        FindClusterVmsResult,
-    )
-    from workflows import validation
+    from workflows import validation, vm_steps
     from workflows.cluster_core import failure_reason
-    from workflows.policies import LOCAL_WORK_RETRY, VSPHERE_HEARTBEAT, VSPHERE_RETRY
+    from workflows.policies import LOCAL_WORK_RETRY
 
 COMMAND_TIMEOUT = timedelta(hours=6)
 COMMAND_HEARTBEAT = timedelta(seconds=30)
@@ -122,26 +116,8 @@ class DeleteClusterWorkflow:
 
     async def _sweep(self, cluster: str) -> list[str]:
         """Destroy every VM anywhere in vCenter still marked with the cluster."""
-        vms: FindClusterVmsResult = await workflow.execute_activity(
-            "find_cluster_vms",
-            FindClusterVmsInput(cluster=cluster),
-            result_type=FindClusterVmsResult,
-            start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=VSPHERE_RETRY,
-        )
+        vms = await vm_steps.find_cluster_vms(cluster, None)
         gone = await asyncio.gather(
-            *(
-                workflow.execute_activity(
-                    "destroy_vm",
-                    DestroyVmInput(
-                        cluster=cluster, name=vm.name, instance_uuid=vm.instance_uuid, vm_ref=vm.ref
-                    ),
-                    result_type=DestroyVmResult,
-                    schedule_to_close_timeout=timedelta(minutes=15),
-                    heartbeat_timeout=VSPHERE_HEARTBEAT,
-                    retry_policy=VSPHERE_RETRY,
-                )
-                for vm in vms.vms
-            )
+            *(vm_steps.destroy_vm(cluster, vm.name, None, vm.instance_uuid, vm.ref) for vm in vms.vms)
         )
-        return [vm.name for vm, result in zip(vms.vms, gone, strict=True) if result.destroyed]
+        return [vm.name for vm, destroyed in zip(vms.vms, gone, strict=True) if destroyed]

@@ -1,5 +1,6 @@
 """VM steps that more than one workflow takes, with one set of timeouts and
-retries: power a VM on, and wait for VMware Tools to report its address."""
+retries: power a VM on, wait for VMware Tools to report its address, find a
+cluster's VMs by marker, destroy one."""
 
 from __future__ import annotations
 
@@ -8,9 +9,20 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from models.messages import PowerOnInput, PowerOnResult, WaitForIpInput, WaitForIpResult
+    from models.messages import (
+        DestroyVmInput,
+        DestroyVmResult,
+        FindClusterVmsInput,
+        FindClusterVmsResult,
+        PowerOnInput,
+        PowerOnResult,
+        WaitForIpInput,
+        WaitForIpResult,
+    )
     from models.spec import Timeouts
     from workflows.policies import VSPHERE_HEARTBEAT, VSPHERE_RETRY
+
+VM_STEP_TIMEOUT = timedelta(minutes=15)
 
 
 async def power_on(vm_ref: str, name: str, steps: Timeouts) -> PowerOnResult:
@@ -36,3 +48,32 @@ async def wait_for_ip(vm_ref: str, name: str, steps: Timeouts) -> str:
         retry_policy=VSPHERE_RETRY,
     )
     return result.ip
+
+
+async def find_cluster_vms(cluster: str, datacenter: str | None) -> FindClusterVmsResult:
+    """Every VM carrying the cluster's marker (datacenter None: all of vCenter)."""
+    found: FindClusterVmsResult = await workflow.execute_activity(
+        "find_cluster_vms",
+        FindClusterVmsInput(cluster=cluster, datacenter=datacenter),
+        result_type=FindClusterVmsResult,
+        start_to_close_timeout=timedelta(minutes=5),
+        retry_policy=VSPHERE_RETRY,
+    )
+    return found
+
+
+async def destroy_vm(
+    cluster: str, name: str, datacenter: str | None, instance_uuid: str | None, vm_ref: str | None
+) -> bool:
+    """Power off and destroy one of the cluster's VMs; False if it was already gone."""
+    result: DestroyVmResult = await workflow.execute_activity(
+        "destroy_vm",
+        DestroyVmInput(
+            cluster=cluster, name=name, datacenter=datacenter, instance_uuid=instance_uuid, vm_ref=vm_ref
+        ),
+        result_type=DestroyVmResult,
+        schedule_to_close_timeout=VM_STEP_TIMEOUT,
+        heartbeat_timeout=VSPHERE_HEARTBEAT,
+        retry_policy=VSPHERE_RETRY,
+    )
+    return result.destroyed
