@@ -63,13 +63,12 @@ class VSphereActivities:
         self._node_token_ttl = node_token_ttl
         self._node_api_ca_pem = node_api_ca_pem
         self._task_slots = threading.BoundedSemaphore(max_concurrent_tasks)
-        self.clones_started = 0
 
     @property
     def session(self) -> VCenterSession:
         return self._session
 
-    def _run_task(self, si: Any, start: Any, timeout: float, name: str) -> Any:
+    def _run_task(self, si: Any, start: Any, timeout: float) -> Any:
         """Start a vCenter task under the concurrency cap and wait for it."""
         with self._task_slots:
             task = start()
@@ -105,7 +104,6 @@ class VSphereActivities:
                 node_token=token,
                 node_api_ca_pem=self._node_api_ca_pem,
             )
-            self.clones_started += 1
             logger.info("vm.cloning", template=input.placement.template, folder=input.placement.folder)
             # A clone, once started, is waited for even if the activity is cancelled
             # (a cluster deleted mid-create): the VM must exist before the sweep.
@@ -122,7 +120,6 @@ class VSphereActivities:
                         extra_config=guestinfo.extra_config(node, userdata),
                     ),
                     timeout.total_seconds(),
-                    node.name,
                 )
             logger.info("vm.cloned", vm=vm._moId)
             return EnsureVmResult(vm_ref=vm._moId, created=True)
@@ -161,7 +158,6 @@ class VSphereActivities:
                 si,
                 lambda: vms.start_reconfigure(vm, cpus=input.cpus, memory_mb=input.memory_mb),
                 timeout,
-                input.name,
             )
             log.info(
                 "vm.configured",
@@ -181,7 +177,7 @@ class VSphereActivities:
             if vms.facts(si, vm).powered_on:
                 return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=True)
             timeout = (activity.info().start_to_close_timeout or timedelta(minutes=5)).total_seconds()
-            self._run_task(si, vm.PowerOnVM_Task, timeout, input.name)
+            self._run_task(si, vm.PowerOnVM_Task, timeout)
             log.info("vm.powered_on", node=input.name, vm=input.vm_ref)
             return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=False)
 
@@ -265,8 +261,8 @@ class VSphereActivities:
                 )
             with activity.shield_thread_cancel_exception():
                 if props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn:
-                    self._run_task(si, lambda: vms.start_power_off(vm), timeout, input.name)
-                self._run_task(si, lambda: vms.start_destroy(vm), timeout, input.name)
+                    self._run_task(si, lambda: vms.start_power_off(vm), timeout)
+                self._run_task(si, lambda: vms.start_destroy(vm), timeout)
             log.info("vm.destroyed", cluster=input.cluster, node=input.name, vm=vm._moId)
             return DestroyVmResult(destroyed=True)
 
