@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from models.commands import ClusterUpdateCall
+from runtime import crashpoints
 from workflows import ids
 
 log = structlog.get_logger(__name__)
@@ -62,5 +63,6 @@ class ClusterCommandActivities:
             if ids.schedule_belongs_to(schedule.id, cluster):
                 await self._client.get_schedule_handle(schedule.id).delete()
                 removed.append(schedule.id)
+        crashpoints.reach("schedules.deleted")
         log.info("schedules.deleted", cluster=cluster, schedules=removed)
         return removed

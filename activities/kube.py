@@ -26,6 +26,7 @@ from models.messages import (
 )
 from models.pki import BootstrapToken
 from pki import bootstrap_tokens as tokens
+from runtime import crashpoints
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,7 @@ async def create_bootstrap_token(input: CreateTokenInput) -> BootstrapToken:
     token = tokens.mint(timedelta(seconds=input.ttl_seconds))
     async with api(input.access, "install a bootstrap token") as client:
         await bootstrap_tokens.install(client, token)
+    crashpoints.reach("join_token.installed")
     log.info("bootstrap_token.installed", cluster=input.cluster, expires_at=token.expires_at.isoformat())
     return token
 
@@ -65,6 +67,7 @@ async def drain_node(input: DrainInput) -> DrainResult:
     """Cordon the node and evict its pods; after the timeout, report what is left."""
     async with api(input.access, f"drain {input.node}") as client:
         result = await nodes.drain(client, input.node, input.timeout_seconds, activity.heartbeat)
+    crashpoints.reach("drain.finished")
     log.info(
         "node.drained",
         cluster=input.cluster,
@@ -80,6 +83,7 @@ async def drain_node(input: DrainInput) -> DrainResult:
 async def delete_kube_node(input: DeleteKubeNodeInput) -> bool:
     async with api(input.access, f"delete node {input.node}") as client:
         deleted = await nodes.delete(client, input.node)
+    crashpoints.reach("kube_node.deleted")
     log.info("node.deleted_from_kubernetes", cluster=input.cluster, node=input.node, existed=deleted)
     return deleted
 

@@ -11,6 +11,7 @@ from models.messages import GeneratePkiInput, MintTokenInput
 from models.pki import BootstrapToken, ClusterPKI
 from pki import bootstrap_tokens
 from pki.cluster import generate_cluster_pki
+from runtime import crashpoints
 
 log = structlog.get_logger(__name__)
 
@@ -20,6 +21,7 @@ def generate_pki(input: GeneratePkiInput) -> ClusterPKI:
     """Generate the cluster's CAs and keys (a retry simply generates new ones;
     nothing has used the earlier ones until the workflow records a result)."""
     pki = generate_cluster_pki(input.cluster)
+    crashpoints.reach("pki.generated")
     log.info("pki.generated", cluster=input.cluster, cluster_uid=input.cluster_uid)
     return pki
 

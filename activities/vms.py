@@ -33,6 +33,7 @@ from models.messages import (
     WaitForIpResult,
 )
 from pki.node_tokens import NodeTokenSigner
+from runtime import crashpoints
 from vsphere import inventory, properties, vms
 from vsphere.errors import PermanentError, as_activity_errors
 from vsphere.session import VCenterSession
@@ -68,11 +69,12 @@ class VSphereActivities:
     def session(self) -> VCenterSession:
         return self._session
 
-    def _run_task(self, si: Any, start: Any, timeout: float) -> Any:
+    def _run_task(self, si: Any, start: Any, timeout: float, name: str) -> Any:
         """Start a vCenter task under the concurrency cap and wait for it."""
         with self._task_slots:
             task = start()
             _heartbeat({"task": task._moId})
+            crashpoints.reach(f"{name}.started")
             return wait_for_task(si, task, timeout=timeout, on_wake=_heartbeat)
 
     @activity.defn(name="ensure_vm")
@@ -120,7 +122,9 @@ class VSphereActivities:
                         extra_config=guestinfo.extra_config(node, userdata),
                     ),
                     timeout.total_seconds(),
+                    "clone",
                 )
+            crashpoints.reach("clone.finished")
             logger.info("vm.cloned", vm=vm._moId)
             return EnsureVmResult(vm_ref=vm._moId, created=True)
 
@@ -158,7 +162,9 @@ class VSphereActivities:
                 si,
                 lambda: vms.start_reconfigure(vm, cpus=input.cpus, memory_mb=input.memory_mb),
                 timeout,
+                "reconfigure",
             )
+            crashpoints.reach("reconfigure.finished")
             log.info(
                 "vm.configured",
                 node=input.name,
@@ -177,7 +183,7 @@ class VSphereActivities:
             if vms.facts(si, vm).powered_on:
                 return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=True)
             timeout = (activity.info().start_to_close_timeout or timedelta(minutes=5)).total_seconds()
-            self._run_task(si, vm.PowerOnVM_Task, timeout)
+            self._run_task(si, vm.PowerOnVM_Task, timeout, "power_on")
             log.info("vm.powered_on", node=input.name, vm=input.vm_ref)
             return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=False)
 
@@ -191,6 +197,7 @@ class VSphereActivities:
         def run(si: Any) -> WaitForIpResult:
             vm = vms.vm_by_ref(si, input.vm_ref)
             ip = vms.wait_for_ip(si, vm, timeout=input.timeout_seconds, on_wake=_heartbeat)
+            crashpoints.reach("ip.reported")
             log.info("vm.ip_reported", node=input.name, vm=input.vm_ref, ip=ip)
             return WaitForIpResult(ip=ip)
 
@@ -261,8 +268,9 @@ class VSphereActivities:
                 )
             with activity.shield_thread_cancel_exception():
                 if props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn:
-                    self._run_task(si, lambda: vms.start_power_off(vm), timeout)
-                self._run_task(si, lambda: vms.start_destroy(vm), timeout)
+                    self._run_task(si, lambda: vms.start_power_off(vm), timeout, "power_off")
+                self._run_task(si, lambda: vms.start_destroy(vm), timeout, "destroy")
+            crashpoints.reach("destroy.finished")
             log.info("vm.destroyed", cluster=input.cluster, node=input.name, vm=vm._moId)
             return DestroyVmResult(destroyed=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -137,3 +138,22 @@ def plant_marked_vm(sim: Simulator, cluster: str, name: str) -> str:
         return ref
     finally:
         connect.Disconnect(si)
+
+
+def clone_counts(sim: Simulator) -> Counter[str]:
+    """How many clones vCenter started per destination name, from its own event log."""
+    from pyVim import connect
+    from pyVmomi import vim
+
+    si = sim.connect()
+    try:
+        # The simulator keeps its last 1000 events: ask right after the operation.
+        spec = vim.event.EventFilterSpec(eventTypeId=["VmBeingClonedEvent"], maxCount=1000)
+        events = si.content.eventManager.QueryEvents(spec)
+        return Counter(str(getattr(e, "destName", "")) for e in events)
+    finally:
+        connect.Disconnect(si)
+
+
+def clone_events(sim: Simulator, vm_name: str) -> int:
+    return clone_counts(sim)[vm_name]

@@ -4,6 +4,7 @@ fault mapping, and which guest address counts as the node's IP."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,10 +18,11 @@ from models.spec import VSpherePlacement
 from settings import VCenterSettings
 from sim import vcenter
 from tests.harness import STATE_DIR
-from vsphere import inventory, properties
+from vsphere import inventory, properties, vms
 from vsphere.errors import PermanentError, TransientError, as_activity_errors, classify
 from vsphere.session import VCenterSession
 from vsphere.vms import pick_ip
+from vsphere.waits import wait_for_task
 
 
 def settings_for(sim: vcenter.Simulator, password: str | None = None) -> VCenterSettings:
@@ -93,6 +95,42 @@ def test_resolve_refuses_a_vm_that_is_not_a_template(vcsim: vcenter.Simulator) -
     )
     with pytest.raises(PermanentError, match="is a VM, not a template"):
         inventory.resolve(si, spec)
+    session.close()
+
+
+def test_reading_a_deleted_vm_finds_nothing_and_leaves_the_others(vcsim: vcenter.Simulator) -> None:
+    """vCenter fails a whole property read for one deleted object; a destroy that
+    is retried after a crash must see "gone", not an error."""
+    session = VCenterSession(settings_for(vcsim))
+    si = session.service_instance()
+    placement = inventory.resolve(
+        si,
+        VSpherePlacement(
+            datacenter=vcenter.DATACENTER,
+            template=vcenter.TEMPLATE,
+            folder=vcenter.FOLDER,
+            compute_cluster=vcenter.COMPUTE_CLUSTER,
+            datastore=vcenter.DATASTORE,
+        ),
+    )
+    template = placement.template
+    task = vms.start_clone(
+        si,
+        placement,
+        name=f"gone-{time.monotonic_ns()}",
+        instance_uuid=str(uuid.uuid4()),
+        cpus=1,
+        memory_mb=64,
+        extra_config={},
+    )
+    wait_for_task(si, task, timeout=30, on_wake=lambda: None)
+    doomed = task.info.result
+    wait_for_task(si, doomed.Destroy_Task(), timeout=30, on_wake=lambda: None)
+
+    assert properties.read(si, doomed, ["name"]) == {}
+    both = properties.read_many(si, [doomed, template], ["name"])
+    assert list(both) == [template._moId]
+    assert both[template._moId]["name"] == vcenter.TEMPLATE
     session.close()
 
 

@@ -34,9 +34,22 @@ def read(si: Any, obj: Any, paths: Sequence[str]) -> Props:
 
 
 def read_many(si: Any, objs: Iterable[Any], paths: Sequence[str]) -> dict[str, Props]:
+    """Properties of several objects; objects that no longer exist are left out
+    (vCenter fails the whole call for one deleted object, so it is retried without it)."""
     objs = list(objs)
-    if not objs:
-        return {}
+    while objs:
+        try:
+            return _read_many(si, objs, paths)
+        except vmodl.fault.ManagedObjectNotFound as exc:
+            gone = getattr(exc.obj, "_moId", None)
+            remaining = [o for o in objs if o._moId != gone]
+            if len(remaining) == len(objs):
+                raise
+            objs = remaining
+    return {}
+
+
+def _read_many(si: Any, objs: list[Any], paths: Sequence[str]) -> dict[str, Props]:
     pc = si.content.propertyCollector
     spec = vmodl.query.PropertyCollector.FilterSpec(
         objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=o, skip=False) for o in objs],

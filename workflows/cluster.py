@@ -71,6 +71,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.policies import (
         JOIN_TOKEN_MARGIN,
         JOIN_TOKEN_TTL,
+        KUBE_CALL_TIMEOUT,
         KUBE_RETRY,
         LOCAL_WORK_RETRY,
         LOCAL_WORK_TIMEOUT,
@@ -305,6 +306,7 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
                 CreateTokenInput(cluster=self.spec.name, access=self._kube_access(), ttl_seconds=ttl),
                 result_type=BootstrapToken,
                 schedule_to_close_timeout=timedelta(minutes=2),
+                start_to_close_timeout=KUBE_CALL_TIMEOUT,
                 retry_policy=KUBE_RETRY,
             )
             return token

@@ -35,10 +35,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import validation, vm_steps
     from workflows.cluster_core import failure_reason
-    from workflows.policies import LOCAL_WORK_RETRY
+    from workflows.policies import LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
 
 COMMAND_TIMEOUT = timedelta(hours=6)
-COMMAND_HEARTBEAT = timedelta(seconds=30)
+COMMAND_HEARTBEAT = timedelta(seconds=10)
 
 
 async def _cluster_update(cluster: str, update: str, argument: BaseModel) -> dict[str, Any] | None:
@@ -108,7 +108,7 @@ class DeleteClusterWorkflow:
             "delete_cluster_schedules",
             input.cluster,
             result_type=list[str],
-            start_to_close_timeout=timedelta(minutes=2),
+            start_to_close_timeout=LOCAL_WORK_TIMEOUT,
             retry_policy=LOCAL_WORK_RETRY,
         )
         outcome.schedules_removed = sorted({*outcome.schedules_removed, *schedules})

@@ -5,7 +5,6 @@ parallel under the worker's vCenter task cap, and the cluster's schedules go."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 from temporalio import workflow
 
@@ -13,7 +12,7 @@ with workflow.unsafe.imports_passed_through():
     from models.commands import DeleteOutcome
     from models.state import ClusterPhase
     from workflows.cluster_core import ClusterCore
-    from workflows.policies import LOCAL_WORK_RETRY
+    from workflows.policies import LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
 
 
 class DeletionMixin(ClusterCore):
@@ -27,7 +26,7 @@ class DeletionMixin(ClusterCore):
             "delete_cluster_schedules",
             self.spec.name,
             result_type=list[str],
-            start_to_close_timeout=timedelta(minutes=2),
+            start_to_close_timeout=LOCAL_WORK_TIMEOUT,
             retry_policy=LOCAL_WORK_RETRY,
         )
         self._nodes.clear()

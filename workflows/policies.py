@@ -15,7 +15,9 @@ VSPHERE_RETRY = RetryPolicy(
 # A long vCenter activity on a dead worker is retried this soon.
 VSPHERE_HEARTBEAT = timedelta(seconds=10)
 
-LOCAL_WORK_TIMEOUT = timedelta(minutes=2)
+# Short local work (key generation, a few API calls): a crashed worker's attempt is
+# retried after this, so it stays short.
+LOCAL_WORK_TIMEOUT = timedelta(seconds=15)
 LOCAL_WORK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
 
 # Hand out a join token only while it stays valid at least this long.
@@ -23,6 +25,9 @@ JOIN_TOKEN_MARGIN = timedelta(minutes=10)
 JOIN_TOKEN_TTL = timedelta(hours=1)
 
 # The cluster's API server: it may be briefly unreachable while a VIP moves.
+# One call to the cluster's API server; a longer wait (a drain) heartbeats instead.
+KUBE_CALL_TIMEOUT = timedelta(seconds=20)
+KUBE_HEARTBEAT = timedelta(seconds=10)
 KUBE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,

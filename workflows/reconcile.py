@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from models.state import Drift, NodePhase, NodeState, ReconcileReport
     from workflows import vm_steps
     from workflows.cluster_core import ClusterCore, failure_reason
-    from workflows.policies import KUBE_RETRY
+    from workflows.policies import KUBE_HEARTBEAT, KUBE_RETRY
 
 
 class ReconcileMixin(ClusterCore):
@@ -95,7 +95,7 @@ class ReconcileMixin(ClusterCore):
                     timeout_seconds=steps.join,
                 ),
                 schedule_to_close_timeout=steps.as_timedelta("join") + timedelta(seconds=60),
-                heartbeat_timeout=timedelta(seconds=30),
+                heartbeat_timeout=KUBE_HEARTBEAT,
                 retry_policy=KUBE_RETRY,
             )
         except ActivityError as err:

@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from models.spec import NodePoolSpec
     from models.state import NodePhase, NodeState
     from workflows.cluster_core import ClusterCore, failure_reason
-    from workflows.policies import KUBE_RETRY
+    from workflows.policies import KUBE_CALL_TIMEOUT, KUBE_HEARTBEAT, KUBE_RETRY
 
 
 class ScalingMixin(ClusterCore):
@@ -79,13 +79,14 @@ class ScalingMixin(ClusterCore):
                 ),
                 result_type=DrainResult,
                 schedule_to_close_timeout=timedelta(seconds=drain_timeout + 120),
-                heartbeat_timeout=timedelta(seconds=30),
+                heartbeat_timeout=KUBE_HEARTBEAT,
                 retry_policy=KUBE_RETRY,
             )
             await workflow.execute_activity(
                 "delete_kube_node",
                 DeleteKubeNodeInput(cluster=self.spec.name, node=node.name, access=access),
                 schedule_to_close_timeout=timedelta(minutes=2),
+                start_to_close_timeout=KUBE_CALL_TIMEOUT,
                 retry_policy=KUBE_RETRY,
             )
         except ActivityError as err:
