@@ -43,8 +43,10 @@ PLAIN_VM = "DC0_C0_RP0_VM1"  # an ordinary VM, not a template
 
 
 def binary_path(state_dir: Path) -> Path:
-    digest = hashlib.sha256((GO_SOURCE / "main.go").read_bytes()).hexdigest()[:12]
-    return state_dir / "bin" / f"vcsim-{digest}"
+    digest = hashlib.sha256()
+    for source in sorted(GO_SOURCE.glob("*.go")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return state_dir / "bin" / f"vcsim-{digest.hexdigest()[:12]}"
 
 
 def build(state_dir: Path) -> Path:
@@ -93,6 +95,25 @@ class Simulator:
             pwd=self.password,
             disableSslCertValidation=True,
         )
+
+    def fail_clones_of(self, vm_name: str, fault: str) -> None:
+        """From now on, every clone to ``vm_name`` is a task that fails with
+        ``fault`` (``NoDiskSpace`` or ``HostCommunication``); see vcsim/faults.go."""
+        self._clone_faults("POST", {"name": vm_name, "fault": fault})
+
+    def failed_clones(self) -> dict[str, int]:
+        """How many clone tasks were failed on purpose, per VM name."""
+        injected: dict[str, int] = self._clone_faults("GET", {})["injected"]
+        return injected
+
+    def _clone_faults(self, method: str, query: dict[str, str]) -> Any:
+        import httpx
+
+        parts = urlsplit(self.url)
+        url = f"{parts.scheme}://{parts.netloc}/pke-sim/clone-faults"
+        response = httpx.request(method, url, params=query, verify=False, timeout=10)  # noqa: S501 - the local simulator
+        response.raise_for_status()
+        return response.json()
 
     def stop(self) -> None:
         if self.process.poll() is None:

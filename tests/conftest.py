@@ -5,6 +5,7 @@ they never see each other's VMs."""
 from __future__ import annotations
 
 import asyncio
+import os
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -32,7 +33,7 @@ from sim.nodes import SimulatedNodes
 from tests.harness import STATE_DIR, serve_node_api, temporal_cli
 from vsphere.session import VCenterSession
 
-logs.configure(level="WARNING")
+logs.configure(level=os.environ.get("PKE_VSPHERE_LOG_LEVEL", "WARNING"))
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,23 @@ def test_an_expired_session_is_renewed_transparently(expiring_sim: vcenter.Simul
     session.close()
 
 
+def test_an_expired_session_is_not_mistaken_for_a_deleted_vm(expiring_sim: vcenter.Simulator) -> None:
+    """The simulator answers a property read on an expired session with every
+    property "missing" (NotAuthenticated in missingSet), not with a fault: the
+    read must raise, so the session logs in again, rather than report no VM."""
+    session = VCenterSession(settings_for(expiring_sim))
+    path = f"{vcenter.DATACENTER}/vm/{vcenter.SOURCE_VM}"
+    ref = session.run(lambda si: inventory.find_path(si, path))
+    stale = session.service_instance()
+    time.sleep(4.5)  # idle past the timeout
+
+    with pytest.raises(vim.fault.NotAuthenticated):
+        properties.read(stale, ref, ["name"])
+    assert session.run(lambda si: properties.read(si, ref, ["name"])) == {"name": vcenter.SOURCE_VM}
+    assert session.logins == 2
+    session.close()
+
+
 def test_wrong_credentials_are_a_permanent_error_that_names_the_cause(
     vcsim: vcenter.Simulator,
 ) -> None:
@@ -140,6 +157,7 @@ def test_reading_a_deleted_vm_finds_nothing_and_leaves_the_others(vcsim: vcenter
         (vim.fault.InvalidLogin(), PermanentError),
         (vim.fault.NoPermission(privilegeId="VirtualMachine.Provisioning.Clone"), PermanentError),
         (vim.fault.NoDiskSpace(datastore="ds1"), PermanentError),
+        (vim.fault.FileAlreadyExists(file="[ds1] n1/n1.vmx"), PermanentError),
         (vmodl.fault.InvalidArgument(invalidProperty="spec.location.pool"), PermanentError),
         (vim.fault.TaskInProgress(), TransientError),
         (vim.fault.NotAuthenticated(), TransientError),

@@ -28,6 +28,11 @@ _PERMANENT: tuple[tuple[type[BaseException], str], ...] = (
     (vim.fault.InvalidLogin, "vCenter rejected the user name or password"),
     (vim.fault.NoPermission, "the vCenter account lacks a privilege"),
     (vim.fault.NoDiskSpace, "the datastore is full"),
+    (
+        vim.fault.FileAlreadyExists,
+        "the VM's files already exist on the datastore (a VM removed from the inventory "
+        "but not deleted from disk?): delete them or free the name",
+    ),
     (vim.fault.InvalidDatastore, "the datastore cannot be used"),
     (vim.fault.DuplicateName, "an object with that name already exists"),
     (vim.fault.InvalidName, "vCenter rejected a name"),
@@ -42,9 +47,21 @@ _PERMANENT: tuple[tuple[type[BaseException], str], ...] = (
 def describe(exc: BaseException) -> str:
     """One line naming the fault and vCenter's own message, if any."""
     msg = getattr(exc, "msg", None) or str(exc)
-    prop = getattr(exc, "invalidProperty", None)
-    detail = f" ({prop})" if prop else ""
-    return f"{type(exc).__name__}{detail}: {msg}".strip().rstrip(":")
+    # A fault's own fields say which property, datastore or file it is about.
+    details = [
+        f"{label} {value}"
+        for label, value in (
+            ("property", getattr(exc, "invalidProperty", None)),
+            ("datastore", getattr(exc, "datastore", None)),
+            ("file", getattr(exc, "file", None)),
+        )
+        if value and isinstance(value, str)
+    ]
+    detail = f" ({', '.join(details)})" if details else ""
+    if isinstance(exc, vmodl.MethodFault) and msg.startswith("("):  # pyvmomi's dump of the fault
+        msg = ""
+    name = type(exc).__name__.rsplit(".", 1)[-1]  # pyvmomi's are "vim.fault.NoDiskSpace"
+    return f"{name}{detail}: {msg}".strip().rstrip(":")
 
 
 def classify(exc: BaseException) -> VSphereError:

@@ -25,6 +25,12 @@ def _collect(pc: Any, spec: Any) -> list[Any]:
 
 
 def _to_props(obj_content: Any) -> Props:
+    """The object's properties. A property that could not be read for lack of a
+    session or a privilege raises that fault: an expired session answers a read
+    with every property missing, and the object must not be taken for deleted."""
+    for missing in obj_content.missingSet or []:
+        if isinstance(missing.fault, vim.fault.NoPermission):  # NotAuthenticated is one too
+            raise missing.fault
     return {prop.name: prop.val for prop in (obj_content.propSet or [])}
 
 

@@ -15,6 +15,7 @@ from pyVim import connect
 from pyVmomi import vim
 
 from settings import VCenterSettings
+from vsphere import retries
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -64,6 +65,7 @@ class VCenterSession:
             sslContext=self._ssl_context(),
             disableSslCertValidation=s.vcenter_insecure or bool(s.vcenter_thumbprint),
         )
+        retries.retry_reads(si._stub)
         self.logins += 1
         log.info("vcenter.login", url=s.vcenter_url, user=s.vcenter_username, logins=self.logins)
         return si

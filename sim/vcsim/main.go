@@ -97,6 +97,8 @@ func main() {
 
 	server := model.Service.NewServer()
 	defer server.Close()
+	// Read per request by net/http, so wrapping it here, before any client, is safe.
+	server.Config.Handler = newCloneFaults(server.Config.Handler)
 
 	u := *server.URL
 	u.User = nil

@@ -1,0 +1,162 @@
+"""A misbehaving vCenter: dropped connections, 503s and slow replies from a
+fault-injecting proxy (sim/faultproxy.py), sessions that expire, and a clone
+task that fails. Clusters still come out exactly right, or a node is given up
+with a clear reason and nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+import worker as worker_module
+from activities.vms import VSphereActivities
+from models.state import ClusterPhase, NodePhase
+from pki.node_tokens import NodeTokenSigner, load_signing_key
+from sim import vcenter
+from sim.faultproxy import FaultProxy, FaultRates
+from sim.nodes import SimulatedNodes
+from starter import clusters
+from tests.clusters import wait_until_settled
+from tests.conftest import Stack, cluster_spec, unique, vcenter_settings
+from tests.harness import STATE_DIR, vms_of_cluster
+from tests.reliability import Run
+from vsphere.session import VCenterSession
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+NETWORK_FAULTS = FaultRates(drop_before=0.01, drop_after=0.01, error=0.01, slow=0.05, slow_seconds=0.5)
+# Sessions idle this long expire; a node's boot (no vCenter calls meanwhile) is longer.
+SESSION_IDLE = "1s"
+SEED = int(os.environ.get("PKE_VSPHERE_FAULT_SEED", "7"))
+
+
+@dataclass
+class FaultyStack:
+    """Its own simulator (short session timeout) and nodes, reached by the worker
+    only through the fault proxy; the shared Temporal server and node API."""
+
+    stack: Stack
+    proxy: FaultProxy
+    session: VCenterSession
+
+
+@pytest.fixture(scope="module")
+async def faulty(stack: Stack, key_file: Path) -> AsyncIterator[FaultyStack]:
+    sim = vcenter.start(STATE_DIR, session_idle_timeout=SESSION_IDLE)
+    nodes = SimulatedNodes(sim.connect, boot_seconds=0.3, join_poll_seconds=0.3, scan_seconds=0.2)
+    agent = asyncio.create_task(nodes.run())
+    try:
+        async with FaultProxy(sim.url, FaultRates(), seed=SEED) as proxy:
+            settings = vcenter_settings(sim).model_copy(update={"vcenter_url": proxy.url})
+            session = VCenterSession(settings)
+            vsphere = VSphereActivities(
+                session,
+                NodeTokenSigner(load_signing_key(key_file)),
+                stack.node_api_url,
+                timedelta(hours=1),
+                max_concurrent_tasks=8,
+            )
+            task_queue = f"faulty-{uuid.uuid4()}"
+            with ThreadPoolExecutor(32) as executor:
+                async with worker_module.build_worker(stack.client, task_queue, vsphere, executor, 32):
+                    yield FaultyStack(
+                        Stack(stack.client, task_queue, vsphere, sim, nodes, stack.node_api_url),
+                        proxy,
+                        session,
+                    )
+    finally:
+        agent.cancel()
+        await asyncio.gather(agent, return_exceptions=True)
+        sim.stop()
+
+
+async def test_a_cluster_reaches_ready_through_dropped_connections_503s_and_slow_replies(
+    faulty: FaultyStack,
+) -> None:
+    stack = faulty.stack
+    run = Run("vcenter-proxy", "create", "network faults", unique("flaky"))
+    faulty.proxy.rates = NETWORK_FAULTS
+    before = faulty.proxy.stats.total()
+    try:
+        await clusters.create(stack.client, cluster_spec(run.cluster, masters=3, workers=2), stack.task_queue)
+        status = await wait_until_settled(stack, run.cluster, within=300)
+    finally:
+        faulty.proxy.rates = FaultRates()
+    run.finished = status.phase is ClusterPhase.READY
+    run.check(stack.sim, status).record()
+
+    assert status.phase is ClusterPhase.READY, status.error
+    assert all(n.phase is NodePhase.READY for n in status.nodes), status.nodes
+    assert run.ok, run.describe()
+    assert len(vms_of_cluster(stack.sim, run.cluster)) == 5
+    injected = faulty.proxy.stats
+    for kind in ("drop_before", "drop_after", "error", "slow"):
+        assert injected.total(kind) > 0, f"no {kind} was injected: {injected.injected}"
+    assert injected.total() - before >= 10
+
+
+async def test_expired_sessions_are_renewed_and_the_create_carries_on(faulty: FaultyStack) -> None:
+    stack = faulty.stack
+    run = Run("session-expiry", "create", f"idle {SESSION_IDLE}", unique("expiry"))
+    logins = faulty.session.logins
+    faulty.stack.nodes.boot_seconds = 2.5  # the worker sits idle while nodes boot
+    try:
+        await clusters.create(stack.client, cluster_spec(run.cluster, masters=1, workers=2), stack.task_queue)
+        status = await wait_until_settled(stack, run.cluster, within=120)
+    finally:
+        faulty.stack.nodes.boot_seconds = 0.3
+    run.finished = status.phase is ClusterPhase.READY
+    run.check(stack.sim, status).record()
+
+    assert status.phase is ClusterPhase.READY, status.error
+    assert run.ok, run.describe()
+    assert faulty.session.logins > logins, "the session never expired: the test proves nothing"
+
+
+async def test_a_clone_task_failing_for_a_full_datastore_gives_the_node_up_at_once_and_leaves_no_vm(
+    stack: Stack,
+) -> None:
+    name = unique("full")
+    doomed = f"{name}-workers-02"
+    stack.sim.fail_clones_of(doomed, "NoDiskSpace")
+    await clusters.create(stack.client, cluster_spec(name, masters=1, workers=2), stack.task_queue)
+    status = await wait_until_settled(stack, name, within=90)
+
+    assert status.phase is ClusterPhase.READY, status.error
+    (failed,) = status.failed_nodes
+    assert failed.name == doomed
+    assert failed.last_error is not None
+    assert failed.last_error.startswith(
+        f"ensure VM {doomed}: the datastore is full: NoDiskSpace (datastore LocalDS_0, file {doomed})"
+    ), failed.last_error
+    # A full datastore is not retried: one clone task, and no VM for the node given up.
+    assert stack.sim.failed_clones()[doomed] == 1
+    assert sorted(vms_of_cluster(stack.sim, name)) == [f"{name}-master-01", f"{name}-workers-01"]
+
+
+async def test_a_clone_task_failing_for_a_lost_host_is_retried_until_its_deadline_and_leaves_no_vm(
+    stack: Stack,
+) -> None:
+    name = unique("lost-host")
+    leader = f"{name}-master-01"
+    stack.sim.fail_clones_of(leader, "HostCommunication")
+    spec = cluster_spec(name, masters=1, workers=1, timeouts={"clone": 12})
+    await clusters.create(stack.client, spec, stack.task_queue)
+    status = await wait_until_settled(stack, name, within=90)
+
+    assert status.phase is ClusterPhase.FAILED
+    assert status.error is not None
+    assert status.error.startswith(f"leader {leader} failed: ensure VM {leader}: HostCommunication"), (
+        status.error
+    )
+    # Retried with backoff (2 s, 4 s, 8 s) until the clone step's 12 s deadline.
+    assert 2 <= stack.sim.failed_clones()[leader] <= 5, stack.sim.failed_clones()[leader]
+    assert vms_of_cluster(stack.sim, name) == {}
