@@ -1,13 +1,24 @@
 """Routes of the node API (``/v1/nodes/self/...``); ``self`` is the node the
-bearer token names, so a token can only ever act for its own node."""
+bearer token names, so a token can only ever act for its own node.
+
+The OpenAPI description (``/openapi.json``, ``/docs``) declares the bearer
+scheme on every ``/v1`` operation and every status code a route answers with;
+``tests/test_node_api_fuzz.py`` runs schemathesis against it."""
 
 from typing import Annotated, Any
 
 import structlog
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Request, Security, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, Field
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -22,14 +33,13 @@ from models.messages import (
 )
 from models.pki import ClusterPKI
 from models.state import NodeKind
-from nodeapi.auth import AuthenticatedNode, authenticate
+from nodeapi.auth import RETRY_AFTER_SECONDS, AuthenticatedNode, authenticate, bearer_scheme, unavailable
 from pki.node_tokens import NodeTokenVerifier
 from workflows import ids
 from workflows.cluster import BOOTSTRAP_QUERY, JOIN_UPDATE
 from workflows.node import REPORT_SIGNAL
 
 log = structlog.get_logger(__name__)
-RETRY_AFTER_SECONDS = 5
 
 
 class MasterBootstrap(BaseModel):
@@ -44,27 +54,125 @@ class Accepted(BaseModel):
     accepted: bool = True
 
 
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Problem(BaseModel):
+    """Why a request was refused."""
+
+    detail: str
+    retry_after: int | None = Field(
+        default=None, description="Seconds to wait before asking again (also the Retry-After header)."
+    )
+
+
+class FieldProblem(BaseModel):
+    """One problem of a request body, as pydantic names it."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationProblem(BaseModel):
+    """A body that is not a valid request (``detail`` lists each problem), or a
+    report its node's role may not send (``detail`` says which it may)."""
+
+    detail: str | list[FieldProblem]
+
+
+_NO_STORE = {
+    "Cache-Control": {"description": "`no-store`: the body holds secrets", "schema": {"type": "string"}}
+}
+_RETRY_AFTER = {
+    "Retry-After": {"description": "seconds to wait before asking again", "schema": {"type": "integer"}}
+}
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    status.HTTP_401_UNAUTHORIZED: {
+        "model": Problem,
+        "description": "Missing, malformed, expired or foreign token, or a node that no longer "
+        "belongs to the cluster incarnation the token names.",
+        "headers": {
+            "WWW-Authenticate": {
+                "description": "the bearer challenge",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
+    },
+}
+_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    status.HTTP_503_SERVICE_UNAVAILABLE: {
+        "model": Problem,
+        "description": "The orchestrator (Temporal) cannot answer right now; retry later.",
+        "headers": _RETRY_AFTER,
+    },
+}
+
+
+def _retry_later(status_code: int, detail: str) -> JSONResponse:
+    return JSONResponse(
+        Problem(detail=detail, retry_after=RETRY_AFTER_SECONDS).model_dump(mode="json"),
+        status_code=status_code,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def _returned_secrets_are_not_write_only(schema: dict[str, Any]) -> dict[str, Any]:
+    """The node API takes no secret in any request, and the key material it sends
+    masters is in its responses: pydantic's ``writeOnly`` on those fields would
+    describe them as never returned, so it is dropped from the description."""
+    for component in schema.get("components", {}).get("schemas", {}).values():
+        for prop in component.get("properties", {}).values():
+            prop.pop("writeOnly", None)
+    return schema
+
+
 def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
     app = FastAPI(
         title="pke-vsphere node API",
         version="1",
-        description="Called by booting nodes with their own bearer token.",
+        description="Called by booting nodes with their own bearer token. Every `/v1` call acts for "
+        "the node the token names (`self`); a token of another node, cluster or cluster incarnation, "
+        "or an expired one, gets 401 and changes nothing.",
     )
 
-    async def current_node(request: Request) -> AuthenticatedNode:
+    async def current_node(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    ) -> AuthenticatedNode:
         structlog.contextvars.clear_contextvars()
-        return await authenticate(request, client, verifier)
+        return await authenticate(credentials, request.url.path, client, verifier)
 
     Node = Annotated[AuthenticatedNode, Depends(current_node)]
 
     def cluster(node: AuthenticatedNode) -> WorkflowHandle[Any, Any]:
         return client.get_workflow_handle(ids.cluster_workflow_id(node.claims.cluster))
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", response_model=Health, summary="Liveness; needs no token")
+    async def healthz() -> Health:
+        return Health()
 
-    @app.get("/v1/nodes/self/bootstrap", response_model=MasterBootstrap)
+    @app.get(
+        "/v1/nodes/self/bootstrap",
+        response_model=MasterBootstrap,
+        summary="A master's CAs, keys and keepalived configuration",
+        responses={
+            status.HTTP_200_OK: {"headers": _NO_STORE},
+            **_UNAUTHORIZED,
+            status.HTTP_403_FORBIDDEN: {"model": Problem, "description": "Workers never get the CAs."},
+            status.HTTP_409_CONFLICT: {
+                "model": Problem,
+                "description": "The cluster cannot hand out its material now (its PKI is not "
+                "generated yet, or it is being deleted); `detail` says which.",
+                "headers": _RETRY_AFTER,
+            },
+            **_UNAVAILABLE,
+        },
+    )
     async def bootstrap(node: Node) -> JSONResponse:
         if node.claims.kind is NodeKind.WORKER:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "only masters receive the cluster's CAs")
@@ -74,7 +182,11 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
                 BootstrapMaterialRequest(node=node.claims.node),
                 result_type=BootstrapMaterial,
             )
-        except RPCError as exc:
+        except WorkflowQueryFailedError as exc:
+            # The cluster refused to hand out its material (no PKI yet, or deleted since
+            # the token was checked): its reason, not a 500.
+            return _retry_later(status.HTTP_409_CONFLICT, exc.message)
+        except (RPCError, RPCTimeoutOrCancelledError) as exc:
             raise _unavailable(exc) from None
         conf = None
         if material.vip:
@@ -90,7 +202,25 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
         body = MasterBootstrap(pki=material.pki, api_endpoint=material.api_endpoint, keepalived_conf=conf)
         return JSONResponse(body.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
-    @app.get("/v1/nodes/self/join", response_model=JoinInfo)
+    @app.get(
+        "/v1/nodes/self/join",
+        response_model=JoinInfo,
+        summary="How a follower master or a worker joins: bootstrap token, CA hash, API endpoint",
+        responses={
+            status.HTTP_200_OK: {"headers": _NO_STORE},
+            **_UNAUTHORIZED,
+            status.HTTP_403_FORBIDDEN: {
+                "model": Problem,
+                "description": "The leader does not join, or the node is no longer part of the cluster.",
+            },
+            status.HTTP_409_CONFLICT: {
+                "model": Problem,
+                "description": "Not yet: the leader is not ready; retry after `Retry-After` seconds.",
+                "headers": _RETRY_AFTER,
+            },
+            **_UNAVAILABLE,
+        },
+    )
     async def join(node: Node) -> JSONResponse:
         if node.claims.kind is NodeKind.LEADER:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "the leader does not join")
@@ -103,26 +233,42 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
             kind = cause.type if isinstance(cause, ApplicationError) else None
             message = cause.message if isinstance(cause, ApplicationError) else str(cause)
             if kind == "NotYet":
-                return JSONResponse(
-                    {"detail": message, "retry_after": RETRY_AFTER_SECONDS},
-                    status_code=status.HTTP_409_CONFLICT,
-                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-                )
+                return _retry_later(status.HTTP_409_CONFLICT, message)
             if kind in ("UnknownNode", "NotAJoiner"):
                 raise HTTPException(status.HTTP_403_FORBIDDEN, message) from None
             # The orchestrator could not produce a token (e.g. the API server is down).
             log.warning("nodeapi.join_failed", error=message)
-            return JSONResponse(
-                {"detail": "join information is unavailable right now", "retry_after": RETRY_AFTER_SECONDS},
-                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            return _retry_later(
+                status.HTTP_503_SERVICE_UNAVAILABLE, "join information is unavailable right now"
             )
-        except RPCError as exc:
+        except (RPCError, RPCTimeoutOrCancelledError) as exc:
             raise _unavailable(exc) from None
         log.info("nodeapi.join_served", expires_at=info.expires_at.isoformat())
         return JSONResponse(info.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
-    @app.post("/v1/nodes/self/report", response_model=Accepted, status_code=status.HTTP_202_ACCEPTED)
+    @app.post(
+        "/v1/nodes/self/report",
+        response_model=Accepted,
+        status_code=status.HTTP_202_ACCEPTED,
+        summary="The node's own progress: ready (leader), joined (others) or failed",
+        responses={
+            status.HTTP_400_BAD_REQUEST: {
+                "model": Problem,
+                "description": "The body cannot be read at all (e.g. not UTF-8); like a body that is "
+                "not JSON (422), it is refused before the token is looked at.",
+            },
+            **_UNAUTHORIZED,
+            status.HTTP_409_CONFLICT: {
+                "model": Problem,
+                "description": "The node is no longer bootstrapping (its node workflow is closed).",
+            },
+            status.HTTP_422_UNPROCESSABLE_CONTENT: {
+                "model": ValidationProblem,
+                "description": "Not a valid report, or a kind the node's role does not send.",
+            },
+            **_UNAVAILABLE,
+        },
+    )
     async def report(report: NodeReport, node: Node) -> Accepted:
         allowed = {
             NodeKind.LEADER: {NodeReportKind.READY, NodeReportKind.FAILED},
@@ -131,7 +277,7 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
         }[node.claims.kind]
         if report.kind not in allowed:
             raise HTTPException(
-                422,
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
                 f"a {node.claims.kind.value} reports one of: {', '.join(sorted(allowed))}",
             )
         handle = client.get_workflow_handle(ids.node_workflow_id(node.claims.cluster, node.claims.node))
@@ -143,12 +289,16 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
                     status.HTTP_409_CONFLICT, "this node is no longer bootstrapping"
                 ) from None
             raise _unavailable(exc) from None
+        except RPCTimeoutOrCancelledError as exc:
+            raise _unavailable(exc) from None
         log.info("nodeapi.report", kind=report.kind.value)
         return Accepted()
 
+    app.openapi_schema = _returned_secrets_are_not_write_only(app.openapi())
     return app
 
 
-def _unavailable(exc: RPCError) -> HTTPException:
-    log.warning("nodeapi.temporal_error", status=str(exc.status), error=exc.message)
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "orchestrator unavailable, retry later")
+def _unavailable(exc: Exception) -> HTTPException:
+    status_code = exc.status if isinstance(exc, RPCError) else None
+    log.warning("nodeapi.temporal_error", status=str(status_code), error=str(exc))
+    return unavailable()

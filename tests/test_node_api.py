@@ -1,20 +1,33 @@
 """The node API over real HTTP against the real workflows: bad or foreign
-requests get 4xx and change nothing; a node can only act for itself."""
+requests get 4xx and change nothing; a node can only act for itself. Failures of
+Temporal that no real cluster produces on demand come from a stand-in client."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
+from temporalio.client import (
+    Client,
+    RPCTimeoutOrCancelledError,
+    WorkflowQueryFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 
-from models.state import ClusterPhase, ClusterStatus, NodeIdentity, NodeKind
-from pki.node_tokens import NodeTokenSigner, load_signing_key
+from models.messages import NodeLookupResult
+from models.state import ClusterPhase, ClusterStatus, NodeIdentity, NodeKind, NodeState
+from nodeapi.app import create_app
+from pki.node_tokens import NodeTokenSigner, NodeTokenVerifier, load_signing_key
 from sim.nodes import Behaviour
 from starter import clusters
 from tests.conftest import Stack, cluster_spec, unique
+from tests.harness import serve_app
+from workflows.cluster import BOOTSTRAP_QUERY, JOIN_UPDATE, NODE_QUERY
+from workflows.node import REPORT_SIGNAL
 
 
 async def wait_for_node_identities(stack: Stack, name: str) -> ClusterStatus:
@@ -161,3 +174,78 @@ async def test_malformed_or_foreign_reports_are_refused_and_change_nothing(
     after = await clusters.status(stack.client, waiting_cluster.name)
     assert after.phase is ClusterPhase.STARTING_LEADER
     assert not after.failed_nodes
+
+
+class FlakyOrchestrator:
+    """A stand-in Temporal client: the token's node exists, then the call the route
+    makes fails the way Temporal can fail it (``failures`` by query, update or signal
+    name). For failures no real cluster produces on demand: a timeout, or a cluster
+    that changed between the token check and the call."""
+
+    def __init__(self, node: NodeIdentity, failures: dict[str, Exception]) -> None:
+        self.node = node
+        self.failures = failures
+
+    def get_workflow_handle(self, workflow_id: str) -> FlakyOrchestrator:
+        return self
+
+    async def _call(self, name: str, *_: object, **__: object) -> object:
+        if name in self.failures:
+            raise self.failures[name]
+        assert name == NODE_QUERY, name
+        return NodeLookupResult(cluster_uid=self.node.cluster_uid, node=NodeState(identity=self.node))
+
+    query = execute_update = signal = _call
+
+
+@pytest.mark.parametrize(
+    ("kind", "method", "path", "failures", "expected"),
+    [
+        # The cluster began deleting (or has no PKI) between the token check and the query.
+        (
+            NodeKind.LEADER,
+            "GET",
+            "/v1/nodes/self/bootstrap",
+            {BOOTSTRAP_QUERY: WorkflowQueryFailedError("n is not a master of this cluster")},
+            409,
+        ),
+        (NodeKind.LEADER, "GET", "/v1/nodes/self/bootstrap", {NODE_QUERY: RPCTimeoutOrCancelledError()}, 503),
+        (
+            NodeKind.LEADER,
+            "GET",
+            "/v1/nodes/self/bootstrap",
+            {NODE_QUERY: WorkflowQueryFailedError("x")},
+            503,
+        ),
+        (
+            NodeKind.WORKER,
+            "GET",
+            "/v1/nodes/self/join",
+            {JOIN_UPDATE: WorkflowUpdateRPCTimeoutOrCancelledError()},
+            503,
+        ),
+        (
+            NodeKind.WORKER,
+            "POST",
+            "/v1/nodes/self/report",
+            {REPORT_SIGNAL: RPCTimeoutOrCancelledError()},
+            503,
+        ),
+    ],
+    ids=["cluster-changed", "lookup-timeout", "lookup-failed", "join-timeout", "report-timeout"],
+)
+async def test_orchestrator_failures_are_a_4xx_or_503_with_retry_after_never_a_500(
+    key_file: Path, kind: NodeKind, method: str, path: str, failures: dict[str, Exception], expected: int
+) -> None:
+    node = NodeIdentity(
+        cluster="c", cluster_uid="u", pool="p", name="c-p-01", kind=kind, index=1, instance_uuid="i"
+    )
+    app = create_app(
+        cast(Client, FlakyOrchestrator(node, failures)),
+        NodeTokenVerifier(load_signing_key(key_file).public_key()),
+    )
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as api:
+        response = await api.request(method, path, headers=token_for(key_file, node), json={"kind": "failed"})
+    assert response.status_code == expected, response.text
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["detail"]
