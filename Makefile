@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo down test lint typecheck pytest venv system-deps simulator clean
+.PHONY: demo down test lint typecheck pytest reliability venv system-deps simulator clean
 
 demo: venv system-deps simulator
 	$(BIN)/python -m sim.demo up
@@ -23,6 +23,18 @@ typecheck: venv
 
 pytest: venv system-deps simulator
 	$(BIN)/pytest
+
+# The fault-injection tests, RUNS times with a different fault seed each, and their figures.
+RUNS ?= 3
+FAULT_TESTS := tests/test_kill_points.py tests/test_crash_resume.py tests/test_vcenter_faults.py \
+	tests/test_temporal_restart.py
+reliability: venv system-deps simulator
+	rm -f .state/reliability.jsonl
+	for seed in $$(seq 1 $(RUNS)); do \
+		PKE_VSPHERE_FAULT_SEED=$$seed PKE_VSPHERE_RELIABILITY_LOG=.state/reliability.jsonl \
+			$(BIN)/pytest -q -o addopts= $(FAULT_TESTS) || exit 1; \
+	done
+	$(BIN)/python scripts/reliability_report.py .state/reliability.jsonl
 
 venv: $(STAMP)
 

@@ -5,8 +5,8 @@ they never see each other's VMs."""
 from __future__ import annotations
 
 import asyncio
-import os
 import itertools
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor

@@ -31,7 +31,9 @@ def temporal_cli() -> str:
 async def serve_app(app: Any, tls: tuple[Path, Path] | None = None) -> AsyncIterator[str]:
     """Serve an ASGI app on a free loopback port in this event loop; yields its URL.
     With ``tls`` (certificate, key) it serves HTTPS."""
-    sock = socket.socket()
+    # Name TCP, so that asyncio turns Nagle off: otherwise every reply on a kept-alive
+    # connection waits ~40 ms for the delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
