@@ -1,9 +1,10 @@
 """What a fault-injection run found, checked and (for ``make reliability``) recorded.
 
-A run is good when the operation finished and vCenter holds exactly the VMs the
-cluster's status lists: none twice (duplicates: a name cloned or present more
-than once) and none extra (orphans: a VM with the cluster's marker that no node
-owns). ``PKE_VSPHERE_RELIABILITY_LOG`` names a JSON-lines file to append each
+A run is good when the operation finished and vCenter holds exactly the VMs of
+the cluster's Ready nodes: none twice (duplicates: a name cloned or present
+more than once), none extra (orphans: a VM with the cluster's marker that no
+Ready node owns, such as one left behind by a node that was given up) and none
+missing. ``PKE_VSPHERE_RELIABILITY_LOG`` names a JSON-lines file to append each
 run's record to; ``scripts/reliability_report.py`` sums them up.
 """
 
@@ -15,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from models.state import ClusterStatus
+from models.state import ClusterStatus, NodePhase
 from sim.vcenter import Simulator
 from tests.harness import clone_counts, vms_of_cluster
 
@@ -31,6 +32,7 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
     finished: bool = False
+    injected: int = 1  # faults injected in this run (a kill is one)
     duplicates: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -42,7 +44,8 @@ class Run:
     def check(self, sim: Simulator, status: ClusterStatus | None) -> Run:
         """Compare vCenter with the cluster's status (None: the cluster was deleted)."""
         self.seconds = round(time.monotonic() - self.started, 1)
-        expected = {n.name: n.identity.instance_uuid for n in status.nodes} if status else {}
+        ready = [n for n in status.nodes if n.phase is NodePhase.READY] if status else []
+        expected = {n.name: n.identity.instance_uuid for n in ready}
         found = vms_of_cluster(sim, self.cluster)
         clones = clone_counts(sim)
         names = {key.split("#dup-")[0] for key in found}

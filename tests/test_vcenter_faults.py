@@ -90,14 +90,15 @@ async def test_a_cluster_reaches_ready_through_dropped_connections_503s_and_slow
         status = await wait_until_settled(stack, run.cluster, within=300)
     finally:
         faulty.proxy.rates = FaultRates()
+    injected = faulty.proxy.stats
     run.finished = status.phase is ClusterPhase.READY
+    run.injected = injected.total() - before
     run.check(stack.sim, status).record()
 
     assert status.phase is ClusterPhase.READY, status.error
     assert all(n.phase is NodePhase.READY for n in status.nodes), status.nodes
     assert run.ok, run.describe()
     assert len(vms_of_cluster(stack.sim, run.cluster)) == 5
-    injected = faulty.proxy.stats
     for kind in ("drop_before", "drop_after", "error", "slow"):
         assert injected.total(kind) > 0, f"no {kind} was injected: {injected.injected}"
     assert injected.total() - before >= 10
@@ -114,6 +115,7 @@ async def test_expired_sessions_are_renewed_and_the_create_carries_on(faulty: Fa
     finally:
         faulty.stack.nodes.boot_seconds = 0.3
     run.finished = status.phase is ClusterPhase.READY
+    run.injected = faulty.session.logins - logins  # each new login followed an expiry
     run.check(stack.sim, status).record()
 
     assert status.phase is ClusterPhase.READY, status.error
@@ -126,9 +128,14 @@ async def test_a_clone_task_failing_for_a_full_datastore_gives_the_node_up_at_on
 ) -> None:
     name = unique("full")
     doomed = f"{name}-workers-02"
+    run = Run("clone-task-failure", "create", "NoDiskSpace (a worker's clone)", name)
     stack.sim.fail_clones_of(doomed, "NoDiskSpace")
     await clusters.create(stack.client, cluster_spec(name, masters=1, workers=2), stack.task_queue)
     status = await wait_until_settled(stack, name, within=90)
+    run.finished = status.phase is ClusterPhase.READY and len(status.failed_nodes) == 1
+    run.injected = stack.sim.failed_clones()[doomed]
+    run.check(stack.sim, status).record()
+    assert run.ok, run.describe()
 
     assert status.phase is ClusterPhase.READY, status.error
     (failed,) = status.failed_nodes
@@ -147,10 +154,15 @@ async def test_a_clone_task_failing_for_a_lost_host_is_retried_until_its_deadlin
 ) -> None:
     name = unique("lost-host")
     leader = f"{name}-master-01"
+    run = Run("clone-task-failure", "create", "HostCommunication (the leader's clone)", name)
     stack.sim.fail_clones_of(leader, "HostCommunication")
     spec = cluster_spec(name, masters=1, workers=1, timeouts={"clone": 12})
     await clusters.create(stack.client, spec, stack.task_queue)
     status = await wait_until_settled(stack, name, within=90)
+    run.finished = status.phase is ClusterPhase.FAILED  # the expected end: failed with the reason
+    run.injected = stack.sim.failed_clones()[leader]
+    run.check(stack.sim, status).record()
+    assert run.ok, run.describe()
 
     assert status.phase is ClusterPhase.FAILED
     assert status.error is not None
