@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo down test lint typecheck pytest reliability venv system-deps simulator clean
+.PHONY: demo down test lint typecheck pytest reliability venv system-deps simulator cloud-init-schema clean
 
 demo: venv system-deps simulator
 	$(BIN)/python -m sim.demo up
@@ -21,7 +21,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv system-deps simulator
+pytest: venv system-deps simulator cloud-init-schema
 	$(BIN)/pytest
 
 # The fault-injection tests, RUNS times with a different fault seed each, and their figures.
@@ -46,6 +46,9 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	./scripts/install-system-deps.sh
+
+cloud-init-schema: system-deps
+	./scripts/fetch-cloud-init-schema.sh
 
 simulator: venv system-deps
 	$(BIN)/python -c 'from pathlib import Path; from sim import vcenter; print("vCenter simulator:", vcenter.build(Path(".state")))'

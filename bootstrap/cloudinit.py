@@ -65,7 +65,8 @@ def render(
                 "sudo": "ALL=(ALL) NOPASSWD:ALL",
                 "shell": "/bin/bash",
                 "lock_passwd": True,
-                "ssh_authorized_keys": list(settings.ssh_authorized_keys),
+                # cloud-init's schema wants at least one key when the list is there.
+                **({"ssh_authorized_keys": list(keys)} if (keys := settings.ssh_authorized_keys) else {}),
             }
         ],
         "write_files": [

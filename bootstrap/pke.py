@@ -39,6 +39,7 @@ def install_args(identity: NodeIdentity, settings: NodeBootstrapSettings) -> lis
         f"--kubernetes-pod-network-cidr={settings.pod_cidr}",
         f"--kubernetes-service-cidr={settings.service_cidr}",
         f"--kubernetes-node-taints={CONTROL_PLANE_TAINT}",
+        *(f"--kubernetes-api-server-cert-sans={name}" for name in settings.api_server_cert_sans),
     ]
     if identity.kind is NodeKind.MASTER:
         master += [

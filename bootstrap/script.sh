@@ -37,7 +37,10 @@ if [ "$PKE_VSPHERE_KIND" != worker ]; then
   echo "$material" | json pki.service_account_public_pem > /etc/kubernetes/pki/sa.pub
   keepalived_conf="$(echo "$material" | json keepalived_conf)"
   if [ "$keepalived_conf" != None ]; then
-    echo "$keepalived_conf" > /etc/keepalived/keepalived.conf
+    # The interface holding this node's address, unless the spec named one.
+    VRRP_INTERFACE="$(ip -o -4 addr show | awk -v a="$ADVERTISE_ADDRESS/" 'index($4, a) == 1 {print $2; exit}')"
+    install -d -m 0755 /etc/keepalived
+    echo "$keepalived_conf" | sed "s/@VRRP_INTERFACE@/$VRRP_INTERFACE/" > /etc/keepalived/keepalived.conf
     systemctl enable --now keepalived
   fi
 fi

@@ -57,6 +57,8 @@ class NodeBootstrapSettings(BaseModel):
     pod_cidr: str
     service_cidr: str
     ssh_authorized_keys: list[str] = Field(default_factory=list)
+    api_server_cert_sans: list[str] = Field(default_factory=list)
+    """Extra names of the API server certificate: the VIP and the DNS name."""
 
 
 class NodeWorkflowInput(BaseModel):
@@ -113,7 +115,7 @@ class BootstrapMaterial(BaseModel):
     api_endpoint: str | None
     vip: str | None
     vrrp_router_id: int
-    vrrp_interface: str
+    vrrp_interface: str | None  # None: the node finds it at boot
     vrrp_priority: int
     kind: str
 
@@ -270,6 +272,18 @@ class PreflightInput(BaseModel):
     placement: VSpherePlacement
     vip: str | None = None
     api_port: int = 6443
+
+
+class RouterIdsInput(BaseModel):
+    """Which VRRP router ids do the other clusters on this network use?"""
+
+    cluster: str
+    network: str | None
+
+
+class RouterIdsInUse(BaseModel):
+    taken: dict[int, str] = Field(default_factory=dict)
+    """Router id -> the cluster using it."""
 
 
 class PreflightResult(BaseModel):

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # RFC 1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric.
 _RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _K8S_VERSION = re.compile(r"^1\.(2[6-9]|3[0-9])\.[0-9]{1,2}$")
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*$")
 
 # Node names are "<cluster>-<pool>-NN" and must stay a valid host name label (63).
 MAX_CLUSTER_NAME = 30
@@ -118,10 +120,52 @@ class ControlPlane(_Strict):
         default=None,
         description="Virtual IP the masters share through keepalived; required with >1 master.",
     )
-    interface: str = Field(
-        default="ens192", pattern=r"^[a-zA-Z0-9_.:-]{1,15}$", description="NIC keepalived uses."
+    dns_name: str | None = Field(
+        default=None,
+        description=(
+            "A DNS name for the API (pointing at the VIP, or at the masters through an existing "
+            "load balancer or round-robin DNS): in the API server certificate and the endpoint "
+            "that followers and workers use."
+        ),
+    )
+    interface: str | None = Field(
+        default=None,
+        pattern=r"^[a-zA-Z0-9_.:-]{1,15}$",
+        description="NIC keepalived uses; default: the one holding the node's address, found at boot.",
+    )
+    vrrp_router_id: int | None = Field(
+        default=None,
+        ge=1,
+        le=255,
+        description=(
+            "VRRP virtual router id (1-255), unique among the clusters on the network; "
+            "default: derived from the cluster and checked against the other clusters."
+        ),
     )
     port: int = Field(default=6443, ge=1, le=65535, description="API server port.")
+
+    @field_validator("dns_name")
+    @classmethod
+    def _dns_name(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS_NAME.match(value):
+            raise ValueError(
+                f"control_plane.dns_name {value!r} is not a DNS name (lower-case labels of letters, "
+                "digits and '-', separated by dots, at most 253 characters)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _vrrp_needs_vip(self) -> Self:
+        if self.vip is None and self.vrrp_router_id is not None:
+            raise ValueError(
+                "control_plane.vrrp_router_id configures keepalived, which runs only with control_plane.vip"
+            )
+        return self
+
+    @property
+    def cert_sans(self) -> list[str]:
+        """Extra names of the API server certificate."""
+        return [str(name) for name in (self.vip, self.dns_name) if name is not None]
 
 
 class KubernetesNetwork(_Strict):

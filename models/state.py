@@ -105,6 +105,17 @@ class ReconcileReport(BaseModel):
     actions: list[str] = Field(default_factory=list)
 
 
+class ClusterServices(BaseModel):
+    """What the cluster provides in place of a cloud's: its API endpoint and VIP."""
+
+    api_endpoint: str | None = None
+    vip: str | None = None
+    dns_name: str | None = None
+    vrrp_router_id: int | None = None
+    network: str | None = None
+    """The port group the nodes (and the VRRP instance) are on."""
+
+
 class ClusterStatus(BaseModel):
     """Answer of the ``status`` query."""
 
@@ -121,6 +132,7 @@ class ClusterStatus(BaseModel):
     operation: str | None = None
     """The command running now, e.g. 'scale workers 2 -> 5'."""
     last_reconcile: ReconcileReport | None = None
+    services: ClusterServices | None = None
 
     @property
     def failed_nodes(self) -> list[NodeState]:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the vCenter simulator build needs (Go and govmomi's source).
+# Debian packages the project needs: Go and govmomi's source (the vCenter
+# simulator build) and keepalived (the tests check every rendered configuration
+# with `keepalived --config-test`).
 # Installs only what is missing; runs apt-get update once first.
 set -euo pipefail
-packages=(golang-go golang-github-vmware-govmomi-dev)
+packages=(golang-go golang-github-vmware-govmomi-dev keepalived)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

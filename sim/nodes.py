@@ -56,6 +56,18 @@ class BootedNode:
     events: list[tuple[float, str]] = field(default_factory=list)
 
 
+_PREFIXES_TAKEN: set[str] = set()
+
+
+def _free_prefix() -> str:
+    """A 127.N prefix no other agent of this process has; drawn from the OS's
+    randomness, which test frameworks that seed ``random`` do not repeat."""
+    choices = [f"127.{n}" for n in range(64, 251) if f"127.{n}" not in _PREFIXES_TAKEN]
+    prefix = random.SystemRandom().choice(choices)
+    _PREFIXES_TAKEN.add(prefix)
+    return prefix
+
+
 class SimulatedNodes:
     """Boots every powered-on VM of pke-vsphere that appears in the simulator."""
 
@@ -78,8 +90,9 @@ class SimulatedNodes:
         self.boot_delays = boot_delays or {}
         self.scan_seconds = scan_seconds
         # Each agent takes its own 127.N.0.0/16, so two at once (a demo and a test
-        # run) never hand out the same address or bind the same API port.
-        self._ip_prefix = ip_prefix or f"127.{random.randint(64, 250)}"
+        # run, or two agents of one test run) never hand out the same address or
+        # bind the same API port.
+        self._ip_prefix = ip_prefix or _free_prefix()
         self._ips: dict[str, str] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.nodes: dict[str, BootedNode] = {}

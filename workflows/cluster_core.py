@@ -128,16 +128,23 @@ class ClusterCore:
         return node
 
     # --- the cluster's endpoints ----------------------------------------------------
-    def _api_endpoint(self) -> str | None:
-        """What followers, workers and the orchestrator use: the VIP, else the leader's address."""
+    def _api_address(self) -> str | None:
+        """Where the orchestrator reaches the API: the VIP, else the first master's address."""
         cp = self.spec.control_plane
         if cp.vip is not None:
             return f"{cp.vip}:{cp.port}"
         masters = [n for n in self._pool_nodes(self.spec.master_pool.name) if n.ip]
         return f"{masters[0].ip}:{cp.port}" if masters else None
 
+    def _api_endpoint(self) -> str | None:
+        """What followers, workers and users use: the DNS name if given, else the API address."""
+        cp = self.spec.control_plane
+        if cp.dns_name is not None:
+            return f"{cp.dns_name}:{cp.port}"
+        return self._api_address()
+
     def _kube_access(self) -> KubeAccess:
-        endpoint = self._api_endpoint()
+        endpoint = self._api_address()
         if endpoint is None or self._pki is None:
             raise ApplicationError("the cluster has no reachable API endpoint yet", non_retryable=True)
         return KubeAccess(
@@ -159,6 +166,7 @@ class ClusterCore:
             pod_cidr=str(spec.network.pod_cidr),
             service_cidr=str(spec.network.service_cidr),
             ssh_authorized_keys=spec.ssh_authorized_keys,
+            api_server_cert_sans=spec.control_plane.cert_sans,
         )
         try:
             result = await workflow.execute_child_workflow(
