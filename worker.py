@@ -20,6 +20,7 @@ from activities import pki as pki_activities
 from activities.commands import ClusterCommandActivities
 from activities.preflight import PreflightActivities
 from activities.vms import VSphereActivities
+from activities.vrrp import VrrpActivities
 from pki.node_tokens import NodeTokenSigner, load_signing_key
 from runtime import logs, temporal
 from settings import NodeApiSettings, TemporalSettings, VCenterSettings, load
@@ -42,6 +43,7 @@ def build_worker(
     max_concurrent_activities: int = MAX_CONCURRENT_ACTIVITIES,
 ) -> Worker:
     commands = ClusterCommandActivities(client)
+    vrrp = VrrpActivities(client)
     return Worker(
         client,
         task_queue=task_queue,
@@ -55,6 +57,7 @@ def build_worker(
             kube_activities.wait_for_kube_node_ready,
             commands.run_cluster_update,
             commands.delete_cluster_schedules,
+            vrrp.vrrp_router_ids_in_use,
             vsphere.ensure_vm,
             vsphere.configure_vm,
             vsphere.power_on_vm,

@@ -39,5 +39,4 @@ class VrrpActivities:
             services = status.services
             if services and services.vrrp_router_id and services.network == input.network:
                 taken[services.vrrp_router_id] = cluster
-        activity.heartbeat()
         return RouterIdsInUse(taken=taken)

@@ -28,6 +28,7 @@ class ClusterState(BaseModel):
     generations: dict[str, int] = Field(default_factory=dict)
     orphans_seen: dict[str, datetime] = Field(default_factory=dict)
     last_reconcile: ReconcileReport | None = None
+    vrrp_router_id: int | None = None
 
 
 class ClusterWorkflowInput(BaseModel):

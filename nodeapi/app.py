@@ -47,6 +47,7 @@ class MasterBootstrap(BaseModel):
 
     pki: ClusterPKI
     api_endpoint: str | None
+    vip: str | None = None
     keepalived_conf: str | None
 
 
@@ -199,7 +200,9 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
                 password=material.pki.vrrp_password.get_secret_value(),
             )
         log.info("nodeapi.bootstrap_served")
-        body = MasterBootstrap(pki=material.pki, api_endpoint=material.api_endpoint, keepalived_conf=conf)
+        body = MasterBootstrap(
+            pki=material.pki, api_endpoint=material.api_endpoint, vip=material.vip, keepalived_conf=conf
+        )
         return JSONResponse(body.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
     @app.get(

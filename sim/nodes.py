@@ -278,12 +278,16 @@ class SimulatedNodes:
         if kube is None:
             kube = StandInKubeAPI(ca["cert_pem"], ca["key_pem"])
         hosts = [ip]
-        endpoint = material.get("api_endpoint")
-        if endpoint and endpoint.rpartition(":")[0] != ip:
-            hosts.append(endpoint.rpartition(":")[0])
+        vip = material.get("vip")
+        if vip and vip != ip:
+            hosts.append(vip)
         for host in hosts:
             await kube.serve(host)
             self.kube_apis[f"{host}:{PORT}"] = kube
+        endpoint = material.get("api_endpoint")
+        if endpoint and endpoint not in self.kube_apis:
+            # A DNS name: the simulated network resolves it to the VIP (or the leader).
+            self.kube_apis[endpoint] = kube
         self.cluster_apis[cluster] = kube
         return kube
 

@@ -114,6 +114,36 @@ BAD_SPECS = [
         "",
         "pattern",
     ),
+    (
+        "DNS name with capitals",
+        with_changes(control_plane={"vip": "127.0.10.1", "dns_name": "API.example.com"}),
+        "control_plane.dns_name",
+        "'API.example.com' is not a DNS name",
+    ),
+    (
+        "DNS name label too long",
+        with_changes(control_plane={"vip": "127.0.10.1", "dns_name": "a" * 64 + ".example.com"}),
+        "control_plane.dns_name",
+        "is not a DNS name",
+    ),
+    (
+        "VRRP router id 0",
+        with_changes(control_plane={"vip": "127.0.10.1", "vrrp_router_id": 0}),
+        "control_plane.vrrp_router_id",
+        "greater than or equal to 1",
+    ),
+    (
+        "VRRP router id 256",
+        with_changes(control_plane={"vip": "127.0.10.1", "vrrp_router_id": 256}),
+        "control_plane.vrrp_router_id",
+        "less than or equal to 255",
+    ),
+    (
+        "VRRP router id without a VIP",
+        pools({**MASTER, "count": 1}, WORKER) | {"control_plane": {"vrrp_router_id": 7}},
+        "control_plane",
+        "control_plane.vrrp_router_id configures keepalived, which runs only with control_plane.vip",
+    ),
 ]
 
 

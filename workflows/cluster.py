@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -52,6 +52,8 @@ with workflow.unsafe.imports_passed_through():
         NodeLookupResult,
         PreflightInput,
         PreflightResult,
+        RouterIdsInput,
+        RouterIdsInUse,
     )
     from models.pki import BootstrapToken, ClusterPKI
     from models.spec import ClusterSpec, NodeRole, validation_problems
@@ -95,6 +97,7 @@ DELETE_UPDATE = "delete"
 PATCH_RECONCILE_LOOP = "reconcile-loop"
 PATCH_TOKENS_IN_CLUSTER = "join-tokens-installed-in-cluster"
 PATCH_PREFLIGHT = "preflight-before-create"
+PATCH_VRRP_ROUTER_ID = "vrrp-router-id-checked"
 
 __all__ = ["ClusterWorkflow", "failure_reason"]
 
@@ -216,9 +219,26 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
                 retry_policy=VSPHERE_RETRY,
             )
         except ActivityError as err:
-            self._phase = ClusterPhase.FAILED
-            self._error = failure_reason(err)
-            raise ApplicationError(self._error, type="PreflightFailed", non_retryable=True) from None
+            self._fail_preflight(failure_reason(err))
+        if spec.control_plane.vip is not None and workflow.patched(PATCH_VRRP_ROUTER_ID):
+            in_use = await workflow.execute_activity(
+                "vrrp_router_ids_in_use",
+                RouterIdsInput(cluster=spec.name, network=spec.vsphere.network),
+                result_type=RouterIdsInUse,
+                start_to_close_timeout=LOCAL_WORK_TIMEOUT,
+                retry_policy=LOCAL_WORK_RETRY,
+            )
+            try:
+                self._vrrp_router_id = keepalived.choose_router_id(
+                    self.uid, spec.control_plane.vrrp_router_id, in_use.taken
+                )
+            except keepalived.RouterIdTaken as exc:
+                self._fail_preflight(f"preflight found 1 problem: {exc}")
+
+    def _fail_preflight(self, reason: str) -> NoReturn:
+        self._phase = ClusterPhase.FAILED
+        self._error = reason
+        raise ApplicationError(reason, type="PreflightFailed", non_retryable=True)
 
     def _plan(self, spec: ClusterSpec) -> None:
         """Every node's identity, recorded before any VM is cloned."""
@@ -273,7 +293,7 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
             pki=self._pki,
             api_endpoint=self._api_endpoint(),
             vip=str(cp.vip) if cp.vip else None,
-            vrrp_router_id=keepalived.router_id(self.uid),
+            vrrp_router_id=self._router_id(),
             vrrp_interface=cp.interface,
             vrrp_priority=keepalived.priority(node.identity.index),
             kind=node.identity.kind.value,

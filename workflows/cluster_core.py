@@ -17,6 +17,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from bootstrap import keepalived
     from models.messages import (
         ClusterState,
         FindClusterVmsResult,
@@ -28,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from models.spec import ClusterSpec, NodePoolSpec, NodeRole
     from models.state import (
         ClusterPhase,
+        ClusterServices,
         ClusterStatus,
         NodeIdentity,
         NodeKind,
@@ -67,6 +69,8 @@ class ClusterCore:
         self._generations: dict[str, int] = {}
         self._orphans_seen: dict[str, datetime] = {}
         self._last_reconcile: ReconcileReport | None = None
+        # Chosen at preflight, unique among the clusters on the network (None: older clusters).
+        self._vrrp_router_id: int | None = None
         # One command at a time; delete cancels the one running.
         self._op_lock = asyncio.Lock()
         self._operation: str | None = None
@@ -258,6 +262,22 @@ class ClusterCore:
             pools={p.name: p.count for p in self.spec.pools},
             operation=self._operation,
             last_reconcile=self._last_reconcile,
+            services=self._services() if self._uid else None,
+        )
+
+    def _router_id(self) -> int:
+        """This cluster's VRRP router id: chosen at preflight, or (clusters created
+        before that check) derived from the cluster uid."""
+        return self._vrrp_router_id or keepalived.router_id(self.uid)
+
+    def _services(self) -> ClusterServices:
+        cp = self.spec.control_plane
+        return ClusterServices(
+            api_endpoint=self._api_endpoint(),
+            vip=str(cp.vip) if cp.vip else None,
+            dns_name=cp.dns_name,
+            vrrp_router_id=self._router_id() if cp.vip else None,
+            network=self.spec.vsphere.network,
         )
 
     def _state(self) -> ClusterState:
@@ -274,6 +294,7 @@ class ClusterCore:
             generations=self._generations,
             orphans_seen=self._orphans_seen,
             last_reconcile=self._last_reconcile,
+            vrrp_router_id=self._vrrp_router_id,
         )
 
     def _restore(self, state: ClusterState) -> None:
@@ -288,3 +309,4 @@ class ClusterCore:
         self._generations = dict(state.generations) or {n: 0 for n in self._nodes}
         self._orphans_seen = dict(state.orphans_seen)
         self._last_reconcile = state.last_reconcile
+        self._vrrp_router_id = state.vrrp_router_id

@@ -1,0 +1,95 @@
+"""The control-plane endpoint on the simulated data center: a DNS name that nodes
+join through and that the API server certificate carries, and VRRP router ids
+that never repeat among the clusters on one network."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import shlex
+
+from activities.vrrp import VrrpActivities
+from bootstrap import cloudinit
+from models.messages import RouterIdsInput
+from models.state import ClusterPhase, NodePhase
+from sim import vcenter
+from starter import clusters
+from tests.clusters import wait_until_settled
+from tests.conftest import Stack, cluster_spec, unique, unique_vip
+from tests.harness import vms_of_cluster
+
+
+def install_args(stack: Stack, cluster: str, node: str) -> list[str]:
+    """The ``pke install`` arguments in the node's guestinfo userdata."""
+    extra = vms_of_cluster(stack.sim, cluster)[node]["extra"]
+    config = cloudinit.parse(gzip.decompress(base64.b64decode(extra["guestinfo.userdata"])).decode())
+    script = cloudinit.written_file(config, cloudinit.SCRIPT_FILE)
+    return shlex.split(next(line for line in script.splitlines() if line.startswith("pke install ")))
+
+
+async def test_nodes_join_through_the_dns_name_which_the_api_certificate_carries(stack: Stack) -> None:
+    name = unique("dns")
+    vip, dns_name = unique_vip(), f"api.{name}.example.com"
+    spec = cluster_spec(name, masters=3, workers=1, control_plane={"vip": vip, "dns_name": dns_name})
+    await clusters.create(stack.client, spec, stack.task_queue)
+    status = await wait_until_settled(stack, name)
+
+    assert status.phase is ClusterPhase.READY, status.error
+    assert all(n.phase is NodePhase.READY for n in status.nodes)
+    assert status.services is not None
+    assert status.services.api_endpoint == f"{dns_name}:6443"
+    assert (status.services.vip, status.services.dns_name) == (vip, dns_name)
+    for master in (f"{name}-master-01", f"{name}-master-02"):
+        args = install_args(stack, name, master)
+        assert f"--kubernetes-api-server-cert-sans={vip}" in args
+        assert f"--kubernetes-api-server-cert-sans={dns_name}" in args
+    # Followers and workers joined the API at the name they were given.
+    joined = [
+        e for n in status.nodes if n.identity.kind.value != "leader" for e in stack.nodes.nodes[n.name].events
+    ]
+    assert sum(1 for _, event in joined if event == "reported-joined") == 3
+
+
+async def test_a_vrrp_router_id_in_use_on_the_network_is_refused_before_anything_exists(stack: Stack) -> None:
+    in_use = await VrrpActivities(stack.client).vrrp_router_ids_in_use(
+        RouterIdsInput(cluster="-", network=vcenter.NETWORK)
+    )
+    router_id = max(set(range(1, 256)) - set(in_use.taken))
+    first, second = unique("vrrp-a"), unique("vrrp-b")
+    spec = cluster_spec(
+        first, masters=1, workers=0, control_plane={"vip": unique_vip(), "vrrp_router_id": router_id}
+    )
+    await clusters.create(stack.client, spec, stack.task_queue)
+    status = await wait_until_settled(stack, first)
+    assert status.phase is ClusterPhase.READY, status.error
+    assert status.services is not None and status.services.vrrp_router_id == router_id
+
+    taken = cluster_spec(
+        second, masters=1, workers=0, control_plane={"vip": unique_vip(), "vrrp_router_id": router_id}
+    )
+    await clusters.create(stack.client, taken, stack.task_queue)
+    refused = await wait_until_settled(stack, second)
+
+    assert refused.phase is ClusterPhase.FAILED
+    assert refused.error == (
+        f"preflight found 1 problem: control_plane.vrrp_router_id {router_id} is already used by "
+        f"cluster {first!r} on the same network; choose another id (1-255)"
+    )
+    assert vms_of_cluster(stack.sim, second) == {}
+
+
+async def test_without_a_router_id_each_cluster_gets_one_no_other_uses(stack: Stack) -> None:
+    names = [unique("vrrp-auto"), unique("vrrp-auto")]
+    for name in names:
+        spec = cluster_spec(name, masters=1, workers=0, control_plane={"vip": unique_vip()})
+        await clusters.create(stack.client, spec, stack.task_queue)
+    ids = []
+    for name in names:
+        status = await wait_until_settled(stack, name)
+        assert status.phase is ClusterPhase.READY, status.error
+        assert status.services is not None and status.services.vrrp_router_id is not None
+        ids.append(status.services.vrrp_router_id)
+    in_use = await VrrpActivities(stack.client).vrrp_router_ids_in_use(
+        RouterIdsInput(cluster="-", network=vcenter.NETWORK)
+    )
+    assert [in_use.taken[i] for i in ids] == names  # each id belongs to exactly its cluster
