@@ -14,7 +14,7 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from models.state import ClusterPhase, ClusterStatus, NodePhase
+from models.state import ClusterPhase, ClusterServices, ClusterStatus, NodePhase
 from starter import clusters
 
 # Pipes and CI logs get long lines rather than tables folded at 80 columns.
@@ -47,7 +47,10 @@ def render(status: ClusterStatus) -> Group:
         f"  api {status.api_endpoint or '-'}  pools {pools or '-'}",
         (f"  running: {status.operation}" if status.operation else "", "cyan"),
     )
-    parts: list[Text | Table] = [head, table]
+    parts: list[Text | Table] = [head]
+    if status.services is not None:
+        parts.append(services_line(status.services))
+    parts.append(table)
     if status.last_reconcile and status.last_reconcile.drift:
         report = status.last_reconcile
         parts.append(
@@ -62,6 +65,16 @@ def render(status: ClusterStatus) -> Group:
     if status.error:
         parts.append(Text(f"error: {status.error}", style="bold red"))
     return Group(*parts)
+
+
+def services_line(services: ClusterServices) -> Text:
+    """What the cluster provides in place of a cloud's, on one line."""
+    items = [f"endpoint {services.api_endpoint or '-'}"]
+    if services.vip:
+        items.append(f"VIP {services.vip} (keepalived, VRRP router id {services.vrrp_router_id})")
+    if services.dns_name:
+        items.append(f"DNS name {services.dns_name}")
+    return Text("  services: " + "; ".join(items), style="dim")
 
 
 def settled(status: ClusterStatus) -> bool:
