@@ -24,6 +24,7 @@ from activities.vrrp import VrrpActivities
 from pki.node_tokens import NodeTokenSigner, load_signing_key
 from runtime import logs, temporal
 from settings import NodeApiSettings, TemporalSettings, VCenterSettings, load
+from settings.credentials import StorageCredentials
 from vsphere.session import VCenterSession
 from workflows.cluster import ClusterWorkflow
 from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
@@ -41,6 +42,7 @@ def build_worker(
     vsphere: VSphereActivities,
     executor: ThreadPoolExecutor,
     max_concurrent_activities: int = MAX_CONCURRENT_ACTIVITIES,
+    storage_credentials: StorageCredentials | None = None,
 ) -> Worker:
     commands = ClusterCommandActivities(client)
     vrrp = VrrpActivities(client)
@@ -64,7 +66,7 @@ def build_worker(
             vsphere.wait_for_vm_ip,
             vsphere.find_cluster_vms,
             vsphere.destroy_vm,
-            PreflightActivities(vsphere.session).preflight,
+            PreflightActivities(vsphere.session, storage_credentials).preflight,
         ],
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
@@ -88,12 +90,15 @@ async def run(settings_file: str | None = None) -> None:
     temporal_settings = load(TemporalSettings, settings_file)
     vcenter = load(VCenterSettings, settings_file)
     node_api = load(NodeApiSettings, settings_file)
+    storage = StorageCredentials.from_settings(settings_file)
     client = await temporal.connect(temporal_settings)
     if temporal_settings.payload_keys_file is None:
         log.warning("payloads.unencrypted", hint="set PKE_VSPHERE_PAYLOAD_KEYS_FILE")
     vsphere = build_vsphere_activities(vcenter, node_api)
     with ThreadPoolExecutor(MAX_CONCURRENT_ACTIVITIES, thread_name_prefix="activity") as executor:
-        worker = build_worker(client, temporal_settings.temporal_task_queue, vsphere, executor)
+        worker = build_worker(
+            client, temporal_settings.temporal_task_queue, vsphere, executor, storage_credentials=storage
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.shutdown()))

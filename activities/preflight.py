@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from models.messages import PreflightInput, PreflightResult
-from vsphere import inventory
+from models.messages import PreflightInput, PreflightResult, StorageTarget
+from settings.credentials import StorageCredentials
+from vsphere import inventory, properties
 from vsphere.errors import PermanentError, as_activity_errors
 from vsphere.session import VCenterSession
 
@@ -30,18 +32,24 @@ def vip_answers(vip: str, port: int) -> bool:
 
 
 class PreflightActivities:
-    def __init__(self, session: VCenterSession) -> None:
+    def __init__(self, session: VCenterSession, credentials: StorageCredentials | None = None) -> None:
         self._session = session
+        self._credentials = credentials or StorageCredentials()
 
     @activity.defn(name="preflight")
     def preflight(self, input: PreflightInput) -> PreflightResult:
         problems: list[str] = []
 
+        target: StorageTarget | None = None
+
         def placement(si: Any) -> None:
+            nonlocal target
             try:
                 inventory.resolve(si, input.placement)
             except PermanentError as exc:
                 problems.extend(str(exc).split("; "))
+            if input.storage is not None:
+                target = self.check_storage(si, input, problems)
 
         with as_activity_errors(f"preflight of cluster {input.cluster}"):
             self._session.run(placement)
@@ -60,4 +68,42 @@ class PreflightActivities:
         checked = ["datacenter", "template", "folder", "compute", "storage"]
         checked += ["network"] if input.placement.network else []
         checked += ["vip"] if input.vip else []
-        return PreflightResult(checked=checked)
+        checked += ["storage credential"] if input.storage else []
+        return PreflightResult(checked=checked, storage_target=target)
+
+    def check_storage(self, si: Any, input: PreflightInput, problems: list[str]) -> StorageTarget:
+        """The storage account exists and is not ours; the StorageClass's datastore exists."""
+        storage = input.storage
+        assert storage is not None
+        settings = self._session.settings
+        account = self._credentials.get(storage.credential)
+        if account is None:
+            held = ", ".join(self._credentials.names()) or "none"
+            problems.append(
+                f"storage.credential: the orchestrator holds no account {storage.credential!r} "
+                f"(it holds: {held}); add it to PKE_VSPHERE_STORAGE_CREDENTIALS_FILE"
+            )
+        elif account.username == settings.vcenter_username:
+            problems.append(
+                f"storage.credential: {storage.credential!r} is the orchestrator's own vCenter account; "
+                "give the CSI driver an account of its own with only the storage privileges"
+            )
+        datastore_url = None
+        if storage.datastore is not None:
+            path = f"{input.placement.datacenter}/datastore/{storage.datastore}"
+            found = inventory.find_path(si, path)
+            url = properties.read(si, found, ["summary.url"]).get("summary.url") if found else None
+            if url is None:
+                problems.append(
+                    f"storage.datastore: no datastore {storage.datastore!r} in {path.rsplit('/', 1)[0]}"
+                )
+            datastore_url = url
+        endpoint = urlsplit(settings.vcenter_url)
+        return StorageTarget(
+            vcenter_host=endpoint.hostname or "",
+            vcenter_port=endpoint.port or (443 if endpoint.scheme != "http" else 80),
+            datacenter=input.placement.datacenter,
+            thumbprint=settings.vcenter_thumbprint,
+            insecure=settings.vcenter_insecure,
+            datastore_url=datastore_url,
+        )

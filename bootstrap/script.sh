@@ -55,6 +55,23 @@ fi
 pke install __PKE_INSTALL_ARGS__
 
 if [ "$PKE_VSPHERE_KIND" = leader ]; then
+  # Add-ons (MetalLB, the vSphere CSI driver): each release's own manifests, then
+  # the objects the node API made for this cluster (the CSI Secret among them).
+  export KUBECONFIG=/etc/kubernetes/admin.conf
+  addons_file="$(umask 077; mktemp)"
+  api GET /v1/nodes/self/addons > "$addons_file"
+  python3 - "$addons_file" <<'PY'
+import json, subprocess, sys
+for addon in json.load(open(sys.argv[1]))["addons"]:
+    kubectl = ["kubectl", "--request-timeout=60s"]
+    subprocess.run([*kubectl, "apply", "-f", addon["install_url"]], check=True)
+    subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=300s"], check=True)
+    if addon["wait_for_release"]:
+        subprocess.run([*kubectl, "-n", addon["namespace"], "wait", "--for=condition=Available",
+                        "deployment", "--all", "--timeout=600s"], check=True)
+    subprocess.run([*kubectl, "apply", "-f", "-"], input=addon["manifest"].encode(), check=True)
+PY
+  rm -f "$addons_file"
   api POST /v1/nodes/self/report '{"kind":"ready"}'
 else
   api POST /v1/nodes/self/report '{"kind":"joined"}'

@@ -9,11 +9,22 @@ from pydantic import BaseModel, Field
 
 from models.pki import BootstrapToken, ClusterPKI
 from models.secret import Secret
-from models.spec import ClusterSpec, Timeouts, VSpherePlacement
+from models.spec import ClusterSpec, LoadBalancerSpec, StorageSpec, Timeouts, VSpherePlacement
 from models.state import ClusterPhase, NodeIdentity, NodeState, ReconcileReport
 
 
 # --- cluster workflow -------------------------------------------------------
+class StorageTarget(BaseModel):
+    """Where the cluster's CSI driver connects and provisions (no secrets)."""
+
+    vcenter_host: str
+    vcenter_port: int
+    datacenter: str
+    thumbprint: str | None = None
+    insecure: bool = False
+    datastore_url: str | None = None
+
+
 class ClusterState(BaseModel):
     """What the cluster workflow carries across continue-as-new."""
 
@@ -29,6 +40,7 @@ class ClusterState(BaseModel):
     orphans_seen: dict[str, datetime] = Field(default_factory=dict)
     last_reconcile: ReconcileReport | None = None
     vrrp_router_id: int | None = None
+    storage_target: StorageTarget | None = None
 
 
 class ClusterWorkflowInput(BaseModel):
@@ -69,6 +81,8 @@ class NodeWorkflowInput(BaseModel):
     memory_mb: int
     bootstrap: NodeBootstrapSettings
     timeouts: Timeouts
+    load_balancer: LoadBalancerSpec | None = None
+    """MetalLB's addresses: a node must not get one of them."""
 
 
 class NodeResult(BaseModel):
@@ -119,6 +133,10 @@ class BootstrapMaterial(BaseModel):
     vrrp_interface: str | None  # None: the node finds it at boot
     vrrp_priority: int
     kind: str
+    cluster_uid: str = ""
+    load_balancer: LoadBalancerSpec | None = None
+    storage: StorageSpec | None = None
+    storage_target: StorageTarget | None = None
 
 
 class NodeLookup(BaseModel):
@@ -273,6 +291,7 @@ class PreflightInput(BaseModel):
     placement: VSpherePlacement
     vip: str | None = None
     api_port: int = 6443
+    storage: StorageSpec | None = None
 
 
 class RouterIdsInput(BaseModel):
@@ -289,3 +308,4 @@ class RouterIdsInUse(BaseModel):
 
 class PreflightResult(BaseModel):
     checked: list[str] = Field(default_factory=list)
+    storage_target: StorageTarget | None = None

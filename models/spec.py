@@ -181,6 +181,85 @@ class KubernetesNetwork(_Strict):
         return self
 
 
+AddressRange = tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]
+
+
+def parse_address_range(value: str) -> AddressRange:
+    """``10.0.0.50-10.0.0.99`` or ``10.0.0.64/27`` as (first, last) address."""
+    if "-" in value:
+        first, _, last = value.partition("-")
+        start, end = ipaddress.IPv4Address(first.strip()), ipaddress.IPv4Address(last.strip())
+        if start > end:
+            raise ValueError("the range ends before it starts")
+        return start, end
+    network = ipaddress.IPv4Network(value, strict=True)
+    return network.network_address, network.broadcast_address
+
+
+class LoadBalancerSpec(_Strict):
+    """MetalLB in layer-2 mode: the addresses Services of type LoadBalancer get."""
+
+    addresses: list[str] = Field(
+        min_length=1,
+        max_length=32,
+        description="IPv4 ranges ('10.0.0.50-10.0.0.99') or CIDRs ('10.0.0.64/27') MetalLB hands out.",
+    )
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, values: list[str]) -> list[str]:
+        ranges: list[tuple[str, AddressRange]] = []
+        for value in values:
+            try:
+                current = parse_address_range(value)
+            except ValueError as exc:
+                raise ValueError(
+                    f"load_balancer.addresses: {value!r} is not an IPv4 range 'A-B' or a CIDR ({exc})"
+                ) from None
+            for other, (start, end) in ranges:
+                if current[0] <= end and start <= current[1]:
+                    raise ValueError(f"load_balancer.addresses: {value!r} overlaps {other!r}")
+            ranges.append((value, current))
+        return values
+
+    def ranges(self) -> list[AddressRange]:
+        return [parse_address_range(value) for value in self.addresses]
+
+    def containing(self, address: ipaddress.IPv4Address | str) -> str | None:
+        """The entry that contains ``address``, if any."""
+        ip = ipaddress.IPv4Address(str(address))
+        for value, (start, end) in zip(self.addresses, self.ranges(), strict=True):
+            if start <= ip <= end:
+                return value
+        return None
+
+
+class StorageSpec(_Strict):
+    """The vSphere CSI driver and a StorageClass for PersistentVolumes."""
+
+    credential: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description=(
+            "Name of a vSphere account for the CSI driver, held by the orchestrator "
+            "(see PKE_VSPHERE_STORAGE_CREDENTIALS_FILE); never the orchestrator's own account."
+        ),
+    )
+    datastore: str | None = Field(default=None, description="Datastore the StorageClass provisions on.")
+    storage_policy: str | None = Field(default=None, description="vSphere storage policy name instead.")
+    class_name: str = Field(
+        default="vsphere",
+        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="Name of the StorageClass.",
+    )
+    default_class: bool = Field(default=True, description="Make it the cluster's default StorageClass.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        if (self.datastore is None) == (self.storage_policy is None):
+            raise ValueError("storage: give exactly one of datastore and storage_policy")
+        return self
+
+
 Seconds = Annotated[int, Field(ge=5, le=24 * 3600)]
 
 
@@ -233,6 +312,10 @@ class ClusterSpec(_Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     reconcile: ReconcilePolicy = Field(default_factory=ReconcilePolicy)
     drain: DrainPolicy = Field(default_factory=DrainPolicy)
+    load_balancer: LoadBalancerSpec | None = Field(
+        default=None, description="MetalLB address ranges for Services of type LoadBalancer."
+    )
+    storage: StorageSpec | None = Field(default=None, description="vSphere CSI storage.")
 
     @field_validator("name")
     @classmethod
@@ -278,7 +361,21 @@ class ClusterSpec(_Strict):
             ):
                 if vip in net:
                     raise ValueError(f"control_plane.vip {vip} lies inside network.{label} {net}")
+        if self.load_balancer is not None:
+            self._check_load_balancer(self.load_balancer)
         return self
+
+    def _check_load_balancer(self, lb: LoadBalancerSpec) -> None:
+        vip = self.control_plane.vip
+        if vip is not None and (entry := lb.containing(vip)) is not None:
+            raise ValueError(
+                f"load_balancer.addresses: {entry!r} contains control_plane.vip {vip}; "
+                "MetalLB would hand the API's address to a Service"
+            )
+        for label, net in (("pod_cidr", self.network.pod_cidr), ("service_cidr", self.network.service_cidr)):
+            for value, (start, end) in zip(lb.addresses, lb.ranges(), strict=True):
+                if start <= net.broadcast_address and net.network_address <= end:
+                    raise ValueError(f"load_balancer.addresses: {value!r} overlaps network.{label} {net}")
 
     @property
     def master_pool(self) -> NodePoolSpec:

@@ -114,6 +114,10 @@ class ClusterServices(BaseModel):
     vrrp_router_id: int | None = None
     network: str | None = None
     """The port group the nodes (and the VRRP instance) are on."""
+    load_balancer_addresses: list[str] = Field(default_factory=list)
+    """MetalLB's address ranges for Services of type LoadBalancer."""
+    storage_class: str | None = None
+    storage_class_default: bool = False
 
 
 class ClusterStatus(BaseModel):

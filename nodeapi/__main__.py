@@ -11,14 +11,16 @@ from nodeapi.app import create_app
 from pki.node_tokens import NodeTokenVerifier, load_signing_key
 from runtime import logs, temporal
 from settings import NodeApiSettings, TemporalSettings, load
+from settings.credentials import StorageCredentials
 
 
 async def serve(settings_file: str | None) -> None:
     node_api = load(NodeApiSettings, settings_file)
     client = await temporal.connect(load(TemporalSettings, settings_file))
     verifier = NodeTokenVerifier(load_signing_key(node_api.node_token_key_file).public_key())
+    storage = StorageCredentials.from_settings(settings_file)
     config = uvicorn.Config(
-        create_app(client, verifier),
+        create_app(client, verifier, storage),
         host=node_api.node_api_listen_host,
         port=node_api.node_api_listen_port,
         log_config=None,

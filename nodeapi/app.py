@@ -22,6 +22,8 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from addons import bundle as addon_bundle
+from addons.bundle import AddonBundle
 from bootstrap import keepalived
 from models.messages import (
     BootstrapMaterial,
@@ -35,6 +37,7 @@ from models.pki import ClusterPKI
 from models.state import NodeKind
 from nodeapi.auth import RETRY_AFTER_SECONDS, AuthenticatedNode, authenticate, bearer_scheme, unavailable
 from pki.node_tokens import NodeTokenVerifier
+from settings.credentials import StorageCredentials
 from workflows import ids
 from workflows.cluster import BOOTSTRAP_QUERY, JOIN_UPDATE
 from workflows.node import REPORT_SIGNAL
@@ -132,7 +135,10 @@ def _returned_secrets_are_not_write_only(schema: dict[str, Any]) -> dict[str, An
     return schema
 
 
-def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
+def create_app(
+    client: Client, verifier: NodeTokenVerifier, credentials: StorageCredentials | None = None
+) -> FastAPI:
+    storage_accounts = credentials or StorageCredentials()
     app = FastAPI(
         title="pke-vsphere node API",
         version="1",
@@ -204,6 +210,43 @@ def create_app(client: Client, verifier: NodeTokenVerifier) -> FastAPI:
             pki=material.pki, api_endpoint=material.api_endpoint, vip=material.vip, keepalived_conf=conf
         )
         return JSONResponse(body.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
+
+    @app.get(
+        "/v1/nodes/self/addons",
+        response_model=AddonBundle,
+        summary="What the leader applies after install: MetalLB's configuration, the CSI Secret "
+        "and StorageClass",
+        responses={
+            status.HTTP_200_OK: {"headers": _NO_STORE},
+            **_UNAUTHORIZED,
+            status.HTTP_403_FORBIDDEN: {"model": Problem, "description": "Only the leader applies add-ons."},
+            status.HTTP_409_CONFLICT: {
+                "model": Problem,
+                "description": "The cluster cannot hand out its add-ons now; `detail` says why.",
+                "headers": _RETRY_AFTER,
+            },
+            **_UNAVAILABLE,
+        },
+    )
+    async def addons(node: Node) -> JSONResponse:
+        if node.claims.kind is not NodeKind.LEADER:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "only the leader applies the cluster's add-ons")
+        try:
+            material = await cluster(node).query(
+                BOOTSTRAP_QUERY,
+                BootstrapMaterialRequest(node=node.claims.node),
+                result_type=BootstrapMaterial,
+            )
+        except WorkflowQueryFailedError as exc:
+            return _retry_later(status.HTTP_409_CONFLICT, exc.message)
+        except (RPCError, RPCTimeoutOrCancelledError) as exc:
+            raise _unavailable(exc) from None
+        try:
+            bundle = addon_bundle.build(node.claims.cluster, material, storage_accounts)
+        except addon_bundle.MissingCredential as exc:
+            return _retry_later(status.HTTP_409_CONFLICT, str(exc))
+        log.info("nodeapi.addons_served", addons=[a.name for a in bundle.addons])
+        return JSONResponse(bundle.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
     @app.get(
         "/v1/nodes/self/join",

@@ -53,6 +53,9 @@ class ClusterObjects:
     secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
     protected: set[str] = field(default_factory=set)  # "ns/name" a PDB holds
     calls: list[Call] = field(default_factory=list)
+    # What the leader applied after install (add-ons), by (kind, "ns/name").
+    applied: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    installed: list[str] = field(default_factory=list)  # release manifests the leader applied
 
 
 def _status(code: int, reason: str, message: str) -> JSONResponse:
@@ -176,6 +179,25 @@ class StandInKubeAPI:
     @property
     def addresses(self) -> list[str]:
         return list(self._servers)
+
+    def apply(self, manifest: str) -> list[tuple[str, str]]:
+        """``kubectl apply -f -`` of the leader's add-on manifests, in process: each
+        document goes through lightkube's models (unknown kinds as generic
+        resources), as a real client would send it; returns what was stored."""
+        from lightkube import codecs
+
+        from addons import metallb
+
+        metallb.register_models()
+        stored = []
+        for obj in codecs.load_all_yaml(manifest, create_resources_for_crds=True):
+            data = obj.to_dict()
+            meta = data["metadata"]
+            key = (data["kind"], f"{meta.get('namespace', '')}/{meta['name']}")
+            self.objects.applied[key] = data
+            self.objects.calls.append(Call(time.time(), "apply", data["kind"], meta["name"]))
+            stored.append(key)
+        return stored
 
     async def serve(self, host: str) -> None:
         """Serve on ``host:6443`` (idempotent), with a certificate naming every address."""

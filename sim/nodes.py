@@ -232,6 +232,7 @@ class SimulatedNodes:
             if kind == "leader":
                 kube = await self._start_api(env["PKE_VSPHERE_CLUSTER"], ip, material)
                 kube.register_node(name, pool, kind, pods=0)
+                await self._apply_addons(api, kube, node)
                 self._bootstrapped.add(uuid)
                 await self._post(api, {"kind": "ready"})
                 node.events.append((time.time(), "reported-ready"))
@@ -296,6 +297,21 @@ class SimulatedNodes:
             await kube.stop()
         self.kube_apis.clear()
         self.cluster_apis.clear()
+
+    @property
+    def ip_prefix(self) -> str:
+        """The 127.N prefix this agent's guests get their addresses from."""
+        return self._ip_prefix
+
+    async def _apply_addons(self, api: httpx.AsyncClient, kube: StandInKubeAPI, node: BootedNode) -> None:
+        """What the bootstrap script does after `pke install` on the leader: install each
+        add-on's release, then apply the objects the node API made for this cluster."""
+        response = await api.get("/v1/nodes/self/addons")
+        response.raise_for_status()
+        for addon in response.json()["addons"]:
+            kube.objects.installed.append(addon["install_url"])
+            kube.apply(addon["manifest"])
+            node.events.append((time.time(), f"addon-applied:{addon['name']}@{addon['version']}"))
 
     async def _wait_for_join(self, api: httpx.AsyncClient) -> dict[str, Any]:
         while True:

@@ -30,7 +30,7 @@ from runtime.temporal import data_converter
 from settings import VCenterSettings
 from sim import vcenter
 from sim.nodes import SimulatedNodes
-from tests.harness import STATE_DIR, serve_node_api, temporal_cli
+from tests.harness import STATE_DIR, STORAGE_ACCOUNTS, serve_node_api, temporal_cli
 from vsphere.session import VCenterSession
 
 logs.configure(level=os.environ.get("PKE_VSPHERE_LOG_LEVEL", "WARNING"))
@@ -128,7 +128,9 @@ async def stack(
     )
     task_queue = f"tests-{uuid.uuid4()}"
     with ThreadPoolExecutor(64) as executor:
-        w = worker_module.build_worker(client, task_queue, vsphere, executor, 64)
+        w = worker_module.build_worker(
+            client, task_queue, vsphere, executor, 64, storage_credentials=STORAGE_ACCOUNTS
+        )
         async with w:
             yield Stack(client, task_queue, vsphere, vcsim, sim_nodes, node_api_url)
 

@@ -12,14 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from pydantic import SecretStr
 from temporalio.client import Client
 
 from nodeapi.app import create_app
 from pki.node_tokens import NodeTokenVerifier, load_signing_key
 from runtime.binaries import temporal_binary
+from settings.credentials import StorageCredential, StorageCredentials
 from sim.vcenter import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
+# The storage accounts the test orchestrator holds (worker and node API alike).
+STORAGE_PASSWORD = "csi-Storage-Secret-7f3a"
+STORAGE_ACCOUNTS = StorageCredentials(
+    {"csi-test": StorageCredential(username="k8s-csi@vsphere.local", password=SecretStr(STORAGE_PASSWORD))}
+)
 STATE_DIR = ROOT / ".state"
 
 
@@ -62,7 +69,7 @@ async def serve_node_api(
 ) -> AsyncIterator[str]:
     """Run the node API in this event loop; yields its base URL."""
     verifier = NodeTokenVerifier(load_signing_key(key_file).public_key())
-    async with serve_app(create_app(client, verifier), tls) as url:
+    async with serve_app(create_app(client, verifier, STORAGE_ACCOUNTS), tls) as url:
         yield url
 
 

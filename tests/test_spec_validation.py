@@ -139,6 +139,50 @@ BAD_SPECS = [
         "less than or equal to 255",
     ),
     (
+        "load balancer range reversed",
+        with_changes(load_balancer={"addresses": ["10.0.0.99-10.0.0.50"]}),
+        "load_balancer.addresses",
+        "'10.0.0.99-10.0.0.50' is not an IPv4 range 'A-B' or a CIDR (the range ends before it starts)",
+    ),
+    (
+        "load balancer CIDR with host bits",
+        with_changes(load_balancer={"addresses": ["10.0.0.65/27"]}),
+        "load_balancer.addresses",
+        "'10.0.0.65/27' is not an IPv4 range 'A-B' or a CIDR",
+    ),
+    (
+        "load balancer entries overlap",
+        with_changes(load_balancer={"addresses": ["10.0.0.64/27", "10.0.0.90-10.0.0.100"]}),
+        "load_balancer.addresses",
+        "'10.0.0.90-10.0.0.100' overlaps '10.0.0.64/27'",
+    ),
+    (
+        "load balancer range holds the VIP",
+        with_changes(
+            control_plane={"vip": "127.0.10.1"}, load_balancer={"addresses": ["127.0.10.0-127.0.10.20"]}
+        ),
+        "",
+        "'127.0.10.0-127.0.10.20' contains control_plane.vip 127.0.10.1",
+    ),
+    (
+        "load balancer range inside the pod network",
+        with_changes(load_balancer={"addresses": ["10.20.5.0/24"]}),
+        "",
+        "'10.20.5.0/24' overlaps network.pod_cidr 10.20.0.0/16",
+    ),
+    (
+        "storage with datastore and policy",
+        with_changes(storage={"credential": "csi", "datastore": "ds1", "storage_policy": "gold"}),
+        "storage",
+        "give exactly one of datastore and storage_policy",
+    ),
+    (
+        "storage credential name not a label",
+        with_changes(storage={"credential": "CSI Prod", "datastore": "ds1"}),
+        "storage.credential",
+        "pattern",
+    ),
+    (
         "VRRP router id without a VIP",
         pools({**MASTER, "count": 1}, WORKER) | {"control_plane": {"vrrp_router_id": 7}},
         "control_plane",

@@ -30,6 +30,10 @@ class VCenterSession:
         self._si: Any = None
         self.logins = 0
 
+    @property
+    def settings(self) -> VCenterSettings:
+        return self._settings
+
     def _ssl_context(self) -> ssl.SSLContext | None:
         s = self._settings
         if urlsplit(s.vcenter_url).scheme != "https":

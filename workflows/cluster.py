@@ -206,18 +206,20 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
         """Check the placement and the VIP before anything is created; every problem at once."""
         self._phase = ClusterPhase.PREFLIGHT
         try:
-            await workflow.execute_activity(
+            checked = await workflow.execute_activity(
                 "preflight",
                 PreflightInput(
                     cluster=spec.name,
                     placement=spec.vsphere,
                     vip=str(spec.control_plane.vip) if spec.control_plane.vip else None,
                     api_port=spec.control_plane.port,
+                    storage=spec.storage,
                 ),
                 result_type=PreflightResult,
                 start_to_close_timeout=timedelta(minutes=2),
                 retry_policy=VSPHERE_RETRY,
             )
+            self._storage_target = checked.storage_target
         except ActivityError as err:
             self._fail_preflight(failure_reason(err))
         if spec.control_plane.vip is not None and workflow.patched(PATCH_VRRP_ROUTER_ID):
@@ -297,6 +299,10 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
             vrrp_interface=cp.interface,
             vrrp_priority=keepalived.priority(node.identity.index),
             kind=node.identity.kind.value,
+            cluster_uid=self.uid,
+            load_balancer=self.spec.load_balancer,
+            storage=self.spec.storage,
+            storage_target=self._storage_target,
         )
 
     # --- updates from the node API ---------------------------------------------

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         KubeAccess,
         NodeBootstrapSettings,
         NodeWorkflowInput,
+        StorageTarget,
     )
     from models.pki import BootstrapToken, ClusterPKI
     from models.spec import ClusterSpec, NodePoolSpec, NodeRole
@@ -71,6 +72,8 @@ class ClusterCore:
         self._last_reconcile: ReconcileReport | None = None
         # Chosen at preflight, unique among the clusters on the network (None: older clusters).
         self._vrrp_router_id: int | None = None
+        # Where the CSI driver connects, found at preflight (no secrets).
+        self._storage_target: StorageTarget | None = None
         # One command at a time; delete cancels the one running.
         self._op_lock = asyncio.Lock()
         self._operation: str | None = None
@@ -182,6 +185,7 @@ class ClusterCore:
                     memory_mb=pool.memory_mb,
                     bootstrap=bootstrap,
                     timeouts=spec.timeouts,
+                    load_balancer=spec.load_balancer,
                 ),
                 id=ids.node_workflow_id(spec.name, node.name),
             )
@@ -278,6 +282,9 @@ class ClusterCore:
             dns_name=cp.dns_name,
             vrrp_router_id=self._router_id() if cp.vip else None,
             network=self.spec.vsphere.network,
+            load_balancer_addresses=list(lb.addresses) if (lb := self.spec.load_balancer) else [],
+            storage_class=storage.class_name if (storage := self.spec.storage) else None,
+            storage_class_default=bool(storage and storage.default_class),
         )
 
     def _state(self) -> ClusterState:
@@ -295,6 +302,7 @@ class ClusterCore:
             orphans_seen=self._orphans_seen,
             last_reconcile=self._last_reconcile,
             vrrp_router_id=self._vrrp_router_id,
+            storage_target=self._storage_target,
         )
 
     def _restore(self, state: ClusterState) -> None:
@@ -310,3 +318,4 @@ class ClusterCore:
         self._orphans_seen = dict(state.orphans_seen)
         self._last_reconcile = state.last_reconcile
         self._vrrp_router_id = state.vrrp_router_id
+        self._storage_target = state.storage_target

@@ -108,6 +108,13 @@ class NodeWorkflow:
 
         await self._progress(NodePhase.WAITING_FOR_IP)
         ip = await vm_steps.wait_for_ip(vm.vm_ref, node.name, steps)
+        if input.load_balancer is not None and (entry := input.load_balancer.containing(ip)):
+            raise ApplicationError(
+                f"{node.name} got the address {ip}, inside load_balancer.addresses {entry!r}: "
+                "MetalLB would hand it to a Service too; keep that range out of the nodes' DHCP scope",
+                type="AddressConflict",
+                non_retryable=True,
+            )
 
         await self._progress(NodePhase.BOOTSTRAPPING, ip=ip)
         leader = node.kind is NodeKind.LEADER

@@ -1,0 +1,79 @@
+"""The vSphere CSI driver's configuration (``csi-vsphere.conf`` in a Secret) and
+the cluster's StorageClass. The Secret carries the storage account's password:
+it is rendered by the node API for the leader alone, never stored in workflow
+history or guestinfo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.spec import StorageSpec
+
+VERSION = "v3.3.1"
+PROVISIONER = "csi.vsphere.vmware.com"
+NAMESPACE = "vmware-system-csi"
+SECRET = "vsphere-config-secret"  # noqa: S105 - the Secret object's name
+INSTALL_MANIFEST = f"https://raw.githubusercontent.com/kubernetes-sigs/vsphere-csi-driver/{VERSION}/manifests/vanilla/vsphere-csi-driver.yaml"
+
+
+def _quote(value: str) -> str:
+    """A gcfg string value: quoted, with backslashes and quotes escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def csi_conf(
+    *,
+    cluster_id: str,
+    vcenter_host: str,
+    port: int,
+    datacenter: str,
+    username: str,
+    password: str,
+    thumbprint: str | None,
+    insecure: bool,
+) -> str:
+    lines = [
+        "[Global]",
+        f"cluster-id = {_quote(cluster_id)}",
+        "",
+        f"[VirtualCenter {_quote(vcenter_host)}]",
+        f"insecure-flag = {_quote('true' if insecure else 'false')}",
+        f"user = {_quote(username)}",
+        f"password = {_quote(password)}",
+        f"port = {_quote(str(port))}",
+        f"datacenters = {_quote(datacenter)}",
+    ]
+    if thumbprint:
+        lines.append(f"thumbprint = {_quote(thumbprint)}")
+    return "\n".join(lines) + "\n"
+
+
+def namespace() -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+
+
+def secret(conf: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET, "namespace": NAMESPACE},
+        "type": "Opaque",
+        "stringData": {"csi-vsphere.conf": conf},
+    }
+
+
+def storage_class(spec: StorageSpec, datastore_url: str | None) -> dict[str, Any]:
+    parameters = (
+        {"storagepolicyname": spec.storage_policy} if spec.storage_policy else {"datastoreurl": datastore_url}
+    )
+    annotations = {"storageclass.kubernetes.io/is-default-class": "true" if spec.default_class else "false"}
+    return {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": spec.class_name, "annotations": annotations},
+        "provisioner": PROVISIONER,
+        "parameters": parameters,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "allowVolumeExpansion": True,
+    }

@@ -1,0 +1,113 @@
+"""What the leader applies after install: MetalLB's configuration and the vSphere
+CSI driver's Secret and StorageClass, each manifest valid Kubernetes YAML that
+round-trips through lightkube's models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from lightkube import codecs
+from pydantic import SecretStr
+
+from addons import bundle, metallb, vsphere_csi
+from models.messages import BootstrapMaterial, StorageTarget
+from models.spec import LoadBalancerSpec, StorageSpec
+from pki.cluster import generate_cluster_pki
+from settings.credentials import StorageCredential, StorageCredentials
+
+ACCOUNTS = StorageCredentials(
+    {"csi-prod": StorageCredential(username="k8s-csi@vsphere.local", password=SecretStr('p"w\\d-1'))}
+)
+TARGET = StorageTarget(
+    vcenter_host="vcenter.example.com",
+    vcenter_port=443,
+    datacenter="DC0",
+    thumbprint="AB:CD",
+    datastore_url="ds:///vmfs/volumes/5f1e/",
+)
+
+
+def material(**changes: Any) -> BootstrapMaterial:
+    base: dict[str, Any] = {
+        "pki": generate_cluster_pki("prod"),
+        "api_endpoint": "10.0.0.100:6443",
+        "vip": "10.0.0.100",
+        "vrrp_router_id": 7,
+        "vrrp_interface": None,
+        "vrrp_priority": 150,
+        "kind": "leader",
+        "cluster_uid": "uid-1",
+        "load_balancer": LoadBalancerSpec(addresses=["10.0.0.200-10.0.0.220", "10.0.1.0/28"]),
+        "storage": StorageSpec(credential="csi-prod", datastore="LocalDS_0"),
+        "storage_target": TARGET,
+    }
+    return BootstrapMaterial.model_validate(base | changes)
+
+
+def objects_of(addon: bundle.Addon) -> list[dict[str, Any]]:
+    return list(yaml.safe_load_all(addon.manifest))
+
+
+def test_every_manifest_is_kubernetes_yaml_that_round_trips_through_lightkube() -> None:
+    metallb.register_models()
+    addons = bundle.build("prod", material(), ACCOUNTS).addons
+    assert [a.name for a in addons] == ["metallb", "vsphere-csi"]
+    for addon in addons:
+        docs = objects_of(addon)
+        assert docs
+        for doc in docs:
+            assert {"apiVersion", "kind", "metadata"} <= set(doc) and doc["metadata"]["name"]
+        models = codecs.load_all_yaml(addon.manifest, create_resources_for_crds=True)
+        assert [m.to_dict() for m in models] == docs
+
+
+def test_metallb_gets_the_spec_addresses_for_the_release_it_targets() -> None:
+    (addon, _) = bundle.build("prod", material(), ACCOUNTS).addons
+    pool, l2 = objects_of(addon)
+    assert (pool["apiVersion"], pool["kind"], l2["kind"]) == (
+        metallb.API_VERSION,
+        "IPAddressPool",
+        "L2Advertisement",
+    )
+    assert pool["spec"]["addresses"] == ["10.0.0.200-10.0.0.220", "10.0.1.0/28"]
+    assert l2["spec"]["ipAddressPools"] == [pool["metadata"]["name"]]
+    assert pool["metadata"]["namespace"] == l2["metadata"]["namespace"] == metallb.NAMESPACE
+    assert addon.version == metallb.VERSION and metallb.VERSION in addon.install_url
+    assert addon.wait_for_release  # the webhook must answer before the pool is applied
+
+
+def test_the_csi_driver_gets_its_own_account_and_a_default_storage_class() -> None:
+    (_, addon) = bundle.build("prod", material(), ACCOUNTS).addons
+    namespace, secret, storage_class = objects_of(addon)
+    assert (
+        namespace["kind"] == "Namespace" and secret["metadata"]["namespace"] == namespace["metadata"]["name"]
+    )
+    conf = secret["stringData"]["csi-vsphere.conf"]
+    assert 'cluster-id = "uid-1"' in conf
+    assert '[VirtualCenter "vcenter.example.com"]' in conf
+    assert 'user = "k8s-csi@vsphere.local"' in conf
+    assert 'password = "p\\"w\\\\d-1"' in conf  # quotes and backslashes escaped for gcfg
+    assert 'datacenters = "DC0"' in conf and 'thumbprint = "AB:CD"' in conf
+    assert storage_class["provisioner"] == vsphere_csi.PROVISIONER
+    assert storage_class["parameters"] == {"datastoreurl": "ds:///vmfs/volumes/5f1e/"}
+    assert storage_class["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
+    assert not addon.wait_for_release  # the driver needs its Secret to start
+
+
+def test_a_storage_policy_and_a_non_default_class() -> None:
+    spec = StorageSpec(credential="csi-prod", storage_policy="gold", class_name="gold", default_class=False)
+    (addon,) = bundle.build("prod", material(storage=spec, load_balancer=None), ACCOUNTS).addons
+    storage_class = objects_of(addon)[-1]
+    assert storage_class["parameters"] == {"storagepolicyname": "gold"}
+    assert storage_class["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "false"
+
+
+def test_no_services_asked_for_means_no_addons() -> None:
+    assert bundle.build("prod", material(load_balancer=None, storage=None), ACCOUNTS).addons == []
+
+
+def test_an_account_the_orchestrator_no_longer_holds_is_an_error_not_an_empty_secret() -> None:
+    with pytest.raises(bundle.MissingCredential, match="no storage account 'csi-prod'"):
+        bundle.build("prod", material(), StorageCredentials())
