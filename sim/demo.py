@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -167,6 +168,12 @@ def up() -> int:
         if not payload_keys.exists():
             keys.create(payload_keys, "demo-1")
         node_api_tls = _node_api_certificate()
+        # The CSI driver's own vCenter account (the simulator accepts any login).
+        storage_accounts = STATE / "storage-accounts.yaml"
+        storage_accounts.write_text(
+            f"csi-demo:\n  username: k8s-csi@vsphere.local\n  password: {secrets.token_urlsafe(18)}\n"
+        )
+        storage_accounts.chmod(0o600)
         settings.write_text(
             "\n".join(
                 [
@@ -181,6 +188,7 @@ def up() -> int:
                     f"PKE_VSPHERE_NODE_API_LISTEN_PORT={NODE_API_PORT}",
                     f"PKE_VSPHERE_NODE_TOKEN_KEY_FILE={key_file}",
                     f"PKE_VSPHERE_PAYLOAD_KEYS_FILE={payload_keys}",
+                    f"PKE_VSPHERE_STORAGE_CREDENTIALS_FILE={storage_accounts}",
                     f"PKE_VSPHERE_CODEC_LISTEN_PORT={CODEC_PORT}",
                     "",
                 ]

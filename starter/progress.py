@@ -74,6 +74,11 @@ def services_line(services: ClusterServices) -> Text:
         items.append(f"VIP {services.vip} (keepalived, VRRP router id {services.vrrp_router_id})")
     if services.dns_name:
         items.append(f"DNS name {services.dns_name}")
+    if services.load_balancer_addresses:
+        items.append(f"load balancers {', '.join(services.load_balancer_addresses)} (MetalLB)")
+    if services.storage_class:
+        default = " (default)" if services.storage_class_default else ""
+        items.append(f"StorageClass {services.storage_class}{default} (vSphere CSI)")
     return Text("  services: " + "; ".join(items), style="dim")
 
 
