@@ -117,7 +117,8 @@ class DeleteClusterWorkflow:
     async def _sweep(self, cluster: str) -> list[str]:
         """Destroy every VM anywhere in vCenter still marked with the cluster."""
         vms = await vm_steps.find_cluster_vms(cluster, None)
-        gone = await asyncio.gather(
+        await asyncio.gather(
             *(vm_steps.destroy_vm(cluster, vm.name, None, vm.instance_uuid, vm.ref) for vm in vms.vms)
         )
-        return [vm.name for vm, destroyed in zip(vms.vms, gone, strict=True) if destroyed]
+        # Every VM found is gone now, whichever attempt destroyed it.
+        return [vm.name for vm in vms.vms]

@@ -19,9 +19,7 @@ class DeletionMixin(ClusterCore):
     async def _delete(self) -> DeleteOutcome:
         self._phase = ClusterPhase.DELETING
         found = await self._find_vms()
-        destroyed = await asyncio.gather(
-            *(self._destroy_vm(vm.name, vm.instance_uuid, vm.ref) for vm in found.vms)
-        )
+        await asyncio.gather(*(self._destroy_vm(vm.name, vm.instance_uuid, vm.ref) for vm in found.vms))
         schedules: list[str] = await workflow.execute_activity(
             "delete_cluster_schedules",
             self.spec.name,
@@ -32,6 +30,7 @@ class DeletionMixin(ClusterCore):
         self._nodes.clear()
         self._phase = ClusterPhase.DELETED
         self._deleted = True
-        names = [vm.name for vm, gone in zip(found.vms, destroyed, strict=True) if gone]
+        # Every VM found is gone now: destroyed here, or by an attempt a crash cut short.
+        names = [vm.name for vm in found.vms]
         workflow.logger.info("deleted cluster %s: VMs %s, schedules %s", self.spec.name, names, schedules)
         return DeleteOutcome(cluster=self.spec.name, destroyed=sorted(names), schedules_removed=schedules)
