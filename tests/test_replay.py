@@ -23,7 +23,7 @@ from temporalio.worker import Replayer
 from runtime.temporal import DATA_CONVERTER
 from starter import clusters
 from tests.clusters import wait_until_settled
-from tests.conftest import Stack, cluster_spec, unique
+from tests.conftest import Stack, cluster_spec, unique, unique_vip
 from workflows import ids
 from workflows.cluster import ClusterWorkflow
 from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
@@ -70,9 +70,18 @@ async def redact(history_json: dict[str, object], codec: PayloadCodec | None) ->
 
 
 async def test_a_cluster_lifetime_replays_against_the_current_code(stack: Stack) -> None:
-    """Create, scale up and down, reconcile, delete: every handler's commands replay."""
+    """Create (with a VIP, MetalLB and storage), scale up and down, reconcile, delete:
+    every handler's commands replay."""
     name = unique("replay")
-    await clusters.create(stack.client, cluster_spec(name, masters=1, workers=1), stack.task_queue)
+    spec = cluster_spec(
+        name,
+        masters=1,
+        workers=1,
+        control_plane={"vip": unique_vip()},
+        load_balancer={"addresses": ["10.124.0.0/28"]},
+        storage={"credential": "csi-test", "storage_policy": "gold"},
+    )
+    await clusters.create(stack.client, spec, stack.task_queue)
     await wait_until_settled(stack, name)
     handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
     await handle.execute_update("scale_pool", {"pool": "workers", "size": 2})
