@@ -1,12 +1,22 @@
-"""Which VRRP router ids the other clusters on a network use, read from their
-workflows' status, so that the keepalived instances of two clusters never share
-one (a shared id on one network makes both VIPs flap)."""
+"""Which VRRP router ids the other clusters on a network use, so that the
+keepalived instances of two clusters never share one (a shared id on one network
+makes both VIPs flap).
+
+Each cluster workflow keeps its router id in its memo, which the visibility
+list returns without asking the workflow; clusters created before that are
+asked with a status query, all at once and each for at most a few seconds, so
+a cluster whose worker is down delays the check by seconds and is skipped.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
+from typing import Any
+
 import structlog
 from temporalio import activity
-from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.client import Client, WorkflowExecution, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from models.messages import RouterIdsInput, RouterIdsInUse
@@ -16,6 +26,7 @@ from workflows import ids
 log = structlog.get_logger(__name__)
 
 RUNNING_CLUSTERS = "WorkflowType = 'ClusterWorkflow' AND ExecutionStatus = 'Running'"
+QUERY_TIMEOUT = timedelta(seconds=3)
 
 
 class VrrpActivities:
@@ -24,19 +35,34 @@ class VrrpActivities:
 
     @activity.defn(name="vrrp_router_ids_in_use")
     async def vrrp_router_ids_in_use(self, input: RouterIdsInput) -> RouterIdsInUse:
+        others = [
+            execution
+            async for execution in self._client.list_workflows(RUNNING_CLUSTERS)
+            if execution.id.startswith(ids.CLUSTER_PREFIX)
+            and execution.id.removeprefix(ids.CLUSTER_PREFIX) != input.cluster
+        ]
+        found = await asyncio.gather(*(self._router_id(execution) for execution in others))
         taken: dict[int, str] = {}
-        async for execution in self._client.list_workflows(RUNNING_CLUSTERS):
-            cluster = execution.id.removeprefix(ids.CLUSTER_PREFIX)
-            if cluster == input.cluster or not execution.id.startswith(ids.CLUSTER_PREFIX):
-                continue
-            handle = self._client.get_workflow_handle(execution.id)
-            try:
-                status = await handle.query("status", result_type=ClusterStatus)
-            except (RPCError, WorkflowQueryFailedError) as exc:
-                # A cluster that cannot answer now is skipped, not a reason to fail the create.
-                log.warning("vrrp.status_unavailable", cluster=cluster, error=str(exc))
-                continue
-            services = status.services
-            if services and services.vrrp_router_id and services.network == input.network:
-                taken[services.vrrp_router_id] = cluster
+        for execution, (router_id, network) in zip(others, found, strict=True):
+            if router_id is not None and network == input.network:
+                taken[router_id] = execution.id.removeprefix(ids.CLUSTER_PREFIX)
         return RouterIdsInUse(taken=taken)
+
+    async def _router_id(self, execution: WorkflowExecution) -> tuple[int | None, str | None]:
+        memo: dict[str, Any] | None = await execution.memo_value(ids.VRRP_MEMO, None)
+        if memo is not None:
+            router_id = memo.get("router_id")
+            return (int(router_id) if router_id is not None else None), memo.get("network")
+        cluster = execution.id.removeprefix(ids.CLUSTER_PREFIX)
+        try:
+            status = await self._client.get_workflow_handle(execution.id).query(
+                "status", result_type=ClusterStatus, rpc_timeout=QUERY_TIMEOUT
+            )
+        except (RPCError, WorkflowQueryFailedError) as exc:
+            # A cluster that cannot answer now (its worker is down) is skipped.
+            log.warning("vrrp.status_unavailable", cluster=cluster, error=str(exc))
+            return None, None
+        services = status.services
+        if services is None:
+            return None, None
+        return services.vrrp_router_id, services.network

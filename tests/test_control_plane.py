@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import gzip
 import shlex
+import time
+import uuid
 
-from activities.vrrp import VrrpActivities
+from activities.vrrp import QUERY_TIMEOUT, VrrpActivities
 from bootstrap import cloudinit
 from models.messages import RouterIdsInput
 from models.state import ClusterPhase, NodePhase
@@ -17,6 +19,7 @@ from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, unique_vip
 from tests.harness import vms_of_cluster
+from workflows import ids
 
 
 def install_args(stack: Stack, cluster: str, node: str) -> list[str]:
@@ -93,3 +96,23 @@ async def test_without_a_router_id_each_cluster_gets_one_no_other_uses(stack: St
         RouterIdsInput(cluster="-", network=vcenter.NETWORK)
     )
     assert [in_use.taken[i] for i in ids] == names  # each id belongs to exactly its cluster
+
+
+async def test_a_cluster_whose_worker_is_gone_delays_the_router_id_check_by_seconds_only(
+    stack: Stack,
+) -> None:
+    """Its workflow cannot answer a query; the check asks it for at most a few
+    seconds (in parallel with any others like it) and goes on without it."""
+    name = unique("no-worker")
+    await clusters.create(stack.client, cluster_spec(name, masters=1, workers=0), f"nobody-{uuid.uuid4()}")
+    handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
+    try:
+        started = time.monotonic()
+        in_use = await VrrpActivities(stack.client).vrrp_router_ids_in_use(
+            RouterIdsInput(cluster="-", network=vcenter.NETWORK)
+        )
+        elapsed = time.monotonic() - started
+        assert elapsed < QUERY_TIMEOUT.total_seconds() + 3, elapsed
+        assert name not in in_use.taken.values()
+    finally:
+        await handle.terminate("test over")

@@ -150,7 +150,8 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
-                    ClusterWorkflowInput(spec=self.spec, state=self._state()).model_dump(mode="json")
+                    ClusterWorkflowInput(spec=self.spec, state=self._state()).model_dump(mode="json"),
+                    memo=self._memo(),
                 )
 
             def wake() -> bool:
@@ -222,20 +223,26 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
             self._storage_target = checked.storage_target
         except ActivityError as err:
             self._fail_preflight(failure_reason(err))
-        if spec.control_plane.vip is not None and workflow.patched(PATCH_VRRP_ROUTER_ID):
-            in_use = await workflow.execute_activity(
-                "vrrp_router_ids_in_use",
-                RouterIdsInput(cluster=spec.name, network=spec.vsphere.network),
-                result_type=RouterIdsInUse,
-                start_to_close_timeout=LOCAL_WORK_TIMEOUT,
-                retry_policy=LOCAL_WORK_RETRY,
+        if workflow.patched(PATCH_VRRP_ROUTER_ID):
+            if spec.control_plane.vip is not None:
+                await self._choose_router_id(spec)
+            # Other clusters' preflights read it from the memo, without asking this workflow.
+            workflow.upsert_memo(self._memo())
+
+    async def _choose_router_id(self, spec: ClusterSpec) -> None:
+        in_use = await workflow.execute_activity(
+            "vrrp_router_ids_in_use",
+            RouterIdsInput(cluster=spec.name, network=spec.vsphere.network),
+            result_type=RouterIdsInUse,
+            start_to_close_timeout=LOCAL_WORK_TIMEOUT,
+            retry_policy=LOCAL_WORK_RETRY,
+        )
+        try:
+            self._vrrp_router_id = keepalived.choose_router_id(
+                self.uid, spec.control_plane.vrrp_router_id, in_use.taken
             )
-            try:
-                self._vrrp_router_id = keepalived.choose_router_id(
-                    self.uid, spec.control_plane.vrrp_router_id, in_use.taken
-                )
-            except keepalived.RouterIdTaken as exc:
-                self._fail_preflight(f"preflight found 1 problem: {exc}")
+        except keepalived.RouterIdTaken as exc:
+            self._fail_preflight(f"preflight found 1 problem: {exc}")
 
     def _fail_preflight(self, reason: str) -> NoReturn:
         self._phase = ClusterPhase.FAILED

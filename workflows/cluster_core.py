@@ -274,6 +274,10 @@ class ClusterCore:
         before that check) derived from the cluster uid."""
         return self._vrrp_router_id or keepalived.router_id(self.uid)
 
+    def _memo(self) -> dict[str, Any]:
+        """What other workflows may read without a worker: the VRRP router id in use."""
+        return {ids.VRRP_MEMO: {"router_id": self._vrrp_router_id, "network": self.spec.vsphere.network}}
+
     def _services(self) -> ClusterServices:
         cp = self.spec.control_plane
         return ClusterServices(

@@ -49,3 +49,8 @@ def scale_workflow_id(cluster: str, request_id: str) -> str:
 
 def delete_workflow_id(cluster: str) -> str:
     return f"pke-delete-{cluster}"
+
+
+# Memo key of the VRRP router id a cluster uses (None without a VIP), read by
+# activities/vrrp.py without asking the cluster's workflow.
+VRRP_MEMO = "vrrp"
