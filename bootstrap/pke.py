@@ -38,7 +38,8 @@ def install_args(identity: NodeIdentity, settings: NodeBootstrapSettings) -> lis
         '--kubernetes-api-server="$API_ENDPOINT"',
         f"--kubernetes-pod-network-cidr={settings.pod_cidr}",
         f"--kubernetes-service-cidr={settings.service_cidr}",
-        f"--kubernetes-node-taints={CONTROL_PLANE_TAINT}",
+        # PKE taints masters NoSchedule unless told otherwise; the shared topology says none.
+        f"--taints={'' if settings.schedulable_masters else CONTROL_PLANE_TAINT}",
         *(f"--kubernetes-api-server-cert-sans={name}" for name in settings.api_server_cert_sans),
     ]
     if identity.kind is NodeKind.MASTER:

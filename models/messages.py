@@ -72,6 +72,8 @@ class NodeBootstrapSettings(BaseModel):
     ssh_authorized_keys: list[str] = Field(default_factory=list)
     api_server_cert_sans: list[str] = Field(default_factory=list)
     """Extra names of the API server certificate: the VIP and the DNS name."""
+    schedulable_masters: bool = False
+    """The shared topology: masters run workloads too (no NoSchedule taint)."""
 
 
 class NodeWorkflowInput(BaseModel):

@@ -113,8 +113,19 @@ class NodePoolSpec(_Strict):
         return value
 
 
+class Topology(StrEnum):
+    """Where etcd and the API servers run."""
+
+    DEDICATED = "dedicated"
+    """1, 3 or 5 masters run etcd and the API server; workloads stay off them (NoSchedule)."""
+    SHARED = "shared"
+    """3 or 5 nodes run etcd, the API server and workloads (no taint); worker pools optional."""
+
+
 class ControlPlane(_Strict):
     """How followers, workers and users reach the Kubernetes API."""
+
+    topology: Topology = Field(default=Topology.DEDICATED, description="Where etcd and the API servers run.")
 
     vip: ipaddress.IPv4Address | None = Field(
         default=None,
@@ -350,6 +361,11 @@ class ClusterSpec(_Strict):
             raise ValueError(
                 f"pools.{masters[0].name}.count: a master pool has 1, 3 or 5 nodes "
                 f"(etcd needs an odd quorum), not {masters[0].count}"
+            )
+        if self.control_plane.topology is Topology.SHARED and masters[0].count == 1:
+            raise ValueError(
+                f"pools.{masters[0].name}.count: the shared topology runs etcd, the API server and "
+                "workloads on 3 or 5 nodes; for one node use the dedicated topology"
             )
         if masters[0].count > 1 and self.control_plane.vip is None:
             raise ValueError("control_plane.vip is required when the master pool has more than 1 node")

@@ -108,6 +108,8 @@ class ReconcileReport(BaseModel):
 class ClusterServices(BaseModel):
     """What the cluster provides in place of a cloud's: its API endpoint and VIP."""
 
+    topology: str | None = None
+    """Where etcd and the API servers run: dedicated or shared."""
     api_endpoint: str | None = None
     vip: str | None = None
     dns_name: str | None = None

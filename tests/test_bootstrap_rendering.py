@@ -132,3 +132,20 @@ def test_keepalived_gives_the_leader_the_highest_priority_and_a_cluster_router_i
     assert "https://127.0.0.1:6443/healthz" in conf
     with pytest.raises(ValueError):
         keepalived.render(cluster="p", vip="v", interface="i", router=0, node_priority=1, password="p")
+
+
+@pytest.mark.parametrize(
+    ("schedulable", "taints"),
+    [(False, "--taints=node-role.kubernetes.io/control-plane:NoSchedule"), (True, "--taints=")],
+    ids=["dedicated", "shared"],
+)
+def test_masters_are_tainted_unless_the_topology_shares_them_with_workloads(
+    schedulable: bool, taints: str
+) -> None:
+    settings = SETTINGS.model_copy(update={"schedulable_masters": schedulable})
+    for kind, index in ((NodeKind.LEADER, 1), (NodeKind.MASTER, 2)):
+        config = cloudinit.parse(
+            cloudinit.render(identity(kind, index), settings, node_api_url="https://o:8480", node_token="t")
+        )
+        args = install_line(config)
+        assert [a for a in args if a.startswith("--taints")] == [taints]

@@ -14,7 +14,7 @@ from jsonschema.exceptions import best_match
 
 from bootstrap import cloudinit
 from models.messages import NodeBootstrapSettings
-from models.spec import ControlPlane
+from models.spec import ControlPlane, Topology
 from models.state import NodeIdentity, NodeKind
 from tests.harness import ROOT
 
@@ -41,6 +41,7 @@ MODES = {
     "ha-vip": (ControlPlane(vip="10.0.0.100"), 3),
     "ha-vip-dns-name": (ControlPlane(vip="10.0.0.100", dns_name="api.prod.example.com"), 5),
     "ha-vip-interface": (ControlPlane(vip="10.0.0.100", interface="ens192", vrrp_router_id=42), 3),
+    "shared": (ControlPlane(vip="10.0.0.100", topology=Topology.SHARED), 3),
 }
 ROLES = [NodeKind.LEADER, NodeKind.MASTER, NodeKind.WORKER]
 
@@ -66,6 +67,7 @@ def rendered(mode: str, kind: NodeKind, *, node_api_ca: bool, ssh_keys: bool) ->
         service_cidr="10.10.0.0/16",
         ssh_authorized_keys=["ssh-ed25519 AAAAC3Nza test@example"] if ssh_keys else [],
         api_server_cert_sans=control_plane.cert_sans,
+        schedulable_masters=control_plane.topology is Topology.SHARED,
     )
     document = cloudinit.render(
         identity,

@@ -116,3 +116,17 @@ async def test_a_cluster_whose_worker_is_gone_delays_the_router_id_check_by_seco
         assert name not in in_use.taken.values()
     finally:
         await handle.terminate("test over")
+
+
+async def test_a_shared_control_plane_runs_workloads_on_its_three_nodes_without_workers(stack: Stack) -> None:
+    name = unique("shared")
+    spec = cluster_spec(name, masters=3, workers=0, control_plane={"vip": unique_vip(), "topology": "shared"})
+    await clusters.create(stack.client, spec, stack.task_queue)
+    status = await wait_until_settled(stack, name)
+
+    assert status.phase is ClusterPhase.READY, status.error
+    assert [n.identity.kind.value for n in status.nodes] == ["leader", "master", "master"]
+    assert status.services is not None and status.services.topology == "shared"
+    for node in status.nodes:
+        args = install_args(stack, name, node.name)
+        assert [a for a in args if a.startswith("--taints")] == ["--taints="]  # no NoSchedule

@@ -183,6 +183,18 @@ BAD_SPECS = [
         "pattern",
     ),
     (
+        "shared topology on one node",
+        pools({**MASTER, "count": 1}, WORKER) | {"control_plane": {"topology": "shared"}},
+        "",
+        "the shared topology runs etcd, the API server and workloads on 3 or 5 nodes",
+    ),
+    (
+        "unknown topology",
+        with_changes(control_plane={"vip": "127.0.10.1", "topology": "stacked"}),
+        "control_plane.topology",
+        "Input should be 'dedicated' or 'shared'",
+    ),
+    (
         "VRRP router id without a VIP",
         pools({**MASTER, "count": 1}, WORKER) | {"control_plane": {"vrrp_router_id": 7}},
         "control_plane",

@@ -42,7 +42,7 @@ async def test_create_wait_shows_node_progress_then_status_and_list(
     assert await cli.run(["status", name], client=stack.client) == 0
     out = capsys.readouterr().out
     assert f"{name}-master-01" in out and "2/2 nodes ready" in out
-    assert "services: endpoint 127." in out  # a single master: its own address
+    assert "services: dedicated control plane; endpoint 127." in out  # one master: its own address
 
     assert await cli.run(["list"], client=stack.client) == 0
     assert name in capsys.readouterr().out

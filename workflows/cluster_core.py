@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
         StorageTarget,
     )
     from models.pki import BootstrapToken, ClusterPKI
-    from models.spec import ClusterSpec, NodePoolSpec, NodeRole
+    from models.spec import ClusterSpec, NodePoolSpec, NodeRole, Topology
     from models.state import (
         ClusterPhase,
         ClusterServices,
@@ -174,6 +174,7 @@ class ClusterCore:
             service_cidr=str(spec.network.service_cidr),
             ssh_authorized_keys=spec.ssh_authorized_keys,
             api_server_cert_sans=spec.control_plane.cert_sans,
+            schedulable_masters=spec.control_plane.topology is Topology.SHARED,
         )
         try:
             result = await workflow.execute_child_workflow(
@@ -281,6 +282,7 @@ class ClusterCore:
     def _services(self) -> ClusterServices:
         cp = self.spec.control_plane
         return ClusterServices(
+            topology=cp.topology.value,
             api_endpoint=self._api_endpoint(),
             vip=str(cp.vip) if cp.vip else None,
             dns_name=cp.dns_name,
