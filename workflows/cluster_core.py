@@ -277,7 +277,8 @@ class ClusterCore:
 
     def _memo(self) -> dict[str, Any]:
         """What other workflows may read without a worker: the VRRP router id in use."""
-        return {ids.VRRP_MEMO: {"router_id": self._vrrp_router_id, "network": self.spec.vsphere.network}}
+        router_id = self._router_id() if self.spec.control_plane.vip else None
+        return {ids.VRRP_MEMO: {"router_id": router_id, "network": self.spec.vsphere.network}}
 
     def _services(self) -> ClusterServices:
         cp = self.spec.control_plane
