@@ -90,13 +90,11 @@ class PreflightActivities:
             )
         datastore_url = None
         if storage.datastore is not None:
-            path = f"{input.placement.datacenter}/datastore/{storage.datastore}"
-            found = inventory.find_path(si, path)
+            folder = f"{input.placement.datacenter}/datastore"
+            found = inventory.find_path(si, f"{folder}/{storage.datastore}")
             url = properties.read(si, found, ["summary.url"]).get("summary.url") if found else None
             if url is None:
-                problems.append(
-                    f"storage.datastore: no datastore {storage.datastore!r} in {path.rsplit('/', 1)[0]}"
-                )
+                problems.append(f"storage.datastore: no datastore {storage.datastore!r} in {folder}")
             datastore_url = url
         endpoint = urlsplit(settings.vcenter_url)
         return StorageTarget(

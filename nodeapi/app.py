@@ -159,6 +159,21 @@ def create_app(
     def cluster(node: AuthenticatedNode) -> WorkflowHandle[Any, Any]:
         return client.get_workflow_handle(ids.cluster_workflow_id(node.claims.cluster))
 
+    async def master_material(node: AuthenticatedNode) -> BootstrapMaterial | JSONResponse:
+        """The cluster's material for this master, or the 409 the cluster's refusal
+        becomes (no PKI yet, or deleted since the token was checked): its reason, not a 500."""
+        try:
+            material: BootstrapMaterial = await cluster(node).query(
+                BOOTSTRAP_QUERY,
+                BootstrapMaterialRequest(node=node.claims.node),
+                result_type=BootstrapMaterial,
+            )
+        except WorkflowQueryFailedError as exc:
+            return _retry_later(status.HTTP_409_CONFLICT, exc.message)
+        except (RPCError, RPCTimeoutOrCancelledError) as exc:
+            raise _unavailable(exc) from None
+        return material
+
     @app.get("/healthz", response_model=Health, summary="Liveness; needs no token")
     async def healthz() -> Health:
         return Health()
@@ -183,18 +198,9 @@ def create_app(
     async def bootstrap(node: Node) -> JSONResponse:
         if node.claims.kind is NodeKind.WORKER:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "only masters receive the cluster's CAs")
-        try:
-            material = await cluster(node).query(
-                BOOTSTRAP_QUERY,
-                BootstrapMaterialRequest(node=node.claims.node),
-                result_type=BootstrapMaterial,
-            )
-        except WorkflowQueryFailedError as exc:
-            # The cluster refused to hand out its material (no PKI yet, or deleted since
-            # the token was checked): its reason, not a 500.
-            return _retry_later(status.HTTP_409_CONFLICT, exc.message)
-        except (RPCError, RPCTimeoutOrCancelledError) as exc:
-            raise _unavailable(exc) from None
+        material = await master_material(node)
+        if isinstance(material, JSONResponse):
+            return material
         conf = None
         if material.vip:
             conf = keepalived.render(
@@ -231,16 +237,9 @@ def create_app(
     async def addons(node: Node) -> JSONResponse:
         if node.claims.kind is not NodeKind.LEADER:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "only the leader applies the cluster's add-ons")
-        try:
-            material = await cluster(node).query(
-                BOOTSTRAP_QUERY,
-                BootstrapMaterialRequest(node=node.claims.node),
-                result_type=BootstrapMaterial,
-            )
-        except WorkflowQueryFailedError as exc:
-            return _retry_later(status.HTTP_409_CONFLICT, exc.message)
-        except (RPCError, RPCTimeoutOrCancelledError) as exc:
-            raise _unavailable(exc) from None
+        material = await master_material(node)
+        if isinstance(material, JSONResponse):
+            return material
         try:
             bundle = addon_bundle.build(node.claims.cluster, material, storage_accounts)
         except addon_bundle.MissingCredential as exc:

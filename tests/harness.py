@@ -4,6 +4,9 @@ node API served over loopback HTTP, and the simulated nodes, wired together."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import shlex
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -15,6 +18,8 @@ import uvicorn
 from pydantic import SecretStr
 from temporalio.client import Client
 
+from bootstrap import cloudinit
+from models.state import NodeIdentity, NodeKind
 from nodeapi.app import create_app
 from pki.node_tokens import NodeTokenVerifier, load_signing_key
 from runtime.binaries import temporal_binary
@@ -166,3 +171,28 @@ def clone_counts(sim: Simulator) -> Counter[str]:
 
 def clone_events(sim: Simulator, vm_name: str) -> int:
     return clone_counts(sim)[vm_name]
+
+
+def node_identity(kind: NodeKind, index: int = 1) -> NodeIdentity:
+    """A node of cluster ``prod`` for rendering tests (workers in pool ``workers``)."""
+    pool = "workers" if kind is NodeKind.WORKER else "master"
+    return NodeIdentity(
+        cluster="prod",
+        cluster_uid="uid-1",
+        pool=pool,
+        name=f"prod-{pool}-{index:02d}",
+        kind=kind,
+        index=index,
+        instance_uuid="11111111-2222-3333-4444-555555555555",
+    )
+
+
+def userdata_config(extra: dict[str, str]) -> dict[str, object]:
+    """The cloud-config a VM's guestinfo carries, decoded and parsed."""
+    return cloudinit.parse(gzip.decompress(base64.b64decode(extra["guestinfo.userdata"])).decode())
+
+
+def pke_install_args(config: dict[str, object]) -> list[str]:
+    """The ``pke install`` arguments of a cloud-config's bootstrap script."""
+    script = cloudinit.written_file(config, cloudinit.SCRIPT_FILE)
+    return shlex.split(next(line for line in script.splitlines() if line.startswith("pke install ")))

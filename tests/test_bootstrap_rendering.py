@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 
 import pytest
 
 from bootstrap import cloudinit, guestinfo, keepalived
 from models.messages import NodeBootstrapSettings
-from models.state import NodeIdentity, NodeKind
+from models.state import NodeKind
+from tests.harness import node_identity, pke_install_args
 
 SETTINGS = NodeBootstrapSettings(
     kubernetes_version="1.30.4",
@@ -22,22 +22,9 @@ SETTINGS = NodeBootstrapSettings(
 )
 
 
-def identity(kind: NodeKind, index: int = 1) -> NodeIdentity:
-    pool = "workers" if kind is NodeKind.WORKER else "master"
-    return NodeIdentity(
-        cluster="prod",
-        cluster_uid="uid-1",
-        pool=pool,
-        name=f"prod-{pool}-{index:02d}",
-        kind=kind,
-        index=index,
-        instance_uuid="11111111-2222-3333-4444-555555555555",
-    )
-
-
 def render(kind: NodeKind, index: int = 1) -> dict[str, object]:
     doc = cloudinit.render(
-        identity(kind, index),
+        node_identity(kind, index),
         SETTINGS,
         node_api_url="https://orchestrator:8480/",
         node_token="tok.en.jwt",
@@ -45,14 +32,8 @@ def render(kind: NodeKind, index: int = 1) -> dict[str, object]:
     return cloudinit.parse(doc)
 
 
-def install_line(config: dict[str, object]) -> list[str]:
-    script = cloudinit.written_file(config, cloudinit.SCRIPT_FILE)
-    line = next(line for line in script.splitlines() if line.startswith("pke install "))
-    return shlex.split(line)
-
-
 def test_leader_installs_the_first_master_without_join_flags() -> None:
-    args = install_line(render(NodeKind.LEADER))
+    args = pke_install_args(render(NodeKind.LEADER))
     assert args[:3] == ["pke", "install", "master"]
     assert "--kubernetes-master-mode=ha" in args
     assert "--kubernetes-cluster-name=prod" in args
@@ -63,7 +44,7 @@ def test_leader_installs_the_first_master_without_join_flags() -> None:
 
 
 def test_follower_joins_the_control_plane_with_a_token_from_the_node_api() -> None:
-    args = install_line(render(NodeKind.MASTER, 2))
+    args = pke_install_args(render(NodeKind.MASTER, 2))
     assert args[:3] == ["pke", "install", "master"]
     assert "--kubernetes-join-control-plane" in args
     assert "--kubernetes-node-token=$JOIN_TOKEN" in args
@@ -71,7 +52,7 @@ def test_follower_joins_the_control_plane_with_a_token_from_the_node_api() -> No
 
 
 def test_worker_installs_a_worker_against_the_api_endpoint() -> None:
-    args = install_line(render(NodeKind.WORKER))
+    args = pke_install_args(render(NodeKind.WORKER))
     assert args[:3] == ["pke", "install", "worker"]
     assert "--kubernetes-api-server=$API_ENDPOINT" in args
     assert not any("master-mode" in a or "taints" in a for a in args)
@@ -101,7 +82,7 @@ def test_bootstrap_script_is_valid_bash() -> None:
 
 
 def test_guestinfo_round_trips_and_marks_the_vm() -> None:
-    node = identity(NodeKind.LEADER)
+    node = node_identity(NodeKind.LEADER)
     extra = guestinfo.extra_config(node, "#cloud-config\nhostname: x\n")
     assert extra["guestinfo.userdata.encoding"] == "gzip+base64"
     assert guestinfo.decode(extra["guestinfo.userdata"], "gzip+base64").startswith("#cloud-config")
@@ -145,7 +126,9 @@ def test_masters_are_tainted_unless_the_topology_shares_them_with_workloads(
     settings = SETTINGS.model_copy(update={"schedulable_masters": schedulable})
     for kind, index in ((NodeKind.LEADER, 1), (NodeKind.MASTER, 2)):
         config = cloudinit.parse(
-            cloudinit.render(identity(kind, index), settings, node_api_url="https://o:8480", node_token="t")
+            cloudinit.render(
+                node_identity(kind, index), settings, node_api_url="https://o:8480", node_token="t"
+            )
         )
-        args = install_line(config)
+        args = pke_install_args(config)
         assert [a for a in args if a.startswith("--taints")] == [taints]

@@ -15,8 +15,8 @@ from jsonschema.exceptions import best_match
 from bootstrap import cloudinit
 from models.messages import NodeBootstrapSettings
 from models.spec import ControlPlane, Topology
-from models.state import NodeIdentity, NodeKind
-from tests.harness import ROOT
+from models.state import NodeKind
+from tests.harness import ROOT, node_identity
 
 SCHEMA = ROOT / ".state" / "cloud-init" / "schema-cloud-config-v1.json"
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -48,17 +48,7 @@ ROLES = [NodeKind.LEADER, NodeKind.MASTER, NodeKind.WORKER]
 
 def rendered(mode: str, kind: NodeKind, *, node_api_ca: bool, ssh_keys: bool) -> dict[str, Any]:
     control_plane, _ = MODES[mode]
-    pool = "workers" if kind is NodeKind.WORKER else "master"
-    index = 2 if kind is NodeKind.MASTER else 1
-    identity = NodeIdentity(
-        cluster="prod",
-        cluster_uid="uid-1",
-        pool=pool,
-        name=f"prod-{pool}-{index:02d}",
-        kind=kind,
-        index=index,
-        instance_uuid="11111111-2222-3333-4444-555555555555",
-    )
+    identity = node_identity(kind, 2 if kind is NodeKind.MASTER else 1)
     settings = NodeBootstrapSettings(
         kubernetes_version="1.30.4",
         api_endpoint=f"{control_plane.dns_name or control_plane.vip or '10.0.0.11'}:6443",

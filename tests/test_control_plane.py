@@ -4,30 +4,23 @@ that never repeat among the clusters on one network."""
 
 from __future__ import annotations
 
-import base64
-import gzip
-import shlex
 import time
 import uuid
 
 from activities.vrrp import QUERY_TIMEOUT, VrrpActivities
-from bootstrap import cloudinit
 from models.messages import RouterIdsInput
 from models.state import ClusterPhase, NodePhase
 from sim import vcenter
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, unique_vip
-from tests.harness import vms_of_cluster
+from tests.harness import pke_install_args, userdata_config, vms_of_cluster
 from workflows import ids
 
 
 def install_args(stack: Stack, cluster: str, node: str) -> list[str]:
     """The ``pke install`` arguments in the node's guestinfo userdata."""
-    extra = vms_of_cluster(stack.sim, cluster)[node]["extra"]
-    config = cloudinit.parse(gzip.decompress(base64.b64decode(extra["guestinfo.userdata"])).decode())
-    script = cloudinit.written_file(config, cloudinit.SCRIPT_FILE)
-    return shlex.split(next(line for line in script.splitlines() if line.startswith("pke install ")))
+    return pke_install_args(userdata_config(vms_of_cluster(stack.sim, cluster)[node]["extra"]))
 
 
 async def test_nodes_join_through_the_dns_name_which_the_api_certificate_carries(stack: Stack) -> None:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import base64
-import gzip
 from typing import Any
 
 from pyVim import connect
 from pyVmomi import vim
 
-from bootstrap import cloudinit, guestinfo
+from bootstrap import guestinfo
 from models.spec import ClusterSpec
 from models.state import ClusterPhase, NodePhase
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
-from tests.harness import vms_of_cluster
+from tests.harness import userdata_config, vms_of_cluster
 from vsphere import inventory, properties
 
 
@@ -67,8 +65,7 @@ async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
         assert extra[guestinfo.MARKER_POOL] == pool
         assert extra[guestinfo.MARKER_NODE] == vm_name
         assert extra["guestinfo.userdata.encoding"] == "gzip+base64"
-        userdata = gzip.decompress(base64.b64decode(extra["guestinfo.userdata"])).decode()
-        config = cloudinit.parse(userdata)
+        config = userdata_config(extra)
         assert config["hostname"] == vm_name
         assert props["runtime.powerState"] == "poweredOn"
         assert props["parent"] == where["folder"]
