@@ -21,6 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from settings import load
+
 log = structlog.get_logger(__name__)
 
 
@@ -47,8 +49,6 @@ class StorageCredentials:
 
     @classmethod
     def from_settings(cls, settings_file: str | None = None) -> StorageCredentials:
-        from settings import load
-
         return cls.load(load(StorageCredentialsSettings, settings_file).storage_credentials_file)
 
     @classmethod

@@ -24,7 +24,7 @@ import worker as worker_module
 from activities.vms import VSphereActivities
 from codec import keys
 from models.spec import ClusterSpec
-from pki.node_tokens import NodeTokenSigner, create_signing_key
+from pki.node_tokens import NodeTokenSigner, create_signing_key, load_signing_key
 from runtime import logs
 from runtime.temporal import data_converter
 from settings import VCenterSettings
@@ -99,6 +99,20 @@ def vcenter_settings(sim: vcenter.Simulator) -> VCenterSettings:
     )
 
 
+def vsphere_activities(
+    session: VCenterSession, key_file: Path, node_api_url: str, node_api_ca_pem: str | None = None
+) -> VSphereActivities:
+    """The worker's vCenter activities as the tests run them: 1 h node tokens, 8 tasks at once."""
+    return VSphereActivities(
+        session,
+        NodeTokenSigner(load_signing_key(key_file)),
+        node_api_url,
+        timedelta(hours=1),
+        max_concurrent_tasks=8,
+        node_api_ca_pem=node_api_ca_pem,
+    )
+
+
 @dataclass
 class Stack:
     client: Client
@@ -117,15 +131,7 @@ async def stack(
     node_api_url: str,
     sim_nodes: SimulatedNodes,
 ) -> AsyncIterator[Stack]:
-    from pki.node_tokens import load_signing_key
-
-    vsphere = VSphereActivities(
-        VCenterSession(vcenter_settings(vcsim)),
-        NodeTokenSigner(load_signing_key(key_file)),
-        node_api_url,
-        timedelta(hours=1),
-        max_concurrent_tasks=8,
-    )
+    vsphere = vsphere_activities(VCenterSession(vcenter_settings(vcsim)), key_file, node_api_url)
     task_queue = f"tests-{uuid.uuid4()}"
     with ThreadPoolExecutor(64) as executor:
         w = worker_module.build_worker(

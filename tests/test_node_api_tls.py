@@ -6,20 +6,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 import worker as worker_module
-from activities.vms import VSphereActivities
 from bootstrap import cloudinit, guestinfo
 from models.state import ClusterPhase
 from pki import authority
-from pki.node_tokens import NodeTokenSigner, load_signing_key
 from starter import clusters
 from tests.clusters import wait_until_settled
-from tests.conftest import Stack, cluster_spec, unique, vcenter_settings
+from tests.conftest import Stack, cluster_spec, unique, vcenter_settings, vsphere_activities
 from tests.harness import serve_node_api, vms_of_cluster
 from vsphere.session import VCenterSession
 
@@ -33,14 +30,7 @@ def serving_pair(directory: Path, ca: authority.KeyPair) -> tuple[Path, Path]:
 
 
 async def https_worker(stack: Stack, key_file: Path, url: str, ca_pem: str) -> AsyncIterator[str]:
-    vsphere = VSphereActivities(
-        VCenterSession(vcenter_settings(stack.sim)),
-        NodeTokenSigner(load_signing_key(key_file)),
-        url,
-        timedelta(hours=1),
-        max_concurrent_tasks=8,
-        node_api_ca_pem=ca_pem,
-    )
+    vsphere = vsphere_activities(VCenterSession(vcenter_settings(stack.sim)), key_file, url, ca_pem)
     task_queue = f"https-{uuid.uuid4()}"
     with ThreadPoolExecutor(32) as executor:
         async with worker_module.build_worker(stack.client, task_queue, vsphere, executor, 32):

@@ -14,22 +14,19 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 
 import worker as worker_module
-from activities.vms import VSphereActivities
 from codec import keys
 from models.state import ClusterPhase, NodePhase
-from pki.node_tokens import NodeTokenSigner, load_signing_key
 from runtime.binaries import temporal_binary
 from runtime.temporal import data_converter
 from starter import clusters
 from tests.clusters import wait_until_settled
-from tests.conftest import Stack, cluster_spec, unique, vcenter_settings
+from tests.conftest import Stack, cluster_spec, unique, vcenter_settings, vsphere_activities
 from tests.harness import serve_node_api, vms_of_cluster
 from tests.reliability import Run
 from vsphere.session import VCenterSession
@@ -123,13 +120,7 @@ async def test_the_create_finishes_after_the_temporal_server_restarts_from_its_d
     stack.nodes.boot_delays[leader] = 3.0  # keep the create in flight while the server is down
 
     async with serve_node_api(client, key_file) as node_api_url:
-        vsphere = VSphereActivities(
-            VCenterSession(vcenter_settings(stack.sim)),
-            NodeTokenSigner(load_signing_key(key_file)),
-            node_api_url,
-            timedelta(hours=1),
-            max_concurrent_tasks=8,
-        )
+        vsphere = vsphere_activities(VCenterSession(vcenter_settings(stack.sim)), key_file, node_api_url)
         with ThreadPoolExecutor(32) as executor:
             async with worker_module.build_worker(client, task_queue, vsphere, executor, 32):
                 here = Stack(client, task_queue, vsphere, stack.sim, stack.nodes, node_api_url)

@@ -11,21 +11,18 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 import worker as worker_module
-from activities.vms import VSphereActivities
 from models.state import ClusterPhase, NodePhase
-from pki.node_tokens import NodeTokenSigner, load_signing_key
 from sim import vcenter
 from sim.faultproxy import FaultProxy, FaultRates
 from sim.nodes import SimulatedNodes
 from starter import clusters
 from tests.clusters import wait_until_settled
-from tests.conftest import Stack, cluster_spec, unique, vcenter_settings
+from tests.conftest import Stack, cluster_spec, unique, vcenter_settings, vsphere_activities
 from tests.harness import STATE_DIR, vms_of_cluster
 from tests.reliability import Run
 from vsphere.session import VCenterSession
@@ -57,13 +54,7 @@ async def faulty(stack: Stack, key_file: Path) -> AsyncIterator[FaultyStack]:
         async with FaultProxy(sim.url, FaultRates(), seed=SEED) as proxy:
             settings = vcenter_settings(sim).model_copy(update={"vcenter_url": proxy.url})
             session = VCenterSession(settings)
-            vsphere = VSphereActivities(
-                session,
-                NodeTokenSigner(load_signing_key(key_file)),
-                stack.node_api_url,
-                timedelta(hours=1),
-                max_concurrent_tasks=8,
-            )
+            vsphere = vsphere_activities(session, key_file, stack.node_api_url)
             task_queue = f"faulty-{uuid.uuid4()}"
             with ThreadPoolExecutor(32) as executor:
                 async with worker_module.build_worker(stack.client, task_queue, vsphere, executor, 32):
