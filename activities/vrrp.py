@@ -55,9 +55,15 @@ class VrrpActivities:
             return (int(router_id) if router_id is not None else None), memo.get("network")
         cluster = execution.id.removeprefix(ids.CLUSTER_PREFIX)
         try:
-            status = await self._client.get_workflow_handle(execution.id).query(
-                "status", result_type=ClusterStatus, rpc_timeout=QUERY_TIMEOUT
-            )
+            # The client retries a timed-out query, so the deadline is also
+            # held here, around all of its attempts.
+            async with asyncio.timeout(QUERY_TIMEOUT.total_seconds()):
+                status = await self._client.get_workflow_handle(execution.id).query(
+                    "status", result_type=ClusterStatus, rpc_timeout=QUERY_TIMEOUT
+                )
+        except TimeoutError:
+            log.warning("vrrp.status_unavailable", cluster=cluster, error="no answer in time")
+            return None, None
         except (RPCError, WorkflowQueryFailedError) as exc:
             # A cluster that cannot answer now (its worker is down) is skipped.
             log.warning("vrrp.status_unavailable", cluster=cluster, error=str(exc))
