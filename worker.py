@@ -18,13 +18,14 @@ from temporalio.worker import Worker
 from activities import kube as kube_activities
 from activities import pki as pki_activities
 from activities.commands import ClusterCommandActivities
+from activities.etcd import EtcdActivities
 from activities.preflight import PreflightActivities
 from activities.vms import VSphereActivities
 from activities.vrrp import VrrpActivities
 from pki.node_tokens import NodeTokenSigner, load_signing_key
 from runtime import logs, temporal
 from settings import NodeApiSettings, TemporalSettings, VCenterSettings, load
-from settings.credentials import StorageCredentials
+from settings.credentials import EtcdCredentials, StorageCredentials
 from vsphere.session import VCenterSession
 from workflows.cluster import ClusterWorkflow
 from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
@@ -43,9 +44,11 @@ def build_worker(
     executor: ThreadPoolExecutor,
     max_concurrent_activities: int = MAX_CONCURRENT_ACTIVITIES,
     storage_credentials: StorageCredentials | None = None,
+    etcd_credentials: EtcdCredentials | None = None,
 ) -> Worker:
     commands = ClusterCommandActivities(client)
     vrrp = VrrpActivities(client)
+    etcd = EtcdActivities(etcd_credentials)
     return Worker(
         client,
         task_queue=task_queue,
@@ -60,13 +63,14 @@ def build_worker(
             commands.run_cluster_update,
             commands.delete_cluster_schedules,
             vrrp.vrrp_router_ids_in_use,
+            etcd.clear_etcd_prefix,
             vsphere.ensure_vm,
             vsphere.configure_vm,
             vsphere.power_on_vm,
             vsphere.wait_for_vm_ip,
             vsphere.find_cluster_vms,
             vsphere.destroy_vm,
-            PreflightActivities(vsphere.session, storage_credentials).preflight,
+            PreflightActivities(vsphere.session, storage_credentials, etcd_credentials).preflight,
         ],
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
@@ -91,13 +95,19 @@ async def run(settings_file: str | None = None) -> None:
     vcenter = load(VCenterSettings, settings_file)
     node_api = load(NodeApiSettings, settings_file)
     storage = StorageCredentials.from_settings(settings_file)
+    etcd = EtcdCredentials.from_settings(settings_file)
     client = await temporal.connect(temporal_settings)
     if temporal_settings.payload_keys_file is None:
         log.warning("payloads.unencrypted", hint="set PKE_VSPHERE_PAYLOAD_KEYS_FILE")
     vsphere = build_vsphere_activities(vcenter, node_api)
     with ThreadPoolExecutor(MAX_CONCURRENT_ACTIVITIES, thread_name_prefix="activity") as executor:
         worker = build_worker(
-            client, temporal_settings.temporal_task_queue, vsphere, executor, storage_credentials=storage
+            client,
+            temporal_settings.temporal_task_queue,
+            vsphere,
+            executor,
+            storage_credentials=storage,
+            etcd_credentials=etcd,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,7 +20,7 @@ log = structlog.get_logger(__name__)
 def generate_pki(input: GeneratePkiInput) -> ClusterPKI:
     """Generate the cluster's CAs and keys (a retry simply generates new ones;
     nothing has used the earlier ones until the workflow records a result)."""
-    pki = generate_cluster_pki(input.cluster)
+    pki = generate_cluster_pki(input.cluster, etcd_ca=input.etcd_ca)
     crashpoints.reach("pki.generated")
     log.info("pki.generated", cluster=input.cluster, cluster_uid=input.cluster_uid)
     return pki

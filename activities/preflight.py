@@ -12,8 +12,9 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from external_etcd import checks as etcd_checks
 from models.messages import PreflightInput, PreflightResult, StorageTarget
-from settings.credentials import StorageCredentials
+from settings.credentials import EtcdCredentials, StorageCredentials
 from vsphere import inventory, properties
 from vsphere.errors import PermanentError, as_activity_errors
 from vsphere.session import VCenterSession
@@ -32,9 +33,15 @@ def vip_answers(vip: str, port: int) -> bool:
 
 
 class PreflightActivities:
-    def __init__(self, session: VCenterSession, credentials: StorageCredentials | None = None) -> None:
+    def __init__(
+        self,
+        session: VCenterSession,
+        credentials: StorageCredentials | None = None,
+        etcd_credentials: EtcdCredentials | None = None,
+    ) -> None:
         self._session = session
         self._credentials = credentials or StorageCredentials()
+        self._etcd_credentials = etcd_credentials or EtcdCredentials()
 
     @activity.defn(name="preflight")
     def preflight(self, input: PreflightInput) -> PreflightResult:
@@ -58,6 +65,8 @@ class PreflightActivities:
                 f"control_plane.vip: {input.vip} already answers on port {input.api_port}; "
                 "choose an address no host or other cluster uses"
             )
+        if input.external_etcd is not None and input.etcd_prefix is not None:
+            problems += etcd_checks.problems(input.external_etcd, input.etcd_prefix, self._etcd_credentials)
         if problems:
             log.info("preflight.failed", cluster=input.cluster, problems=problems)
             raise ApplicationError(
@@ -69,6 +78,7 @@ class PreflightActivities:
         checked += ["network"] if input.placement.network else []
         checked += ["vip"] if input.vip else []
         checked += ["storage credential"] if input.storage else []
+        checked += ["external etcd"] if input.external_etcd else []
         return PreflightResult(checked=checked, storage_target=target)
 
     def check_storage(self, si: Any, input: PreflightInput, problems: list[str]) -> StorageTarget:

@@ -12,6 +12,10 @@ from models.state import NodeIdentity, NodeKind
 
 CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane:NoSchedule"
 POOL_LABEL = "node.pke-vsphere.io/pool"
+# Where the bootstrap script writes an external etcd's CA and client certificate.
+ETCD_CA_FILE = "/etc/kubernetes/pki/etcd/external-ca.crt"
+ETCD_CERT_FILE = "/etc/kubernetes/pki/apiserver-etcd-client.crt"
+ETCD_KEY_FILE = "/etc/kubernetes/pki/apiserver-etcd-client.key"
 
 
 def install_args(identity: NodeIdentity, settings: NodeBootstrapSettings) -> list[str]:
@@ -42,6 +46,14 @@ def install_args(identity: NodeIdentity, settings: NodeBootstrapSettings) -> lis
         f"--taints={'' if settings.schedulable_masters else CONTROL_PLANE_TAINT}",
         *(f"--kubernetes-api-server-cert-sans={name}" for name in settings.api_server_cert_sans),
     ]
+    if settings.etcd_endpoints:
+        master += [
+            f"--etcd-endpoints={','.join(settings.etcd_endpoints)}",
+            f"--etcd-ca-file={ETCD_CA_FILE}",
+            f"--etcd-cert-file={ETCD_CERT_FILE}",
+            f"--etcd-key-file={ETCD_KEY_FILE}",
+            f"--etcd-prefix={settings.etcd_prefix}",
+        ]
     if identity.kind is NodeKind.MASTER:
         master += [
             "--kubernetes-join-control-plane",

@@ -16,8 +16,8 @@ report_failure() {
   api POST /v1/nodes/self/report "{\"kind\":\"failed\",\"message\":\"$msg\"}" || true
 }
 trap 'report_failure $LINENO $?' ERR
-json() { # KEY.PATH: print one value of the JSON document on stdin
-  python3 -c 'import functools,json,sys; print(functools.reduce(lambda d, k: d[k], sys.argv[1].split("."), json.load(sys.stdin)))' "$1"
+json() { # KEY.PATH: print one value of the JSON document on stdin ("None" if absent or null)
+  python3 -c 'import functools,json,sys; print(functools.reduce(lambda d, k: None if d is None else d.get(k), sys.argv[1].split("."), json.load(sys.stdin)))' "$1"
 }
 
 ADVERTISE_ADDRESS="$(ip -4 route get 1.1.1.1 | awk '{for(i=1;i<=NF;i++) if ($i=="src") print $(i+1)}')"
@@ -29,8 +29,15 @@ if [ "$PKE_VSPHERE_KIND" != worker ]; then
   umask 077
   echo "$material" | json pki.kubernetes_ca.cert_pem > /etc/kubernetes/pki/ca.crt
   echo "$material" | json pki.kubernetes_ca.key_pem > /etc/kubernetes/pki/ca.key
-  echo "$material" | json pki.etcd_ca.cert_pem > /etc/kubernetes/pki/etcd/ca.crt
-  echo "$material" | json pki.etcd_ca.key_pem > /etc/kubernetes/pki/etcd/ca.key
+  if [ "$(echo "$material" | json pki.etcd_ca)" != None ]; then # the masters run etcd
+    echo "$material" | json pki.etcd_ca.cert_pem > /etc/kubernetes/pki/etcd/ca.crt
+    echo "$material" | json pki.etcd_ca.key_pem > /etc/kubernetes/pki/etcd/ca.key
+  fi
+  if [ "$(echo "$material" | json external_etcd)" != None ]; then # pke install --etcd-*-file
+    echo "$material" | json external_etcd.certificate.ca_cert_pem > /etc/kubernetes/pki/etcd/external-ca.crt
+    echo "$material" | json external_etcd.certificate.cert_pem > /etc/kubernetes/pki/apiserver-etcd-client.crt
+    echo "$material" | json external_etcd.certificate.key_pem > /etc/kubernetes/pki/apiserver-etcd-client.key
+  fi
   echo "$material" | json pki.front_proxy_ca.cert_pem > /etc/kubernetes/pki/front-proxy-ca.crt
   echo "$material" | json pki.front_proxy_ca.key_pem > /etc/kubernetes/pki/front-proxy-ca.key
   echo "$material" | json pki.service_account_key_pem > /etc/kubernetes/pki/sa.key

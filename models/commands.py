@@ -62,6 +62,10 @@ class DeleteOutcome(BaseModel):
     cluster: str
     destroyed: list[str] = Field(default_factory=list)
     schedules_removed: list[str] = Field(default_factory=list)
+    etcd_keys_deleted: int | None = None
+    """With an external etcd: how many keys of the cluster's prefix were deleted."""
+    etcd_problem: str | None = None
+    """With an external etcd whose prefix could not be cleared: why (the keys are left)."""
 
 
 class ScaleClusterInput(BaseModel):

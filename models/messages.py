@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from models.pki import BootstrapToken, ClusterPKI
 from models.secret import Secret
-from models.spec import ClusterSpec, LoadBalancerSpec, StorageSpec, Timeouts, VSpherePlacement
+from models.spec import ClusterSpec, ExternalEtcd, LoadBalancerSpec, StorageSpec, Timeouts, VSpherePlacement
 from models.state import ClusterPhase, NodeIdentity, NodeState, ReconcileReport
 
 
@@ -74,6 +74,9 @@ class NodeBootstrapSettings(BaseModel):
     """Extra names of the API server certificate: the VIP and the DNS name."""
     schedulable_masters: bool = False
     """The shared topology: masters run workloads too (no NoSchedule taint)."""
+    etcd_endpoints: list[str] = Field(default_factory=list)
+    """The external_etcd topology: the etcd the API servers use (empty: they run their own)."""
+    etcd_prefix: str | None = None
 
 
 class NodeWorkflowInput(BaseModel):
@@ -139,6 +142,9 @@ class BootstrapMaterial(BaseModel):
     load_balancer: LoadBalancerSpec | None = None
     storage: StorageSpec | None = None
     storage_target: StorageTarget | None = None
+    external_etcd: ExternalEtcd | None = None
+    """The node API adds the client certificate the orchestrator holds for it."""
+    etcd_prefix: str | None = None
 
 
 class NodeLookup(BaseModel):
@@ -158,6 +164,8 @@ class NodeLookupResult(BaseModel):
 class GeneratePkiInput(BaseModel):
     cluster: str
     cluster_uid: str
+    etcd_ca: bool = True
+    """False for an external etcd: the cluster runs no etcd of its own to sign for."""
 
 
 class MintTokenInput(BaseModel):
@@ -294,6 +302,22 @@ class PreflightInput(BaseModel):
     vip: str | None = None
     api_port: int = 6443
     storage: StorageSpec | None = None
+    external_etcd: ExternalEtcd | None = None
+    etcd_prefix: str | None = None
+
+
+class ClearEtcdPrefixInput(BaseModel):
+    """Delete a deleted cluster's keys from its external etcd."""
+
+    cluster: str
+    endpoints: list[str]
+    credential: str
+    prefix: str
+
+
+class ClearEtcdPrefixResult(BaseModel):
+    deleted: int
+    endpoint: str
 
 
 class RouterIdsInput(BaseModel):

@@ -11,6 +11,7 @@ import re
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -24,6 +25,8 @@ _DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*$")
 MAX_CLUSTER_NAME = 30
 MAX_POOL_NAME = 20
 MASTER_COUNTS = (1, 3, 5)
+"""Masters that run etcd: an odd number, so that a majority survives a failure."""
+MAX_MASTERS = 5
 MAX_POOL_SIZE = 99
 
 
@@ -120,12 +123,110 @@ class Topology(StrEnum):
     """1, 3 or 5 masters run etcd and the API server; workloads stay off them (NoSchedule)."""
     SHARED = "shared"
     """3 or 5 nodes run etcd, the API server and workloads (no taint); worker pools optional."""
+    EXTERNAL_ETCD = "external_etcd"
+    """1 to 5 masters run only the API server, against an existing etcd cluster."""
+
+    @property
+    def runs_etcd(self) -> bool:
+        return self is not Topology.EXTERNAL_ETCD
+
+    @property
+    def master_counts(self) -> tuple[int, ...]:
+        if self is Topology.SHARED:
+            return (3, 5)
+        if self is Topology.EXTERNAL_ETCD:
+            return tuple(range(1, MAX_MASTERS + 1))
+        return MASTER_COUNTS
+
+    def master_count_problem(self, count: int) -> str | None:
+        """Why ``count`` masters do not suit this topology, or None."""
+        if count in self.master_counts:
+            return None
+        if self is Topology.SHARED:
+            return (
+                "the shared topology runs etcd, the API server and workloads on 3 or 5 nodes; "
+                f"not {count} (for one node use the dedicated topology)"
+            )
+        if self is Topology.EXTERNAL_ETCD:
+            return f"the external_etcd topology runs 1 to {MAX_MASTERS} API servers, not {count}"
+        return f"a master pool has 1, 3 or 5 nodes (etcd needs an odd quorum), not {count}"
+
+
+def _etcd_endpoint(value: str) -> str:
+    """``https://HOST:PORT``, normalised; anything else is refused with the reason."""
+    where = f"control_plane.external_etcd.endpoints: {value!r}"
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError as exc:
+        raise ValueError(f"{where} is not a URL ({exc})") from None
+    if url.scheme != "https":
+        raise ValueError(f"{where} must use https (the API servers present a client certificate)")
+    if not url.hostname or port is None:
+        raise ValueError(f"{where} needs a host and a port: https://HOST:PORT")
+    if url.username or url.password or url.path not in ("", "/") or url.query or url.fragment:
+        raise ValueError(f"{where} must be only https://HOST:PORT (no user, path or query)")
+    host = url.hostname
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        if not _DNS_NAME.match(host):
+            raise ValueError(f"{where}: {host!r} is neither an IP address nor a DNS name") from None
+    return f"https://{host}:{port}"
+
+
+class ExternalEtcd(_Strict):
+    """An existing etcd cluster the API servers keep the cluster's data in."""
+
+    endpoints: list[str] = Field(
+        min_length=1,
+        max_length=9,
+        description="Client URLs of the etcd members, https://HOST:PORT; reachable from nodes and worker.",
+    )
+    credential: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description=(
+            "Name of the etcd client certificate, key and CA held by the orchestrator "
+            "(see PKE_VSPHERE_ETCD_CREDENTIALS_FILE)."
+        ),
+    )
+    prefix: str | None = Field(
+        default=None,
+        description=(
+            "Key prefix of this cluster's data (kube-apiserver --etcd-prefix); "
+            "default /pke-vsphere/CLUSTER. Must hold no keys when the cluster is created."
+        ),
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, values: list[str]) -> list[str]:
+        endpoints = [_etcd_endpoint(v) for v in values]
+        repeated = sorted({e for e in endpoints if endpoints.count(e) > 1})
+        if repeated:
+            raise ValueError(f"control_plane.external_etcd.endpoints: repeated {', '.join(repeated)}")
+        return endpoints
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(/[A-Za-z0-9._-]+){1,8}$", value):
+            raise ValueError(
+                f"control_plane.external_etcd.prefix {value!r}: '/'-separated segments of letters, "
+                "digits, '.', '_' and '-', starting with '/' and not ending with one (e.g. /clusters/prod)"
+            )
+        return value
 
 
 class ControlPlane(_Strict):
     """How followers, workers and users reach the Kubernetes API."""
 
     topology: Topology = Field(default=Topology.DEDICATED, description="Where etcd and the API servers run.")
+    external_etcd: ExternalEtcd | None = Field(
+        default=None,
+        description="The etcd cluster to use; required with (and only with) topology external_etcd.",
+    )
 
     vip: ipaddress.IPv4Address | None = Field(
         default=None,
@@ -164,6 +265,21 @@ class ControlPlane(_Strict):
                 "digits and '-', separated by dots, at most 253 characters)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _external_etcd_with_its_topology(self) -> Self:
+        external = self.topology is Topology.EXTERNAL_ETCD
+        if external and self.external_etcd is None:
+            raise ValueError(
+                "control_plane.external_etcd is required with topology external_etcd "
+                "(its endpoints and the name of its client credential)"
+            )
+        if not external and self.external_etcd is not None:
+            raise ValueError(
+                f"control_plane.external_etcd is only for topology external_etcd; the {self.topology} "
+                "topology runs etcd on the masters"
+            )
+        return self
 
     @model_validator(mode="after")
     def _vrrp_needs_vip(self) -> Self:
@@ -357,16 +473,9 @@ class ClusterSpec(_Strict):
         masters = [p for p in self.pools if p.role is NodeRole.MASTER]
         if len(masters) != 1:
             raise ValueError(f"pools: need exactly one master pool, found {len(masters)}")
-        if masters[0].count not in MASTER_COUNTS:
-            raise ValueError(
-                f"pools.{masters[0].name}.count: a master pool has 1, 3 or 5 nodes "
-                f"(etcd needs an odd quorum), not {masters[0].count}"
-            )
-        if self.control_plane.topology is Topology.SHARED and masters[0].count == 1:
-            raise ValueError(
-                f"pools.{masters[0].name}.count: the shared topology runs etcd, the API server and "
-                "workloads on 3 or 5 nodes; for one node use the dedicated topology"
-            )
+        problem = self.control_plane.topology.master_count_problem(masters[0].count)
+        if problem is not None:
+            raise ValueError(f"pools.{masters[0].name}.count: {problem}")
         if masters[0].count > 1 and self.control_plane.vip is None:
             raise ValueError("control_plane.vip is required when the master pool has more than 1 node")
         vip = self.control_plane.vip
@@ -392,6 +501,14 @@ class ClusterSpec(_Strict):
             for value, (start, end) in zip(lb.addresses, lb.ranges(), strict=True):
                 if start <= net.broadcast_address and net.network_address <= end:
                     raise ValueError(f"load_balancer.addresses: {value!r} overlaps network.{label} {net}")
+
+    @property
+    def etcd_prefix(self) -> str | None:
+        """Where an external etcd keeps this cluster's data; None when the masters run etcd."""
+        etcd = self.control_plane.external_etcd
+        if etcd is None:
+            return None
+        return etcd.prefix or f"/pke-vsphere/{self.name}"
 
     @property
     def master_pool(self) -> NodePoolSpec:

@@ -109,7 +109,10 @@ class ClusterServices(BaseModel):
     """What the cluster provides in place of a cloud's: its API endpoint and VIP."""
 
     topology: str | None = None
-    """Where etcd and the API servers run: dedicated or shared."""
+    """Where etcd and the API servers run: dedicated, shared or external_etcd."""
+    etcd_endpoints: list[str] = Field(default_factory=list)
+    """The external etcd's endpoints (empty when the masters run etcd)."""
+    etcd_prefix: str | None = None
     api_endpoint: str | None = None
     vip: str | None = None
     dns_name: str | None = None

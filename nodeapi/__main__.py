@@ -11,7 +11,7 @@ from nodeapi.app import create_app
 from pki.node_tokens import NodeTokenVerifier, load_signing_key
 from runtime import logs, temporal
 from settings import NodeApiSettings, TemporalSettings, load
-from settings.credentials import StorageCredentials
+from settings.credentials import EtcdCredentials, StorageCredentials
 
 
 async def serve(settings_file: str | None) -> None:
@@ -20,7 +20,7 @@ async def serve(settings_file: str | None) -> None:
     verifier = NodeTokenVerifier(load_signing_key(node_api.node_token_key_file).public_key())
     storage = StorageCredentials.from_settings(settings_file)
     config = uvicorn.Config(
-        create_app(client, verifier, storage),
+        create_app(client, verifier, storage, EtcdCredentials.from_settings(settings_file)),
         host=node_api.node_api_listen_host,
         port=node_api.node_api_listen_port,
         log_config=None,

@@ -25,6 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from addons import bundle as addon_bundle
 from addons.bundle import AddonBundle
 from bootstrap import keepalived
+from external_etcd import material as etcd_material
 from models.messages import (
     BootstrapMaterial,
     BootstrapMaterialRequest,
@@ -33,11 +34,11 @@ from models.messages import (
     NodeReport,
     NodeReportKind,
 )
-from models.pki import ClusterPKI
+from models.pki import ClusterPKI, ExternalEtcdClient
 from models.state import NodeKind
 from nodeapi.auth import RETRY_AFTER_SECONDS, AuthenticatedNode, authenticate, bearer_scheme, unavailable
 from pki.node_tokens import NodeTokenVerifier
-from settings.credentials import StorageCredentials
+from settings.credentials import EtcdCredentials, StorageCredentials
 from workflows import ids
 from workflows.cluster import BOOTSTRAP_QUERY, JOIN_UPDATE
 from workflows.node import REPORT_SIGNAL
@@ -46,12 +47,14 @@ log = structlog.get_logger(__name__)
 
 
 class MasterBootstrap(BaseModel):
-    """What a master receives: the cluster's CAs and keys, and keepalived's configuration."""
+    """What a master receives: the cluster's CAs and keys, keepalived's configuration
+    and, with an external etcd, its endpoints and client certificate."""
 
     pki: ClusterPKI
     api_endpoint: str | None
     vip: str | None = None
     keepalived_conf: str | None
+    external_etcd: ExternalEtcdClient | None = None
 
 
 class Accepted(BaseModel):
@@ -135,10 +138,29 @@ def _returned_secrets_are_not_write_only(schema: dict[str, Any]) -> dict[str, An
     return schema
 
 
+def _external_etcd(material: BootstrapMaterial, credentials: EtcdCredentials) -> ExternalEtcdClient | None:
+    """The etcd endpoints and the client certificate the orchestrator holds for them."""
+    etcd = material.external_etcd
+    if etcd is None or material.etcd_prefix is None:
+        return None
+    credential = credentials.get(etcd.credential)
+    if credential is None:
+        raise etcd_material.EtcdCredentialError(
+            f"the orchestrator holds no etcd credential {etcd.credential!r}"
+        )
+    return ExternalEtcdClient(
+        endpoints=etcd.endpoints, prefix=material.etcd_prefix, certificate=etcd_material.read(credential)
+    )
+
+
 def create_app(
-    client: Client, verifier: NodeTokenVerifier, credentials: StorageCredentials | None = None
+    client: Client,
+    verifier: NodeTokenVerifier,
+    credentials: StorageCredentials | None = None,
+    etcd_credentials: EtcdCredentials | None = None,
 ) -> FastAPI:
     storage_accounts = credentials or StorageCredentials()
+    etcd_accounts = etcd_credentials or EtcdCredentials()
     app = FastAPI(
         title="pke-vsphere node API",
         version="1",
@@ -189,7 +211,8 @@ def create_app(
             status.HTTP_409_CONFLICT: {
                 "model": Problem,
                 "description": "The cluster cannot hand out its material now (its PKI is not "
-                "generated yet, or it is being deleted); `detail` says which.",
+                "generated yet, it is being deleted, or its external etcd's credential is unusable); "
+                "`detail` says which.",
                 "headers": _RETRY_AFTER,
             },
             **_UNAVAILABLE,
@@ -211,9 +234,23 @@ def create_app(
                 node_priority=material.vrrp_priority,
                 password=material.pki.vrrp_password.get_secret_value(),
             )
-        log.info("nodeapi.bootstrap_served")
+        try:
+            etcd = _external_etcd(material, etcd_accounts)
+        except etcd_material.EtcdCredentialError as exc:
+            # The node learns which credential; the details (file names) stay in this log.
+            log.warning("nodeapi.etcd_credential_unusable", problem=str(exc))
+            assert material.external_etcd is not None
+            return _retry_later(
+                status.HTTP_409_CONFLICT,
+                f"the orchestrator cannot use etcd credential {material.external_etcd.credential!r} now",
+            )
+        log.info("nodeapi.bootstrap_served", external_etcd=etcd is not None)
         body = MasterBootstrap(
-            pki=material.pki, api_endpoint=material.api_endpoint, vip=material.vip, keepalived_conf=conf
+            pki=material.pki,
+            api_endpoint=material.api_endpoint,
+            vip=material.vip,
+            keepalived_conf=conf,
+            external_etcd=etcd,
         )
         return JSONResponse(body.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 

@@ -17,15 +17,16 @@ def _ca(pair: KeyPair) -> CertificateAuthority:
     return CertificateAuthority(cert_pem=pair.cert_pem(), key_pem=SecretStr(pair.key_pem()))
 
 
-def generate_cluster_pki(cluster: str) -> ClusterPKI:
+def generate_cluster_pki(cluster: str, *, etcd_ca: bool = True) -> ClusterPKI:
     """The Kubernetes, etcd and front-proxy CAs, the service-account key pair,
-    the secret-encryption key and the VRRP password, as PKE expects them."""
+    the secret-encryption key and the VRRP password, as PKE expects them. With
+    ``etcd_ca=False`` (an external etcd, which has its own CA) no etcd CA is made."""
     kubernetes = new_ca(f"kubernetes-ca ({cluster})")
     sa_key = new_rsa_key()
     vrrp_alphabet = string.ascii_letters + string.digits
     return ClusterPKI(
         kubernetes_ca=_ca(kubernetes),
-        etcd_ca=_ca(new_ca(f"etcd-ca ({cluster})")),
+        etcd_ca=_ca(new_ca(f"etcd-ca ({cluster})")) if etcd_ca else None,
         front_proxy_ca=_ca(new_ca(f"front-proxy-ca ({cluster})")),
         service_account_key_pem=SecretStr(private_key_pem(sa_key)),
         service_account_public_pem=sa_key.public_key()

@@ -1,4 +1,5 @@
-"""Named vSphere accounts for clusters' CSI drivers, held by the orchestrator.
+"""Named credentials the orchestrator holds for clusters: vSphere accounts for
+their CSI drivers and client certificates for external etcd clusters.
 
 ``PKE_VSPHERE_STORAGE_CREDENTIALS_FILE`` names a YAML file (mode 0600)::
 
@@ -6,15 +7,25 @@
       username: k8s-csi-prod@vsphere.local
       password: ...
 
-A cluster spec names an account (``storage.credential``); the worker checks at
-preflight that it exists and is not the orchestrator's own account, and the node
-API renders it into the leader's CSI configuration. Passwords never reach a
-spec, workflow history, guestinfo or a log line.
+``PKE_VSPHERE_ETCD_CREDENTIALS_FILE`` names a YAML file of etcd client
+certificates (paths relative to the file's own directory, or absolute)::
+
+    shared-etcd:
+      ca_file: etcd/ca.crt          # verifies the etcd servers
+      cert_file: etcd/client.crt    # the API servers' client certificate
+      key_file: etcd/client.key
+
+A cluster spec names an entry (``storage.credential``,
+``control_plane.external_etcd.credential``); the worker checks it at preflight
+and the node API hands it to the masters that need it. Passwords and keys never
+reach a spec, workflow history, guestinfo or a log line. Certificate files are
+read when used, so renewing them needs no restart.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Generic, Self, TypeVar
 
 import structlog
 import yaml
@@ -25,6 +36,8 @@ from settings import load
 
 log = structlog.get_logger(__name__)
 
+M = TypeVar("M", bound=BaseModel)
+
 
 class StorageCredential(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -33,44 +46,84 @@ class StorageCredential(BaseModel):
     password: SecretStr
 
 
-class StorageCredentialsSettings(BaseSettings):
+class EtcdCredential(BaseModel):
+    """Where an etcd client certificate, its key and the servers' CA are on disk."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def relative_to(self, directory: Path) -> EtcdCredential:
+        return EtcdCredential(
+            ca_file=directory / self.ca_file,
+            cert_file=directory / self.cert_file,
+            key_file=directory / self.key_file,
+        )
+
+
+class CredentialsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PKE_VSPHERE_", extra="ignore")
 
     storage_credentials_file: Path | None = Field(
         default=None, description="YAML file of named vSphere accounts for clusters' CSI drivers."
     )
+    etcd_credentials_file: Path | None = Field(
+        default=None, description="YAML file of named client certificates for external etcd clusters."
+    )
 
 
-class StorageCredentials:
-    """The accounts, by name; an empty store when no file is configured."""
+def _read_named(path: Path, model: type[M], what: str) -> dict[str, M]:
+    """The file's entries, each validated; a bad one is named without its values."""
+    if path.stat().st_mode & 0o077:
+        log.warning("credentials.readable_by_others", file=str(path), hint="chmod 600")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of names to {what}")
+    entries = {}
+    for name, entry in data.items():
+        try:
+            entries[str(name)] = model.model_validate(entry)
+        except ValidationError as exc:
+            fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
+            raise ValueError(f"{path}: entry {name!r} is invalid ({fields})") from None
+    return entries
 
-    def __init__(self, accounts: dict[str, StorageCredential] | None = None) -> None:
-        self._accounts = dict(accounts or {})
 
-    @classmethod
-    def from_settings(cls, settings_file: str | None = None) -> StorageCredentials:
-        return cls.load(load(StorageCredentialsSettings, settings_file).storage_credentials_file)
+class _Named(Generic[M]):
+    """Entries by name; an empty store when no file is configured."""
 
-    @classmethod
-    def load(cls, path: Path | None) -> StorageCredentials:
-        if path is None:
-            return cls()
-        if path.stat().st_mode & 0o077:
-            log.warning("storage_credentials.readable_by_others", file=str(path), hint="chmod 600")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of account names to username/password")
-        accounts = {}
-        for name, entry in data.items():
-            try:
-                accounts[str(name)] = StorageCredential.model_validate(entry)
-            except ValidationError as exc:
-                fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
-                raise ValueError(f"{path}: account {name!r} is invalid ({fields})") from None
-        return cls(accounts)
+    def __init__(self, entries: dict[str, M] | None = None) -> None:
+        self._entries = dict(entries or {})
 
     def names(self) -> list[str]:
-        return sorted(self._accounts)
+        return sorted(self._entries)
 
-    def get(self, name: str) -> StorageCredential | None:
-        return self._accounts.get(name)
+    def get(self, name: str) -> M | None:
+        return self._entries.get(name)
+
+
+class StorageCredentials(_Named[StorageCredential]):
+    @classmethod
+    def from_settings(cls, settings_file: str | None = None) -> Self:
+        return cls.load(load(CredentialsSettings, settings_file).storage_credentials_file)
+
+    @classmethod
+    def load(cls, path: Path | None) -> Self:
+        if path is None:
+            return cls()
+        return cls(_read_named(path, StorageCredential, "username/password"))
+
+
+class EtcdCredentials(_Named[EtcdCredential]):
+    @classmethod
+    def from_settings(cls, settings_file: str | None = None) -> Self:
+        return cls.load(load(CredentialsSettings, settings_file).etcd_credentials_file)
+
+    @classmethod
+    def load(cls, path: Path | None) -> Self:
+        if path is None:
+            return cls()
+        entries = _read_named(path, EtcdCredential, "ca_file/cert_file/key_file")
+        return cls({name: entry.relative_to(path.parent) for name, entry in entries.items()})

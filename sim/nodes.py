@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import random
+import shlex
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ import structlog
 from pyVmomi import vim
 
 from bootstrap import cloudinit, guestinfo
+from external_etcd import material as etcd_material
+from external_etcd.gateway import EtcdGateway, EtcdUnavailable
+from models.pki import ExternalEtcdClient
 from pki.bootstrap_tokens import TOKEN_PATTERN
 from sim.kubeapi import PORT, StandInKubeAPI
 from vsphere import properties
@@ -228,6 +232,11 @@ class SimulatedNodes:
                 if "BEGIN CERTIFICATE" not in material["pki"]["kubernetes_ca"]["cert_pem"]:
                     raise RuntimeError("bootstrap material has no Kubernetes CA")
                 node.events.append((time.time(), "material-fetched"))
+                problem = await self._start_api_server_storage(install, ip, material)
+                if problem is not None:
+                    await self._post(api, {"kind": "failed", "message": problem})
+                    node.events.append((time.time(), "reported-failed"))
+                    return
             pool = env["PKE_VSPHERE_POOL"]
             if kind == "leader":
                 kube = await self._start_api(env["PKE_VSPHERE_CLUSTER"], ip, material)
@@ -254,6 +263,39 @@ class SimulatedNodes:
             self._bootstrapped.add(uuid)
             await self._post(api, {"kind": "joined"})
             node.events.append((time.time(), "reported-joined"))
+
+    @staticmethod
+    async def _start_api_server_storage(install: str, ip: str, material: dict[str, Any]) -> str | None:
+        """What a master's kube-apiserver needs of etcd, or why it would not start.
+        With ``--etcd-endpoints`` it is the external etcd in the install flags, reached
+        with the client certificate the bootstrap material carries: the stand-in
+        writes its master lease (``PREFIX/masterleases/IP``, as kube-apiserver does)
+        to the real etcd. Without, the master runs etcd itself and needs the etcd CA."""
+        flags = dict(arg.split("=", 1) for arg in shlex.split(install) if arg.startswith("--etcd-"))
+        if "--etcd-endpoints" not in flags:
+            if material["pki"].get("etcd_ca") is None:
+                return "etcd: no etcd CA in the bootstrap material, and no external etcd in the flags"
+            return None
+        if material.get("external_etcd") is None:
+            return "kube-apiserver: --etcd-endpoints given but the bootstrap material has no etcd certificate"
+        etcd = ExternalEtcdClient.model_validate(material["external_etcd"])
+        endpoints = flags["--etcd-endpoints"].split(",")
+        if endpoints != etcd.endpoints or flags.get("--etcd-prefix") != etcd.prefix:
+            return "kube-apiserver: the install flags and the bootstrap material name different etcds"
+
+        def write_lease() -> str | None:
+            failures = []
+            with etcd_material.ssl_context(etcd.certificate) as context:
+                for endpoint in endpoints:
+                    with EtcdGateway(endpoint, context) as gateway:
+                        try:
+                            gateway.put(f"{etcd.prefix}/masterleases/{ip}", ip)
+                            return None
+                        except EtcdUnavailable as exc:
+                            failures.append(f"{endpoint}: {exc}")
+            return "kube-apiserver: cannot reach etcd: " + "; ".join(failures)
+
+        return await asyncio.to_thread(write_lease)
 
     async def _reboot(self, vm: Any, uuid: str, name: str, ip: str) -> None:
         """A second boot of the same instance: VMware Tools reports the address again

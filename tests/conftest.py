@@ -30,6 +30,7 @@ from runtime.temporal import data_converter
 from settings import VCenterSettings
 from sim import vcenter
 from sim.nodes import SimulatedNodes
+from tests.etcd_server import EtcdServer
 from tests.harness import STATE_DIR, STORAGE_ACCOUNTS, serve_node_api, temporal_cli
 from vsphere.session import VCenterSession
 
@@ -77,8 +78,16 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-async def node_api_url(client: Client, key_file: Path) -> AsyncIterator[str]:
-    async with serve_node_api(client, key_file) as url:
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """A real etcd that clusters of the external_etcd topology share."""
+    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def node_api_url(client: Client, key_file: Path, etcd: EtcdServer) -> AsyncIterator[str]:
+    async with serve_node_api(client, key_file, etcd_credentials=etcd.credentials) as url:
         yield url
 
 
@@ -121,6 +130,7 @@ class Stack:
     sim: vcenter.Simulator
     nodes: SimulatedNodes
     node_api_url: str
+    etcd: EtcdServer
 
 
 @pytest.fixture(scope="session")
@@ -130,15 +140,22 @@ async def stack(
     key_file: Path,
     node_api_url: str,
     sim_nodes: SimulatedNodes,
+    etcd: EtcdServer,
 ) -> AsyncIterator[Stack]:
     vsphere = vsphere_activities(VCenterSession(vcenter_settings(vcsim)), key_file, node_api_url)
     task_queue = f"tests-{uuid.uuid4()}"
     with ThreadPoolExecutor(64) as executor:
         w = worker_module.build_worker(
-            client, task_queue, vsphere, executor, 64, storage_credentials=STORAGE_ACCOUNTS
+            client,
+            task_queue,
+            vsphere,
+            executor,
+            64,
+            storage_credentials=STORAGE_ACCOUNTS,
+            etcd_credentials=etcd.credentials,
         )
         async with w:
-            yield Stack(client, task_queue, vsphere, vcsim, sim_nodes, node_api_url)
+            yield Stack(client, task_queue, vsphere, vcsim, sim_nodes, node_api_url, etcd)
 
 
 _vips = itertools.count(2)

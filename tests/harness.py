@@ -9,21 +9,24 @@ import gzip
 import shlex
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from google.protobuf.message import Message
 from pydantic import SecretStr
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
 from bootstrap import cloudinit
+from codec.encryption import EncryptionCodec
 from models.state import NodeIdentity, NodeKind
 from nodeapi.app import create_app
 from pki.node_tokens import NodeTokenVerifier, load_signing_key
 from runtime.binaries import temporal_binary
-from settings.credentials import StorageCredential, StorageCredentials
+from settings.credentials import EtcdCredentials, StorageCredential, StorageCredentials
 from sim.vcenter import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,11 +73,14 @@ async def serve_app(app: Any, tls: tuple[Path, Path] | None = None) -> AsyncIter
 
 @asynccontextmanager
 async def serve_node_api(
-    client: Client, key_file: Path, tls: tuple[Path, Path] | None = None
+    client: Client,
+    key_file: Path,
+    tls: tuple[Path, Path] | None = None,
+    etcd_credentials: EtcdCredentials | None = None,
 ) -> AsyncIterator[str]:
     """Run the node API in this event loop; yields its base URL."""
     verifier = NodeTokenVerifier(load_signing_key(key_file).public_key())
-    async with serve_app(create_app(client, verifier, STORAGE_ACCOUNTS), tls) as url:
+    async with serve_app(create_app(client, verifier, STORAGE_ACCOUNTS, etcd_credentials), tls) as url:
         yield url
 
 
@@ -196,3 +202,30 @@ def pke_install_args(config: dict[str, object]) -> list[str]:
     """The ``pke install`` arguments of a cloud-config's bootstrap script."""
     script = cloudinit.written_file(config, cloudinit.SCRIPT_FILE)
     return shlex.split(next(line for line in script.splitlines() if line.startswith("pke install ")))
+
+
+def payloads(message: Message) -> Iterator[Payload]:
+    """Every payload anywhere inside a history event."""
+    if isinstance(message, Payload):
+        yield message
+        return
+    for field, value in message.ListFields():
+        if field.type != field.TYPE_MESSAGE:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            items = value.values()
+        elif isinstance(value, Iterable):
+            items = value
+        else:
+            items = [value]
+        for item in items:
+            if isinstance(item, Message):
+                yield from payloads(item)
+
+
+async def plain_history(client: Client, workflow_id: str, codec: EncryptionCodec) -> str:
+    """A workflow's history with every payload decrypted, as one string to search."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    found = [p for event in history.events for p in payloads(event)]
+    decoded = await codec.decode(found)
+    return history.to_json() + "".join(p.data.decode(errors="replace") for p in decoded)

@@ -5,12 +5,9 @@ storage account's password reaches only the leader, never history or guestinfo."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from google.protobuf.message import Message
 from pyVim import connect
-from temporalio.api.common.v1 import Payload
 
 from activities.preflight import PreflightActivities
 from codec import keys
@@ -23,7 +20,7 @@ from sim import vcenter
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, unique_vip
-from tests.harness import STORAGE_ACCOUNTS, STORAGE_PASSWORD, vms_of_cluster
+from tests.harness import STORAGE_ACCOUNTS, STORAGE_PASSWORD, plain_history, vms_of_cluster
 from vsphere import properties
 from workflows import ids
 
@@ -36,33 +33,6 @@ def datastore_url(stack: Stack, name: str) -> str:
         return url
     finally:
         connect.Disconnect(si)
-
-
-def payloads(message: Message) -> Iterator[Payload]:
-    """Every payload anywhere inside a history event."""
-    if isinstance(message, Payload):
-        yield message
-        return
-    for field, value in message.ListFields():
-        if field.type != field.TYPE_MESSAGE:
-            continue
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            items = value.values()
-        elif isinstance(value, Iterable):
-            items = value
-        else:
-            items = [value]
-        for item in items:
-            if isinstance(item, Message):
-                yield from payloads(item)
-
-
-async def plain_history(stack: Stack, workflow_id: str, codec: EncryptionCodec) -> str:
-    """A workflow's history with every payload decrypted, as one string to search."""
-    history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
-    found = [p for event in history.events for p in payloads(event)]
-    decoded = await codec.decode(found)
-    return history.to_json() + "".join(p.data.decode(errors="replace") for p in decoded)
 
 
 async def test_the_leader_applies_metallb_and_the_csi_storage_class_from_the_spec(
@@ -111,7 +81,7 @@ async def test_the_leader_applies_metallb_and_the_csi_storage_class_from_the_spe
         ids.node_workflow_id(name, n.name) for n in status.nodes
     ]
     for workflow_id in workflow_ids:
-        history = await plain_history(stack, workflow_id, codec)
+        history = await plain_history(stack.client, workflow_id, codec)
         assert status.cluster_uid is not None and status.cluster_uid in history  # decrypted indeed
         assert STORAGE_PASSWORD not in history
     for vm in vms_of_cluster(stack.sim, name).values():

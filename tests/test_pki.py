@@ -22,6 +22,7 @@ def verify_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
 
 def test_cluster_pki_has_three_distinct_cas_and_keys() -> None:
     pki = generate_cluster_pki("prod")
+    assert pki.etcd_ca is not None
     cas = [pki.kubernetes_ca, pki.etcd_ca, pki.front_proxy_ca]
     certs = [x509.load_pem_x509_certificate(ca.cert_pem.encode()) for ca in cas]
     assert len({c.subject for c in certs}) == 3

@@ -123,7 +123,7 @@ async def test_the_create_finishes_after_the_temporal_server_restarts_from_its_d
         vsphere = vsphere_activities(VCenterSession(vcenter_settings(stack.sim)), key_file, node_api_url)
         with ThreadPoolExecutor(32) as executor:
             async with worker_module.build_worker(client, task_queue, vsphere, executor, 32):
-                here = Stack(client, task_queue, vsphere, stack.sim, stack.nodes, node_api_url)
+                here = Stack(client, task_queue, vsphere, stack.sim, stack.nodes, node_api_url, stack.etcd)
                 await clusters.create(client, cluster_spec(run.cluster, masters=3, workers=2), task_queue)
                 await until(lambda: leader in vms_of_cluster(stack.sim, run.cluster), within=60)
 

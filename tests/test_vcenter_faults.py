@@ -59,7 +59,7 @@ async def faulty(stack: Stack, key_file: Path) -> AsyncIterator[FaultyStack]:
             with ThreadPoolExecutor(32) as executor:
                 async with worker_module.build_worker(stack.client, task_queue, vsphere, executor, 32):
                     yield FaultyStack(
-                        Stack(stack.client, task_queue, vsphere, sim, nodes, stack.node_api_url),
+                        Stack(stack.client, task_queue, vsphere, sim, nodes, stack.node_api_url, stack.etcd),
                         proxy,
                         session,
                     )

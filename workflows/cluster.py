@@ -181,7 +181,9 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
         self._phase = ClusterPhase.CREATING_PKI
         self._pki = await workflow.execute_activity(
             "generate_pki",
-            GeneratePkiInput(cluster=spec.name, cluster_uid=self.uid),
+            GeneratePkiInput(
+                cluster=spec.name, cluster_uid=self.uid, etcd_ca=spec.control_plane.topology.runs_etcd
+            ),
             result_type=ClusterPKI,
             start_to_close_timeout=LOCAL_WORK_TIMEOUT,
             retry_policy=LOCAL_WORK_RETRY,
@@ -215,6 +217,8 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
                     vip=str(spec.control_plane.vip) if spec.control_plane.vip else None,
                     api_port=spec.control_plane.port,
                     storage=spec.storage,
+                    external_etcd=spec.control_plane.external_etcd,
+                    etcd_prefix=spec.etcd_prefix,
                 ),
                 result_type=PreflightResult,
                 start_to_close_timeout=timedelta(minutes=2),
@@ -310,6 +314,8 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
             load_balancer=self.spec.load_balancer,
             storage=self.spec.storage,
             storage_target=self._storage_target,
+            external_etcd=cp.external_etcd,
+            etcd_prefix=self.spec.etcd_prefix,
         )
 
     # --- updates from the node API ---------------------------------------------

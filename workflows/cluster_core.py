@@ -175,6 +175,8 @@ class ClusterCore:
             ssh_authorized_keys=spec.ssh_authorized_keys,
             api_server_cert_sans=spec.control_plane.cert_sans,
             schedulable_masters=spec.control_plane.topology is Topology.SHARED,
+            etcd_endpoints=etcd.endpoints if (etcd := spec.control_plane.external_etcd) else [],
+            etcd_prefix=spec.etcd_prefix,
         )
         try:
             result = await workflow.execute_child_workflow(
@@ -284,6 +286,8 @@ class ClusterCore:
         cp = self.spec.control_plane
         return ClusterServices(
             topology=cp.topology.value,
+            etcd_endpoints=etcd.endpoints if (etcd := cp.external_etcd) else [],
+            etcd_prefix=self.spec.etcd_prefix,
             api_endpoint=self._api_endpoint(),
             vip=str(cp.vip) if cp.vip else None,
             dns_name=cp.dns_name,

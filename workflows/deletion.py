@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from models.commands import DeleteOutcome
+    from models.messages import ClearEtcdPrefixInput, ClearEtcdPrefixResult
     from models.state import ClusterPhase
-    from workflows.cluster_core import ClusterCore
-    from workflows.policies import LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
+    from workflows.cluster_core import ClusterCore, failure_reason
+    from workflows.policies import ETCD_RETRY, LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
 
 
 class DeletionMixin(ClusterCore):
@@ -27,10 +29,33 @@ class DeletionMixin(ClusterCore):
             start_to_close_timeout=LOCAL_WORK_TIMEOUT,
             retry_policy=LOCAL_WORK_RETRY,
         )
+        outcome = DeleteOutcome(cluster=self.spec.name, schedules_removed=schedules)
+        # Only clusters of the external_etcd topology, which older histories never hold, get here.
+        if (etcd := self.spec.control_plane.external_etcd) is not None and self.spec.etcd_prefix:
+            try:
+                cleared = await workflow.execute_activity(
+                    "clear_etcd_prefix",
+                    ClearEtcdPrefixInput(
+                        cluster=self.spec.name,
+                        endpoints=etcd.endpoints,
+                        credential=etcd.credential,
+                        prefix=self.spec.etcd_prefix,
+                    ),
+                    result_type=ClearEtcdPrefixResult,
+                    start_to_close_timeout=LOCAL_WORK_TIMEOUT * 2,
+                    retry_policy=ETCD_RETRY,
+                )
+                outcome.etcd_keys_deleted = cleared.deleted
+            except ActivityError as err:
+                outcome.etcd_problem = (
+                    f"the keys under {self.spec.etcd_prefix} are left in etcd: {failure_reason(err)}"
+                )
+                workflow.logger.warning("cluster %s: %s", self.spec.name, outcome.etcd_problem)
         self._nodes.clear()
         self._phase = ClusterPhase.DELETED
         self._deleted = True
         # Every VM found is gone now: destroyed here, or by an attempt a crash cut short.
         names = [vm.name for vm in found.vms]
+        outcome.destroyed = sorted(names)
         workflow.logger.info("deleted cluster %s: VMs %s, schedules %s", self.spec.name, names, schedules)
-        return DeleteOutcome(cluster=self.spec.name, destroyed=sorted(names), schedules_removed=schedules)
+        return outcome

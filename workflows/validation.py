@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio.exceptions import ApplicationError
 
 from models.commands import AddPoolRequest, RemovePoolRequest, ScaleRequest
-from models.spec import MASTER_COUNTS, ClusterSpec, NodePoolSpec, NodeRole, validation_problems
+from models.spec import ClusterSpec, NodePoolSpec, NodeRole, validation_problems
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -48,14 +48,14 @@ def scale(spec: ClusterSpec, request: ScaleRequest, deleting: bool) -> None:
     pool = _pool(spec, request.pool)
     if pool.role is not NodeRole.MASTER:
         return
-    if request.size not in MASTER_COUNTS:
-        raise refuse(
-            f"pool {pool.name}: the control plane has 1, 3 or 5 masters (etcd quorum), not {request.size}"
-        )
+    topology = spec.control_plane.topology
+    problem = topology.master_count_problem(request.size)
+    if problem is not None:
+        raise refuse(f"pool {pool.name}: {problem}")
     if request.size < pool.count:
+        why = " (etcd members would have to be removed first)" if topology.runs_etcd else ""
         raise refuse(
-            f"pool {pool.name}: removing masters is not supported yet (etcd members would have to be "
-            "removed first); the control plane can only grow"
+            f"pool {pool.name}: removing masters is not supported yet{why}; the control plane can only grow"
         )
     if request.size > 1 and spec.control_plane.vip is None:
         raise refuse(

@@ -1,0 +1,105 @@
+"""An etcd client credential read from disk and checked: the files parse, the
+key belongs to the certificate, the certificate is valid now and may be used
+by a client. What is wrong is said, never what the files hold."""
+
+from __future__ import annotations
+
+import ssl
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from pydantic import SecretStr
+
+from models.pki import EtcdClientCertificate
+from settings.credentials import EtcdCredential
+
+
+class EtcdCredentialError(ValueError):
+    """The credential's files are missing, unreadable or do not fit together."""
+
+
+def read(credential: EtcdCredential, now: datetime | None = None) -> EtcdClientCertificate:
+    """The credential's PEM text, after checking it; every problem in one error."""
+    problems: list[str] = []
+    texts: dict[str, str] = {}
+    for label, path in (
+        ("ca_file", credential.ca_file),
+        ("cert_file", credential.cert_file),
+        ("key_file", credential.key_file),
+    ):
+        try:
+            texts[label] = path.read_text()
+        except OSError as exc:
+            problems.append(f"{label} {path}: cannot be read ({exc.strerror or type(exc).__name__})")
+        except UnicodeDecodeError:
+            problems.append(f"{label} {path}: is not PEM text")
+    if problems:
+        raise EtcdCredentialError("; ".join(problems))
+    problems += _check(texts["ca_file"], texts["cert_file"], texts["key_file"], now or datetime.now(UTC))
+    if problems:
+        raise EtcdCredentialError("; ".join(problems))
+    return EtcdClientCertificate(
+        ca_cert_pem=texts["ca_file"], cert_pem=texts["cert_file"], key_pem=SecretStr(texts["key_file"])
+    )
+
+
+def _check(ca_pem: str, cert_pem: str, key_pem: str, now: datetime) -> list[str]:
+    problems = []
+    try:
+        if not x509.load_pem_x509_certificates(ca_pem.encode()):
+            problems.append("ca_file: holds no certificate")
+    except ValueError:
+        problems.append("ca_file: is not a PEM certificate bundle")
+    cert = key = None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError:
+        problems.append("cert_file: is not a PEM certificate")
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except (ValueError, TypeError):
+        problems.append("key_file: is not an unencrypted PEM private key")
+    if cert is None:
+        return problems
+    if key is not None and _spki(key.public_key()) != _spki(cert.public_key()):
+        problems.append("key_file: is not the key of cert_file's certificate")
+    if now < cert.not_valid_before_utc:
+        problems.append(f"cert_file: not valid before {cert.not_valid_before_utc.isoformat()}")
+    if now > cert.not_valid_after_utc:
+        problems.append(f"cert_file: expired at {cert.not_valid_after_utc.isoformat()}")
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    if usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        problems.append("cert_file: the certificate is not for client authentication (no clientAuth usage)")
+    return problems
+
+
+def _spki(public_key: Any) -> bytes:
+    der: bytes = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+@contextmanager
+def ssl_context(material: EtcdClientCertificate) -> Iterator[ssl.SSLContext]:
+    """A TLS context that verifies etcd against the CA and presents the client
+    certificate. Python loads a certificate chain only from files: the key is
+    written to a private temporary directory for the moment it is loaded."""
+    context = ssl.create_default_context(cadata=material.ca_cert_pem)
+    with tempfile.TemporaryDirectory(prefix="etcd-client-") as directory:
+        cert, key = Path(directory) / "client.crt", Path(directory) / "client.key"
+        cert.write_text(material.cert_pem)
+        key.touch(mode=0o600)
+        key.write_text(material.key_pem.get_secret_value())
+        context.load_cert_chain(cert, key)
+    yield context

@@ -1,0 +1,122 @@
+"""A real etcd server (Debian's etcd-server) on loopback, for the external-etcd
+topology: TLS on two client URLs (127.0.0.1 and 127.0.0.2, so a cluster can be
+given two endpoints), client-certificate authentication, and a client
+credential written the way an operator would hand it to the orchestrator."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from external_etcd import material
+from external_etcd.gateway import EtcdGateway, EtcdUnavailable
+from pki.authority import KeyPair, issue, new_ca
+from settings.credentials import EtcdCredential, EtcdCredentials
+
+CREDENTIAL = "shared-etcd"
+HOSTS = ("127.0.0.1", "127.0.0.2")
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+class EtcdServer:
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("etcd")
+        if binary is None:
+            raise RuntimeError("etcd is not installed (scripts/install-system-deps.sh installs etcd-server)")
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        # One CA, as kubeadm's etcd has: etcd's JSON gateway dials etcd's own gRPC
+        # port with the server certificate, so with client-certificate authentication
+        # that certificate must also be a client certificate of the trusted CA.
+        self.ca = new_ca("test etcd CA")
+        server = issue(
+            self.ca, "etcd", ip_addresses=HOSTS, dns_names=("localhost",), server=True, client=True
+        )
+        self.ca_file = _write(directory / "ca.crt", self.ca.cert_pem())
+        server_cert = _write(directory / "server.crt", server.cert_pem())
+        server_key = _write(directory / "server.key", server.key_pem(), 0o600)
+        client = self.issue_client("kube-apiserver")
+        self.cert_file = _write(directory / "client.crt", client.cert_pem())
+        self.key_file = _write(directory / "client.key", client.key_pem(), 0o600)
+        self.credentials_file = _write(
+            directory / "etcd-credentials.yaml",
+            yaml.safe_dump(
+                {CREDENTIAL: {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key"}}
+            ),
+            0o600,
+        )
+        self.endpoints = [f"https://{host}:{free_port(host)}" for host in HOSTS]
+        peer = f"http://127.0.0.1:{free_port('127.0.0.1')}"
+        self._log = (directory / "etcd.log").open("w")
+        self._process = subprocess.Popen(
+            [
+                binary,
+                "--name=test",
+                f"--data-dir={directory / 'data'}",
+                f"--listen-client-urls={','.join(self.endpoints)}",
+                f"--advertise-client-urls={','.join(self.endpoints)}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=test={peer}",
+                f"--cert-file={server_cert}",
+                f"--key-file={server_key}",
+                "--client-cert-auth",
+                f"--trusted-ca-file={self.ca_file}",
+                "--log-level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_healthy()
+
+    def issue_client(self, name: str) -> KeyPair:
+        return issue(self.ca, name, client=True)
+
+    @property
+    def credentials(self) -> EtcdCredentials:
+        return EtcdCredentials.load(self.credentials_file)
+
+    def gateway(self, endpoint: int = 0) -> EtcdGateway:
+        credential = EtcdCredential(ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file)
+        with material.ssl_context(material.read(credential)) as context:
+            return EtcdGateway(self.endpoints[endpoint], context)
+
+    def _wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"etcd exited: {(self.directory / 'etcd.log').read_text()[-2000:]}")
+            try:
+                with self.gateway() as gateway:
+                    gateway.check_health()
+                return
+            except EtcdUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._log.close()

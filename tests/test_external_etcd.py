@@ -1,0 +1,148 @@
+"""The external_etcd topology on the simulated data center and a real etcd
+(Debian's etcd-server, TLS with client-certificate authentication): two API
+servers keep the cluster's data under its prefix in the shared etcd, reached
+with the client certificate the orchestrator holds, which no VM's guestinfo
+and no history carries; preflight refuses what would not work; delete removes
+the prefix and nothing else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from codec import keys
+from codec.encryption import EncryptionCodec
+from models.state import ClusterPhase, NodePhase
+from starter import clusters
+from tests.clusters import wait_until_settled
+from tests.conftest import Stack, cluster_spec, unique, unique_vip
+from tests.etcd_server import CREDENTIAL, free_port
+from tests.harness import clone_counts, pke_install_args, plain_history, userdata_config, vms_of_cluster
+from workflows import ids
+
+
+def external(stack: Stack, **etcd: Any) -> dict[str, Any]:
+    return {
+        "vip": unique_vip(),
+        "topology": "external_etcd",
+        "external_etcd": {"endpoints": stack.etcd.endpoints, "credential": CREDENTIAL, **etcd},
+    }
+
+
+async def test_two_api_servers_keep_the_cluster_in_the_shared_etcd_and_delete_clears_only_its_prefix(
+    stack: Stack, payload_keys: Path
+) -> None:
+    name = unique("ext-etcd")
+    prefix = f"/pke-vsphere/{name}"
+    spec = cluster_spec(name, masters=2, workers=1, control_plane=external(stack))
+    with stack.etcd.gateway() as etcd:
+        etcd.put(f"{prefix}x/registry/neighbour", "another cluster's key, next to ours")
+
+    await clusters.create(stack.client, spec, stack.task_queue)
+    status = await wait_until_settled(stack, name)
+
+    assert status.phase is ClusterPhase.READY, status.error
+    assert [(n.identity.kind.value, n.phase) for n in status.nodes] == [
+        ("leader", NodePhase.READY),
+        ("master", NodePhase.READY),
+        ("worker", NodePhase.READY),
+    ]
+    services = status.services
+    assert services is not None
+    assert (services.topology, services.etcd_endpoints, services.etcd_prefix) == (
+        "external_etcd",
+        stack.etcd.endpoints,
+        prefix,
+    )
+    # Both API servers reached the real etcd with the delivered certificate.
+    master_ips = sorted(n.ip for n in status.nodes if n.identity.kind.value != "worker" and n.ip)
+    with stack.etcd.gateway(1) as etcd:
+        assert etcd.keys(prefix) == [f"{prefix}/masterleases/{ip}" for ip in master_ips]
+
+    vms = vms_of_cluster(stack.sim, name)
+    for node in status.nodes:
+        args = pke_install_args(userdata_config(vms[node.name]["extra"]))
+        etcd_flags = sorted(a for a in args if a.startswith("--etcd-"))
+        if node.identity.kind.value == "worker":
+            assert etcd_flags == []
+            continue
+        assert etcd_flags == [
+            "--etcd-ca-file=/etc/kubernetes/pki/etcd/external-ca.crt",
+            "--etcd-cert-file=/etc/kubernetes/pki/apiserver-etcd-client.crt",
+            f"--etcd-endpoints={','.join(stack.etcd.endpoints)}",
+            "--etcd-key-file=/etc/kubernetes/pki/apiserver-etcd-client.key",
+            f"--etcd-prefix={prefix}",
+        ]
+        assert "--taints=node-role.kubernetes.io/control-plane:NoSchedule" in args
+
+    # No etcd CA of the cluster's own: the external etcd's CA signs its members.
+    material = await stack.client.get_workflow_handle(ids.cluster_workflow_id(name)).query(
+        "bootstrap_material", {"node": f"{name}-master-01"}, result_type=dict[str, Any]
+    )
+    assert material["pki"]["etcd_ca"] is None
+
+    # The client key went from the orchestrator's file to the masters only: it is in
+    # no VM's guestinfo and in no history, not even encrypted.
+    key_line = stack.etcd.key_file.read_text().splitlines()[1]
+    for vm in vms.values():
+        assert key_line not in json.dumps(vm["extra"])
+    codec = EncryptionCodec(keys.load(payload_keys))
+    for workflow_id in [ids.cluster_workflow_id(name)] + [
+        ids.node_workflow_id(name, n.name) for n in status.nodes
+    ]:
+        history = await plain_history(stack.client, workflow_id, codec)
+        assert status.cluster_uid is not None and status.cluster_uid in history  # decrypted indeed
+        assert key_line not in history
+
+    outcome = await (await clusters.delete(stack.client, name, stack.task_queue)).result()
+    assert outcome.etcd_keys_deleted == len(master_ips) and outcome.etcd_problem is None
+    with stack.etcd.gateway() as etcd:
+        assert etcd.count(prefix) == 0
+        assert etcd.keys(f"{prefix}x") == [f"{prefix}x/registry/neighbour"]
+    assert vms_of_cluster(stack.sim, name) == {}
+
+
+async def test_preflight_names_an_unknown_credential_before_anything_exists(stack: Stack) -> None:
+    name = unique("etcd-cred")
+    control_plane = external(stack)
+    control_plane["external_etcd"]["credential"] = "no-such-etcd"
+    await clusters.create(
+        stack.client, cluster_spec(name, masters=2, workers=1, control_plane=control_plane), stack.task_queue
+    )
+    status = await wait_until_settled(stack, name)
+
+    assert status.phase is ClusterPhase.FAILED
+    assert status.error is not None
+    assert (
+        "control_plane.external_etcd.credential: the orchestrator holds no etcd credential 'no-such-etcd' "
+        f"(it holds: {CREDENTIAL}); add it to PKE_VSPHERE_ETCD_CREDENTIALS_FILE"
+    ) in status.error
+    assert vms_of_cluster(stack.sim, name) == {}
+
+
+async def test_preflight_refuses_a_dead_endpoint_and_a_prefix_already_in_use(stack: Stack) -> None:
+    name = unique("etcd-used")
+    prefix = f"/clusters/{name}"
+    dead = f"https://127.0.0.1:{free_port('127.0.0.1')}"
+    with stack.etcd.gateway() as etcd:
+        etcd.put(f"{prefix}/registry/namespaces/default", "left by a deleted cluster")
+    control_plane = external(stack, prefix=prefix)
+    control_plane["external_etcd"]["endpoints"] = [stack.etcd.endpoints[0], dead]
+    await clusters.create(
+        stack.client, cluster_spec(name, masters=3, workers=1, control_plane=control_plane), stack.task_queue
+    )
+    status = await wait_until_settled(stack, name)
+
+    assert status.phase is ClusterPhase.FAILED
+    assert status.error is not None
+    assert "preflight found 2 problem(s)" in status.error
+    assert f"control_plane.external_etcd.endpoints: {dead}: cannot connect" in status.error
+    assert (
+        f"control_plane.external_etcd.prefix: {prefix} already holds 1 key(s): another cluster keeps its "
+        "data there, or a deleted one left it; choose another prefix"
+    ) in status.error
+    assert vms_of_cluster(stack.sim, name) == {}
+    assert not any(dest.startswith(name) for dest in clone_counts(stack.sim))
+    with stack.etcd.gateway() as etcd:  # refused, and nothing of etcd touched
+        assert etcd.count(prefix) == 1
