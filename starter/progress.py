@@ -70,6 +70,8 @@ def render(status: ClusterStatus) -> Group:
 def services_line(services: ClusterServices) -> Text:
     """What the cluster provides in place of a cloud's, on one line."""
     items = [f"{services.topology or 'dedicated'} control plane", f"endpoint {services.api_endpoint or '-'}"]
+    if services.etcd_endpoints:
+        items.append(f"etcd {', '.join(services.etcd_endpoints)} (prefix {services.etcd_prefix})")
     if services.vip:
         items.append(f"VIP {services.vip} (keepalived, VRRP router id {services.vrrp_router_id})")
     if services.dns_name:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from bootstrap import cloudinit, guestinfo, keepalived
+from bootstrap import cloudinit, guestinfo, keepalived, pke
 from models.messages import NodeBootstrapSettings
 from models.state import NodeKind
 from tests.harness import node_identity, pke_install_args
@@ -132,3 +132,58 @@ def test_masters_are_tainted_unless_the_topology_shares_them_with_workloads(
         )
         args = pke_install_args(config)
         assert [a for a in args if a.startswith("--taints")] == [taints]
+
+
+def test_api_servers_of_an_external_etcd_get_its_endpoints_prefix_and_certificate_files() -> None:
+    endpoints = ["https://10.0.0.5:2379", "https://10.0.0.6:2379"]
+    settings = SETTINGS.model_copy(update={"etcd_endpoints": endpoints, "etcd_prefix": "/clusters/prod"})
+    script = ""
+    for kind, index in ((NodeKind.LEADER, 1), (NodeKind.MASTER, 2), (NodeKind.WORKER, 1)):
+        config = cloudinit.parse(
+            cloudinit.render(
+                node_identity(kind, index), settings, node_api_url="https://o:8480", node_token="t"
+            )
+        )
+        script = cloudinit.written_file(config, cloudinit.SCRIPT_FILE)
+        flags = [a for a in pke_install_args(config) if a.startswith("--etcd-")]
+        if kind is NodeKind.WORKER:
+            assert flags == []  # a kubelet never talks to etcd
+            continue
+        assert flags == [
+            "--etcd-endpoints=https://10.0.0.5:2379,https://10.0.0.6:2379",
+            f"--etcd-ca-file={pke.ETCD_CA_FILE}",
+            f"--etcd-cert-file={pke.ETCD_CERT_FILE}",
+            f"--etcd-key-file={pke.ETCD_KEY_FILE}",
+            "--etcd-prefix=/clusters/prod",
+        ]
+    # The bootstrap script writes the certificate where the flags say.
+    for path in (pke.ETCD_CA_FILE, pke.ETCD_CERT_FILE, pke.ETCD_KEY_FILE):
+        assert f"> {path}" in script
+
+
+def test_masters_that_run_etcd_get_no_etcd_flags() -> None:
+    args = pke_install_args(render(NodeKind.LEADER))
+    assert not any(a.startswith("--etcd-") for a in args)
+
+
+@pytest.mark.parametrize(
+    ("document", "path", "printed"),
+    [
+        ({"pki": {"etcd_ca": {"cert_pem": "CERT"}}}, "pki.etcd_ca.cert_pem", "CERT"),
+        ({"pki": {"etcd_ca": None}}, "pki.etcd_ca", "None"),
+        ({"pki": {"etcd_ca": None}}, "pki.etcd_ca.cert_pem", "None"),
+        ({"pki": {}}, "external_etcd", "None"),
+    ],
+)
+def test_the_scripts_json_helper_prints_a_value_or_none(document: object, path: str, printed: str) -> None:
+    """The script's own ``json`` function, run by bash: null and absent are "None"."""
+    script = cloudinit.written_file(render(NodeKind.LEADER), cloudinit.SCRIPT_FILE)
+    helper = script[script.index("json() {") : script.index("}\n", script.index("json() {")) + 2]
+    result = subprocess.run(
+        ["bash", "-c", f"{helper}\njson {path}"],
+        input=json.dumps(document),
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    assert result.stdout.strip() == printed

@@ -41,7 +41,7 @@ def test_worker_pools_scale_freely_within_bounds() -> None:
 
 def test_master_pool_rules() -> None:
     validation.scale(HA, ScaleRequest(pool="master", size=5), deleting=False)
-    assert "1, 3 or 5 masters" in refused(
+    assert "a master pool has 1, 3 or 5 nodes (etcd needs an odd quorum), not 4" in refused(
         lambda: validation.scale(HA, ScaleRequest(pool="master", size=4), deleting=False)
     )
     assert "removing masters is not supported" in refused(
@@ -49,6 +49,34 @@ def test_master_pool_rules() -> None:
     )
     assert "needs control_plane.vip" in refused(
         lambda: validation.scale(SINGLE, ScaleRequest(pool="master", size=3), deleting=False)
+    )
+
+
+def test_api_servers_on_an_external_etcd_grow_one_at_a_time_up_to_five() -> None:
+    etcd = {"endpoints": ["https://10.0.0.5:2379"], "credential": "shared-etcd"}
+    spec = cluster_spec(
+        "ext",
+        masters=2,
+        workers=1,
+        control_plane={"vip": "10.0.0.100", "topology": "external_etcd", "external_etcd": etcd},
+    )
+    validation.scale(spec, ScaleRequest(pool="master", size=3), deleting=False)
+    validation.scale(spec, ScaleRequest(pool="master", size=4), deleting=False)
+    assert refused(lambda: validation.scale(spec, ScaleRequest(pool="master", size=6), deleting=False)) == (
+        "pool master: the external_etcd topology runs 1 to 5 API servers, not 6"
+    )
+    assert refused(lambda: validation.scale(spec, ScaleRequest(pool="master", size=1), deleting=False)) == (
+        "pool master: removing masters is not supported yet; the control plane can only grow"
+    )
+
+
+def test_a_shared_control_plane_stays_at_three_or_five() -> None:
+    spec = cluster_spec(
+        "shr", masters=3, workers=0, control_plane={"vip": "10.0.0.100", "topology": "shared"}
+    )
+    validation.scale(spec, ScaleRequest(pool="master", size=5), deleting=False)
+    assert "on 3 or 5 nodes; not 4" in refused(
+        lambda: validation.scale(spec, ScaleRequest(pool="master", size=4), deleting=False)
     )
 
 

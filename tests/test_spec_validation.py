@@ -28,6 +28,14 @@ def pools(*items: dict[str, Any]) -> dict[str, Any]:
 
 MASTER = {"name": "master", "role": "master", "count": 3}
 WORKER = {"name": "workers", "role": "worker", "count": 2}
+ETCD = {"endpoints": ["https://etcd-1.example.com:2379"], "credential": "shared-etcd"}
+
+
+def external_etcd(count: int = 2, **etcd: Any) -> dict[str, Any]:
+    """A spec of the external_etcd topology with ``count`` masters and ``etcd`` changes."""
+    control_plane = {"vip": "10.0.0.100", "topology": "external_etcd", "external_etcd": {**ETCD, **etcd}}
+    return pools({**MASTER, "count": count}, WORKER) | {"control_plane": control_plane}
+
 
 BAD_SPECS = [
     ("upper-case name", with_changes(name="Prod"), "name", "RFC 1123"),
@@ -192,7 +200,76 @@ BAD_SPECS = [
         "unknown topology",
         with_changes(control_plane={"vip": "127.0.10.1", "topology": "stacked"}),
         "control_plane.topology",
-        "Input should be 'dedicated' or 'shared'",
+        "Input should be 'dedicated', 'shared' or 'external_etcd'",
+    ),
+    (
+        "shared topology on four nodes",
+        pools({**MASTER, "count": 4}, WORKER)
+        | {"control_plane": {"vip": "10.0.0.100", "topology": "shared"}},
+        "",
+        "the shared topology runs etcd, the API server and workloads on 3 or 5 nodes; not 4",
+    ),
+    (
+        "external etcd topology without its etcd",
+        with_changes(control_plane={"vip": "10.0.0.100", "topology": "external_etcd"}),
+        "control_plane",
+        "control_plane.external_etcd is required with topology external_etcd",
+    ),
+    (
+        "an etcd for a topology that runs its own",
+        with_changes(control_plane={"vip": "10.0.0.100", "external_etcd": ETCD}),
+        "control_plane",
+        "control_plane.external_etcd is only for topology external_etcd; the dedicated topology runs etcd",
+    ),
+    ("six API servers", external_etcd(6), "", "the external_etcd topology runs 1 to 5 API servers, not 6"),
+    (
+        "two API servers without a VIP",
+        external_etcd(2) | {"control_plane": {"topology": "external_etcd", "external_etcd": ETCD}},
+        "",
+        "control_plane.vip is required when the master pool has more than 1 node",
+    ),
+    (
+        "plain http etcd endpoint",
+        external_etcd(endpoints=["http://etcd-1:2379"]),
+        "control_plane.external_etcd.endpoints",
+        "must use https (the API servers present a client certificate)",
+    ),
+    (
+        "etcd endpoint without a port",
+        external_etcd(endpoints=["https://etcd-1.example.com"]),
+        "control_plane.external_etcd.endpoints",
+        "needs a host and a port: https://HOST:PORT",
+    ),
+    (
+        "etcd endpoint with a path",
+        external_etcd(endpoints=["https://etcd-1:2379/v3"]),
+        "control_plane.external_etcd.endpoints",
+        "must be only https://HOST:PORT (no user, path or query)",
+    ),
+    (
+        "etcd endpoint host not a name",
+        external_etcd(endpoints=["https://etcd_1:2379"]),
+        "control_plane.external_etcd.endpoints",
+        "'etcd_1' is neither an IP address nor a DNS name",
+    ),
+    (
+        "repeated etcd endpoint",
+        external_etcd(endpoints=["https://10.0.0.5:2379", "https://10.0.0.5:2379/"]),
+        "control_plane.external_etcd.endpoints",
+        "repeated https://10.0.0.5:2379",
+    ),
+    ("no etcd endpoints", external_etcd(endpoints=[]), "control_plane.external_etcd.endpoints", "at least 1"),
+    (
+        "etcd prefix with a trailing slash",
+        external_etcd(prefix="/clusters/prod/"),
+        "control_plane.external_etcd.prefix",
+        "starting with '/' and not ending with one",
+    ),
+    (
+        "etcd credential not a name",
+        external_etcd(credential="../etc/passwd"),
+        "control_plane.external_etcd.credential",
+        "pattern",
     ),
     (
         "VRRP router id without a VIP",
@@ -216,6 +293,26 @@ def test_bad_spec_is_refused_with_a_message_naming_the_field(
 
 def test_the_valid_base_spec_passes() -> None:
     assert ClusterSpec.model_validate(BASE).master_pool.count == 3
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5])
+def test_the_external_etcd_topology_takes_one_to_five_api_servers(count: int) -> None:
+    spec = ClusterSpec.model_validate(external_etcd(count))
+    assert spec.master_pool.count == count
+    assert spec.etcd_prefix == "/pke-vsphere/valid"  # the default: one prefix per cluster
+
+
+def test_etcd_endpoints_are_normalised_and_a_prefix_kept() -> None:
+    endpoints = ["https://10.0.0.5:2379/", "https://[fd00::5]:2379", "https://etcd-2.example.com:2379"]
+    spec = ClusterSpec.model_validate(external_etcd(endpoints=endpoints, prefix="/clusters/prod"))
+    etcd = spec.control_plane.external_etcd
+    assert etcd is not None
+    assert etcd.endpoints == [
+        "https://10.0.0.5:2379",
+        "https://[fd00::5]:2379",
+        "https://etcd-2.example.com:2379",
+    ]
+    assert spec.etcd_prefix == "/clusters/prod"
 
 
 def test_single_master_may_omit_the_vip() -> None:
