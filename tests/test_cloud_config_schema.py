@@ -14,7 +14,7 @@ from jsonschema.exceptions import best_match
 
 from bootstrap import cloudinit
 from models.messages import NodeBootstrapSettings
-from models.spec import ControlPlane, Topology
+from models.spec import ControlPlane, ExternalEtcd, Topology
 from models.state import NodeKind
 from tests.harness import ROOT, node_identity
 
@@ -42,6 +42,16 @@ MODES = {
     "ha-vip-dns-name": (ControlPlane(vip="10.0.0.100", dns_name="api.prod.example.com"), 5),
     "ha-vip-interface": (ControlPlane(vip="10.0.0.100", interface="ens192", vrrp_router_id=42), 3),
     "shared": (ControlPlane(vip="10.0.0.100", topology=Topology.SHARED), 3),
+    "external-etcd": (
+        ControlPlane(
+            vip="10.0.0.100",
+            topology=Topology.EXTERNAL_ETCD,
+            external_etcd=ExternalEtcd(
+                endpoints=["https://10.0.0.5:2379", "https://10.0.0.6:2379"], credential="shared-etcd"
+            ),
+        ),
+        2,
+    ),
 }
 ROLES = [NodeKind.LEADER, NodeKind.MASTER, NodeKind.WORKER]
 
@@ -58,6 +68,8 @@ def rendered(mode: str, kind: NodeKind, *, node_api_ca: bool, ssh_keys: bool) ->
         ssh_authorized_keys=["ssh-ed25519 AAAAC3Nza test@example"] if ssh_keys else [],
         api_server_cert_sans=control_plane.cert_sans,
         schedulable_masters=control_plane.topology is Topology.SHARED,
+        etcd_endpoints=control_plane.external_etcd.endpoints if control_plane.external_etcd else [],
+        etcd_prefix="/pke-vsphere/prod" if control_plane.external_etcd else None,
     )
     document = cloudinit.render(
         identity,

@@ -35,7 +35,8 @@ async def test_two_api_servers_keep_the_cluster_in_the_shared_etcd_and_delete_cl
 ) -> None:
     name = unique("ext-etcd")
     prefix = f"/pke-vsphere/{name}"
-    spec = cluster_spec(name, masters=2, workers=1, control_plane=external(stack))
+    control_plane = external(stack)
+    spec = cluster_spec(name, masters=2, workers=1, control_plane=control_plane)
     with stack.etcd.gateway() as etcd:
         etcd.put(f"{prefix}x/registry/neighbour", "another cluster's key, next to ours")
 
@@ -48,8 +49,10 @@ async def test_two_api_servers_keep_the_cluster_in_the_shared_etcd_and_delete_cl
         ("master", NodePhase.READY),
         ("worker", NodePhase.READY),
     ]
+    # Two API servers behind keepalived's VIP, which the worker joined through.
+    assert status.api_endpoint == f"{control_plane['vip']}:6443"
     services = status.services
-    assert services is not None
+    assert services is not None and services.vrrp_router_id is not None
     assert (services.topology, services.etcd_endpoints, services.etcd_prefix) == (
         "external_etcd",
         stack.etcd.endpoints,

@@ -60,7 +60,7 @@ def masters_configs(count: int, interface: str | None) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("masters", [1, 3, 5])
+@pytest.mark.parametrize("masters", [1, 2, 3, 5])
 @pytest.mark.parametrize("from_spec", [False, True], ids=["found-at-boot", "from-spec"])
 def test_every_master_config_passes_keepalived_config_test(
     masters: int, from_spec: bool, tmp_path: Path
@@ -74,7 +74,7 @@ def test_every_master_config_passes_keepalived_config_test(
         assert (code, output) == (0, ""), f"master {index} of {masters}:\n{output}\n{conf}"
 
 
-@pytest.mark.parametrize("masters", [3, 5])
+@pytest.mark.parametrize("masters", [2, 3, 5])
 def test_one_vrrp_instance_per_cluster_with_the_leader_ahead_and_a_health_check(masters: int) -> None:
     configs = masters_configs(masters, "ens192")
     priorities = [int(_value(c, "priority")) for c in configs]
