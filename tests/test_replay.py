@@ -2,7 +2,7 @@
 
 ``tests/histories/*.json`` hold histories of earlier versions (key material
 redacted); a change that breaks replay of a running cluster fails here. To
-record new ones: ``PKE_VSPHERE_RECORD_HISTORIES=v3 pytest tests/test_replay.py``.
+record new ones: ``PKE_VSPHERE_RECORD_HISTORIES=v4 pytest tests/test_replay.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from runtime.temporal import DATA_CONVERTER
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, unique_vip
+from tests.etcd_server import CREDENTIAL
 from workflows import ids
 from workflows.cluster import ClusterWorkflow
 from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
@@ -88,12 +89,37 @@ async def test_a_cluster_lifetime_replays_against_the_current_code(stack: Stack)
     await handle.execute_update("scale_pool", {"pool": "workers", "size": 1})
     await handle.execute_update("reconcile", {})
     await (await clusters.delete(stack.client, name, stack.task_queue)).result()
-    workflow_ids = {
-        "cluster": ids.cluster_workflow_id(name),
-        "master": ids.node_workflow_id(name, f"{name}-master-01"),
-        "workers": ids.node_workflow_id(name, f"{name}-workers-01"),
-        "delete": ids.delete_workflow_id(name),
-    }
+    await replay_and_record(
+        stack,
+        {
+            "cluster": ids.cluster_workflow_id(name),
+            "master": ids.node_workflow_id(name, f"{name}-master-01"),
+            "workers": ids.node_workflow_id(name, f"{name}-workers-01"),
+            "delete": ids.delete_workflow_id(name),
+        },
+    )
+
+
+async def test_an_external_etcd_cluster_lifetime_replays_against_the_current_code(stack: Stack) -> None:
+    """Create two API servers on an external etcd, grow to three, delete (which clears the prefix)."""
+    name = unique("replay-etcd")
+    etcd = {"endpoints": stack.etcd.endpoints, "credential": CREDENTIAL}
+    control_plane = {"vip": unique_vip(), "topology": "external_etcd", "external_etcd": etcd}
+    spec = cluster_spec(name, masters=2, workers=1, control_plane=control_plane)
+    await clusters.create(stack.client, spec, stack.task_queue)
+    await wait_until_settled(stack, name)
+    handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
+    await handle.execute_update("scale_pool", {"pool": "master", "size": 3})
+    await (await clusters.delete(stack.client, name, stack.task_queue)).result()
+    await replay_and_record(
+        stack,
+        {"etcd-cluster": ids.cluster_workflow_id(name), "etcd-delete": ids.delete_workflow_id(name)},
+    )
+
+
+async def replay_and_record(stack: Stack, workflow_ids: dict[str, str]) -> None:
+    """Replay each history against the current code; with PKE_VSPHERE_RECORD_HISTORIES
+    set, store it (redacted) as ``KIND-VERSION.json``."""
     for kind, workflow_id in workflow_ids.items():
         history = await stack.client.get_workflow_handle(workflow_id).fetch_history()
         converter = stack.client.data_converter  # the histories are encrypted
