@@ -149,7 +149,12 @@ async def test_masters_grow_1_to_3_behind_the_vip(stack: Stack) -> None:
 
 BAD_REQUESTS = [
     ("unknown pool", SCALE_UPDATE, ScaleRequest(pool="nope", size=3), "has no pool 'nope'"),
-    ("even masters", SCALE_UPDATE, ScaleRequest(pool="master", size=2), "1, 3 or 5 masters"),
+    (
+        "even masters",
+        SCALE_UPDATE,
+        ScaleRequest(pool="master", size=2),
+        "a master pool has 1, 3 or 5 nodes (etcd needs an odd quorum), not 2",
+    ),
     (
         "grow masters without VIP",
         SCALE_UPDATE,
