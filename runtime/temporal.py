@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+from typing import NoReturn
 
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -47,3 +50,14 @@ async def connect(settings: TemporalSettings) -> Client:
             keys.load(settings.payload_keys_file) if settings.payload_keys_file else None
         ),
     )
+
+
+def exit_client_process(code: int) -> NoReturn:
+    """End a short-lived Temporal client process (the CLI, the demo runner) without
+    interpreter finalization: the SDK's Rust runtime threads can still hold a
+    Python thread state then, and CPython aborts the process ("PyGILState_Release:
+    thread state ... must be current", temporalio/sdk-python#300), turning a
+    finished command into exit 134. Output is flushed first; nothing else is pending."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -23,6 +23,7 @@ from pathlib import Path
 from codec import keys
 from pki import authority
 from pki.node_tokens import create_signing_key
+from runtime import temporal
 from runtime.binaries import temporal_binary
 from sim import vcenter
 
@@ -241,7 +242,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="run the pke-vsphere demo")
     parser.add_argument("action", choices=["up", "down"])
     args = parser.parse_args()
-    sys.exit(up() if args.action == "up" else down())
+    temporal.exit_client_process(up() if args.action == "up" else down())
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -220,4 +219,4 @@ async def run(argv: Sequence[str] | None = None, client: Client | None = None) -
 
 
 def main() -> None:
-    sys.exit(asyncio.run(run()))
+    temporal.exit_client_process(asyncio.run(run()))
