@@ -55,8 +55,8 @@ class PreflightActivities:
                 inventory.resolve(si, input.placement)
             except PermanentError as exc:
                 problems.extend(str(exc).split("; "))
-            if input.storage is not None:
-                target = self.check_storage(si, input, problems)
+            if input.storage is not None or input.cloud_provider_credential is not None:
+                target = self.check_vsphere_addons(si, input, problems)
 
         with as_activity_errors(f"preflight of cluster {input.cluster}"):
             self._session.run(placement)
@@ -78,28 +78,36 @@ class PreflightActivities:
         checked += ["network"] if input.placement.network else []
         checked += ["vip"] if input.vip else []
         checked += ["storage credential"] if input.storage else []
+        checked += ["cloud provider credential"] if input.cloud_provider_credential else []
         checked += ["external etcd"] if input.external_etcd else []
         return PreflightResult(checked=checked, storage_target=target)
 
-    def check_storage(self, si: Any, input: PreflightInput, problems: list[str]) -> StorageTarget:
-        """The storage account exists and is not ours; the StorageClass's datastore exists."""
+    def check_vsphere_addons(self, si: Any, input: PreflightInput, problems: list[str]) -> StorageTarget:
+        """The CSI driver's and the cloud provider's accounts exist and are not ours;
+        the StorageClass's datastore exists. Where both connect to."""
         storage = input.storage
-        assert storage is not None
         settings = self._session.settings
-        account = self._credentials.get(storage.credential)
-        if account is None:
-            held = ", ".join(self._credentials.names()) or "none"
-            problems.append(
-                f"storage.credential: the orchestrator holds no account {storage.credential!r} "
-                f"(it holds: {held}); add it to PKE_VSPHERE_STORAGE_CREDENTIALS_FILE"
-            )
-        elif account.username == settings.vcenter_username:
-            problems.append(
-                f"storage.credential: {storage.credential!r} is the orchestrator's own vCenter account; "
-                "give the CSI driver an account of its own with only the storage privileges"
-            )
+        accounts = {}
+        if storage is not None:
+            accounts["storage.credential"] = (storage.credential, "CSI driver", "storage")
+        cpi = input.cloud_provider_credential
+        if cpi is not None and (storage is None or cpi != storage.credential):
+            accounts["cloud_provider.credential"] = (cpi, "cloud provider", "read-only")
+        for field, (name, user, privileges) in accounts.items():
+            account = self._credentials.get(name)
+            if account is None:
+                held = ", ".join(self._credentials.names()) or "none"
+                problems.append(
+                    f"{field}: the orchestrator holds no account {name!r} "
+                    f"(it holds: {held}); add it to PKE_VSPHERE_STORAGE_CREDENTIALS_FILE"
+                )
+            elif account.username == settings.vcenter_username:
+                problems.append(
+                    f"{field}: {name!r} is the orchestrator's own vCenter account; "
+                    f"give the {user} an account of its own with only the {privileges} privileges"
+                )
         datastore_url = None
-        if storage.datastore is not None:
+        if storage is not None and storage.datastore is not None:
             folder = f"{input.placement.datacenter}/datastore"
             found = inventory.find_path(si, f"{folder}/{storage.datastore}")
             url = properties.read(si, found, ["summary.url"]).get("summary.url") if found else None

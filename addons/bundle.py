@@ -9,21 +9,29 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field
 
-from addons import metallb, vsphere_csi
-from models.messages import BootstrapMaterial
-from settings.credentials import StorageCredentials
+from addons import metallb, vsphere_cpi, vsphere_csi
+from models.messages import BootstrapMaterial, StorageTarget
+from settings.credentials import StorageCredential, StorageCredentials
 
 
 class Addon(BaseModel):
     name: str
     version: str = Field(description="The release these objects are written for.")
-    install_url: str = Field(description="The release's own manifests, applied first.")
+    install_url: str = Field(description="The release's own manifests.")
+    install_selector: str | None = Field(
+        default=None,
+        description="Apply only the release's objects this label selector matches (kubectl -l).",
+    )
     namespace: str = Field(description="Where the release runs.")
+    objects_first: bool = Field(
+        default=False,
+        description="Apply the objects before the release (its pods read them at start).",
+    )
     wait_for_release: bool = Field(
         description="Wait for the release's deployments before applying the objects (MetalLB's "
         "webhook must answer first; the CSI driver instead needs its Secret to start)."
     )
-    manifest: str = Field(description="YAML documents to apply after the release is installed.")
+    manifest: str = Field(description="YAML documents made for this cluster.")
 
 
 class AddonBundle(BaseModel):
@@ -31,7 +39,7 @@ class AddonBundle(BaseModel):
 
 
 class MissingCredential(LookupError):
-    """The cluster names a storage account the orchestrator does not hold (any more)."""
+    """The cluster names a vSphere account the orchestrator does not hold (any more)."""
 
 
 def _yaml(objects: list[dict[str, Any]]) -> str:
@@ -40,6 +48,9 @@ def _yaml(objects: list[dict[str, Any]]) -> str:
 
 def build(cluster: str, material: BootstrapMaterial, credentials: StorageCredentials) -> AddonBundle:
     addons = []
+    target = material.storage_target
+    if material.cloud_provider_credential is not None and target is not None:
+        addons.append(_cloud_provider(material.cloud_provider_credential, material, target, credentials))
     if material.load_balancer is not None:
         addons.append(
             Addon(
@@ -51,11 +62,9 @@ def build(cluster: str, material: BootstrapMaterial, credentials: StorageCredent
                 manifest=_yaml(metallb.config_objects(cluster, material.load_balancer)),
             )
         )
-    storage, target = material.storage, material.storage_target
+    storage = material.storage
     if storage is not None and target is not None:
-        account = credentials.get(storage.credential)
-        if account is None:
-            raise MissingCredential(f"the orchestrator holds no storage account {storage.credential!r}")
+        account = _account(credentials, storage.credential)
         conf = vsphere_csi.csi_conf(
             cluster_id=material.cluster_uid,
             vcenter_host=target.vcenter_host,
@@ -82,3 +91,38 @@ def build(cluster: str, material: BootstrapMaterial, credentials: StorageCredent
             )
         )
     return AddonBundle(addons=addons)
+
+
+def _account(credentials: StorageCredentials, name: str) -> StorageCredential:
+    account = credentials.get(name)
+    if account is None:
+        raise MissingCredential(f"the orchestrator holds no vSphere account {name!r}")
+    return account
+
+
+def _cloud_provider(
+    name: str, material: BootstrapMaterial, target: StorageTarget, credentials: StorageCredentials
+) -> Addon:
+    account = _account(credentials, name)
+    line = vsphere_cpi.release_line(material.kubernetes_version or "1.32.0")
+    conf = vsphere_cpi.cloud_config(
+        vcenter_host=target.vcenter_host,
+        port=target.vcenter_port,
+        datacenter=target.datacenter,
+        thumbprint=target.thumbprint,
+        insecure=target.insecure,
+    )
+    objects = [
+        vsphere_cpi.secret(target.vcenter_host, account.username, account.password.get_secret_value()),
+        vsphere_cpi.config_map(conf),
+    ]
+    return Addon(
+        name="vsphere-cpi",
+        version=line,
+        install_url=vsphere_cpi.install_manifest(line),
+        install_selector=vsphere_cpi.INSTALL_SELECTOR,
+        namespace=vsphere_cpi.NAMESPACE,
+        objects_first=True,
+        wait_for_release=False,
+        manifest=_yaml(objects),
+    )

@@ -23,7 +23,8 @@ def install_args(identity: NodeIdentity, settings: NodeBootstrapSettings) -> lis
     common = [
         f"--kubernetes-version={settings.kubernetes_version}",
         f"--kubernetes-node-labels={POOL_LABEL}={identity.pool}",
-        "--kubernetes-cloud-provider=vsphere",
+        # 'external': the vSphere CPI initializes the node (the in-tree provider is gone).
+        *([f"--kubernetes-cloud-provider={settings.cloud_provider}"] if settings.cloud_provider else []),
     ]
     if identity.kind is NodeKind.WORKER:
         return [

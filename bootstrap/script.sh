@@ -71,12 +71,18 @@ if [ "$PKE_VSPHERE_KIND" = leader ]; then
 import json, subprocess, sys
 for addon in json.load(open(sys.argv[1]))["addons"]:
     kubectl = ["kubectl", "--request-timeout=60s"]
-    subprocess.run([*kubectl, "apply", "-f", addon["install_url"]], check=True)
+    def apply_objects():
+        subprocess.run([*kubectl, "apply", "-f", "-"], input=addon["manifest"].encode(), check=True)
+    if addon.get("objects_first"):
+        apply_objects()
+    selector = ["-l", addon["install_selector"]] if addon.get("install_selector") else []
+    subprocess.run([*kubectl, "apply", "-f", addon["install_url"], *selector], check=True)
     subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=300s"], check=True)
     if addon["wait_for_release"]:
         subprocess.run([*kubectl, "-n", addon["namespace"], "wait", "--for=condition=Available",
                         "deployment", "--all", "--timeout=600s"], check=True)
-    subprocess.run([*kubectl, "apply", "-f", "-"], input=addon["manifest"].encode(), check=True)
+    if not addon.get("objects_first"):
+        apply_objects()
 PY
   rm -f "$addons_file"
   api POST /v1/nodes/self/report '{"kind":"ready"}'

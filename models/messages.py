@@ -15,7 +15,8 @@ from models.state import ClusterPhase, NodeIdentity, NodeState, ReconcileReport
 
 # --- cluster workflow -------------------------------------------------------
 class StorageTarget(BaseModel):
-    """Where the cluster's CSI driver connects and provisions (no secrets)."""
+    """Where the cluster's vSphere add-ons (cloud provider, CSI driver) connect, and
+    where the CSI driver provisions (no secrets)."""
 
     vcenter_host: str
     vcenter_port: int
@@ -74,6 +75,8 @@ class NodeBootstrapSettings(BaseModel):
     """Extra names of the API server certificate: the VIP and the DNS name."""
     schedulable_masters: bool = False
     """The shared topology: masters run workloads too (no NoSchedule taint)."""
+    cloud_provider: str | None = None
+    """PKE ``--kubernetes-cloud-provider``: 'external' with the vSphere CPI, else none."""
     etcd_endpoints: list[str] = Field(default_factory=list)
     """The external_etcd topology: the etcd the API servers use (empty: they run their own)."""
     etcd_prefix: str | None = None
@@ -145,6 +148,9 @@ class BootstrapMaterial(BaseModel):
     external_etcd: ExternalEtcd | None = None
     """The node API adds the client certificate the orchestrator holds for it."""
     etcd_prefix: str | None = None
+    cloud_provider_credential: str | None = None
+    """The vSphere account of the cluster's cloud provider (CPI), if it runs one."""
+    kubernetes_version: str | None = None
 
 
 class NodeLookup(BaseModel):
@@ -302,6 +308,7 @@ class PreflightInput(BaseModel):
     vip: str | None = None
     api_port: int = 6443
     storage: StorageSpec | None = None
+    cloud_provider_credential: str | None = None
     external_etcd: ExternalEtcd | None = None
     etcd_prefix: str | None = None
 

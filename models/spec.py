@@ -387,6 +387,18 @@ class StorageSpec(_Strict):
         return self
 
 
+class CloudProviderSpec(_Strict):
+    """The vSphere cloud provider (CPI), which initializes nodes (provider id, addresses)."""
+
+    credential: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description=(
+            "Name of a vSphere account (read-only is enough) held by the orchestrator "
+            "(see PKE_VSPHERE_STORAGE_CREDENTIALS_FILE); never the orchestrator's own account."
+        ),
+    )
+
+
 Seconds = Annotated[int, Field(ge=5, le=24 * 3600)]
 
 
@@ -443,6 +455,13 @@ class ClusterSpec(_Strict):
         default=None, description="MetalLB address ranges for Services of type LoadBalancer."
     )
     storage: StorageSpec | None = Field(default=None, description="vSphere CSI storage.")
+    cloud_provider: CloudProviderSpec | None = Field(
+        default=None,
+        description=(
+            "The vSphere cloud provider (CPI) and its account; with storage and no cloud_provider, "
+            "the CPI uses the storage account. Neither: nodes run without a cloud provider."
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -501,6 +520,13 @@ class ClusterSpec(_Strict):
             for value, (start, end) in zip(lb.addresses, lb.ranges(), strict=True):
                 if start <= net.broadcast_address and net.network_address <= end:
                     raise ValueError(f"load_balancer.addresses: {value!r} overlaps network.{label} {net}")
+
+    @property
+    def cloud_provider_credential(self) -> str | None:
+        """The account the vSphere CPI uses, if the cluster runs it (the CSI driver needs it)."""
+        if self.cloud_provider is not None:
+            return self.cloud_provider.credential
+        return self.storage.credential if self.storage is not None else None
 
     @property
     def etcd_prefix(self) -> str | None:

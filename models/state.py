@@ -123,6 +123,8 @@ class ClusterServices(BaseModel):
     """MetalLB's address ranges for Services of type LoadBalancer."""
     storage_class: str | None = None
     storage_class_default: bool = False
+    cloud_provider: str | None = None
+    """What initializes the nodes: 'vsphere' (the CPI) or None (no cloud provider)."""
 
 
 class ClusterStatus(BaseModel):

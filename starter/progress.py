@@ -78,6 +78,8 @@ def services_line(services: ClusterServices) -> Text:
         items.append(f"DNS name {services.dns_name}")
     if services.load_balancer_addresses:
         items.append(f"load balancers {', '.join(services.load_balancer_addresses)} (MetalLB)")
+    if services.cloud_provider:
+        items.append("nodes initialized by the vSphere cloud provider (CPI)")
     if services.storage_class:
         default = " (default)" if services.storage_class_default else ""
         items.append(f"StorageClass {services.storage_class}{default} (vSphere CSI)")

@@ -1,6 +1,7 @@
-"""What the leader applies after install: MetalLB's configuration and the vSphere
-CSI driver's Secret and StorageClass, each manifest valid Kubernetes YAML that
-round-trips through lightkube's models."""
+"""What the leader applies after install: the vSphere cloud provider's account and
+configuration, MetalLB's configuration and the vSphere CSI driver's Secret and
+StorageClass, each manifest valid Kubernetes YAML that round-trips through
+lightkube's models."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import yaml
 from lightkube import codecs
 from pydantic import SecretStr
 
-from addons import bundle, metallb, vsphere_csi
+from addons import bundle, metallb, vsphere_cpi, vsphere_csi
 from models.messages import BootstrapMaterial, StorageTarget
 from models.spec import LoadBalancerSpec, StorageSpec
 from pki.cluster import generate_cluster_pki
@@ -42,6 +43,8 @@ def material(**changes: Any) -> BootstrapMaterial:
         "load_balancer": LoadBalancerSpec(addresses=["10.0.0.200-10.0.0.220", "10.0.1.0/28"]),
         "storage": StorageSpec(credential="csi-prod", datastore="LocalDS_0"),
         "storage_target": TARGET,
+        "cloud_provider_credential": "csi-prod",
+        "kubernetes_version": "1.30.4",
     }
     return BootstrapMaterial.model_validate(base | changes)
 
@@ -53,7 +56,7 @@ def objects_of(addon: bundle.Addon) -> list[dict[str, Any]]:
 def test_every_manifest_is_kubernetes_yaml_that_round_trips_through_lightkube() -> None:
     metallb.register_models()
     addons = bundle.build("prod", material(), ACCOUNTS).addons
-    assert [a.name for a in addons] == ["metallb", "vsphere-csi"]
+    assert [a.name for a in addons] == ["vsphere-cpi", "metallb", "vsphere-csi"]
     for addon in addons:
         docs = objects_of(addon)
         assert docs
@@ -64,7 +67,7 @@ def test_every_manifest_is_kubernetes_yaml_that_round_trips_through_lightkube() 
 
 
 def test_metallb_gets_the_spec_addresses_for_the_release_it_targets() -> None:
-    (addon, _) = bundle.build("prod", material(), ACCOUNTS).addons
+    (_, addon, _) = bundle.build("prod", material(), ACCOUNTS).addons
     pool, l2 = objects_of(addon)
     assert (pool["apiVersion"], pool["kind"], l2["kind"]) == (
         metallb.API_VERSION,
@@ -79,7 +82,7 @@ def test_metallb_gets_the_spec_addresses_for_the_release_it_targets() -> None:
 
 
 def test_the_csi_driver_gets_its_own_account_and_a_default_storage_class() -> None:
-    (_, addon) = bundle.build("prod", material(), ACCOUNTS).addons
+    (_, _, addon) = bundle.build("prod", material(), ACCOUNTS).addons
     namespace, secret, storage_class = objects_of(addon)
     assert (
         namespace["kind"] == "Namespace" and secret["metadata"]["namespace"] == namespace["metadata"]["name"]
@@ -98,16 +101,52 @@ def test_the_csi_driver_gets_its_own_account_and_a_default_storage_class() -> No
 
 def test_a_storage_policy_and_a_non_default_class() -> None:
     spec = StorageSpec(credential="csi-prod", storage_policy="gold", class_name="gold", default_class=False)
-    (addon,) = bundle.build("prod", material(storage=spec, load_balancer=None), ACCOUNTS).addons
+    changes = {"storage": spec, "load_balancer": None, "cloud_provider_credential": None}
+    (addon,) = bundle.build("prod", material(**changes), ACCOUNTS).addons
     storage_class = objects_of(addon)[-1]
     assert storage_class["parameters"] == {"storagepolicyname": "gold"}
     assert storage_class["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "false"
 
 
 def test_no_services_asked_for_means_no_addons() -> None:
-    assert bundle.build("prod", material(load_balancer=None, storage=None), ACCOUNTS).addons == []
+    none = material(load_balancer=None, storage=None, cloud_provider_credential=None)
+    assert bundle.build("prod", none, ACCOUNTS).addons == []
 
 
 def test_an_account_the_orchestrator_no_longer_holds_is_an_error_not_an_empty_secret() -> None:
-    with pytest.raises(bundle.MissingCredential, match="no storage account 'csi-prod'"):
+    with pytest.raises(bundle.MissingCredential, match="no vSphere account 'csi-prod'"):
         bundle.build("prod", material(), StorageCredentials())
+
+
+def test_the_cloud_provider_gets_its_account_and_configuration_before_its_release() -> None:
+    (addon,) = bundle.build(
+        "prod", material(load_balancer=None, storage=None), ACCOUNTS
+    ).addons  # the CPI alone: its account comes from cloud_provider (here the same name)
+    assert (addon.name, addon.version, addon.namespace) == ("vsphere-cpi", "v1.30", "kube-system")
+    assert addon.install_url.endswith("/releases/v1.30/vsphere-cloud-controller-manager.yaml")
+    # The release's own example Secret and ConfigMap never replace these, which go first.
+    assert addon.install_selector == "vsphere-cpi-infra notin (secret,config)"
+    assert addon.objects_first and not addon.wait_for_release
+    secret, config_map = objects_of(addon)
+    assert secret["metadata"] == {"name": "vsphere-cloud-secret", "namespace": "kube-system"}
+    assert secret["stringData"] == {
+        "vcenter.example.com.username": "k8s-csi@vsphere.local",
+        "vcenter.example.com.password": 'p"w\\d-1',
+    }
+    conf = yaml.safe_load(config_map["data"]["vsphere.conf"])
+    assert conf == {
+        "global": {
+            "port": 443,
+            "insecureFlag": False,
+            "secretName": "vsphere-cloud-secret",
+            "secretNamespace": "kube-system",
+            "thumbprint": "AB:CD",
+        },
+        "vcenter": {"vcenter.example.com": {"server": "vcenter.example.com", "datacenters": ["DC0"]}},
+    }
+    assert 'p"w' not in config_map["data"]["vsphere.conf"]  # the password is only in the Secret
+
+
+@pytest.mark.parametrize(("version", "line"), [("1.26.0", "v1.26"), ("1.33.2", "v1.33"), ("1.39.0", "v1.37")])
+def test_the_cloud_provider_follows_the_clusters_kubernetes_minor(version: str, line: str) -> None:
+    assert vsphere_cpi.release_line(version) == line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,50 @@ def test_the_scripts_json_helper_prints_a_value_or_none(document: object, path: 
         check=True,
     )
     assert result.stdout.strip() == printed
+
+
+def test_the_leader_applies_each_addons_objects_before_or_after_its_release_as_asked(tmp_path: Path) -> None:
+    """The script's add-on step, run by python3 with a kubectl on PATH that records its calls."""
+    script = cloudinit.written_file(render(NodeKind.LEADER), cloudinit.SCRIPT_FILE)
+    program = script[script.index("<<'PY'\n") + len("<<'PY'\n") : script.index("\nPY\n")]
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text('#!/bin/sh\necho "$*" >> "$CALLS"\ncat > /dev/null\n')
+    kubectl.chmod(0o755)
+    bundle = {
+        "addons": [
+            {"install_url": "https://cpi", "install_selector": "vsphere-cpi-infra notin (secret,config)",
+             "namespace": "kube-system", "objects_first": True, "wait_for_release": False, "manifest": "a"},
+            {"install_url": "https://metallb", "namespace": "metallb-system", "wait_for_release": True,
+             "manifest": "b"},
+        ]
+    }  # fmt: skip
+    (tmp_path / "addons.json").write_text(json.dumps(bundle))
+    calls = tmp_path / "calls"
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CALLS": str(calls)}
+    subprocess.run(
+        ["python3", "-", str(tmp_path / "addons.json")], input=program, text=True, env=env, check=True
+    )
+    assert calls.read_text().splitlines() == [
+        "--request-timeout=60s apply -f -",
+        "--request-timeout=60s apply -f https://cpi -l vsphere-cpi-infra notin (secret,config)",
+        "--request-timeout=60s wait --for=condition=Established crd --all --timeout=300s",
+        "--request-timeout=60s apply -f https://metallb",
+        "--request-timeout=60s wait --for=condition=Established crd --all --timeout=300s",
+        "--request-timeout=60s -n metallb-system wait --for=condition=Available deployment --all "
+        "--timeout=600s",
+        "--request-timeout=60s apply -f -",
+    ]
+
+
+@pytest.mark.parametrize("cloud_provider", [None, "external"], ids=["none", "vsphere-cpi"])
+def test_every_node_names_the_cloud_provider_only_when_the_cluster_runs_one(
+    cloud_provider: str | None,
+) -> None:
+    settings = SETTINGS.model_copy(update={"cloud_provider": cloud_provider})
+    for kind, index in ((NodeKind.LEADER, 1), (NodeKind.MASTER, 2), (NodeKind.WORKER, 1)):
+        identity = node_identity(kind, index)
+        config = cloudinit.parse(
+            cloudinit.render(identity, settings, node_api_url="https://o:8480", node_token="t")
+        )
+        flags = [a for a in pke_install_args(config) if a.startswith("--kubernetes-cloud-provider")]
+        assert flags == ([f"--kubernetes-cloud-provider={cloud_provider}"] if cloud_provider else [])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pyVim import connect
 
@@ -20,7 +21,14 @@ from sim import vcenter
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, unique_vip
-from tests.harness import STORAGE_ACCOUNTS, STORAGE_PASSWORD, plain_history, vms_of_cluster
+from tests.harness import (
+    STORAGE_ACCOUNTS,
+    STORAGE_PASSWORD,
+    pke_install_args,
+    plain_history,
+    userdata_config,
+    vms_of_cluster,
+)
 from vsphere import properties
 from workflows import ids
 
@@ -71,6 +79,20 @@ async def test_the_leader_applies_metallb_and_the_csi_storage_class_from_the_spe
     assert f'user = "{account.username}"' in conf and f'password = "{STORAGE_PASSWORD}"' in conf
     assert f'cluster-id = "{status.cluster_uid}"' in conf
     assert f'datacenters = "{vcenter.DATACENTER}"' in conf
+    # The CSI driver finds its nodes through the vSphere cloud provider, which runs with
+    # the storage account (no cloud_provider in the spec) and initializes every node.
+    assert services.cloud_provider == "vsphere"
+    cpi_secret = applied[("Secret", "kube-system/vsphere-cloud-secret")]["stringData"]
+    vcenter_host = urlsplit(stack.sim.url).hostname
+    assert cpi_secret == {
+        f"{vcenter_host}.username": account.username,
+        f"{vcenter_host}.password": STORAGE_PASSWORD,
+    }
+    cpi_conf = applied[("ConfigMap", "kube-system/vsphere-cloud-config")]["data"]["vsphere.conf"]
+    assert f"- {vcenter.DATACENTER}" in cpi_conf and STORAGE_PASSWORD not in cpi_conf
+    for node in status.nodes:
+        args = pke_install_args(userdata_config(vms_of_cluster(stack.sim, name)[node.name]["extra"]))
+        assert "--kubernetes-cloud-provider=external" in args
     leader_events = [e for _, e in stack.nodes.nodes[f"{name}-master-01"].events]
     assert leader_events.index("addon-applied:metallb@v0.14.9") < leader_events.index("reported-ready")
 
@@ -117,18 +139,27 @@ async def test_the_orchestrators_own_account_is_refused_for_storage(stack: Stack
     problems: list[str] = []
     si = stack.vsphere.session.service_instance()
     spec = cluster_spec(name, masters=1, workers=0)
-    preflight.check_storage(
+    preflight.check_vsphere_addons(
         si,
         PreflightInput(
             cluster=name,
             placement=spec.vsphere,
             storage=StorageSpec(credential="mine", datastore=vcenter.DATASTORE),
+            cloud_provider_credential="mine",  # the CPI uses the storage account: one problem
         ),
         problems,
     )
     assert problems == [
         "storage.credential: 'mine' is the orchestrator's own vCenter account; give the CSI driver "
         "an account of its own with only the storage privileges"
+    ]
+    problems = []
+    preflight.check_vsphere_addons(
+        si, PreflightInput(cluster=name, placement=spec.vsphere, cloud_provider_credential="mine"), problems
+    )
+    assert problems == [
+        "cloud_provider.credential: 'mine' is the orchestrator's own vCenter account; give the cloud "
+        "provider an account of its own with only the read-only privileges"
     ]
 
 

@@ -266,6 +266,12 @@ BAD_SPECS = [
         "starting with '/' and not ending with one",
     ),
     (
+        "cloud provider credential not a name",
+        with_changes(cloud_provider={"credential": "Read Only"}),
+        "cloud_provider.credential",
+        "pattern",
+    ),
+    (
         "etcd credential not a name",
         external_etcd(credential="../etc/passwd"),
         "control_plane.external_etcd.credential",
@@ -328,3 +334,11 @@ def test_the_example_specs_are_valid() -> None:
     root = Path(__file__).parent.parent / "examples"
     assert load_spec(root / "demo-cluster.yaml").name == "demo"
     assert load_spec(root / "cluster-input.json").name == "cli-example"
+
+
+def test_the_cloud_provider_uses_its_own_account_else_the_storage_one() -> None:
+    storage = {"credential": "csi", "datastore": "ds1"}
+    assert ClusterSpec.model_validate(BASE).cloud_provider_credential is None
+    assert ClusterSpec.model_validate(with_changes(storage=storage)).cloud_provider_credential == "csi"
+    both = with_changes(storage=storage, cloud_provider={"credential": "cpi-read-only"})
+    assert ClusterSpec.model_validate(both).cloud_provider_credential == "cpi-read-only"

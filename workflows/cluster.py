@@ -217,6 +217,7 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
                     vip=str(spec.control_plane.vip) if spec.control_plane.vip else None,
                     api_port=spec.control_plane.port,
                     storage=spec.storage,
+                    cloud_provider_credential=spec.cloud_provider_credential,
                     external_etcd=spec.control_plane.external_etcd,
                     etcd_prefix=spec.etcd_prefix,
                 ),
@@ -316,6 +317,8 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
             storage_target=self._storage_target,
             external_etcd=cp.external_etcd,
             etcd_prefix=self.spec.etcd_prefix,
+            cloud_provider_credential=self.spec.cloud_provider_credential,
+            kubernetes_version=self.spec.kubernetes_version,
         )
 
     # --- updates from the node API ---------------------------------------------

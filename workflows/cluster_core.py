@@ -175,6 +175,7 @@ class ClusterCore:
             ssh_authorized_keys=spec.ssh_authorized_keys,
             api_server_cert_sans=spec.control_plane.cert_sans,
             schedulable_masters=spec.control_plane.topology is Topology.SHARED,
+            cloud_provider="external" if spec.cloud_provider_credential else None,
             etcd_endpoints=etcd.endpoints if (etcd := spec.control_plane.external_etcd) else [],
             etcd_prefix=spec.etcd_prefix,
         )
@@ -296,6 +297,7 @@ class ClusterCore:
             load_balancer_addresses=list(lb.addresses) if (lb := self.spec.load_balancer) else [],
             storage_class=storage.class_name if (storage := self.spec.storage) else None,
             storage_class_default=bool(storage and storage.default_class),
+            cloud_provider="vsphere" if self.spec.cloud_provider_credential else None,
         )
 
     def _state(self) -> ClusterState:

@@ -1,0 +1,75 @@
+"""The vSphere cloud provider (CPI, cloud-controller-manager): it initializes
+every node the kubelet registers with ``--cloud-provider=external`` (provider
+id ``vsphere://UUID``, addresses; until then the node carries the
+``node.cloudprovider.kubernetes.io/uninitialized`` taint), and the CSI driver
+finds its nodes through it.
+
+Its configuration (``vsphere.conf`` in a ConfigMap) and its vCenter account (a
+Secret keyed ``HOST.username``/``HOST.password``) are made by the node API for
+the leader alone. The release's own example Secret and ConfigMap are left out
+of the install by label, so they never replace these, and these are applied
+before the release so that its pods start with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+NAMESPACE = "kube-system"
+SECRET = "vsphere-cloud-secret"  # noqa: S105 - the Secret object's name
+CONFIG_MAP = "vsphere-cloud-config"
+DAEMON_SET = "vsphere-cloud-controller-manager"
+# The release manifests carry an example Secret and ConfigMap labelled like this.
+INSTALL_SELECTOR = "vsphere-cpi-infra notin (secret,config)"
+# Release lines published in the project's releases/ directory, one per Kubernetes minor.
+FIRST_MINOR, LAST_MINOR = 26, 37
+
+
+def release_line(kubernetes_version: str) -> str:
+    """The CPI release line for a cluster: its own Kubernetes minor, within the published ones."""
+    minor = int(kubernetes_version.split(".")[1])
+    return f"v1.{min(max(minor, FIRST_MINOR), LAST_MINOR)}"
+
+
+def install_manifest(line: str) -> str:
+    return (
+        "https://raw.githubusercontent.com/kubernetes/cloud-provider-vsphere/"
+        f"master/releases/{line}/vsphere-cloud-controller-manager.yaml"
+    )
+
+
+def cloud_config(
+    *, vcenter_host: str, port: int, datacenter: str, thumbprint: str | None, insecure: bool
+) -> str:
+    """``vsphere.conf`` in the CPI's YAML format; the account comes from the Secret."""
+    vcenter: dict[str, Any] = {"server": vcenter_host, "datacenters": [datacenter]}
+    global_: dict[str, Any] = {
+        "port": port,
+        "insecureFlag": insecure,
+        "secretName": SECRET,
+        "secretNamespace": NAMESPACE,
+    }
+    if thumbprint:
+        global_["thumbprint"] = thumbprint
+    return yaml.safe_dump({"global": global_, "vcenter": {vcenter_host: vcenter}}, sort_keys=False)
+
+
+def secret(vcenter_host: str, username: str, password: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET, "namespace": NAMESPACE},
+        "type": "Opaque",
+        "stringData": {f"{vcenter_host}.username": username, f"{vcenter_host}.password": password},
+    }
+
+
+def config_map(conf: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": CONFIG_MAP, "namespace": NAMESPACE},
+        "data": {"vsphere.conf": conf},
+    }
