@@ -68,8 +68,10 @@ def render(status: ClusterStatus) -> Group:
 
 
 def services_line(services: ClusterServices) -> Text:
-    """What the cluster provides in place of a cloud's, on one line."""
-    items = [f"{services.topology or 'dedicated'} control plane", f"endpoint {services.api_endpoint or '-'}"]
+    """What the cluster provides in place of a cloud's: the control plane on the
+    first line, then one line per service (a terminal would cut one long line)."""
+    first = f"{services.topology or 'dedicated'} control plane; endpoint {services.api_endpoint or '-'}"
+    items = []
     if services.etcd_endpoints:
         items.append(f"etcd {', '.join(services.etcd_endpoints)} (prefix {services.etcd_prefix})")
     if services.vip:
@@ -83,7 +85,8 @@ def services_line(services: ClusterServices) -> Text:
     if services.storage_class:
         default = " (default)" if services.storage_class_default else ""
         items.append(f"StorageClass {services.storage_class}{default} (vSphere CSI)")
-    return Text("  services: " + "; ".join(items), style="dim")
+    indent = "\n" + " " * len("  services: ")
+    return Text("  services: " + indent.join([first, *items]), style="dim")
 
 
 def settled(status: ClusterStatus) -> bool:

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from models.state import ClusterServices
 from starter import cli
+from starter.progress import services_line
 from tests.conftest import Stack, cluster_spec, unique
 
 
@@ -68,3 +70,26 @@ async def test_status_of_an_unknown_cluster_is_a_clear_error(
 ) -> None:
     assert await cli.run(["status", "no-such-cluster"], client=stack.client) == 1
     assert "Temporal:" in capsys.readouterr().out
+
+
+def test_the_services_are_shown_one_per_line_under_the_control_plane() -> None:
+    services = ClusterServices(
+        topology="external_etcd",
+        api_endpoint="10.0.0.100:6443",
+        etcd_endpoints=["https://10.0.0.5:2379", "https://10.0.0.6:2379"],
+        etcd_prefix="/pke-vsphere/prod",
+        vip="10.0.0.100",
+        vrrp_router_id=42,
+        load_balancer_addresses=["10.0.50.10-10.0.50.40"],
+        cloud_provider="vsphere",
+        storage_class="vsphere",
+        storage_class_default=True,
+    )
+    assert services_line(services).plain.splitlines() == [
+        "  services: external_etcd control plane; endpoint 10.0.0.100:6443",
+        "            etcd https://10.0.0.5:2379, https://10.0.0.6:2379 (prefix /pke-vsphere/prod)",
+        "            VIP 10.0.0.100 (keepalived, VRRP router id 42)",
+        "            load balancers 10.0.50.10-10.0.50.40 (MetalLB)",
+        "            nodes initialized by the vSphere cloud provider (CPI)",
+        "            StorageClass vsphere (default) (vSphere CSI)",
+    ]
