@@ -42,6 +42,8 @@ class ClusterState(BaseModel):
     last_reconcile: ReconcileReport | None = None
     vrrp_router_id: int | None = None
     storage_target: StorageTarget | None = None
+    cloud_provider: str | None = "vsphere"
+    """PKE's --kubernetes-cloud-provider of the cluster's nodes (absent: an older cluster, in-tree)."""
 
 
 class ClusterWorkflowInput(BaseModel):

@@ -124,7 +124,8 @@ class ClusterServices(BaseModel):
     storage_class: str | None = None
     storage_class_default: bool = False
     cloud_provider: str | None = None
-    """What initializes the nodes: 'vsphere' (the CPI) or None (no cloud provider)."""
+    """PKE's --kubernetes-cloud-provider of the nodes: 'external' (the vSphere CPI add-on),
+    'vsphere' (the in-tree provider, clusters created before the add-on) or None."""
 
 
 class ClusterStatus(BaseModel):

@@ -80,8 +80,10 @@ def services_line(services: ClusterServices) -> Text:
         items.append(f"DNS name {services.dns_name}")
     if services.load_balancer_addresses:
         items.append(f"load balancers {', '.join(services.load_balancer_addresses)} (MetalLB)")
-    if services.cloud_provider:
+    if services.cloud_provider == "external":
         items.append("nodes initialized by the vSphere cloud provider (CPI)")
+    elif services.cloud_provider:
+        items.append(f"in-tree cloud provider {services.cloud_provider} (deprecated)")
     if services.storage_class:
         default = " (default)" if services.storage_class_default else ""
         items.append(f"StorageClass {services.storage_class}{default} (vSphere CSI)")

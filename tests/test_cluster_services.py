@@ -81,7 +81,7 @@ async def test_the_leader_applies_metallb_and_the_csi_storage_class_from_the_spe
     assert f'datacenters = "{vcenter.DATACENTER}"' in conf
     # The CSI driver finds its nodes through the vSphere cloud provider, which runs with
     # the storage account (no cloud_provider in the spec) and initializes every node.
-    assert services.cloud_provider == "vsphere"
+    assert services.cloud_provider == "external"
     cpi_secret = applied[("Secret", "kube-system/vsphere-cloud-secret")]["stringData"]
     vcenter_host = urlsplit(stack.sim.url).hostname
     assert cpi_secret == {

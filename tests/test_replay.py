@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,9 @@ from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.worker import Replayer
 
+from models.messages import ClusterState
+from models.state import ClusterPhase
+from pki.cluster import generate_cluster_pki
 from runtime.temporal import DATA_CONVERTER
 from starter import clusters
 from tests.clusters import wait_until_settled
@@ -141,3 +145,18 @@ async def test_stored_histories_replay(path: Path) -> None:
     history = WorkflowHistory.from_json(record["workflow_id"], record["history"])
     result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
+
+
+def test_the_state_of_a_cluster_from_before_the_cpi_add_on_keeps_the_in_tree_provider() -> None:
+    """A cluster that continues as new from an older version carries no cloud_provider:
+    its new nodes must keep the in-tree provider its first nodes were installed with."""
+    state = ClusterState(
+        cluster_uid="uid-1",
+        phase=ClusterPhase.READY,
+        pki=generate_cluster_pki("old"),
+        nodes=[],
+        created_at=datetime.now(UTC),
+    ).model_dump(mode="json")
+    del state["cloud_provider"]
+    assert ClusterState.model_validate(state).cloud_provider == "vsphere"
+    assert ClusterState.model_validate(state | {"cloud_provider": None}).cloud_provider is None

@@ -81,7 +81,7 @@ def test_the_services_are_shown_one_per_line_under_the_control_plane() -> None:
         vip="10.0.0.100",
         vrrp_router_id=42,
         load_balancer_addresses=["10.0.50.10-10.0.50.40"],
-        cloud_provider="vsphere",
+        cloud_provider="external",
         storage_class="vsphere",
         storage_class_default=True,
     )
@@ -92,4 +92,11 @@ def test_the_services_are_shown_one_per_line_under_the_control_plane() -> None:
         "            load balancers 10.0.50.10-10.0.50.40 (MetalLB)",
         "            nodes initialized by the vSphere cloud provider (CPI)",
         "            StorageClass vsphere (default) (vSphere CSI)",
+    ]
+
+
+def test_a_cluster_from_before_the_cpi_add_on_shows_its_in_tree_provider() -> None:
+    services = ClusterServices(topology="dedicated", api_endpoint="10.0.0.11:6443", cloud_provider="vsphere")
+    assert services_line(services).plain.splitlines()[1:] == [
+        "            in-tree cloud provider vsphere (deprecated)"
     ]

@@ -98,6 +98,7 @@ PATCH_RECONCILE_LOOP = "reconcile-loop"
 PATCH_TOKENS_IN_CLUSTER = "join-tokens-installed-in-cluster"
 PATCH_PREFLIGHT = "preflight-before-create"
 PATCH_VRRP_ROUTER_ID = "vrrp-router-id-checked"
+PATCH_CLOUD_PROVIDER = "vsphere-cpi-add-on"
 
 __all__ = ["ClusterWorkflow", "failure_reason"]
 
@@ -177,6 +178,8 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
 
         if workflow.patched(PATCH_PREFLIGHT):
             await self._preflight(spec)
+        if workflow.patched(PATCH_CLOUD_PROVIDER):
+            self._cloud_provider = "external" if spec.cloud_provider_credential else None
 
         self._phase = ClusterPhase.CREATING_PKI
         self._pki = await workflow.execute_activity(
@@ -317,7 +320,9 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
             storage_target=self._storage_target,
             external_etcd=cp.external_etcd,
             etcd_prefix=self.spec.etcd_prefix,
-            cloud_provider_credential=self.spec.cloud_provider_credential,
+            cloud_provider_credential=(
+                self.spec.cloud_provider_credential if self._cloud_provider == "external" else None
+            ),
             kubernetes_version=self.spec.kubernetes_version,
         )
 

@@ -45,6 +45,7 @@ T = TypeVar("T")
 
 # Changes to running workflows, guarded so older histories still replay.
 PATCH_DESTROY_GIVEN_UP = "destroy-vms-of-given-up-nodes"
+LEGACY_CLOUD_PROVIDER = "vsphere"
 
 
 def failure_reason(err: BaseException) -> str:
@@ -74,6 +75,10 @@ class ClusterCore:
         self._vrrp_router_id: int | None = None
         # Where the CSI driver connects, found at preflight (no secrets).
         self._storage_target: StorageTarget | None = None
+        # PKE's --kubernetes-cloud-provider for every node of this cluster, fixed at create:
+        # 'external' (the vSphere CPI add-on) or None; clusters created before the CPI
+        # add-on keep the in-tree 'vsphere' so that new nodes match their old ones.
+        self._cloud_provider: str | None = LEGACY_CLOUD_PROVIDER
         # One command at a time; delete cancels the one running.
         self._op_lock = asyncio.Lock()
         self._operation: str | None = None
@@ -175,7 +180,7 @@ class ClusterCore:
             ssh_authorized_keys=spec.ssh_authorized_keys,
             api_server_cert_sans=spec.control_plane.cert_sans,
             schedulable_masters=spec.control_plane.topology is Topology.SHARED,
-            cloud_provider="external" if spec.cloud_provider_credential else None,
+            cloud_provider=self._cloud_provider,
             etcd_endpoints=etcd.endpoints if (etcd := spec.control_plane.external_etcd) else [],
             etcd_prefix=spec.etcd_prefix,
         )
@@ -297,7 +302,7 @@ class ClusterCore:
             load_balancer_addresses=list(lb.addresses) if (lb := self.spec.load_balancer) else [],
             storage_class=storage.class_name if (storage := self.spec.storage) else None,
             storage_class_default=bool(storage and storage.default_class),
-            cloud_provider="vsphere" if self.spec.cloud_provider_credential else None,
+            cloud_provider=self._cloud_provider,
         )
 
     def _state(self) -> ClusterState:
@@ -316,6 +321,7 @@ class ClusterCore:
             last_reconcile=self._last_reconcile,
             vrrp_router_id=self._vrrp_router_id,
             storage_target=self._storage_target,
+            cloud_provider=self._cloud_provider,
         )
 
     def _restore(self, state: ClusterState) -> None:
@@ -332,3 +338,4 @@ class ClusterCore:
         self._last_reconcile = state.last_reconcile
         self._vrrp_router_id = state.vrrp_router_id
         self._storage_target = state.storage_target
+        self._cloud_provider = state.cloud_provider
