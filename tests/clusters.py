@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from pyVim import connect
+from pyVmomi import vim
+from temporalio.client import WorkflowHandle
+
+from models.commands import ScaleOutcome, ScaleRequest
 from models.state import ClusterPhase, ClusterStatus
+from sim.vcenter import Simulator
 from starter import clusters
 from tests.conftest import Stack
+from workflows.cluster import SCALE_UPDATE
 
 SETTLED = {ClusterPhase.READY, ClusterPhase.FAILED}
 
@@ -25,3 +33,22 @@ async def wait_until_settled(stack: Stack, name: str, within: float = 90) -> Clu
             return last
         await asyncio.sleep(0.3)
     raise AssertionError(f"cluster {name} did not settle within {within}s: {last!r}")
+
+
+async def scale(handle: WorkflowHandle[Any, Any], pool: str, size: int) -> ScaleOutcome:
+    outcome: ScaleOutcome = await handle.execute_update(
+        SCALE_UPDATE, ScaleRequest(pool=pool, size=size), result_type=ScaleOutcome
+    )
+    return outcome
+
+
+def removal_times(sim: Simulator) -> dict[str, float]:
+    """When vCenter removed each VM, from its own event log."""
+    si = sim.connect()
+    try:
+        events = si.content.eventManager.QueryEvents(
+            vim.event.EventFilterSpec(eventTypeId=["VmRemovedEvent"], maxCount=1000)
+        )
+        return {e.vm.name: e.createdTime.timestamp() for e in events if e.vm is not None}
+    finally:
+        connect.Disconnect(si)

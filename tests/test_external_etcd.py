@@ -15,7 +15,7 @@ from codec import keys
 from codec.encryption import EncryptionCodec
 from models.state import ClusterPhase, NodePhase
 from starter import clusters
-from tests.clusters import wait_until_settled
+from tests.clusters import removal_times, scale, wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, unique_vip
 from tests.etcd_server import CREDENTIAL, free_port
 from tests.harness import clone_counts, pke_install_args, plain_history, userdata_config, vms_of_cluster
@@ -149,3 +149,31 @@ async def test_preflight_refuses_a_dead_endpoint_and_a_prefix_already_in_use(sta
     assert not any(dest.startswith(name) for dest in clone_counts(stack.sim))
     with stack.etcd.gateway() as etcd:  # refused, and nothing of etcd touched
         assert etcd.count(prefix) == 1
+
+
+async def test_api_servers_on_an_external_etcd_grow_and_shrink_newest_first(stack: Stack) -> None:
+    """No etcd member lives on them, so a master is drained and removed like a worker."""
+    name = unique("ext-scale")
+    spec = cluster_spec(name, masters=2, workers=1, control_plane=external(stack))
+    await clusters.create(stack.client, spec, stack.task_queue)
+    assert (await wait_until_settled(stack, name)).phase is ClusterPhase.READY
+    handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
+    masters = [f"{name}-master-{i:02d}" for i in (1, 2, 3)]
+
+    up = await scale(handle, "master", 3)
+    assert up.added == masters[2:] and not up.failed
+    kube = stack.nodes.cluster_apis[name]
+    assert set(masters) <= set(kube.objects.nodes)
+
+    down = await scale(handle, "master", 1)
+    assert sorted(down.removed) == masters[1:] and not down.warnings  # the leader stays
+    assert sorted(vms_of_cluster(stack.sim, name)) == [masters[0], f"{name}-workers-01"]
+    assert set(kube.objects.nodes) == {masters[0], f"{name}-workers-01"}
+    removed_at = removal_times(stack.sim)
+    for node in masters[1:]:
+        verbs = [c.verb for c in kube.objects.calls if c.name == node]
+        assert verbs[0] == "cordon" and verbs[-1] == "delete", verbs
+        assert max(c.at for c in kube.objects.calls if c.name == node) <= removed_at[node]
+    status = await wait_until_settled(stack, name)
+    assert status.pools["master"] == 1 and status.phase is ClusterPhase.READY
+    await (await clusters.delete(stack.client, name, stack.task_queue)).result()

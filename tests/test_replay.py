@@ -105,7 +105,8 @@ async def test_a_cluster_lifetime_replays_against_the_current_code(stack: Stack)
 
 
 async def test_an_external_etcd_cluster_lifetime_replays_against_the_current_code(stack: Stack) -> None:
-    """Create two API servers on an external etcd, grow to three, delete (which clears the prefix)."""
+    """Create two API servers on an external etcd, grow to three and back to two, delete
+    (which clears the prefix)."""
     name = unique("replay-etcd")
     etcd = {"endpoints": stack.etcd.endpoints, "credential": CREDENTIAL}
     control_plane = {"vip": unique_vip(), "topology": "external_etcd", "external_etcd": etcd}
@@ -114,6 +115,7 @@ async def test_an_external_etcd_cluster_lifetime_replays_against_the_current_cod
     await wait_until_settled(stack, name)
     handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
     await handle.execute_update("scale_pool", {"pool": "master", "size": 3})
+    await handle.execute_update("scale_pool", {"pool": "master", "size": 2})
     await (await clusters.delete(stack.client, name, stack.task_queue)).result()
     await replay_and_record(
         stack,

@@ -7,32 +7,17 @@ import asyncio
 from typing import Any
 
 import pytest
-from pyVim import connect
-from pyVmomi import vim
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 
 from models.commands import AddPoolRequest, RemovePoolRequest, ScaleOutcome, ScaleRequest
 from models.spec import NodePoolSpec
 from models.state import ClusterPhase, ClusterStatus, NodePhase
-from sim.vcenter import Simulator
 from starter import clusters
-from tests.clusters import wait_until_settled
+from tests.clusters import removal_times, scale, wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import vms_of_cluster
 from workflows import ids
 from workflows.cluster import ADD_POOL_UPDATE, REMOVE_POOL_UPDATE, SCALE_UPDATE, STATUS_QUERY
-
-
-def removal_times(sim: Simulator) -> dict[str, float]:
-    """When vCenter removed each VM, from its own event log."""
-    si = sim.connect()
-    try:
-        events = si.content.eventManager.QueryEvents(
-            vim.event.EventFilterSpec(eventTypeId=["VmRemovedEvent"], maxCount=1000)
-        )
-        return {e.vm.name: e.createdTime.timestamp() for e in events if e.vm is not None}
-    finally:
-        connect.Disconnect(si)
 
 
 async def ready_cluster(
@@ -44,13 +29,6 @@ async def ready_cluster(
     status = await wait_until_settled(stack, name)
     assert status.phase is ClusterPhase.READY, status.error
     return stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
-
-
-async def scale(handle: WorkflowHandle[Any, Any], pool: str, size: int) -> ScaleOutcome:
-    outcome: ScaleOutcome = await handle.execute_update(
-        SCALE_UPDATE, ScaleRequest(pool=pool, size=size), result_type=ScaleOutcome
-    )
-    return outcome
 
 
 def worker_names(name: str, *indices: int) -> list[str]:

@@ -52,10 +52,11 @@ def scale(spec: ClusterSpec, request: ScaleRequest, deleting: bool) -> None:
     problem = topology.master_count_problem(request.size)
     if problem is not None:
         raise refuse(f"pool {pool.name}: {problem}")
-    if request.size < pool.count:
-        why = " (etcd members would have to be removed first)" if topology.runs_etcd else ""
+    if request.size < pool.count and topology.runs_etcd:
+        # API-server-only masters (external etcd) are drained and removed like workers.
         raise refuse(
-            f"pool {pool.name}: removing masters is not supported yet{why}; the control plane can only grow"
+            f"pool {pool.name}: removing masters is not supported yet in the {topology} topology (their "
+            "etcd members would have to be removed first); the control plane can only grow"
         )
     if request.size > 1 and spec.control_plane.vip is None:
         raise refuse(
