@@ -1,5 +1,7 @@
-"""Removing a deleted cluster's data from an external etcd: every key under the
-cluster's prefix, and nothing outside it (the etcd is shared)."""
+"""Removing a cluster's data from an external etcd when it is deleted or its
+create failed: every key under its prefix, in one transaction that first finds
+the cluster's own owner key there, so a prefix it never took (a create stopped
+at preflight) or another cluster's is left alone; nothing outside the prefix."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from external_etcd import material
-from external_etcd.gateway import EtcdGateway, EtcdUnavailable
+from external_etcd import material, prefixes
+from external_etcd.gateway import EtcdUnavailable, first_answer
 from models.messages import ClearEtcdPrefixInput, ClearEtcdPrefixResult
 from settings.credentials import EtcdCredentials
 
@@ -21,32 +23,22 @@ class EtcdActivities:
 
     @activity.defn(name="clear_etcd_prefix")
     def clear_etcd_prefix(self, input: ClearEtcdPrefixInput) -> ClearEtcdPrefixResult:
-        """Delete the keys under the prefix through the first endpoint that answers;
-        deleting an empty range is a no-op, so a retry after a crash is harmless."""
-        credential = self._credentials.get(input.credential)
-        if credential is None:
-            raise ApplicationError(
-                f"the orchestrator holds no etcd credential {input.credential!r}",
-                type="EtcdCredential",
-                non_retryable=True,
-            )
+        """Through the first endpoint that answers; a retry after a crash finds the
+        prefix already cleared (no owner key) and deletes nothing."""
         try:
-            client = material.read(credential)
+            client = material.client_certificate(self._credentials, input.credential)
         except material.EtcdCredentialError as exc:
+            raise ApplicationError(str(exc), type="EtcdCredential", non_retryable=True) from None
+        owner = prefixes.owner_value(input.cluster, input.cluster_uid)
+        key = prefixes.owner_key(input.prefix)
+        try:
+            with material.ssl_context(client) as context:
+                deleted = first_answer(
+                    input.endpoints, context, lambda g: g.delete_if(input.prefix, key, owner)
+                )
+        except EtcdUnavailable as exc:
             raise ApplicationError(
-                f"etcd credential {input.credential!r}: {exc}", type="EtcdCredential", non_retryable=True
+                f"no etcd endpoint could clear {input.prefix}: {exc}", type="EtcdUnavailable"
             ) from None
-        failures = []
-        with material.ssl_context(client) as context:
-            for endpoint in input.endpoints:
-                with EtcdGateway(endpoint, context) as gateway:
-                    try:
-                        deleted = gateway.delete(input.prefix)
-                    except EtcdUnavailable as exc:
-                        failures.append(f"{endpoint}: {exc}")
-                        continue
-                log.info("etcd.prefix_cleared", cluster=input.cluster, prefix=input.prefix, deleted=deleted)
-                return ClearEtcdPrefixResult(deleted=deleted, endpoint=endpoint)
-        raise ApplicationError(
-            f"no etcd endpoint could delete {input.prefix}: " + "; ".join(failures), type="EtcdUnavailable"
-        )
+        log.info("etcd.prefix_cleared", cluster=input.cluster, prefix=input.prefix, deleted=deleted)
+        return ClearEtcdPrefixResult(deleted=deleted or 0, owned=deleted is not None)

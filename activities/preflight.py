@@ -13,6 +13,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from external_etcd import checks as etcd_checks
+from external_etcd import prefixes
 from models.messages import PreflightInput, PreflightResult, StorageTarget
 from settings.credentials import EtcdCredentials, StorageCredentials
 from vsphere import inventory, properties
@@ -66,7 +67,10 @@ class PreflightActivities:
                 "choose an address no host or other cluster uses"
             )
         if input.external_etcd is not None and input.etcd_prefix is not None:
-            problems += etcd_checks.problems(input.external_etcd, input.etcd_prefix, self._etcd_credentials)
+            owner = prefixes.owner_value(input.cluster, input.cluster_uid or "")
+            problems += etcd_checks.problems(
+                input.external_etcd, input.etcd_prefix, self._etcd_credentials, owner, claim=not problems
+            )
         if problems:
             log.info("preflight.failed", cluster=input.cluster, problems=problems)
             raise ApplicationError(

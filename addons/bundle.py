@@ -49,7 +49,9 @@ def _yaml(objects: list[dict[str, Any]]) -> str:
 def build(cluster: str, material: BootstrapMaterial, credentials: StorageCredentials) -> AddonBundle:
     addons = []
     target = material.storage_target
-    if material.cloud_provider_credential is not None and target is not None:
+    if material.cloud_provider_credential is not None:
+        if target is None:  # the nodes wait for the CPI: never leave it out silently
+            raise MissingCredential("the cluster's vCenter connection for its cloud provider is not known")
         addons.append(_cloud_provider(material.cloud_provider_credential, material, target, credentials))
     if material.load_balancer is not None:
         addons.append(

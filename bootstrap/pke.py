@@ -7,6 +7,8 @@ are shell variables that the bootstrap script fills in: ``$ADVERTISE_ADDRESS``,
 
 from __future__ import annotations
 
+import shlex
+
 from models.messages import NodeBootstrapSettings
 from models.state import NodeIdentity, NodeKind
 
@@ -49,7 +51,8 @@ def install_args(identity: NodeIdentity, settings: NodeBootstrapSettings) -> lis
     ]
     if settings.etcd_endpoints:
         master += [
-            f"--etcd-endpoints={','.join(settings.etcd_endpoints)}",
+            # Quoted: an IPv6 endpoint's brackets are a shell pattern.
+            shlex.quote(f"--etcd-endpoints={','.join(settings.etcd_endpoints)}"),
             f"--etcd-ca-file={ETCD_CA_FILE}",
             f"--etcd-cert-file={ETCD_CERT_FILE}",
             f"--etcd-key-file={ETCD_KEY_FILE}",

@@ -16,24 +16,35 @@ report_failure() {
   api POST /v1/nodes/self/report "{\"kind\":\"failed\",\"message\":\"$msg\"}" || true
 }
 trap 'report_failure $LINENO $?' ERR
-json() { # KEY.PATH: print one value of the JSON document on stdin ("None" if absent or null)
-  python3 -c 'import functools,json,sys; print(functools.reduce(lambda d, k: None if d is None else d.get(k), sys.argv[1].split("."), json.load(sys.stdin)))' "$1"
+json() { # KEY.PATH: print one string of the JSON document on stdin; fails if it is absent or null
+  python3 -c 'import functools,json,sys; v = functools.reduce(lambda d, k: d[k], sys.argv[1].split("."), json.load(sys.stdin)); sys.exit(f"{sys.argv[1]} is null") if v is None else print(v)' "$1"
+}
+has() { # KEY.PATH: whether the JSON document on stdin holds a value there (absent or null: no)
+  python3 -c 'import functools,json,sys; sys.exit(functools.reduce(lambda d, k: (d or {}).get(k), sys.argv[1].split("."), json.load(sys.stdin)) is None)' "$1"
+}
+fetch() { # PATH: GET it, retrying while the orchestrator answers "not now" (409, 503) or not at all
+  local body
+  for _ in $(seq 60); do
+    if body="$(api GET "$1")"; then printf '%s\n' "$body"; return 0; fi
+    sleep $((5 + RANDOM % 10))
+  done
+  return 1
 }
 
 ADVERTISE_ADDRESS="$(ip -4 route get 1.1.1.1 | awk '{for(i=1;i<=NF;i++) if ($i=="src") print $(i+1)}')"
 API_ENDPOINT="${PKE_VSPHERE_API_ENDPOINT:-$ADVERTISE_ADDRESS:6443}"
 
 if [ "$PKE_VSPHERE_KIND" != worker ]; then
-  material="$(api GET /v1/nodes/self/bootstrap)"
+  material="$(fetch /v1/nodes/self/bootstrap)"
   install -d -m 0700 /etc/kubernetes/pki /etc/kubernetes/pki/etcd
   umask 077
   echo "$material" | json pki.kubernetes_ca.cert_pem > /etc/kubernetes/pki/ca.crt
   echo "$material" | json pki.kubernetes_ca.key_pem > /etc/kubernetes/pki/ca.key
-  if [ "$(echo "$material" | json pki.etcd_ca)" != None ]; then # the masters run etcd
+  if echo "$material" | has pki.etcd_ca; then # the masters run etcd
     echo "$material" | json pki.etcd_ca.cert_pem > /etc/kubernetes/pki/etcd/ca.crt
     echo "$material" | json pki.etcd_ca.key_pem > /etc/kubernetes/pki/etcd/ca.key
   fi
-  if [ "$(echo "$material" | json external_etcd)" != None ]; then # pke install --etcd-*-file
+  if echo "$material" | has external_etcd; then # pke install --etcd-*-file
     echo "$material" | json external_etcd.certificate.ca_cert_pem > /etc/kubernetes/pki/etcd/external-ca.crt
     echo "$material" | json external_etcd.certificate.cert_pem > /etc/kubernetes/pki/apiserver-etcd-client.crt
     echo "$material" | json external_etcd.certificate.key_pem > /etc/kubernetes/pki/apiserver-etcd-client.key
@@ -42,8 +53,8 @@ if [ "$PKE_VSPHERE_KIND" != worker ]; then
   echo "$material" | json pki.front_proxy_ca.key_pem > /etc/kubernetes/pki/front-proxy-ca.key
   echo "$material" | json pki.service_account_key_pem > /etc/kubernetes/pki/sa.key
   echo "$material" | json pki.service_account_public_pem > /etc/kubernetes/pki/sa.pub
-  keepalived_conf="$(echo "$material" | json keepalived_conf)"
-  if [ "$keepalived_conf" != None ]; then
+  if echo "$material" | has keepalived_conf; then
+    keepalived_conf="$(echo "$material" | json keepalived_conf)"
     # The interface holding this node's address, unless the spec named one.
     VRRP_INTERFACE="$(ip -o -4 addr show | awk -v a="$ADVERTISE_ADDRESS/" 'index($4, a) == 1 {print $2; exit}')"
     install -d -m 0755 /etc/keepalived
@@ -66,7 +77,7 @@ if [ "$PKE_VSPHERE_KIND" = leader ]; then
   # the objects the node API made for this cluster (the CSI Secret among them).
   export KUBECONFIG=/etc/kubernetes/admin.conf
   addons_file="$(umask 077; mktemp)"
-  api GET /v1/nodes/self/addons > "$addons_file"
+  fetch /v1/nodes/self/addons > "$addons_file"
   python3 - "$addons_file" <<'PY'
 import json, subprocess, sys
 for addon in json.load(open(sys.argv[1]))["addons"]:

@@ -18,11 +18,26 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import SecretStr
 
 from models.pki import EtcdClientCertificate
-from settings.credentials import EtcdCredential
+from settings.credentials import EtcdCredential, EtcdCredentials
 
 
 class EtcdCredentialError(ValueError):
-    """The credential's files are missing, unreadable or do not fit together."""
+    """The credential is not held, or its files are missing, unreadable or do not fit together."""
+
+
+def client_certificate(credentials: EtcdCredentials, name: str) -> EtcdClientCertificate:
+    """The named credential's certificate, read from its files and checked."""
+    credential = credentials.get(name)
+    if credential is None:
+        held = ", ".join(credentials.names()) or "none"
+        raise EtcdCredentialError(
+            f"the orchestrator holds no etcd credential {name!r} (it holds: {held}); "
+            "add it to PKE_VSPHERE_ETCD_CREDENTIALS_FILE"
+        )
+    try:
+        return read(credential)
+    except EtcdCredentialError as exc:
+        raise EtcdCredentialError(f"etcd credential {name!r}: {exc}") from None
 
 
 def read(credential: EtcdCredential, now: datetime | None = None) -> EtcdClientCertificate:

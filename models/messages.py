@@ -77,8 +77,9 @@ class NodeBootstrapSettings(BaseModel):
     """Extra names of the API server certificate: the VIP and the DNS name."""
     schedulable_masters: bool = False
     """The shared topology: masters run workloads too (no NoSchedule taint)."""
-    cloud_provider: str | None = None
-    """PKE ``--kubernetes-cloud-provider``: 'external' with the vSphere CPI, else none."""
+    cloud_provider: str | None = "vsphere"
+    """PKE ``--kubernetes-cloud-provider``: 'external' with the vSphere CPI, None for none;
+    absent (a node workflow started by an older version) is the in-tree 'vsphere' it had."""
     etcd_endpoints: list[str] = Field(default_factory=list)
     """The external_etcd topology: the etcd the API servers use (empty: they run their own)."""
     etcd_prefix: str | None = None
@@ -313,12 +314,15 @@ class PreflightInput(BaseModel):
     cloud_provider_credential: str | None = None
     external_etcd: ExternalEtcd | None = None
     etcd_prefix: str | None = None
+    cluster_uid: str | None = None
+    """With an external etcd: whose the prefix becomes (its owner key)."""
 
 
 class ClearEtcdPrefixInput(BaseModel):
-    """Delete a deleted cluster's keys from its external etcd."""
+    """Delete a deleted (or failed) cluster's keys from its external etcd."""
 
     cluster: str
+    cluster_uid: str
     endpoints: list[str]
     credential: str
     prefix: str
@@ -326,7 +330,8 @@ class ClearEtcdPrefixInput(BaseModel):
 
 class ClearEtcdPrefixResult(BaseModel):
     deleted: int
-    endpoint: str
+    owned: bool
+    """False: the prefix was not this cluster's (never claimed, or taken by another); untouched."""
 
 
 class RouterIdsInput(BaseModel):

@@ -33,7 +33,7 @@ MAX_POOL_SIZE = 99
 def _rfc1123_label(value: str, what: str, max_len: int) -> str:
     if len(value) > max_len:
         raise ValueError(f"{what} {value!r} is longer than {max_len} characters")
-    if not _RFC1123_LABEL.match(value):
+    if not _RFC1123_LABEL.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} is not an RFC 1123 label "
             "(lower-case letters, digits and '-', starting and ending with a letter or digit)"
@@ -171,7 +171,7 @@ def _etcd_endpoint(value: str) -> str:
         if ipaddress.ip_address(host).version == 6:
             host = f"[{host}]"
     except ValueError:
-        if not _DNS_NAME.match(host):
+        if not _DNS_NAME.fullmatch(host):
             raise ValueError(f"{where}: {host!r} is neither an IP address nor a DNS name") from None
     return f"https://{host}:{port}"
 
@@ -211,7 +211,7 @@ class ExternalEtcd(_Strict):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^(/[A-Za-z0-9._-]+){1,8}$", value):
+        if value is not None and not re.fullmatch(r"(/[A-Za-z0-9._-]+){1,8}", value):
             raise ValueError(
                 f"control_plane.external_etcd.prefix {value!r}: '/'-separated segments of letters, "
                 "digits, '.', '_' and '-', starting with '/' and not ending with one (e.g. /clusters/prod)"
@@ -259,7 +259,7 @@ class ControlPlane(_Strict):
     @field_validator("dns_name")
     @classmethod
     def _dns_name(cls, value: str | None) -> str | None:
-        if value is not None and not _DNS_NAME.match(value):
+        if value is not None and not _DNS_NAME.fullmatch(value):
             raise ValueError(
                 f"control_plane.dns_name {value!r} is not a DNS name (lower-case labels of letters, "
                 "digits and '-', separated by dots, at most 253 characters)"
@@ -471,7 +471,7 @@ class ClusterSpec(_Strict):
     @field_validator("kubernetes_version")
     @classmethod
     def _version(cls, value: str) -> str:
-        if not _K8S_VERSION.match(value):
+        if not _K8S_VERSION.fullmatch(value):
             raise ValueError(f"kubernetes_version {value!r} is not a supported 1.26-1.39 release")
         return value
 
@@ -479,7 +479,7 @@ class ClusterSpec(_Strict):
     @classmethod
     def _keys(cls, keys: list[str]) -> list[str]:
         for key in keys:
-            if not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$", key):
+            if not re.fullmatch(r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?", key):
                 raise ValueError(f"ssh_authorized_keys: {key[:20]!r}... is not an OpenSSH public key")
         return keys
 

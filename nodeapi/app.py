@@ -143,14 +143,8 @@ def _external_etcd(material: BootstrapMaterial, credentials: EtcdCredentials) ->
     etcd = material.external_etcd
     if etcd is None or material.etcd_prefix is None:
         return None
-    credential = credentials.get(etcd.credential)
-    if credential is None:
-        raise etcd_material.EtcdCredentialError(
-            f"the orchestrator holds no etcd credential {etcd.credential!r}"
-        )
-    return ExternalEtcdClient(
-        endpoints=etcd.endpoints, prefix=material.etcd_prefix, certificate=etcd_material.read(credential)
-    )
+    certificate = etcd_material.client_certificate(credentials, etcd.credential)
+    return ExternalEtcdClient(endpoints=etcd.endpoints, prefix=material.etcd_prefix, certificate=certificate)
 
 
 def create_app(
@@ -257,8 +251,8 @@ def create_app(
     @app.get(
         "/v1/nodes/self/addons",
         response_model=AddonBundle,
-        summary="What the leader applies after install: MetalLB's configuration, the CSI Secret "
-        "and StorageClass",
+        summary="What the leader applies after install: the cloud provider's Secret and ConfigMap, "
+        "MetalLB's configuration, the CSI Secret and StorageClass",
         responses={
             status.HTTP_200_OK: {"headers": _NO_STORE},
             **_UNAUTHORIZED,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import traceback
+from collections.abc import Callable
 from typing import NoReturn
 
 from temporalio.client import Client, TLSConfig
@@ -50,6 +52,19 @@ async def connect(settings: TemporalSettings) -> Client:
             keys.load(settings.payload_keys_file) if settings.payload_keys_file else None
         ),
     )
+
+
+def run_client_process(main: Callable[[], int]) -> NoReturn:
+    """Run a client process's ``main`` and end it with ``exit_client_process``, on an
+    exception too (shown as Python shows it)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = 130
+    except Exception:
+        traceback.print_exc()
+        code = 1
+    exit_client_process(code)
 
 
 def exit_client_process(code: int) -> NoReturn:

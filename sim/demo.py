@@ -242,7 +242,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="run the pke-vsphere demo")
     parser.add_argument("action", choices=["up", "down"])
     args = parser.parse_args()
-    temporal.exit_client_process(up() if args.action == "up" else down())
+    temporal.run_client_process(up if args.action == "up" else down)
 
 
 if __name__ == "__main__":

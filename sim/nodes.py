@@ -31,7 +31,7 @@ from pyVmomi import vim
 
 from bootstrap import cloudinit, guestinfo
 from external_etcd import material as etcd_material
-from external_etcd.gateway import EtcdGateway, EtcdUnavailable
+from external_etcd.gateway import EtcdUnavailable, first_answer
 from models.pki import ExternalEtcdClient
 from pki.bootstrap_tokens import TOKEN_PATTERN
 from sim.kubeapi import PORT, StandInKubeAPI
@@ -284,16 +284,12 @@ class SimulatedNodes:
             return "kube-apiserver: the install flags and the bootstrap material name different etcds"
 
         def write_lease() -> str | None:
-            failures = []
-            with etcd_material.ssl_context(etcd.certificate) as context:
-                for endpoint in endpoints:
-                    with EtcdGateway(endpoint, context) as gateway:
-                        try:
-                            gateway.put(f"{etcd.prefix}/masterleases/{ip}", ip)
-                            return None
-                        except EtcdUnavailable as exc:
-                            failures.append(f"{endpoint}: {exc}")
-            return "kube-apiserver: cannot reach etcd: " + "; ".join(failures)
+            try:
+                with etcd_material.ssl_context(etcd.certificate) as context:
+                    first_answer(endpoints, context, lambda g: g.put(f"{etcd.prefix}/masterleases/{ip}", ip))
+            except EtcdUnavailable as exc:
+                return f"kube-apiserver: cannot reach etcd: {exc}"
+            return None
 
         return await asyncio.to_thread(write_lease)
 

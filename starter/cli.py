@@ -77,6 +77,8 @@ async def _follow(client: Client, cluster: str, handle: WorkflowHandle[Any, Any]
         cause = exc.cause
         return _fail(f"{what} failed: {cause.message if isinstance(cause, ApplicationError) else cause}")
     console.print(f"{what}: done", outcome.model_dump_json(indent=2), highlight=False)
+    if getattr(outcome, "etcd_problem", None):  # a delete that had to leave the cluster's etcd keys
+        return _fail(f"{what}: {outcome.etcd_problem}")
     return 0
 
 
@@ -219,4 +221,4 @@ async def run(argv: Sequence[str] | None = None, client: Client | None = None) -
 
 
 def main() -> None:
-    temporal.exit_client_process(asyncio.run(run()))
+    temporal.run_client_process(lambda: asyncio.run(run()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import json
 import shlex
 import socket
 from collections import Counter
@@ -196,6 +197,11 @@ def node_identity(kind: NodeKind, index: int = 1) -> NodeIdentity:
 def userdata_config(extra: dict[str, str]) -> dict[str, object]:
     """The cloud-config a VM's guestinfo carries, decoded and parsed."""
     return cloudinit.parse(gzip.decompress(base64.b64decode(extra["guestinfo.userdata"])).decode())
+
+
+def guestinfo_text(extra: dict[str, str]) -> str:
+    """Everything a VM's guestinfo holds, with its userdata decoded, to search for a secret."""
+    return json.dumps(extra) + json.dumps(userdata_config(extra))
 
 
 def pke_install_args(config: dict[str, object]) -> list[str]:

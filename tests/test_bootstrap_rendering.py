@@ -167,27 +167,56 @@ def test_masters_that_run_etcd_get_no_etcd_flags() -> None:
     assert not any(a.startswith("--etcd-") for a in args)
 
 
-@pytest.mark.parametrize(
-    ("document", "path", "printed"),
-    [
-        ({"pki": {"etcd_ca": {"cert_pem": "CERT"}}}, "pki.etcd_ca.cert_pem", "CERT"),
-        ({"pki": {"etcd_ca": None}}, "pki.etcd_ca", "None"),
-        ({"pki": {"etcd_ca": None}}, "pki.etcd_ca.cert_pem", "None"),
-        ({"pki": {}}, "external_etcd", "None"),
-    ],
-)
-def test_the_scripts_json_helper_prints_a_value_or_none(document: object, path: str, printed: str) -> None:
-    """The script's own ``json`` function, run by bash: null and absent are "None"."""
+def run_helpers(command: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The script's own helper functions (json, has, fetch), run by bash with ``command``."""
     script = cloudinit.written_file(render(NodeKind.LEADER), cloudinit.SCRIPT_FILE)
-    helper = script[script.index("json() {") : script.index("}\n", script.index("json() {")) + 2]
-    result = subprocess.run(
-        ["bash", "-c", f"{helper}\njson {path}"],
-        input=json.dumps(document),
+    helpers = script[script.index("json() {") : script.index("\nADVERTISE_ADDRESS=")]
+    return subprocess.run(
+        ["bash", "-c", f"set -euo pipefail\n{helpers}\n{command}"],
+        input=stdin,
         text=True,
         capture_output=True,
-        check=True,
+        check=False,
+        cwd=cwd,
     )
-    assert result.stdout.strip() == printed
+
+
+@pytest.mark.parametrize(
+    ("document", "path", "present"),
+    [
+        ({"pki": {"etcd_ca": {"cert_pem": "CERT"}}}, "pki.etcd_ca", True),
+        ({"pki": {"etcd_ca": None}}, "pki.etcd_ca", False),
+        ({"pki": {}}, "pki.etcd_ca", False),
+        ({"pki": {}, "external_etcd": None}, "external_etcd", False),
+        ({"keepalived_conf": "vrrp_instance ..."}, "keepalived_conf", True),
+    ],
+)
+def test_the_scripts_has_helper_tells_a_value_from_null_and_absent(
+    document: object, path: str, present: bool
+) -> None:
+    assert (run_helpers(f"has {path}", json.dumps(document)).returncode == 0) is present
+
+
+def test_the_scripts_json_helper_prints_a_value_and_fails_on_null_or_absent(tmp_path: Path) -> None:
+    document = json.dumps({"pki": {"etcd_ca": {"cert_pem": "CERT"}, "none": None}})
+    assert run_helpers("json pki.etcd_ca.cert_pem", document).stdout == "CERT\n"
+    for missing in ("pki.none", "pki.front_proxy_ca.cert_pem"):
+        result = run_helpers(f"json {missing} > out.pem; echo written", document, tmp_path)
+        assert result.returncode != 0 and "written" not in result.stdout, missing
+
+
+def test_the_scripts_fetch_retries_not_now_answers_and_keeps_only_the_answer(tmp_path: Path) -> None:
+    """A 409 body must not end up in front of the material (curl prints it on failure)."""
+    # Each call runs in a subshell, so the fake API counts its calls in a file.
+    api = (
+        'api() { echo call >> calls; if [ "$(wc -l < calls)" -lt 3 ]; then '
+        'echo \'{"detail":"not yet"}\'; return 22; fi; echo \'{"pki":1}\'; }; sleep() { :; }'
+    )
+    result = run_helpers(f'{api}; body="$(fetch /v1/nodes/self/bootstrap)"; echo "$body"', cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, '{"pki":1}\n'), result.stderr
+    assert (tmp_path / "calls").read_text().count("call") == 3
+    gives_up = run_helpers("api() { return 22; }; sleep() { :; }; fetch /x")
+    assert gives_up.returncode == 1
 
 
 def test_the_leader_applies_each_addons_objects_before_or_after_its_release_as_asked(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ storage account's password reaches only the leader, never history or guestinfo."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,6 +23,7 @@ from tests.conftest import Stack, cluster_spec, unique, unique_vip
 from tests.harness import (
     STORAGE_ACCOUNTS,
     STORAGE_PASSWORD,
+    guestinfo_text,
     pke_install_args,
     plain_history,
     userdata_config,
@@ -107,7 +107,7 @@ async def test_the_leader_applies_metallb_and_the_csi_storage_class_from_the_spe
         assert status.cluster_uid is not None and status.cluster_uid in history  # decrypted indeed
         assert STORAGE_PASSWORD not in history
     for vm in vms_of_cluster(stack.sim, name).values():
-        assert STORAGE_PASSWORD not in json.dumps(vm["extra"])
+        assert STORAGE_PASSWORD not in guestinfo_text(vm["extra"])
 
 
 async def test_storage_and_address_problems_are_found_at_preflight(stack: Stack) -> None:

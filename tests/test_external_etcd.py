@@ -7,7 +7,6 @@ the prefix and nothing else."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,14 @@ from starter import clusters
 from tests.clusters import removal_times, scale, wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, unique_vip
 from tests.etcd_server import CREDENTIAL, free_port
-from tests.harness import clone_counts, pke_install_args, plain_history, userdata_config, vms_of_cluster
+from tests.harness import (
+    clone_counts,
+    guestinfo_text,
+    pke_install_args,
+    plain_history,
+    userdata_config,
+    vms_of_cluster,
+)
 from workflows import ids
 
 
@@ -58,10 +64,14 @@ async def test_two_api_servers_keep_the_cluster_in_the_shared_etcd_and_delete_cl
         stack.etcd.endpoints,
         prefix,
     )
-    # Both API servers reached the real etcd with the delivered certificate.
+    # Both API servers reached the real etcd with the delivered certificate; preflight
+    # claimed the prefix for this cluster (its owner key) before any VM existed.
     master_ips = sorted(n.ip for n in status.nodes if n.identity.kind.value != "worker" and n.ip)
     with stack.etcd.gateway(1) as etcd:
-        assert etcd.keys(prefix) == [f"{prefix}/masterleases/{ip}" for ip in master_ips]
+        assert etcd.keys(prefix) == [f"{prefix}/masterleases/{ip}" for ip in master_ips] + [
+            f"{prefix}/pke-vsphere.owner"
+        ]
+        assert etcd.get(f"{prefix}/pke-vsphere.owner") == f"{name}/{status.cluster_uid}"
 
     vms = vms_of_cluster(stack.sim, name)
     for node in status.nodes:
@@ -89,7 +99,7 @@ async def test_two_api_servers_keep_the_cluster_in_the_shared_etcd_and_delete_cl
     # no VM's guestinfo and in no history, not even encrypted.
     key_line = stack.etcd.key_file.read_text().splitlines()[1]
     for vm in vms.values():
-        assert key_line not in json.dumps(vm["extra"])
+        assert key_line not in guestinfo_text(vm["extra"])
     codec = EncryptionCodec(keys.load(payload_keys))
     for workflow_id in [ids.cluster_workflow_id(name)] + [
         ids.node_workflow_id(name, n.name) for n in status.nodes
@@ -99,7 +109,7 @@ async def test_two_api_servers_keep_the_cluster_in_the_shared_etcd_and_delete_cl
         assert key_line not in history
 
     outcome = await (await clusters.delete(stack.client, name, stack.task_queue)).result()
-    assert outcome.etcd_keys_deleted == len(master_ips) and outcome.etcd_problem is None
+    assert outcome.etcd_keys_deleted == len(master_ips) + 1 and outcome.etcd_problem is None
     with stack.etcd.gateway() as etcd:
         assert etcd.count(prefix) == 0
         assert etcd.keys(f"{prefix}x") == [f"{prefix}x/registry/neighbour"]
@@ -165,8 +175,11 @@ async def test_api_servers_on_an_external_etcd_grow_and_shrink_newest_first(stac
     kube = stack.nodes.cluster_apis[name]
     assert set(masters) <= set(kube.objects.nodes)
 
+    down = await scale(handle, "master", 2)
+    assert down.removed == masters[2:] and not down.warnings  # the newest
+    assert sorted(vms_of_cluster(stack.sim, name)) == [*masters[:2], f"{name}-workers-01"]
     down = await scale(handle, "master", 1)
-    assert sorted(down.removed) == masters[1:] and not down.warnings  # the leader stays
+    assert down.removed == masters[1:2] and not down.warnings  # the leader stays
     assert sorted(vms_of_cluster(stack.sim, name)) == [masters[0], f"{name}-workers-01"]
     assert set(kube.objects.nodes) == {masters[0], f"{name}-workers-01"}
     removed_at = removal_times(stack.sim)
@@ -177,3 +190,27 @@ async def test_api_servers_on_an_external_etcd_grow_and_shrink_newest_first(stac
     status = await wait_until_settled(stack, name)
     assert status.pools["master"] == 1 and status.phase is ClusterPhase.READY
     await (await clusters.delete(stack.client, name, stack.task_queue)).result()
+
+
+async def test_a_prefix_inside_another_clusters_prefix_is_refused(stack: Stack) -> None:
+    """Deleting the outer cluster would delete the inner one's data with its own."""
+    outer, inner = unique("etcd-outer"), unique("etcd-inner")
+    outer_prefix = f"/nest-{outer}"
+    spec = cluster_spec(outer, masters=1, workers=0, control_plane=external(stack, prefix=outer_prefix))
+    await clusters.create(stack.client, spec, stack.task_queue)
+    assert (await wait_until_settled(stack, outer)).phase is ClusterPhase.READY
+
+    control_plane = external(stack, prefix=f"{outer_prefix}/{inner}")
+    await clusters.create(
+        stack.client, cluster_spec(inner, masters=1, workers=0, control_plane=control_plane), stack.task_queue
+    )
+    status = await wait_until_settled(stack, inner)
+    assert status.phase is ClusterPhase.FAILED and status.error is not None
+    assert (
+        f"control_plane.external_etcd.prefix: {outer_prefix}/{inner} lies inside {outer_prefix}, "
+        f"the prefix of cluster {outer}; choose a prefix outside it"
+    ) in status.error
+    assert vms_of_cluster(stack.sim, inner) == {}
+    with stack.etcd.gateway() as etcd:  # the failed create released nothing of the outer cluster
+        assert etcd.get(f"{outer_prefix}/pke-vsphere.owner") is not None
+    await (await clusters.delete(stack.client, outer, stack.task_queue)).result()

@@ -21,7 +21,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.worker import Replayer
 
-from models.messages import ClusterState
+from models.messages import ClusterState, NodeBootstrapSettings
 from models.state import ClusterPhase
 from pki.cluster import generate_cluster_pki
 from runtime.temporal import DATA_CONVERTER
@@ -162,3 +162,7 @@ def test_the_state_of_a_cluster_from_before_the_cpi_add_on_keeps_the_in_tree_pro
     del state["cloud_provider"]
     assert ClusterState.model_validate(state).cloud_provider == "vsphere"
     assert ClusterState.model_validate(state | {"cloud_provider": None}).cloud_provider is None
+    # A node workflow an older version started renders with the provider it had then.
+    settings = {"kubernetes_version": "1.30.4", "api_endpoint": None, "master_mode": "default",
+                "pod_cidr": "10.20.0.0/16", "service_cidr": "10.10.0.0/16"}  # fmt: skip
+    assert NodeBootstrapSettings.model_validate(settings).cloud_provider == "vsphere"

@@ -266,6 +266,19 @@ BAD_SPECS = [
         "starting with '/' and not ending with one",
     ),
     (
+        "etcd prefix ending in a newline",
+        external_etcd(prefix="/clusters/prod\n"),
+        "control_plane.external_etcd.prefix",
+        "starting with '/' and not ending with one",
+    ),
+    ("name ending in a newline", with_changes(name="prod\n"), "name", "RFC 1123"),
+    (
+        "DNS name ending in a newline",
+        with_changes(control_plane={"vip": "10.0.0.100", "dns_name": "api.example.com\n"}),
+        "control_plane.dns_name",
+        "is not a DNS name",
+    ),
+    (
         "cloud provider credential not a name",
         with_changes(cloud_provider={"credential": "Read Only"}),
         "cloud_provider.credential",

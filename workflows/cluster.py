@@ -140,6 +140,8 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
                 await self._run_op("create", self._create)
             except ApplicationError as err:
                 if err.type != "Deleting":
+                    # A failed create leaves nothing behind in a shared etcd either.
+                    await self._clear_etcd_prefix()
                     raise
 
         reconcile_loop = workflow.patched(PATCH_RECONCILE_LOOP)
@@ -223,6 +225,7 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
                     cloud_provider_credential=spec.cloud_provider_credential,
                     external_etcd=spec.control_plane.external_etcd,
                     etcd_prefix=spec.etcd_prefix,
+                    cluster_uid=self.uid,
                 ),
                 result_type=PreflightResult,
                 start_to_close_timeout=timedelta(minutes=2),

@@ -14,7 +14,7 @@ with workflow.unsafe.imports_passed_through():
     from models.messages import ClearEtcdPrefixInput, ClearEtcdPrefixResult
     from models.state import ClusterPhase
     from workflows.cluster_core import ClusterCore, failure_reason
-    from workflows.policies import ETCD_RETRY, LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
+    from workflows.policies import ETCD_CALL_TIMEOUT, ETCD_RETRY, LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
 
 
 class DeletionMixin(ClusterCore):
@@ -30,27 +30,7 @@ class DeletionMixin(ClusterCore):
             retry_policy=LOCAL_WORK_RETRY,
         )
         outcome = DeleteOutcome(cluster=self.spec.name, schedules_removed=schedules)
-        # Only clusters of the external_etcd topology, which older histories never hold, get here.
-        if (etcd := self.spec.control_plane.external_etcd) is not None and self.spec.etcd_prefix:
-            try:
-                cleared = await workflow.execute_activity(
-                    "clear_etcd_prefix",
-                    ClearEtcdPrefixInput(
-                        cluster=self.spec.name,
-                        endpoints=etcd.endpoints,
-                        credential=etcd.credential,
-                        prefix=self.spec.etcd_prefix,
-                    ),
-                    result_type=ClearEtcdPrefixResult,
-                    start_to_close_timeout=LOCAL_WORK_TIMEOUT * 2,
-                    retry_policy=ETCD_RETRY,
-                )
-                outcome.etcd_keys_deleted = cleared.deleted
-            except ActivityError as err:
-                outcome.etcd_problem = (
-                    f"the keys under {self.spec.etcd_prefix} are left in etcd: {failure_reason(err)}"
-                )
-                workflow.logger.warning("cluster %s: %s", self.spec.name, outcome.etcd_problem)
+        outcome.etcd_keys_deleted, outcome.etcd_problem = await self._clear_etcd_prefix()
         self._nodes.clear()
         self._phase = ClusterPhase.DELETED
         self._deleted = True
@@ -59,3 +39,32 @@ class DeletionMixin(ClusterCore):
         outcome.destroyed = sorted(names)
         workflow.logger.info("deleted cluster %s: VMs %s, schedules %s", self.spec.name, names, schedules)
         return outcome
+
+    async def _clear_etcd_prefix(self) -> tuple[int | None, str | None]:
+        """With an external etcd: delete the cluster's keys if the prefix is its own.
+        How many, and why keys were left (None: none were). Only clusters of the
+        external_etcd topology, which older histories never hold, run the activity."""
+        etcd, prefix = self.spec.control_plane.external_etcd, self.spec.etcd_prefix
+        if etcd is None or prefix is None or self._uid is None:
+            return None, None
+        try:
+            cleared = await workflow.execute_activity(
+                "clear_etcd_prefix",
+                ClearEtcdPrefixInput(
+                    cluster=self.spec.name,
+                    cluster_uid=self._uid,
+                    endpoints=etcd.endpoints,
+                    credential=etcd.credential,
+                    prefix=prefix,
+                ),
+                result_type=ClearEtcdPrefixResult,
+                start_to_close_timeout=ETCD_CALL_TIMEOUT,
+                retry_policy=ETCD_RETRY,
+            )
+        except ActivityError as err:
+            problem = f"the keys under {prefix} are left in etcd: {failure_reason(err)}"
+            workflow.logger.warning("cluster %s: %s", self.spec.name, problem)
+            return None, problem
+        if not cleared.owned:
+            workflow.logger.info("cluster %s never took %s; left it untouched", self.spec.name, prefix)
+        return cleared.deleted, None

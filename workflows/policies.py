@@ -20,8 +20,10 @@ VSPHERE_HEARTBEAT = timedelta(seconds=10)
 LOCAL_WORK_TIMEOUT = timedelta(seconds=15)
 LOCAL_WORK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
 
-# An external etcd on a delete: a few tries over about a minute, then the delete
-# finishes and says which keys were left.
+# An external etcd on a delete: each try walks the endpoints (5 s to connect to each,
+# 30 s for the delete itself); 5 tries 2-16 s apart, then the delete finishes and
+# says which keys were left.
+ETCD_CALL_TIMEOUT = timedelta(minutes=2)
 ETCD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0, maximum_attempts=5)
 
 # Hand out a join token only while it stays valid at least this long.
