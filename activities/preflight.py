@@ -126,4 +126,5 @@ class PreflightActivities:
             thumbprint=settings.vcenter_thumbprint,
             insecure=settings.vcenter_insecure,
             datastore_url=datastore_url,
+            ca_pem=settings.vcenter_ca_file.read_text() if settings.vcenter_ca_file else None,
         )

@@ -76,10 +76,11 @@ def build(cluster: str, material: BootstrapMaterial, credentials: StorageCredent
             password=account.password.get_secret_value(),
             thumbprint=target.thumbprint,
             insecure=target.insecure,
+            ca=target.ca_pem is not None,
         )
         objects = [
             vsphere_csi.namespace(),
-            vsphere_csi.secret(conf),
+            vsphere_csi.secret(conf, target.ca_pem),
             vsphere_csi.storage_class(storage, target.datastore_url),
         ]
         addons.append(
@@ -113,10 +114,11 @@ def _cloud_provider(
         datacenter=target.datacenter,
         thumbprint=target.thumbprint,
         insecure=target.insecure,
+        ca=target.ca_pem is not None,
     )
     objects = [
         vsphere_cpi.secret(target.vcenter_host, account.username, account.password.get_secret_value()),
-        vsphere_cpi.config_map(conf),
+        vsphere_cpi.config_map(conf, target.ca_pem),
     ]
     return Addon(
         name="vsphere-cpi",

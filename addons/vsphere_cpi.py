@@ -21,6 +21,9 @@ NAMESPACE = "kube-system"
 SECRET = "vsphere-cloud-secret"  # noqa: S105 - the Secret object's name
 CONFIG_MAP = "vsphere-cloud-config"
 DAEMON_SET = "vsphere-cloud-controller-manager"
+# The release mounts the ConfigMap at /etc/cloud; a CA bundle in it lands here.
+CA_KEY = "vcenter-ca.pem"
+CA_PATH = f"/etc/cloud/{CA_KEY}"
 # The release manifests carry an example Secret and ConfigMap labelled like this.
 INSTALL_SELECTOR = "vsphere-cpi-infra notin (secret,config)"
 # Release lines published in the project's releases/ directory, one per Kubernetes minor.
@@ -41,9 +44,10 @@ def install_manifest(line: str) -> str:
 
 
 def cloud_config(
-    *, vcenter_host: str, port: int, datacenter: str, thumbprint: str | None, insecure: bool
+    *, vcenter_host: str, port: int, datacenter: str, thumbprint: str | None, insecure: bool, ca: bool
 ) -> str:
-    """``vsphere.conf`` in the CPI's YAML format; the account comes from the Secret."""
+    """``vsphere.conf`` in the CPI's YAML format; the account comes from the Secret, a
+    private CA (``ca``) from the ConfigMap beside it."""
     vcenter: dict[str, Any] = {"server": vcenter_host, "datacenters": [datacenter]}
     global_: dict[str, Any] = {
         "port": port,
@@ -53,6 +57,8 @@ def cloud_config(
     }
     if thumbprint:
         global_["thumbprint"] = thumbprint
+    if ca:
+        global_["caFile"] = CA_PATH
     return yaml.safe_dump({"global": global_, "vcenter": {vcenter_host: vcenter}}, sort_keys=False)
 
 
@@ -66,10 +72,11 @@ def secret(vcenter_host: str, username: str, password: str) -> dict[str, Any]:
     }
 
 
-def config_map(conf: str) -> dict[str, Any]:
+def config_map(conf: str, ca_pem: str | None) -> dict[str, Any]:
+    data = {"vsphere.conf": conf} | ({CA_KEY: ca_pem} if ca_pem else {})
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": CONFIG_MAP, "namespace": NAMESPACE},
-        "data": {"vsphere.conf": conf},
+        "data": data,
     }

@@ -13,6 +13,9 @@ VERSION = "v3.3.1"
 PROVISIONER = "csi.vsphere.vmware.com"
 NAMESPACE = "vmware-system-csi"
 SECRET = "vsphere-config-secret"  # noqa: S105 - the Secret object's name
+# The driver mounts the Secret at /etc/cloud; a CA bundle in it lands here.
+CA_KEY = "vcenter-ca.pem"
+CA_PATH = f"/etc/cloud/{CA_KEY}"
 INSTALL_MANIFEST = f"https://raw.githubusercontent.com/kubernetes-sigs/vsphere-csi-driver/{VERSION}/manifests/vanilla/vsphere-csi-driver.yaml"
 
 
@@ -31,10 +34,12 @@ def csi_conf(
     password: str,
     thumbprint: str | None,
     insecure: bool,
+    ca: bool = False,
 ) -> str:
     lines = [
         "[Global]",
         f"cluster-id = {_quote(cluster_id)}",
+        *([f"ca-file = {_quote(CA_PATH)}"] if ca else []),
         "",
         f"[VirtualCenter {_quote(vcenter_host)}]",
         f"insecure-flag = {_quote('true' if insecure else 'false')}",
@@ -52,13 +57,13 @@ def namespace() -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
 
 
-def secret(conf: str) -> dict[str, Any]:
+def secret(conf: str, ca_pem: str | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": SECRET, "namespace": NAMESPACE},
         "type": "Opaque",
-        "stringData": {"csi-vsphere.conf": conf},
+        "stringData": {"csi-vsphere.conf": conf} | ({CA_KEY: ca_pem} if ca_pem else {}),
     }
 
 

@@ -24,6 +24,8 @@ class StorageTarget(BaseModel):
     thumbprint: str | None = None
     insecure: bool = False
     datastore_url: str | None = None
+    ca_pem: str | None = None
+    """The CA bundle the orchestrator verifies vCenter with (public), for the add-ons too."""
 
 
 class ClusterState(BaseModel):

@@ -150,3 +150,21 @@ def test_the_cloud_provider_gets_its_account_and_configuration_before_its_releas
 @pytest.mark.parametrize(("version", "line"), [("1.26.0", "v1.26"), ("1.33.2", "v1.33"), ("1.39.0", "v1.37")])
 def test_the_cloud_provider_follows_the_clusters_kubernetes_minor(version: str, line: str) -> None:
     assert vsphere_cpi.release_line(version) == line
+
+
+def test_a_private_vcenter_ca_reaches_the_cloud_provider_and_the_csi_driver() -> None:
+    """Without it they could not verify a vCenter the orchestrator verifies with its own CA."""
+    ca = generate_cluster_pki("ca").kubernetes_ca.cert_pem  # any CA certificate will do
+    target = TARGET.model_copy(update={"thumbprint": None, "ca_pem": ca})
+    cpi, _, csi = bundle.build("prod", material(storage_target=target), ACCOUNTS).addons
+    _, config_map = objects_of(cpi)
+    assert config_map["data"][vsphere_cpi.CA_KEY] == ca
+    conf = yaml.safe_load(config_map["data"]["vsphere.conf"])
+    assert conf["global"]["caFile"] == "/etc/cloud/vcenter-ca.pem" and "thumbprint" not in conf["global"]
+    _, secret, _ = objects_of(csi)
+    assert secret["stringData"][vsphere_csi.CA_KEY] == ca
+    assert 'ca-file = "/etc/cloud/vcenter-ca.pem"' in secret["stringData"]["csi-vsphere.conf"]
+    # Without a CA of its own, neither names a CA file.
+    cpi, _, csi = bundle.build("prod", material(), ACCOUNTS).addons
+    assert "caFile" not in objects_of(cpi)[1]["data"]["vsphere.conf"]
+    assert "ca-file" not in objects_of(csi)[1]["stringData"]["csi-vsphere.conf"]
