@@ -14,7 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 from external_etcd import checks as etcd_checks
 from external_etcd import prefixes
-from models.messages import PreflightInput, PreflightResult, StorageTarget
+from models.messages import PreflightInput, PreflightResult, VCenterTarget
 from settings.credentials import EtcdCredentials, StorageCredentials
 from vsphere import inventory, properties
 from vsphere.errors import PermanentError, as_activity_errors
@@ -48,7 +48,7 @@ class PreflightActivities:
     def preflight(self, input: PreflightInput) -> PreflightResult:
         problems: list[str] = []
 
-        target: StorageTarget | None = None
+        target: VCenterTarget | None = None
 
         def placement(si: Any) -> None:
             nonlocal target
@@ -86,7 +86,7 @@ class PreflightActivities:
         checked += ["external etcd"] if input.external_etcd else []
         return PreflightResult(checked=checked, storage_target=target)
 
-    def check_vsphere_addons(self, si: Any, input: PreflightInput, problems: list[str]) -> StorageTarget:
+    def check_vsphere_addons(self, si: Any, input: PreflightInput, problems: list[str]) -> VCenterTarget:
         """The CSI driver's and the cloud provider's accounts exist and are not ours;
         the StorageClass's datastore exists. Where both connect to."""
         storage = input.storage
@@ -119,7 +119,7 @@ class PreflightActivities:
                 problems.append(f"storage.datastore: no datastore {storage.datastore!r} in {folder}")
             datastore_url = url
         endpoint = urlsplit(settings.vcenter_url)
-        return StorageTarget(
+        return VCenterTarget(
             vcenter_host=endpoint.hostname or "",
             vcenter_port=endpoint.port or (443 if endpoint.scheme != "http" else 80),
             datacenter=input.placement.datacenter,

@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from addons import metallb, vsphere_cpi, vsphere_csi
-from models.messages import BootstrapMaterial, StorageTarget
+from models.messages import BootstrapMaterial, VCenterTarget
 from settings.credentials import StorageCredential, StorageCredentials
 
 
@@ -104,7 +104,7 @@ def _account(credentials: StorageCredentials, name: str) -> StorageCredential:
 
 
 def _cloud_provider(
-    name: str, material: BootstrapMaterial, target: StorageTarget, credentials: StorageCredentials
+    name: str, material: BootstrapMaterial, target: VCenterTarget, credentials: StorageCredentials
 ) -> Addon:
     account = _account(credentials, name)
     line = vsphere_cpi.release_line(material.kubernetes_version or "1.32.0")

@@ -14,7 +14,7 @@ from models.state import ClusterPhase, NodeIdentity, NodeState, ReconcileReport
 
 
 # --- cluster workflow -------------------------------------------------------
-class StorageTarget(BaseModel):
+class VCenterTarget(BaseModel):
     """Where the cluster's vSphere add-ons (cloud provider, CSI driver) connect, and
     where the CSI driver provisions (no secrets)."""
 
@@ -43,7 +43,8 @@ class ClusterState(BaseModel):
     orphans_seen: dict[str, datetime] = Field(default_factory=dict)
     last_reconcile: ReconcileReport | None = None
     vrrp_router_id: int | None = None
-    storage_target: StorageTarget | None = None
+    storage_target: VCenterTarget | None = None
+    """Named for its first user, the CSI driver; the name stays for running clusters' state."""
     cloud_provider: str | None = "vsphere"
     """PKE's --kubernetes-cloud-provider of the cluster's nodes (absent: an older cluster, in-tree)."""
 
@@ -149,7 +150,7 @@ class BootstrapMaterial(BaseModel):
     cluster_uid: str = ""
     load_balancer: LoadBalancerSpec | None = None
     storage: StorageSpec | None = None
-    storage_target: StorageTarget | None = None
+    storage_target: VCenterTarget | None = None
     external_etcd: ExternalEtcd | None = None
     """The node API adds the client certificate the orchestrator holds for it."""
     etcd_prefix: str | None = None
@@ -350,4 +351,4 @@ class RouterIdsInUse(BaseModel):
 
 class PreflightResult(BaseModel):
     checked: list[str] = Field(default_factory=list)
-    storage_target: StorageTarget | None = None
+    storage_target: VCenterTarget | None = None

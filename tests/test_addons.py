@@ -13,7 +13,7 @@ from lightkube import codecs
 from pydantic import SecretStr
 
 from addons import bundle, metallb, vsphere_cpi, vsphere_csi
-from models.messages import BootstrapMaterial, StorageTarget
+from models.messages import BootstrapMaterial, VCenterTarget
 from models.spec import LoadBalancerSpec, StorageSpec
 from pki.cluster import generate_cluster_pki
 from settings.credentials import StorageCredential, StorageCredentials
@@ -21,7 +21,7 @@ from settings.credentials import StorageCredential, StorageCredentials
 ACCOUNTS = StorageCredentials(
     {"csi-prod": StorageCredential(username="k8s-csi@vsphere.local", password=SecretStr('p"w\\d-1'))}
 )
-TARGET = StorageTarget(
+TARGET = VCenterTarget(
     vcenter_host="vcenter.example.com",
     vcenter_port=443,
     datacenter="DC0",

@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
         KubeAccess,
         NodeBootstrapSettings,
         NodeWorkflowInput,
-        StorageTarget,
+        VCenterTarget,
     )
     from models.pki import BootstrapToken, ClusterPKI
     from models.spec import ClusterSpec, NodePoolSpec, NodeRole, Topology
@@ -74,7 +74,7 @@ class ClusterCore:
         # Chosen at preflight, unique among the clusters on the network (None: older clusters).
         self._vrrp_router_id: int | None = None
         # Where the CSI driver connects, found at preflight (no secrets).
-        self._storage_target: StorageTarget | None = None
+        self._storage_target: VCenterTarget | None = None
         # PKE's --kubernetes-cloud-provider for every node of this cluster, fixed at create:
         # 'external' (the vSphere CPI add-on) or None; clusters created before the CPI
         # add-on keep the in-tree 'vsphere' so that new nodes match their old ones.
