@@ -69,14 +69,9 @@ def build(cluster: str, material: BootstrapMaterial, credentials: StorageCredent
         account = _account(credentials, storage.credential)
         conf = vsphere_csi.csi_conf(
             cluster_id=material.cluster_uid,
-            vcenter_host=target.vcenter_host,
-            port=target.vcenter_port,
-            datacenter=target.datacenter,
+            target=target,
             username=account.username,
             password=account.password.get_secret_value(),
-            thumbprint=target.thumbprint,
-            insecure=target.insecure,
-            ca=target.ca_pem is not None,
         )
         objects = [
             vsphere_csi.namespace(),
@@ -108,17 +103,9 @@ def _cloud_provider(
 ) -> Addon:
     account = _account(credentials, name)
     line = vsphere_cpi.release_line(material.kubernetes_version or "1.32.0")
-    conf = vsphere_cpi.cloud_config(
-        vcenter_host=target.vcenter_host,
-        port=target.vcenter_port,
-        datacenter=target.datacenter,
-        thumbprint=target.thumbprint,
-        insecure=target.insecure,
-        ca=target.ca_pem is not None,
-    )
     objects = [
         vsphere_cpi.secret(target.vcenter_host, account.username, account.password.get_secret_value()),
-        vsphere_cpi.config_map(conf, target.ca_pem),
+        vsphere_cpi.config_map(vsphere_cpi.cloud_config(target), target.ca_pem),
     ]
     return Addon(
         name="vsphere-cpi",

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from models.messages import VCenterTarget
+
 NAMESPACE = "kube-system"
 SECRET = "vsphere-cloud-secret"  # noqa: S105 - the Secret object's name
 CONFIG_MAP = "vsphere-cloud-config"
@@ -43,23 +45,21 @@ def install_manifest(line: str) -> str:
     )
 
 
-def cloud_config(
-    *, vcenter_host: str, port: int, datacenter: str, thumbprint: str | None, insecure: bool, ca: bool
-) -> str:
+def cloud_config(target: VCenterTarget) -> str:
     """``vsphere.conf`` in the CPI's YAML format; the account comes from the Secret, a
-    private CA (``ca``) from the ConfigMap beside it."""
-    vcenter: dict[str, Any] = {"server": vcenter_host, "datacenters": [datacenter]}
+    private CA (``target.ca_pem``) from the ConfigMap beside it."""
+    vcenter: dict[str, Any] = {"server": target.vcenter_host, "datacenters": [target.datacenter]}
     global_: dict[str, Any] = {
-        "port": port,
-        "insecureFlag": insecure,
+        "port": target.vcenter_port,
+        "insecureFlag": target.insecure,
         "secretName": SECRET,
         "secretNamespace": NAMESPACE,
     }
-    if thumbprint:
-        global_["thumbprint"] = thumbprint
-    if ca:
+    if target.thumbprint:
+        global_["thumbprint"] = target.thumbprint
+    if target.ca_pem:
         global_["caFile"] = CA_PATH
-    return yaml.safe_dump({"global": global_, "vcenter": {vcenter_host: vcenter}}, sort_keys=False)
+    return yaml.safe_dump({"global": global_, "vcenter": {target.vcenter_host: vcenter}}, sort_keys=False)
 
 
 def secret(vcenter_host: str, username: str, password: str) -> dict[str, Any]:

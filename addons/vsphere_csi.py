@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from models.messages import VCenterTarget
 from models.spec import StorageSpec
 
 VERSION = "v3.3.1"
@@ -24,32 +25,22 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def csi_conf(
-    *,
-    cluster_id: str,
-    vcenter_host: str,
-    port: int,
-    datacenter: str,
-    username: str,
-    password: str,
-    thumbprint: str | None,
-    insecure: bool,
-    ca: bool = False,
-) -> str:
+def csi_conf(*, cluster_id: str, target: VCenterTarget, username: str, password: str) -> str:
+    """``csi-vsphere.conf``; a private CA (``target.ca_pem``) is read from the Secret beside it."""
     lines = [
         "[Global]",
         f"cluster-id = {_quote(cluster_id)}",
-        *([f"ca-file = {_quote(CA_PATH)}"] if ca else []),
+        *([f"ca-file = {_quote(CA_PATH)}"] if target.ca_pem else []),
         "",
-        f"[VirtualCenter {_quote(vcenter_host)}]",
-        f"insecure-flag = {_quote('true' if insecure else 'false')}",
+        f"[VirtualCenter {_quote(target.vcenter_host)}]",
+        f"insecure-flag = {_quote('true' if target.insecure else 'false')}",
         f"user = {_quote(username)}",
         f"password = {_quote(password)}",
-        f"port = {_quote(str(port))}",
-        f"datacenters = {_quote(datacenter)}",
+        f"port = {_quote(str(target.vcenter_port))}",
+        f"datacenters = {_quote(target.datacenter)}",
     ]
-    if thumbprint:
-        lines.append(f"thumbprint = {_quote(thumbprint)}")
+    if target.thumbprint:
+        lines.append(f"thumbprint = {_quote(target.thumbprint)}")
     return "\n".join(lines) + "\n"
 
 
