@@ -13,7 +13,8 @@ from models.commands import ScaleOutcome, ScaleRequest
 from models.state import ClusterPhase, ClusterStatus
 from sim.vcenter import Simulator
 from starter import clusters
-from tests.conftest import Stack
+from tests.conftest import Stack, unique_vip
+from tests.etcd_server import CREDENTIAL
 from workflows.cluster import SCALE_UPDATE
 
 SETTLED = {ClusterPhase.READY, ClusterPhase.FAILED}
@@ -52,3 +53,12 @@ def removal_times(sim: Simulator) -> dict[str, float]:
         return {e.vm.name: e.createdTime.timestamp() for e in events if e.vm is not None}
     finally:
         connect.Disconnect(si)
+
+
+def external_etcd_control_plane(stack: Stack, **etcd: Any) -> dict[str, Any]:
+    """A control plane of the external_etcd topology on the tests' etcd, with ``etcd`` changes."""
+    return {
+        "vip": unique_vip(),
+        "topology": "external_etcd",
+        "external_etcd": {"endpoints": stack.etcd.endpoints, "credential": CREDENTIAL, **etcd},
+    }

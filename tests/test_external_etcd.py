@@ -14,8 +14,9 @@ from codec import keys
 from codec.encryption import EncryptionCodec
 from models.state import ClusterPhase, NodePhase
 from starter import clusters
+from tests.clusters import external_etcd_control_plane as external
 from tests.clusters import removal_times, scale, wait_until_settled
-from tests.conftest import Stack, cluster_spec, unique, unique_vip
+from tests.conftest import Stack, cluster_spec, unique
 from tests.etcd_server import CREDENTIAL, free_port
 from tests.harness import (
     clone_counts,
@@ -26,14 +27,6 @@ from tests.harness import (
     vms_of_cluster,
 )
 from workflows import ids
-
-
-def external(stack: Stack, **etcd: Any) -> dict[str, Any]:
-    return {
-        "vip": unique_vip(),
-        "topology": "external_etcd",
-        "external_etcd": {"endpoints": stack.etcd.endpoints, "credential": CREDENTIAL, **etcd},
-    }
 
 
 async def test_two_api_servers_keep_the_cluster_in_the_shared_etcd_and_delete_clears_only_its_prefix(

@@ -26,9 +26,8 @@ from models.state import ClusterPhase
 from pki.cluster import generate_cluster_pki
 from runtime.temporal import DATA_CONVERTER
 from starter import clusters
-from tests.clusters import wait_until_settled
+from tests.clusters import external_etcd_control_plane, wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, unique_vip
-from tests.etcd_server import CREDENTIAL
 from workflows import ids
 from workflows.cluster import ClusterWorkflow
 from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
@@ -108,9 +107,7 @@ async def test_an_external_etcd_cluster_lifetime_replays_against_the_current_cod
     """Create two API servers on an external etcd, grow to three and back to two, delete
     (which clears the prefix)."""
     name = unique("replay-etcd")
-    etcd = {"endpoints": stack.etcd.endpoints, "credential": CREDENTIAL}
-    control_plane = {"vip": unique_vip(), "topology": "external_etcd", "external_etcd": etcd}
-    spec = cluster_spec(name, masters=2, workers=1, control_plane=control_plane)
+    spec = cluster_spec(name, masters=2, workers=1, control_plane=external_etcd_control_plane(stack))
     await clusters.create(stack.client, spec, stack.task_queue)
     await wait_until_settled(stack, name)
     handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
