@@ -21,6 +21,7 @@ from temporalio.client import (
     ScheduleSpec,
     ScheduleState,
 )
+from temporalio.service import RPCError, RPCStatusCode
 
 from models.commands import ScaleClusterInput
 from workflows import ids
@@ -85,7 +86,13 @@ async def list_schedules(client: Client, cluster: str | None = None) -> list[Sca
             continue
         if cluster is not None and not ids.schedule_belongs_to(entry.id, cluster):
             continue
-        desc = await client.get_schedule_handle(entry.id).describe()
+        try:
+            desc = await client.get_schedule_handle(entry.id).describe()
+        except RPCError as err:
+            # The list is eventually consistent: a schedule deleted since it was listed is gone.
+            if err.status is RPCStatusCode.NOT_FOUND:
+                continue
+            raise
         action = desc.schedule.action
         assert isinstance(action, ScheduleActionStartWorkflow)
         raw = await client.data_converter.decode(action.args) if action.args else []
