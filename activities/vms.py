@@ -8,15 +8,18 @@ first attempt made instead of cloning a second one.
 
 from __future__ import annotations
 
-import threading
+import contextlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.progress import Deadline, Progress, previous
+from activities.task_slots import TaskSlots
 from bootstrap import cloudinit, guestinfo
 from models.messages import (
     ClusterVm,
@@ -29,21 +32,26 @@ from models.messages import (
     FindClusterVmsResult,
     PowerOnInput,
     PowerOnResult,
+    VCenterStep,
     WaitForIpInput,
     WaitForIpResult,
 )
 from pki.node_tokens import NodeTokenSigner
 from runtime import crashpoints
-from vsphere import inventory, properties, vms
-from vsphere.errors import PermanentError, as_activity_errors
+from vsphere import inventory, properties, tasks, vms
+from vsphere.errors import CloneTimeout, PermanentError, TransientError, as_activity_errors, describe
 from vsphere.session import VCenterSession
 from vsphere.waits import wait_for_task
 
 log = structlog.get_logger(__name__)
 
-
-def _heartbeat(*details: Any) -> None:
-    activity.heartbeat(*details)
+# vCenter's clock and ours may differ: look for an earlier attempt's clone this
+# much before the step began.
+CLOCK_SKEW = timedelta(minutes=2)
+# A give-up destroy looks this far back for a clone of the node still running.
+CLONE_LOOKBACK = timedelta(days=1)
+RECONFIGURE, POWER_ON = "ReconfigVM_Task", "PowerOnVM_Task"
+POWER_OFF, DESTROY = "PowerOffVM_Task", "Destroy_Task"
 
 
 class VSphereActivities:
@@ -63,41 +71,49 @@ class VSphereActivities:
         self._node_api_url = node_api_url
         self._node_token_ttl = node_token_ttl
         self._node_api_ca_pem = node_api_ca_pem
-        self._task_slots = threading.BoundedSemaphore(max_concurrent_tasks)
+        self.task_slots = TaskSlots(max_concurrent_tasks)
 
     @property
     def session(self) -> VCenterSession:
         return self._session
 
-    def _run_task(self, si: Any, start: Any, timeout: float, name: str) -> Any:
-        """Start a vCenter task under the concurrency cap and wait for it."""
-        with self._task_slots:
+    def _run_task(
+        self,
+        si: Any,
+        start: Callable[[], Any],
+        name: str,
+        method: str,
+        progress: Progress,
+        deadline: Deadline,
+        wait: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """Start a vCenter task under the cap (held until the task ends) and wait for
+        it until the step's deadline; every heartbeat from its start on names it."""
+        with self.task_slots.hold(progress):
             task = start()
-            _heartbeat({"task": task._moId})
+            progress.at(VCenterStep.TASK, task._moId, method)
             crashpoints.reach(f"{name}.started")
-            return wait_for_task(si, task, timeout=timeout, on_wake=_heartbeat)
+            if wait is not None:
+                return wait(task)
+            return wait_for_task(si, task, timeout=deadline.left(), on_wake=progress)
 
     @activity.defn(name="ensure_vm")
     def ensure_vm(self, input: EnsureVmInput) -> EnsureVmResult:
-        """Find the node's VM by its instance UUID, or clone it from the template."""
+        """Find the node's VM by its instance UUID, or the clone an earlier attempt
+        started, or clone it from the template."""
         node = input.identity
         logger = log.bind(cluster=node.cluster, node=node.name, instance_uuid=node.instance_uuid)
-        timeout = activity.info().start_to_close_timeout or timedelta(minutes=15)
+        progress = Progress()
+        deadline = Deadline.of_activity()
 
         def run(si: Any) -> EnsureVmResult:
             placement = inventory.resolve(si, input.placement)
-            existing = vms.find_by_instance_uuid(si, placement.datacenter, node.instance_uuid)
-            if existing is None:
-                existing = self._resume_clone(si, activity.info().heartbeat_details)
+            progress()
+            earlier = earlier_task(tasks.CLONE)
+            existing = self._find_or_resume(si, placement, input, progress, deadline, earlier)
             if existing is not None:
                 logger.info("vm.found", vm=existing._moId)
                 return EnsureVmResult(vm_ref=existing._moId, created=False)
-            same_name = vms.find_in_folder(si, placement.folder, node.name)
-            if same_name is not None:
-                raise PermanentError(
-                    f"a VM named {node.name!r} already exists in folder {input.placement.folder!r} "
-                    "and is not this node (its instance UUID differs); remove or rename it"
-                )
             token = self._signer.sign(node, self._node_token_ttl)
             userdata = cloudinit.render(
                 node,
@@ -110,20 +126,35 @@ class VSphereActivities:
             # A clone, once started, is waited for even if the activity is cancelled
             # (a cluster deleted mid-create): the VM must exist before the sweep.
             with activity.shield_thread_cancel_exception():
-                vm = self._run_task(
-                    si,
-                    lambda: vms.start_clone(
+                try:
+                    vm = self._run_task(
                         si,
-                        placement,
-                        name=node.name,
-                        instance_uuid=node.instance_uuid,
-                        cpus=input.cpus,
-                        memory_mb=input.memory_mb,
-                        extra_config=guestinfo.extra_config(node, userdata),
-                    ),
-                    timeout.total_seconds(),
-                    "clone",
-                )
+                        lambda: vms.start_clone(
+                            si,
+                            placement,
+                            name=node.name,
+                            instance_uuid=node.instance_uuid,
+                            cpus=input.cpus,
+                            memory_mb=input.memory_mb,
+                            extra_config=guestinfo.extra_config(node, userdata),
+                        ),
+                        "clone",
+                        tasks.CLONE,
+                        progress,
+                        deadline,
+                        wait=lambda task: self._wait_for_clone(si, task, input, progress, deadline),
+                    )
+                except vim.fault.DuplicateName:
+                    # Something of that name appeared since the lookup: an earlier
+                    # attempt's clone, most likely. Look again; never give up here.
+                    logger.info("vm.clone_name_taken")
+                    found = self._find_or_resume(si, placement, input, progress, deadline, None)
+                    if found is None:
+                        raise TransientError(
+                            f"vCenter reports {node.name!r} as taken in folder {input.placement.folder!r} "
+                            "but neither a VM nor a clone of this node is there yet"
+                        ) from None
+                    return EnsureVmResult(vm_ref=found._moId, created=False)
             crashpoints.reach("clone.finished")
             logger.info("vm.cloned", vm=vm._moId)
             return EnsureVmResult(vm_ref=vm._moId, created=True)
@@ -131,24 +162,75 @@ class VSphereActivities:
         with as_activity_errors(f"ensure VM {node.name}"):
             return self._session.run(run)
 
-    @staticmethod
-    def _resume_clone(si: Any, details: Any) -> Any | None:
-        """If an earlier attempt recorded a clone task, wait for it instead of cloning again."""
-        if not details or not isinstance(details[0], dict) or "task" not in details[0]:
-            return None
-        task = vim.Task(details[0]["task"], si._stub)
+    def _find_or_resume(
+        self,
+        si: Any,
+        placement: inventory.Placement,
+        input: EnsureVmInput,
+        progress: Progress,
+        deadline: Deadline,
+        task_id: str | None,
+    ) -> Any | None:
+        """This node's VM if it exists; else the clone an earlier attempt started
+        (named in its heartbeat, or found in vCenter), waited for. None: clone."""
+        node = input.identity
+        vm = vms.find_by_instance_uuid(si, placement.datacenter, node.instance_uuid)
+        if vm is not None:
+            return vm
+        task = tasks.task_by_id(si, task_id) if task_id else None
+        if task is None:
+            task = tasks.find_clone(si, placement, node.name, since=deadline.started - CLOCK_SKEW)
+        if task is not None:
+            log.info("vm.clone_resumed", node=node.name, task=task._moId)
+            with activity.shield_thread_cancel_exception(), self.task_slots.hold(progress):
+                progress.at(VCenterStep.TASK, task._moId, tasks.CLONE)
+                try:
+                    self._wait_for_clone(si, task, input, progress, deadline)
+                except vmodl.fault.ManagedObjectNotFound:
+                    log.info("vm.clone_task_forgotten", node=node.name, task=task._moId)
+                except vim.fault.DuplicateName:
+                    pass  # that attempt lost a race; whatever won is looked up below
+                except vmodl.MethodFault as fault:  # the earlier clone failed: it made no VM
+                    reason = describe(fault)
+                    log.info("vm.earlier_clone_failed", node=node.name, task=task._moId, error=reason)
+            vm = vms.find_by_instance_uuid(si, placement.datacenter, node.instance_uuid)
+            if vm is not None:
+                return vm
+        same_name = vms.find_in_folder(si, placement.folder, node.name)
+        if same_name is not None:
+            raise PermanentError(
+                f"a VM named {node.name!r} already exists in folder {input.placement.folder!r} "
+                "and is not this node (its instance UUID differs); remove or rename it"
+            )
+        return None
+
+    def _wait_for_clone(
+        self, si: Any, task: Any, input: EnsureVmInput, progress: Progress, deadline: Deadline
+    ) -> Any:
+        """Wait for the clone until shortly before the step's deadline; then cancel
+        it in vCenter and wait for it to end, so that no VM appears after the node
+        was given up."""
         try:
-            return wait_for_task(si, task, timeout=600, on_wake=_heartbeat)
-        except Exception as exc:
-            log.info("vm.earlier_clone_failed", task=details[0]["task"], error=str(exc))
-            return None
+            return wait_for_task(si, task, timeout=deadline.left_for_task(), on_wake=progress)
+        except TimeoutError:
+            progress.at(VCenterStep.CANCELLING, task._moId, tasks.CLONE)
+            tasks.cancel(task)
+            with contextlib.suppress(TimeoutError, vmodl.MethodFault):
+                wait_for_task(si, task, timeout=max(1.0, deadline.left()), on_wake=progress)
+            raise CloneTimeout(
+                f"the clone of {input.identity.name} did not finish within the clone step "
+                f"({deadline.total.total_seconds():.0f}s) and was cancelled in vCenter"
+            ) from None
 
     @activity.defn(name="configure_vm")
     def configure_vm(self, input: ConfigureVmInput) -> None:
         """Make CPUs and memory match the pool (before power-on)."""
+        progress = Progress()
+        deadline = Deadline.of_activity(timedelta(minutes=5))
 
         def run(si: Any) -> None:
             vm = vms.vm_by_ref(si, input.vm_ref)
+            self._finish_earlier(si, RECONFIGURE, progress, deadline)
             current = vms.facts(si, vm)
             if current.cpus == input.cpus and current.memory_mb == input.memory_mb:
                 return
@@ -157,12 +239,13 @@ class VSphereActivities:
                     f"VM {input.name} is on with {current.cpus} CPUs/{current.memory_mb} MiB; "
                     f"power it off to apply {input.cpus} CPUs/{input.memory_mb} MiB"
                 )
-            timeout = (activity.info().start_to_close_timeout or timedelta(minutes=5)).total_seconds()
             self._run_task(
                 si,
                 lambda: vms.start_reconfigure(vm, cpus=input.cpus, memory_mb=input.memory_mb),
-                timeout,
                 "reconfigure",
+                RECONFIGURE,
+                progress,
+                deadline,
             )
             crashpoints.reach("reconfigure.finished")
             log.info(
@@ -178,12 +261,15 @@ class VSphereActivities:
 
     @activity.defn(name="power_on_vm")
     def power_on_vm(self, input: PowerOnInput) -> PowerOnResult:
+        progress = Progress()
+        deadline = Deadline.of_activity(timedelta(minutes=5))
+
         def run(si: Any) -> PowerOnResult:
             vm = vms.vm_by_ref(si, input.vm_ref)
+            self._finish_earlier(si, POWER_ON, progress, deadline)
             if vms.facts(si, vm).powered_on:
                 return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=True)
-            timeout = (activity.info().start_to_close_timeout or timedelta(minutes=5)).total_seconds()
-            self._run_task(si, vm.PowerOnVM_Task, timeout, "power_on")
+            self._run_task(si, vm.PowerOnVM_Task, "power_on", POWER_ON, progress, deadline)
             log.info("vm.powered_on", node=input.name, vm=input.vm_ref)
             return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=False)
 
@@ -193,10 +279,11 @@ class VSphereActivities:
     @activity.defn(name="wait_for_vm_ip")
     def wait_for_vm_ip(self, input: WaitForIpInput) -> WaitForIpResult:
         """Wait for VMware Tools to report a usable IPv4 address."""
+        progress = Progress(VCenterStep.WAITING)
 
         def run(si: Any) -> WaitForIpResult:
             vm = vms.vm_by_ref(si, input.vm_ref)
-            ip = vms.wait_for_ip(si, vm, timeout=input.timeout_seconds, on_wake=_heartbeat)
+            ip = vms.wait_for_ip(si, vm, timeout=input.timeout_seconds, on_wake=progress)
             crashpoints.reach("ip.reported")
             log.info("vm.ip_reported", node=input.name, vm=input.vm_ref, ip=ip)
             return WaitForIpResult(ip=ip)
@@ -247,14 +334,21 @@ class VSphereActivities:
     @activity.defn(name="destroy_vm")
     def destroy_vm(self, input: DestroyVmInput) -> DestroyVmResult:
         """Power off and destroy a VM, found by reference or instance UUID; a VM that
-        is already gone is success. Never touches a VM without the cluster's marker."""
-        timeout = (activity.info().start_to_close_timeout or timedelta(minutes=10)).total_seconds()
+        is already gone is success. Never touches a VM without the cluster's marker.
+        With the node's placement, a clone of it still running in vCenter is
+        cancelled first, and what it made is destroyed too."""
+        progress = Progress()
+        deadline = Deadline.of_activity(timedelta(minutes=10))
 
         def run(si: Any) -> DestroyVmResult:
+            self._finish_earlier(si, POWER_OFF, progress, deadline)
+            self._finish_earlier(si, DESTROY, progress, deadline)
             vm = None
             if input.instance_uuid:
                 datacenter = inventory.find_path(si, input.datacenter) if input.datacenter else None
                 vm = vms.find_by_instance_uuid(si, datacenter, input.instance_uuid)
+                if vm is None and input.placement is not None:
+                    vm = self._stop_clone_in_flight(si, input, progress, deadline)
             if vm is None and input.vm_ref:
                 vm = vms.vm_by_ref(si, input.vm_ref)
             props = properties.read(si, vm, ["config.extraConfig", "runtime.powerState"]) if vm else {}
@@ -268,11 +362,57 @@ class VSphereActivities:
                 )
             with activity.shield_thread_cancel_exception():
                 if props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn:
-                    self._run_task(si, lambda: vms.start_power_off(vm), timeout, "power_off")
-                self._run_task(si, lambda: vms.start_destroy(vm), timeout, "destroy")
+                    off = lambda: vms.start_power_off(vm)  # noqa: E731
+                    self._run_task(si, off, "power_off", POWER_OFF, progress, deadline)
+                self._run_task(si, lambda: vms.start_destroy(vm), "destroy", DESTROY, progress, deadline)
             crashpoints.reach("destroy.finished")
             log.info("vm.destroyed", cluster=input.cluster, node=input.name, vm=vm._moId)
             return DestroyVmResult(destroyed=True)
 
         with as_activity_errors(f"destroy VM {input.name}"):
             return self._session.run(run)
+
+    def _finish_earlier(self, si: Any, method: str, progress: Progress, deadline: Deadline) -> None:
+        """Wait for a task of ``method`` that an earlier attempt started, whatever its
+        outcome: the caller then looks at vCenter's state instead of repeating it."""
+        task_id = earlier_task(method)
+        if task_id is None:
+            return
+        progress.at(VCenterStep.TASK, task_id, method)
+        with activity.shield_thread_cancel_exception():
+            try:
+                wait_for_task(si, tasks.task_by_id(si, task_id), timeout=deadline.left(), on_wake=progress)
+            except vmodl.MethodFault as fault:  # failed, or vCenter no longer lists it
+                log.info("vcenter.earlier_task_ended", task=task_id, method=method, error=describe(fault))
+        progress.at(VCenterStep.LOOKING)
+
+    def _stop_clone_in_flight(
+        self, si: Any, input: DestroyVmInput, progress: Progress, deadline: Deadline
+    ) -> Any | None:
+        """Cancel a clone of the node that is still running in vCenter and wait for it
+        to end; returns the VM if it got made anyway."""
+        assert input.placement is not None and input.instance_uuid is not None
+        placement = inventory.resolve(si, input.placement)
+        task = tasks.find_clone(si, placement, input.name, since=datetime.now(UTC) - CLONE_LOOKBACK)
+        if task is None:
+            return None
+        state = properties.read(si, task, ["info.state"]).get("info.state")
+        if state in (vim.TaskInfo.State.queued, vim.TaskInfo.State.running):
+            log.info("vm.clone_cancelled", node=input.name, task=task._moId)
+            progress.at(VCenterStep.CANCELLING, task._moId, tasks.CLONE)
+            tasks.cancel(task)
+            with activity.shield_thread_cancel_exception(), contextlib.suppress(vmodl.MethodFault):
+                wait_for_task(si, task, timeout=deadline.left(), on_wake=progress)
+        return vms.find_by_instance_uuid(si, placement.datacenter, input.instance_uuid)
+
+
+def earlier_task(method: str) -> str | None:
+    """The task of ``method`` the last heartbeat of an earlier attempt named."""
+    earlier = previous()
+    if earlier is None or earlier.task is None:
+        return None
+    if earlier.step not in (VCenterStep.TASK, VCenterStep.CANCELLING):
+        return None
+    if earlier.method not in (None, method):  # None: an older worker's clone heartbeat
+        return None
+    return earlier.task

@@ -193,6 +193,32 @@ class EnsureVmInput(BaseModel):
     bootstrap: NodeBootstrapSettings
 
 
+class VCenterStep(StrEnum):
+    """What a long vCenter activity is doing, as its heartbeats say."""
+
+    LOOKING = "looking"
+    """Looking for what an earlier attempt did."""
+    QUEUED = "queued"
+    """Waiting for one of the worker's vCenter task slots ("queued for vCenter")."""
+    TASK = "task"
+    """A vCenter task is running (``task`` names it)."""
+    CANCELLING = "cancelling"
+    """Past its deadline: cancelling the task in vCenter and waiting for it to end."""
+    WAITING = "waiting"
+    """Waiting on vCenter without a task (an IP from VMware Tools)."""
+
+
+class VCenterProgress(BaseModel):
+    """The details of every heartbeat of a long vCenter activity: Temporal keeps only
+    the latest, so each carries everything a retry needs to resume."""
+
+    step: VCenterStep
+    task: str | None = None
+    """The vCenter task in flight (``task-123``)."""
+    method: str | None = None
+    """Its vSphere method (``CloneVM_Task``)."""
+
+
 class EnsureVmResult(BaseModel):
     vm_ref: str
     created: bool
@@ -299,6 +325,9 @@ class DestroyVmInput(BaseModel):
     datacenter: str | None = None
     instance_uuid: str | None = None
     vm_ref: str | None = None
+    placement: VSpherePlacement | None = None
+    """Where the node's clone ran: with it, a clone of the node still in flight in
+    vCenter (past its deadline) is cancelled and what it made is destroyed too."""
 
 
 class DestroyVmResult(BaseModel):

@@ -17,6 +17,7 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -38,15 +39,61 @@ DATASTORE_CLUSTER = "DC0_POD0"
 NETWORK = "DC0_DVPG0"
 TEMPLATE = "pke-ubuntu-2204"
 FOLDER = "pke"
+TEMPLATE_CPUS = 2
+TEMPLATE_CORES_PER_SOCKET = 2
 SOURCE_VM = "DC0_C0_RP0_VM0"
 PLAIN_VM = "DC0_C0_RP0_VM1"  # an ordinary VM, not a template
+
+# How long tasks take unless a test or `SIM_TASK_SECONDS` says otherwise: long
+# enough that every task is seen running (a VM appears only when its clone
+# ends), short enough for the test suite.
+DEFAULT_TASK_SECONDS: dict[str, float] = {
+    "CloneVM_Task": 0.5,
+    "ReconfigVM_Task": 0.1,
+    "PowerOnVM_Task": 0.2,
+    "PowerOffVM_Task": 0.1,
+    "Destroy_Task": 0.2,
+}
+
+
+PATCH_DIR = GO_SOURCE / "patch"
+SIMULATOR_PACKAGE = "src/github.com/vmware/govmomi/simulator"
+
+
+def _sources() -> list[Path]:
+    """Everything the binary is built from: the main package and the patch."""
+    return sorted([*GO_SOURCE.glob("*.go"), *PATCH_DIR.glob("*.go"), *PATCH_DIR.glob("*.diff")])
 
 
 def binary_path(state_dir: Path) -> Path:
     digest = hashlib.sha256()
-    for source in sorted(GO_SOURCE.glob("*.go")):
+    for source in _sources():
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
     return state_dir / "bin" / f"vcsim-{digest.hexdigest()[:12]}"
+
+
+def _patched_gopath(state_dir: Path, build_id: str) -> Path:
+    """A GOPATH holding Debian's simulator package with sim/vcsim/patch applied:
+    the diff (small edits to Debian's files) and the Go files added to the package.
+    Every other file of govmomi is a link to Debian's (GOPATH mode takes a package
+    from the first GOPATH entry holding its directory), and it comes before
+    Debian's GOPATH, which serves govmomi's own dependencies."""
+    root = (state_dir / f"gopath-{build_id}").resolve()
+    package = root / SIMULATOR_PACKAGE
+    if (package / ".patched").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    debian = Path(DEBIAN_GOPATH) / SIMULATOR_PACKAGE
+    shutil.copytree(debian, package, ignore=shutil.ignore_patterns("*_test.go"))
+    for entry in debian.parent.iterdir():
+        if entry.name != debian.name:
+            (package.parent / entry.name).symlink_to(entry)
+    for diff in sorted(PATCH_DIR.glob("*.diff")):
+        subprocess.run(["patch", "--quiet", "-p1", "-d", str(package), "-i", str(diff.resolve())], check=True)
+    for added in sorted(PATCH_DIR.glob("*.go")):
+        shutil.copy(added, package / added.name)
+    (package / ".patched").touch()
+    return root
 
 
 def build(state_dir: Path) -> Path:
@@ -58,13 +105,16 @@ def build(state_dir: Path) -> Path:
     if not Path(go).exists() or not Path(DEBIAN_GOPATH, "src/github.com/vmware/govmomi").exists():
         raise RuntimeError(
             "building the vCenter simulator needs Debian's golang-go and "
-            "golang-github-vmware-govmomi-dev packages: run `make deps`"
+            "golang-github-vmware-govmomi-dev packages: run `make system-deps`"
         )
+    if shutil.which("patch") is None:
+        raise RuntimeError("building the vCenter simulator needs Debian's patch package: run `make system-deps`")
     binary.parent.mkdir(parents=True, exist_ok=True)
+    gopath = _patched_gopath(state_dir, binary.name.removeprefix("vcsim-"))
     env = {
         **os.environ,
         "GO111MODULE": "off",
-        "GOPATH": DEBIAN_GOPATH,
+        "GOPATH": f"{gopath}{os.pathsep}{DEBIAN_GOPATH}",
         "GOPROXY": "off",
         "GOFLAGS": "",
         "GOCACHE": str((state_dir / "go-cache").resolve()),
@@ -115,6 +165,20 @@ class Simulator:
         response.raise_for_status()
         return response.json()
 
+    def set_task_seconds(self, method: str, seconds: float, prefix: str = "") -> None:
+        """From now on, tasks of ``method`` (``CloneVM_Task``, ``PowerOnVM_Task``, ...)
+        on targets whose name starts with ``prefix`` take ``seconds``; see vcsim/control.go."""
+        import httpx
+
+        parts = urlsplit(self.url)
+        response = httpx.post(
+            f"{parts.scheme}://{parts.netloc}/pke-sim/task-seconds",
+            params={"method": method, "seconds": str(seconds), "prefix": prefix},
+            verify=False,  # noqa: S501 - the local simulator
+            timeout=10,
+        )
+        response.raise_for_status()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -132,6 +196,9 @@ def start(
     password: str = "sim-password",  # noqa: S107 - the simulator's own login, not a real secret
     listen: str = "127.0.0.1:0",
     method_delay: dict[str, int] | None = None,
+    task_seconds: Mapping[str, float] | None = None,
+    task_jitter: float = 0.2,
+    session_limit: int = 0,
     session_idle_timeout: str | None = None,
     log_file: Path | None = None,
     prepare: bool = True,
@@ -142,6 +209,9 @@ def start(
     args = [str(binary), "-listen", listen, "-username", username, "-password", password]
     if method_delay:
         args += ["-method-delay", ",".join(f"{k}={v}" for k, v in method_delay.items())]
+    durations = {**DEFAULT_TASK_SECONDS, **(task_seconds or {})}
+    args += ["-task-seconds", ",".join(f"{k}={v}" for k, v in durations.items())]
+    args += ["-task-jitter", str(task_jitter), "-session-limit", str(session_limit)]
     if session_idle_timeout:
         args += ["-session-idle-timeout", session_idle_timeout]
     if tls:
@@ -178,6 +248,10 @@ def prepare_inventory(sim: Simulator) -> None:
             if state == vim.VirtualMachine.PowerState.poweredOn:
                 wait_for_task(si, vm.PowerOffVM_Task(), timeout=30)
             wait_for_task(si, vm.Rename_Task(TEMPLATE), timeout=30)
+            # Templates are often made with several cores per socket; vCenter then
+            # refuses a CPU count that is not a multiple of it.
+            topology = vim.vm.ConfigSpec(numCPUs=TEMPLATE_CPUS, numCoresPerSocket=TEMPLATE_CORES_PER_SOCKET)
+            wait_for_task(si, vm.ReconfigVM_Task(spec=topology), timeout=30)
             vm.MarkAsTemplate()
         vm_folder = properties.read(si, dc, ["vmFolder"])["vmFolder"]
         if index.FindByInventoryPath(f"{DATACENTER}/vm/{FOLDER}") is None:

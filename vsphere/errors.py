@@ -23,6 +23,10 @@ class TransientError(VSphereError):
     """A fault that may pass: retry with backoff."""
 
 
+class CloneTimeout(PermanentError):
+    """A clone outlived its step and was cancelled in vCenter."""
+
+
 # Faults whose cause a person has to fix, with what to tell them.
 _PERMANENT: tuple[tuple[type[BaseException], str], ...] = (
     (vim.fault.InvalidLogin, "vCenter rejected the user name or password"),

@@ -2,8 +2,10 @@
 // pke-vsphere's demo and tests use.
 //
 // It is built offline from Debian's golang-github-vmware-govmomi-dev source
-// (GOPATH mode); see sim/vcenter.py for the build and sim/README.md for the
-// ways this simulator differs from a real vCenter.
+// (GOPATH mode); see sim/vcenter.py for the build and the README's "Simulator vs vCenter" for the
+// ways this simulator differs from a real vCenter. The simulator package itself
+// is patched (sim/vcsim/patch) so that tasks take time, names collide and
+// clone specs are honoured, as on vCenter.
 //
 // On start-up it prints one JSON line to stdout, {"url": "..."}, once the
 // server is listening, and serves until SIGTERM or SIGINT.
@@ -51,6 +53,9 @@ func main() {
 	certFile := flag.String("tls-cert", "", "PEM certificate to serve HTTPS with (empty: plain HTTP)")
 	keyFile := flag.String("tls-key", "", "PEM private key for -tls-cert")
 	methodDelay := flag.String("method-delay", "", "per-method response delays, e.g. CloneVM_Task=2000,PowerOnVM_Task=500")
+	taskSeconds := flag.String("task-seconds", "", "how long tasks run, e.g. 'CloneVM_Task=20 PowerOnVM_Task=2' (commas or spaces)")
+	taskJitter := flag.Float64("task-jitter", 0.2, "vary each task's duration by up to this fraction, either way")
+	sessionLimit := flag.Int("session-limit", 0, "refuse logins beyond this many sessions with HTTP 503, as vCenter does (0: no limit)")
 	idle := flag.Duration("session-idle-timeout", 0, "expire sessions idle for this long (0: never)")
 	hosts := flag.Int("hosts", 3, "hosts in the cluster")
 	datastores := flag.Int("datastores", 3, "datastores")
@@ -63,6 +68,11 @@ func main() {
 	}
 
 	simulator.SessionIdleTimeout = *idle
+	durations, err := parseTaskSeconds(*taskSeconds)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 
 	model := simulator.VPX()
 	model.Datacenter = 1
@@ -81,6 +91,11 @@ func main() {
 		os.Exit(1)
 	}
 	defer model.Remove()
+	// Only now: the model's own set-up (powering VMs on) runs inline.
+	for method, seconds := range durations {
+		simulator.SetTaskDuration(method, "", seconds)
+	}
+	simulator.SetTaskJitter(*taskJitter)
 
 	model.Service.Listen = &url.URL{Host: *listen}
 	if *username != "" {
@@ -98,7 +113,7 @@ func main() {
 	server := model.Service.NewServer()
 	defer server.Close()
 	// Read per request by net/http, so wrapping it here, before any client, is safe.
-	server.Config.Handler = newCloneFaults(server.Config.Handler)
+	server.Config.Handler = newControl(newCloneFaults(server.Config.Handler), *sessionLimit)
 
 	u := *server.URL
 	u.User = nil

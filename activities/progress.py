@@ -1,0 +1,83 @@
+"""Heartbeats of long vCenter activities, and their deadlines.
+
+Temporal keeps only the latest heartbeat's details, so every heartbeat carries
+the whole progress (step, task in flight): a retry reads it to resume the task
+instead of starting another. The deadline is the step's own (the activity's
+schedule-to-close, counted from its first attempt), so a retry after a crash
+gets what is left, not a new allowance.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from pydantic import ValidationError
+from temporalio import activity
+
+from models.messages import VCenterProgress, VCenterStep
+
+# Before the step's deadline, a task still running is cancelled in vCenter and
+# waited for; this much of the step is kept for that.
+CANCEL_MARGIN = timedelta(seconds=30)
+
+
+class Progress:
+    """The activity's progress; calling it heartbeats with all of it."""
+
+    def __init__(self, step: VCenterStep = VCenterStep.LOOKING) -> None:
+        self._details = VCenterProgress(step=step)
+
+    @property
+    def details(self) -> VCenterProgress:
+        return self._details
+
+    def at(self, step: VCenterStep, task: str | None = None, method: str | None = None) -> None:
+        """Record a new step and heartbeat it at once."""
+        self._details = VCenterProgress(step=step, task=task, method=method)
+        self()
+
+    def __call__(self) -> None:
+        activity.heartbeat(self._details.model_dump(mode="json"))
+
+
+def previous() -> VCenterProgress | None:
+    """What the last heartbeat of an earlier attempt said, if anything."""
+    details = activity.info().heartbeat_details
+    if not details or not isinstance(details[0], dict):
+        return None
+    try:
+        return VCenterProgress.model_validate(details[0])
+    except ValidationError:
+        if isinstance(details[0].get("task"), str):  # an attempt of an older worker
+            return VCenterProgress(step=VCenterStep.TASK, task=details[0]["task"])
+        return None
+
+
+class Deadline:
+    """The end of the step the activity runs, and how much of it is left."""
+
+    def __init__(self, end: datetime, total: timedelta) -> None:
+        self.end = end
+        self.total = total
+        self.margin = min(CANCEL_MARGIN, total / 4)
+
+    @classmethod
+    def of_activity(cls, default: timedelta = timedelta(minutes=15)) -> Deadline:
+        info = activity.info()
+        if info.schedule_to_close_timeout:
+            return cls(info.scheduled_time + info.schedule_to_close_timeout, info.schedule_to_close_timeout)
+        total = info.start_to_close_timeout or default
+        return cls(info.started_time + total, total)
+
+    @property
+    def started(self) -> datetime:
+        """When the step's first attempt was scheduled."""
+        return self.end - self.total
+
+    def left(self) -> float:
+        """Seconds until the end of the step."""
+        return max(0.0, (self.end - datetime.now(UTC)).total_seconds())
+
+    def left_for_task(self) -> float:
+        """Seconds a task may still run before it must be cancelled."""
+        return max(0.0, self.left() - self.margin.total_seconds())
