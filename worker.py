@@ -20,6 +20,7 @@ from activities import pki as pki_activities
 from activities.commands import ClusterCommandActivities
 from activities.etcd import EtcdActivities
 from activities.preflight import PreflightActivities
+from activities.task_slots import SharedSlots
 from activities.vms import VSphereActivities
 from activities.vrrp import VrrpActivities
 from pki.node_tokens import NodeTokenSigner, load_signing_key
@@ -30,6 +31,7 @@ from vsphere.session import VCenterSession
 from workflows.cluster import ClusterWorkflow
 from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
 from workflows.node import NodeWorkflow
+from workflows.vcenter_slots import VCenterSlotsWorkflow
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +54,13 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[ClusterWorkflow, NodeWorkflow, ScaleClusterWorkflow, DeleteClusterWorkflow],
+        workflows=[
+            ClusterWorkflow,
+            NodeWorkflow,
+            ScaleClusterWorkflow,
+            DeleteClusterWorkflow,
+            VCenterSlotsWorkflow,
+        ],
         activities=[
             pki_activities.generate_pki,
             pki_activities.mint_bootstrap_token,
@@ -79,14 +87,21 @@ def build_worker(
     )
 
 
-def build_vsphere_activities(vcenter: VCenterSettings, node_api: NodeApiSettings) -> VSphereActivities:
+def build_vsphere_activities(
+    vcenter: VCenterSettings, node_api: NodeApiSettings, client: Client, task_queue: str
+) -> VSphereActivities:
+    """The vCenter activities; call on the worker's event loop (the shared task
+    slots are asked for on it)."""
+    cap = vcenter.vcenter_max_concurrent_tasks
+    shared = SharedSlots(client, asyncio.get_running_loop(), vcenter.installation_id, task_queue, cap)
     return VSphereActivities(
         VCenterSession(vcenter),
         NodeTokenSigner(load_signing_key(node_api.node_token_key_file)),
         node_api.node_api_url,
         timedelta(seconds=node_api.node_token_ttl_seconds),
-        vcenter.vcenter_max_concurrent_tasks,
+        cap,
         node_api.node_api_ca_pem(),
+        shared_slots=shared,
     )
 
 
@@ -99,7 +114,7 @@ async def run(settings_file: str | None = None) -> None:
     client = await temporal.connect(temporal_settings)
     if temporal_settings.payload_keys_file is None:
         log.warning("payloads.unencrypted", hint="set PKE_VSPHERE_PAYLOAD_KEYS_FILE")
-    vsphere = build_vsphere_activities(vcenter, node_api)
+    vsphere = build_vsphere_activities(vcenter, node_api, client, temporal_settings.temporal_task_queue)
     with ThreadPoolExecutor(MAX_CONCURRENT_ACTIVITIES, thread_name_prefix="activity") as executor:
         worker = build_worker(
             client,
@@ -119,7 +134,10 @@ async def run(settings_file: str | None = None) -> None:
             task_queue=temporal_settings.temporal_task_queue,
             vcenter=vcenter.vcenter_url,
         )
-        await worker.run()
+        try:
+            await worker.run()
+        finally:
+            vsphere.session.close()  # vCenter limits sessions per user: give ours back
     log.info("worker.stopped")
 
 

@@ -19,7 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.progress import Deadline, Progress, previous
-from activities.task_slots import TaskSlots
+from activities.task_slots import SharedSlots, TaskSlots
 from bootstrap import cloudinit, guestinfo
 from models.messages import (
     ClusterVm,
@@ -65,17 +65,22 @@ class VSphereActivities:
         node_token_ttl: timedelta,
         max_concurrent_tasks: int,
         node_api_ca_pem: str | None = None,
+        shared_slots: SharedSlots | None = None,
     ) -> None:
         self._session = session
         self._signer = signer
         self._node_api_url = node_api_url
         self._node_token_ttl = node_token_ttl
         self._node_api_ca_pem = node_api_ca_pem
-        self.task_slots = TaskSlots(max_concurrent_tasks)
+        self.task_slots = TaskSlots(max_concurrent_tasks, shared_slots)
 
     @property
     def session(self) -> VCenterSession:
         return self._session
+
+    @property
+    def installation_id(self) -> str:
+        return self._session.settings.installation_id
 
     def _run_task(
         self,
@@ -89,7 +94,7 @@ class VSphereActivities:
     ) -> Any:
         """Start a vCenter task under the cap (held until the task ends) and wait for
         it until the step's deadline; every heartbeat from its start on names it."""
-        with self.task_slots.hold(progress):
+        with self.task_slots.hold(progress, timedelta(seconds=deadline.left())):
             task = start()
             progress.at(VCenterStep.TASK, task._moId, method)
             crashpoints.reach(f"{name}.started")
@@ -136,7 +141,7 @@ class VSphereActivities:
                             instance_uuid=node.instance_uuid,
                             cpus=input.cpus,
                             memory_mb=input.memory_mb,
-                            extra_config=guestinfo.extra_config(node, userdata),
+                            extra_config=guestinfo.extra_config(node, userdata, self.installation_id),
                         ),
                         "clone",
                         tasks.CLONE,
@@ -182,7 +187,8 @@ class VSphereActivities:
             task = tasks.find_clone(si, placement, node.name, since=deadline.started - CLOCK_SKEW)
         if task is not None:
             log.info("vm.clone_resumed", node=node.name, task=task._moId)
-            with activity.shield_thread_cancel_exception(), self.task_slots.hold(progress):
+            lease = timedelta(seconds=deadline.left())
+            with activity.shield_thread_cancel_exception(), self.task_slots.hold(progress, lease):
                 progress.at(VCenterStep.TASK, task._moId, tasks.CLONE)
                 try:
                     self._wait_for_clone(si, task, input, progress, deadline)
@@ -239,9 +245,10 @@ class VSphereActivities:
                     f"VM {input.name} is on with {current.cpus} CPUs/{current.memory_mb} MiB; "
                     f"power it off to apply {input.cpus} CPUs/{input.memory_mb} MiB"
                 )
+            cores = vms.cores_per_socket(input.cpus, current.cores_per_socket)
             self._run_task(
                 si,
-                lambda: vms.start_reconfigure(vm, cpus=input.cpus, memory_mb=input.memory_mb),
+                lambda: vms.start_reconfigure(vm, cpus=input.cpus, cores=cores, memory_mb=input.memory_mb),
                 "reconfigure",
                 RECONFIGURE,
                 progress,
@@ -310,10 +317,7 @@ class VSphereActivities:
                 root = inventory.find_path(si, input.datacenter)
                 if root is None:
                     raise PermanentError(f"no datacenter {input.datacenter!r}")
-            markers = {
-                guestinfo.MARKER_MANAGED_BY: guestinfo.MANAGED_BY,
-                guestinfo.MARKER_CLUSTER: input.cluster,
-            }
+            markers = guestinfo.owner_markers(self.installation_id, input.cluster)
             found = [
                 ClusterVm(
                     ref=vm._moId,
@@ -354,11 +358,12 @@ class VSphereActivities:
             props = properties.read(si, vm, ["config.extraConfig", "runtime.powerState"]) if vm else {}
             if vm is None or not props:
                 return DestroyVmResult(destroyed=False)
-            marker = properties.extra_config(props.get("config.extraConfig")).get(guestinfo.MARKER_CLUSTER)
-            if marker != input.cluster:
+            extra = properties.extra_config(props.get("config.extraConfig"))
+            owner = guestinfo.owner_markers(self.installation_id, input.cluster)
+            if any(extra.get(key) != value for key, value in owner.items()):
                 raise PermanentError(
                     f"refusing to destroy {input.name} ({vm._moId}): it is not marked as part of "
-                    f"cluster {input.cluster!r}"
+                    f"cluster {input.cluster!r} of installation {self.installation_id!r}"
                 )
             with activity.shield_thread_cancel_exception():
                 if props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn:

@@ -19,6 +19,10 @@ MARKER_CLUSTER = "pke-vsphere.cluster"
 MARKER_CLUSTER_UID = "pke-vsphere.cluster-uid"
 MARKER_POOL = "pke-vsphere.pool"
 MARKER_NODE = "pke-vsphere.node"
+MARKER_INSTALLATION = "pke-vsphere.installation"
+"""Which installation of pke-vsphere owns the VM (PKE_VSPHERE_INSTALLATION_ID):
+two of them on one vCenter never touch each other's VMs, even for clusters of
+the same name."""
 MANAGED_BY = "pke-vsphere"
 
 
@@ -41,7 +45,12 @@ def metadata(identity: NodeIdentity) -> str:
     return json.dumps({"instance-id": identity.instance_uuid, "local-hostname": identity.name})
 
 
-def extra_config(identity: NodeIdentity, userdata: str) -> dict[str, str]:
+def owner_markers(installation: str, cluster: str) -> dict[str, str]:
+    """The markers every VM of one cluster of one installation carries."""
+    return {MARKER_MANAGED_BY: MANAGED_BY, MARKER_INSTALLATION: installation, MARKER_CLUSTER: cluster}
+
+
+def extra_config(identity: NodeIdentity, userdata: str, installation: str) -> dict[str, str]:
     """Every extraConfig key a node's VM carries."""
     return {
         USERDATA: encode(userdata),
@@ -49,8 +58,7 @@ def extra_config(identity: NodeIdentity, userdata: str) -> dict[str, str]:
         METADATA: encode(metadata(identity)),
         f"{METADATA}.encoding": ENCODING,
         "disk.enableUUID": "TRUE",
-        MARKER_MANAGED_BY: MANAGED_BY,
-        MARKER_CLUSTER: identity.cluster,
+        **owner_markers(installation, identity.cluster),
         MARKER_CLUSTER_UID: identity.cluster_uid,
         MARKER_POOL: identity.pool,
         MARKER_NODE: identity.name,

@@ -54,6 +54,11 @@ class CodecServerSettings(BaseSettings):
 class VCenterSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PKE_VSPHERE_", extra="ignore")
 
+    installation_id: str = Field(
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        description="Names this installation of pke-vsphere on its vCenters: every VM it makes "
+        "carries it, and it touches no VM without it. Generate once (make demo does) and keep.",
+    )
     vcenter_url: str = Field(description="vCenter SDK URL, e.g. https://vcenter.example.com/sdk")
     vcenter_username: str
     vcenter_password: SecretStr | None = None

@@ -105,6 +105,14 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+def _installation_id() -> str:
+    """This machine's demo installation id: made once, kept across `make down`."""
+    path = ROOT / ".state" / "installation-id"
+    if not path.exists():
+        path.write_text(f"demo-{secrets.token_hex(4)}\n")
+    return path.read_text().strip()
+
+
 def _node_api_certificate() -> tuple[Path, Path, Path]:
     """A demo CA and the node API's serving certificate (127.0.0.1); nodes get the CA."""
     ca = authority.new_ca("pke-vsphere demo node API CA")
@@ -160,6 +168,7 @@ def up() -> int:
             password=password_file.read_text().strip(),
             log_file=STATE / "vcsim.log",
             new_session=True,
+            task_seconds=vcenter.parse_task_seconds(os.environ.get("SIM_TASK_SECONDS", "")),
         )
         _pidfile("vcsim").write_text(str(sim.process.pid))
         key_file = STATE / "node-token.pem"
@@ -181,6 +190,8 @@ def up() -> int:
                     f"PKE_VSPHERE_TEMPORAL_ADDRESS=127.0.0.1:{TEMPORAL_PORT}",
                     f"PKE_VSPHERE_VCENTER_URL={sim.url}",
                     f"PKE_VSPHERE_VCENTER_USERNAME={sim.username}",
+                    "PKE_VSPHERE_VCENTER_INSECURE=true",  # the simulator serves plain HTTP on loopback
+                    f"PKE_VSPHERE_INSTALLATION_ID={_installation_id()}",
                     f"PKE_VSPHERE_VCENTER_PASSWORD_FILE={password_file}",
                     f"PKE_VSPHERE_NODE_API_URL=https://127.0.0.1:{NODE_API_PORT}",
                     f"PKE_VSPHERE_NODE_API_TLS_CERT_FILE={node_api_tls[0]}",
@@ -200,7 +211,8 @@ def up() -> int:
         _spawn("worker", [python, str(ROOT / "worker.py"), "--settings", str(settings)])
         _spawn("node-api", [python, "-m", "nodeapi", "--settings", str(settings)])
         _spawn("codec", [python, "-m", "codec", "--settings", str(settings)])
-        _spawn("nodes", [python, "-m", "sim.nodes", "--settings", str(settings), "--boot-seconds", "2"])
+        boot = os.environ.get("SIM_BOOT_SECONDS", "2")
+        _spawn("nodes", [python, "-m", "sim.nodes", "--settings", str(settings), "--boot-seconds", boot])
         _wait_for(lambda: not _port_free(NODE_API_PORT), "the node API")
         _wait_for(lambda: not _port_free(CODEC_PORT), "the codec server")
 

@@ -15,9 +15,9 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -108,7 +108,7 @@ def build(state_dir: Path) -> Path:
             "golang-github-vmware-govmomi-dev packages: run `make system-deps`"
         )
     if shutil.which("patch") is None:
-        raise RuntimeError("building the vCenter simulator needs Debian's patch package: run `make system-deps`")
+        raise RuntimeError("building the vCenter simulator needs Debian's patch: run `make system-deps`")
     binary.parent.mkdir(parents=True, exist_ok=True)
     gopath = _patched_gopath(state_dir, binary.name.removeprefix("vcsim-"))
     env = {
@@ -187,6 +187,28 @@ class Simulator:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def parse_task_seconds(spec: str) -> dict[str, float]:
+    """``"CloneVM_Task=20 PowerOnVM_Task=2"`` (spaces or commas), as `SIM_TASK_SECONDS` takes it.
+
+    Raises:
+        ValueError: an item is not METHOD=SECONDS with a known method and seconds >= 0.
+    """
+    durations: dict[str, float] = {}
+    for item in spec.replace(",", " ").split():
+        method, _, seconds = item.partition("=")
+        if method not in DEFAULT_TASK_SECONDS:
+            known = ", ".join(sorted(DEFAULT_TASK_SECONDS))
+            raise ValueError(f"SIM_TASK_SECONDS: {item!r} is not METHOD=SECONDS with METHOD one of {known}")
+        try:
+            value = float(seconds)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ValueError(f"SIM_TASK_SECONDS: {item!r}: seconds must be a number >= 0")
+        durations[method] = value
+    return durations
 
 
 def start(

@@ -28,7 +28,7 @@ from models.spec import validation_problems
 from models.state import ClusterPhase, ClusterStatus
 from runtime import temporal
 from settings import TemporalSettings, load
-from starter import clusters, schedules
+from starter import clusters, schedules, vcenter_steps
 from starter.progress import console, render, watch
 
 
@@ -53,7 +53,7 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
         final = await watch(client, args.name)
     else:
         final = await clusters.status(client, args.name)
-        console.print(render(final))
+        console.print(render(final, await vcenter_steps.node_progress(client, final)))
     return 0 if final and final.phase is not ClusterPhase.FAILED else 1
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -14,15 +14,18 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from models.messages import VCenterProgress
 from models.state import ClusterPhase, ClusterServices, ClusterStatus, NodePhase
-from starter import clusters
+from starter import clusters, vcenter_steps
 
 # Pipes and CI logs get long lines rather than tables folded at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
 _PHASE_STYLE = {NodePhase.READY: "green", NodePhase.FAILED: "bold red"}
 
 
-def render(status: ClusterStatus) -> Group:
+def render(status: ClusterStatus, vcenter: Mapping[str, VCenterProgress] | None = None) -> Group:
+    """The cluster as a table; ``vcenter`` adds what nodes in vCenter steps are doing."""
+    vcenter = vcenter or {}
     table = Table(show_edge=False, pad_edge=False)
     for column in ("NODE", "ROLE", "PHASE", "VM", "IP", "UPDATED", "ERROR"):
         table.add_column(column, overflow="fold")
@@ -30,7 +33,7 @@ def render(status: ClusterStatus) -> Group:
         table.add_row(
             node.name,
             node.identity.kind.value,
-            Text(node.phase.value, style=_PHASE_STYLE.get(node.phase, "yellow")),
+            Text(_phase(node.phase, vcenter.get(node.name)), style=_PHASE_STYLE.get(node.phase, "yellow")),
             node.vm_ref or "",
             node.ip or "",
             node.updated_at.strftime("%H:%M:%S") if node.updated_at else "",
@@ -65,6 +68,11 @@ def render(status: ClusterStatus) -> Group:
     if status.error:
         parts.append(Text(f"error: {status.error}", style="bold red"))
     return Group(*parts)
+
+
+def _phase(phase: NodePhase, progress: VCenterProgress | None) -> str:
+    detail = vcenter_steps.describe(progress) if progress else ""
+    return f"{phase.value} ({detail})" if detail else phase.value
 
 
 def services_line(services: ClusterServices) -> Text:
@@ -152,5 +160,5 @@ async def watch(
             if latest is None:
                 break
             current = latest
-            live.update(render(current))
+            live.update(render(current, await vcenter_steps.node_progress(client, current)))
     return current

@@ -21,6 +21,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 import worker as worker_module
+from activities.task_slots import SharedSlots
 from activities.vms import VSphereActivities
 from codec import keys
 from models.spec import ClusterSpec
@@ -35,6 +36,9 @@ from tests.harness import STATE_DIR, STORAGE_ACCOUNTS, serve_node_api, temporal_
 from vsphere.session import VCenterSession
 
 logs.configure(level=os.environ.get("PKE_VSPHERE_LOG_LEVEL", "WARNING"))
+
+# The installation the test workers are (in-process and worker.py processes alike).
+INSTALLATION_ID = "tests"
 
 
 @pytest.fixture(scope="session")
@@ -105,19 +109,30 @@ def vcenter_settings(sim: vcenter.Simulator) -> VCenterSettings:
         vcenter_url=sim.url,
         vcenter_username=sim.username,
         vcenter_password=SecretStr(sim.password),
+        vcenter_insecure=True,  # the simulator serves plain HTTP on loopback
+        installation_id=INSTALLATION_ID,
     )
 
 
 def vsphere_activities(
-    session: VCenterSession, key_file: Path, node_api_url: str, node_api_ca_pem: str | None = None
+    session: VCenterSession,
+    key_file: Path,
+    node_api_url: str,
+    node_api_ca_pem: str | None = None,
+    *,
+    client: Client,
+    task_queue: str,
 ) -> VSphereActivities:
-    """The worker's vCenter activities as the tests run them: 1 h node tokens, 8 tasks at once."""
+    """The worker's vCenter activities as the tests run them: 1 h node tokens, 8 tasks
+    at once, shared with every worker on the task queue (call it on the event loop)."""
+    shared = SharedSlots(client, asyncio.get_running_loop(), INSTALLATION_ID, task_queue, 8)
     return VSphereActivities(
         session,
         NodeTokenSigner(load_signing_key(key_file)),
         node_api_url,
         timedelta(hours=1),
         max_concurrent_tasks=8,
+        shared_slots=shared,
         node_api_ca_pem=node_api_ca_pem,
     )
 
@@ -142,8 +157,10 @@ async def stack(
     sim_nodes: SimulatedNodes,
     etcd: EtcdServer,
 ) -> AsyncIterator[Stack]:
-    vsphere = vsphere_activities(VCenterSession(vcenter_settings(vcsim)), key_file, node_api_url)
     task_queue = f"tests-{uuid.uuid4()}"
+    vsphere = vsphere_activities(
+        VCenterSession(vcenter_settings(vcsim)), key_file, node_api_url, client=client, task_queue=task_queue
+    )
     with ThreadPoolExecutor(64) as executor:
         w = worker_module.build_worker(
             client,

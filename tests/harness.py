@@ -125,9 +125,10 @@ def vms_of_cluster(sim: Simulator, cluster: str) -> dict[str, dict[str, Any]]:
         connect.Disconnect(si)
 
 
-def plant_marked_vm(sim: Simulator, cluster: str, name: str) -> str:
+def plant_marked_vm(sim: Simulator, cluster: str, name: str, installation: str = "tests") -> str:
     """A VM carrying the cluster's markers that the cluster does not own (what a
-    crashed run or a person's copy leaves behind); returns its reference."""
+    crashed run or a person's copy leaves behind; with another ``installation``,
+    a VM of another pke-vsphere's cluster of the same name); returns its reference."""
     import uuid
 
     from pyVim import connect
@@ -141,11 +142,7 @@ def plant_marked_vm(sim: Simulator, cluster: str, name: str) -> str:
     si = sim.connect()
     try:
         placement = inventory.resolve(si, cluster_spec(cluster).vsphere)
-        extra = {
-            guestinfo.MARKER_MANAGED_BY: guestinfo.MANAGED_BY,
-            guestinfo.MARKER_CLUSTER: cluster,
-            guestinfo.MARKER_NODE: name,
-        }
+        extra = {**guestinfo.owner_markers(installation, cluster), guestinfo.MARKER_NODE: name}
         task = start_clone(
             si,
             placement,
@@ -157,6 +154,20 @@ def plant_marked_vm(sim: Simulator, cluster: str, name: str) -> str:
         )
         ref: str = wait_for_task(si, task, timeout=30)._moId
         return ref
+    finally:
+        connect.Disconnect(si)
+
+
+def destroy_planted(sim: Simulator, ref: str) -> None:
+    """Remove a VM ``plant_marked_vm`` made (it is off)."""
+    from pyVim import connect
+    from pyVmomi import vim
+
+    from vsphere.waits import wait_for_task
+
+    si = sim.connect()
+    try:
+        wait_for_task(si, vim.VirtualMachine(ref, si._stub).Destroy_Task(), timeout=30)
     finally:
         connect.Disconnect(si)
 

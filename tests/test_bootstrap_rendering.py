@@ -84,7 +84,7 @@ def test_bootstrap_script_is_valid_bash() -> None:
 
 def test_guestinfo_round_trips_and_marks_the_vm() -> None:
     node = node_identity(NodeKind.LEADER)
-    extra = guestinfo.extra_config(node, "#cloud-config\nhostname: x\n")
+    extra = guestinfo.extra_config(node, "#cloud-config\nhostname: x\n", "site-a")
     assert extra["guestinfo.userdata.encoding"] == "gzip+base64"
     assert guestinfo.decode(extra["guestinfo.userdata"], "gzip+base64").startswith("#cloud-config")
     meta = json.loads(guestinfo.decode(extra["guestinfo.metadata"], extra["guestinfo.metadata.encoding"]))
@@ -92,6 +92,7 @@ def test_guestinfo_round_trips_and_marks_the_vm() -> None:
     assert extra["disk.enableUUID"] == "TRUE"
     assert extra[guestinfo.MARKER_CLUSTER_UID] == "uid-1"
     assert extra[guestinfo.MARKER_NODE] == node.name
+    assert extra[guestinfo.MARKER_INSTALLATION] == "site-a"
     with pytest.raises(ValueError, match="unknown guestinfo encoding"):
         guestinfo.decode("x", "rot13")
 

@@ -17,7 +17,7 @@ from sim.nodes import Behaviour
 from starter import clusters, schedules
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
-from tests.harness import plant_marked_vm, vms_of_cluster
+from tests.harness import destroy_planted, plant_marked_vm, vms_of_cluster
 from workflows import ids
 
 
@@ -102,10 +102,13 @@ async def test_delete_of_a_failed_create_sweeps_what_is_left(stack: Stack) -> No
     assert (await wait_until_settled(stack, name)).phase is ClusterPhase.FAILED
     assert vms_of_cluster(stack.sim, name) == {}  # the failed leader's VM went with it
     plant_marked_vm(stack.sim, name, f"{name}-leftover")  # e.g. from a crashed earlier run
+    # Another pke-vsphere on the same vCenter with a cluster of the same name.
+    theirs = plant_marked_vm(stack.sim, name, f"{name}-theirs", installation="another-site")
 
     outcome = await (await clusters.delete(stack.client, name, stack.task_queue)).result()
     assert outcome.destroyed == [f"{name}-leftover"]
-    assert vms_of_cluster(stack.sim, name) == {}
+    assert list(vms_of_cluster(stack.sim, name)) == [f"{name}-theirs"]
+    destroy_planted(stack.sim, theirs)
 
 
 async def test_scale_after_delete_is_refused(stack: Stack) -> None:

@@ -38,7 +38,7 @@ CREATE_POINTS = [
     "pki.generated",
     "clone.started",
     "clone.finished@2",
-    "reconfigure.finished",
+    "clone.started@2",
     "power_on.started@2",
     "ip.reported",
     "join_token.installed",

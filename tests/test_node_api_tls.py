@@ -30,8 +30,9 @@ def serving_pair(directory: Path, ca: authority.KeyPair) -> tuple[Path, Path]:
 
 
 async def https_worker(stack: Stack, key_file: Path, url: str, ca_pem: str) -> AsyncIterator[str]:
-    vsphere = vsphere_activities(VCenterSession(vcenter_settings(stack.sim)), key_file, url, ca_pem)
     task_queue = f"https-{uuid.uuid4()}"
+    session = VCenterSession(vcenter_settings(stack.sim))
+    vsphere = vsphere_activities(session, key_file, url, ca_pem, client=stack.client, task_queue=task_queue)
     with ThreadPoolExecutor(32) as executor:
         async with worker_module.build_worker(stack.client, task_queue, vsphere, executor, 32):
             yield task_queue

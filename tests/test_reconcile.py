@@ -14,7 +14,7 @@ from models.state import ClusterPhase, ClusterStatus, NodePhase, ReconcileReport
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
-from tests.harness import plant_marked_vm, vms_of_cluster
+from tests.harness import destroy_planted, plant_marked_vm, vms_of_cluster
 from vsphere.waits import wait_for_task
 from workflows import ids
 from workflows.cluster import RECONCILE_UPDATE, STATUS_QUERY
@@ -101,6 +101,7 @@ async def test_an_orphan_is_kept_for_its_grace_period_then_destroyed(stack: Stac
     name = unique("rec-orphan")
     await ready(stack, name, masters=1, workers=1, reconcile={"orphan_grace_seconds": 2})
     orphan_ref = plant_marked_vm(stack.sim, name, f"{name}-stray")
+    theirs = plant_marked_vm(stack.sim, name, f"{name}-theirs", installation="another-site")
 
     first = await reconcile(stack, name)
     assert [(d.kind, d.name) for d in first.drift] == [("orphan", f"{name}-stray")]
@@ -110,7 +111,10 @@ async def test_an_orphan_is_kept_for_its_grace_period_then_destroyed(stack: Stac
     await asyncio.sleep(2.5)
     second = await reconcile(stack, name)
     assert second.actions == [f"destroy orphan {name}-stray ({orphan_ref})"]
-    assert sorted(vms_of_cluster(stack.sim, name)) == [f"{name}-master-01", f"{name}-workers-01"]
+    # Another installation's VM of a cluster of the same name is not this cluster's orphan.
+    mine = [f"{name}-master-01", f"{name}-theirs", f"{name}-workers-01"]
+    assert sorted(vms_of_cluster(stack.sim, name)) == mine
+    destroy_planted(stack.sim, theirs)
 
 
 async def test_periodic_reconcile_repairs_without_being_asked(stack: Stack) -> None:

@@ -120,7 +120,8 @@ async def test_the_create_finishes_after_the_temporal_server_restarts_from_its_d
     stack.nodes.boot_delays[leader] = 3.0  # keep the create in flight while the server is down
 
     async with serve_node_api(client, key_file) as node_api_url:
-        vsphere = vsphere_activities(VCenterSession(vcenter_settings(stack.sim)), key_file, node_api_url)
+        session = VCenterSession(vcenter_settings(stack.sim))
+        vsphere = vsphere_activities(session, key_file, node_api_url, client=client, task_queue=task_queue)
         with ThreadPoolExecutor(32) as executor:
             async with worker_module.build_worker(client, task_queue, vsphere, executor, 32):
                 here = Stack(client, task_queue, vsphere, stack.sim, stack.nodes, node_api_url, stack.etcd)

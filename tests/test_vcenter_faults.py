@@ -54,8 +54,10 @@ async def faulty(stack: Stack, key_file: Path) -> AsyncIterator[FaultyStack]:
         async with FaultProxy(sim.url, FaultRates(), seed=SEED) as proxy:
             settings = vcenter_settings(sim).model_copy(update={"vcenter_url": proxy.url})
             session = VCenterSession(settings)
-            vsphere = vsphere_activities(session, key_file, stack.node_api_url)
             task_queue = f"faulty-{uuid.uuid4()}"
+            vsphere = vsphere_activities(
+                session, key_file, stack.node_api_url, client=stack.client, task_queue=task_queue
+            )
             with ThreadPoolExecutor(32) as executor:
                 async with worker_module.build_worker(stack.client, task_queue, vsphere, executor, 32):
                     yield FaultyStack(

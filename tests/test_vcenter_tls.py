@@ -24,7 +24,7 @@ from sim import vcenter
 from tests.harness import STATE_DIR
 from vsphere import properties
 from vsphere.errors import as_activity_errors
-from vsphere.session import VCenterSession
+from vsphere.session import PinnedContext, VCenterSession
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,11 @@ def tls_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[vcenter.
 
 def settings(sim: vcenter.Simulator, **tls: Any) -> VCenterSettings:
     return VCenterSettings(
-        vcenter_url=sim.url, vcenter_username=sim.username, vcenter_password=SecretStr(sim.password), **tls
+        vcenter_url=sim.url,
+        vcenter_username=sim.username,
+        vcenter_password=SecretStr(sim.password),
+        installation_id="tests",
+        **tls,
     )
 
 
@@ -102,3 +106,34 @@ def test_skipping_verification_needs_the_setting_and_warns(
     assert any(
         e["event"] == "vcenter.tls_verification_disabled" and e["log_level"] == "warning" for e in logs
     )
+
+
+def test_a_plain_http_vcenter_is_refused_unless_insecure_is_set() -> None:
+    plain = VCenterSettings(
+        vcenter_url="http://127.0.0.1:9/sdk",
+        vcenter_username="u",
+        vcenter_password=SecretStr("p"),
+        installation_id="tests",
+    )
+    with pytest.raises(ApplicationError) as info, as_activity_errors("connect"):
+        VCenterSession(plain).run(datacenters)
+    assert info.value.non_retryable
+    assert "http:// would send the vCenter password unencrypted" in info.value.message
+
+
+def test_the_pin_is_checked_on_the_connection_that_logs_in(
+    tls_sim: tuple[vcenter.Simulator, Path, str],
+) -> None:
+    """The pin is checked by the TLS context of the session's own connections (the
+    one that sends the password included), not by a separate probe before them."""
+    sim, _, thumbprint = tls_sim
+    wrong = VCenterSession(settings(sim, vcenter_thumbprint="11" * 32))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        wrong.run(datacenters)
+    assert wrong.logins == 0
+    pinned = VCenterSession(settings(sim, vcenter_thumbprint=thumbprint))
+    assert pinned.run(datacenters) == ["DC0"]
+    context = pinned.service_instance()._stub.schemeArgs["context"]
+    assert isinstance(context, PinnedContext) and context.pin == thumbprint
+    assert pinned.logins == 1
+    pinned.close()

@@ -30,6 +30,8 @@ def settings_for(sim: vcenter.Simulator, password: str | None = None) -> VCenter
         vcenter_url=sim.url,
         vcenter_username=sim.username,
         vcenter_password=SecretStr(password or sim.password),
+        vcenter_insecure=True,  # the simulator serves plain HTTP on loopback
+        installation_id="tests",
     )
 
 
@@ -54,20 +56,28 @@ def test_an_expired_session_is_renewed_transparently(expiring_sim: vcenter.Simul
     session.close()
 
 
-def test_an_expired_session_is_not_mistaken_for_a_deleted_vm(expiring_sim: vcenter.Simulator) -> None:
+def test_after_an_expiry_reads_are_answered_and_a_write_is_not_sent_again(
+    expiring_sim: vcenter.Simulator,
+) -> None:
     """The simulator answers a property read on an expired session with every
     property "missing" (NotAuthenticated in missingSet), not with a fault: the
-    read must raise, so the session logs in again, rather than report no VM."""
+    read logs in again and is answered, rather than report no VM. A write that
+    meets an expired session logs in again too but fails, unsent: its activity's
+    retry looks at vCenter before doing anything."""
     session = VCenterSession(settings_for(expiring_sim))
     path = f"{vcenter.DATACENTER}/vm/{vcenter.SOURCE_VM}"
-    ref = session.run(lambda si: inventory.find_path(si, path))
-    stale = session.service_instance()
+    vm = session.run(lambda si: inventory.find_path(si, path))
+    assert vm is not None
     time.sleep(4.5)  # idle past the timeout
-
-    with pytest.raises(vim.fault.NotAuthenticated):
-        properties.read(stale, ref, ["name"])
-    assert session.run(lambda si: properties.read(si, ref, ["name"])) == {"name": vcenter.SOURCE_VM}
+    assert session.run(lambda si: properties.read(si, vm, ["name"])) == {"name": vcenter.SOURCE_VM}
     assert session.logins == 2
+
+    time.sleep(4.5)
+    with pytest.raises(vim.fault.NotAuthenticated):
+        session.run(lambda si: vm.Rename_Task(newName="renamed-after-expiry"))
+    assert session.logins == 3
+    time.sleep(1)  # a rename that had been sent would have finished by now
+    assert session.run(lambda si: properties.read(si, vm, ["name"])) == {"name": vcenter.SOURCE_VM}
     session.close()
 
 

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from runtime import crashpoints
-from tests.conftest import Stack
+from tests.conftest import INSTALLATION_ID, Stack
 from tests.harness import ROOT
 
 
@@ -22,6 +22,8 @@ def write_settings(stack: Stack, path: Path, key_file: Path, payload_keys: Path,
         f"PKE_VSPHERE_TEMPORAL_TASK_QUEUE={task_queue}\n"
         f"PKE_VSPHERE_VCENTER_URL={stack.sim.url}\n"
         f"PKE_VSPHERE_VCENTER_USERNAME={stack.sim.username}\n"
+        "PKE_VSPHERE_VCENTER_INSECURE=true\n"
+        f"PKE_VSPHERE_INSTALLATION_ID={INSTALLATION_ID}\n"
         f"PKE_VSPHERE_VCENTER_PASSWORD={stack.sim.password}\n"
         f"PKE_VSPHERE_NODE_API_URL={stack.node_api_url}\n"
         f"PKE_VSPHERE_NODE_TOKEN_KEY_FILE={key_file}\n"

@@ -1,9 +1,19 @@
 """One vCenter session per worker process: opened lazily, shared by every
-activity thread, verified TLS by default, and re-established when it expires."""
+activity thread, verified TLS by default, logged in again when it expires, and
+logged out at worker shutdown.
+
+Every connection the session opens has a timeout (a half-open connection must
+not hold a thread and a vCenter task slot forever) and, with a pinned
+thumbprint, is checked against the pin, the one that logs in included. When the
+session expires, only read calls are sent again after the new login (see
+``vsphere/retries.py``); a call that changes vCenter fails, and its activity's
+retry looks at vCenter before doing anything.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -12,22 +22,53 @@ from urllib.parse import urlsplit
 
 import structlog
 from pyVim import connect
-from pyVmomi import vim
 
 from settings import VCenterSettings
 from vsphere import retries
+from vsphere.errors import PermanentError
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+# Seconds a SOAP request may wait on the network; longer than the longest
+# property-collector wait (vsphere/waits.py asks for at most 5 s).
+SOAP_TIMEOUT_SECONDS = 30
+
+
+class PinnedContext(ssl.SSLContext):
+    """TLS that accepts exactly the certificate with the pinned SHA-256 thumbprint,
+    checked on every connection right after its handshake."""
+
+    pin: str
+
+    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
+        tls = super().wrap_socket(sock, *args, **kwargs)
+        actual = hashlib.sha256(tls.getpeercert(binary_form=True) or b"").hexdigest()
+        if actual != self.pin:
+            tls.close()
+            raise ssl.SSLCertVerificationError(
+                f"vCenter certificate SHA-256 thumbprint {actual} does not match the pinned one"
+            )
+        return tls
+
+
+def pinned_context(thumbprint: str) -> PinnedContext:
+    ctx = PinnedContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.pin = thumbprint.replace(":", "").lower()
+    return ctx
 
 
 class VCenterSession:
     """Owns the connection; ``run`` calls a function with a live ServiceInstance."""
 
-    def __init__(self, settings: VCenterSettings) -> None:
+    def __init__(self, settings: VCenterSettings, timeout: float = SOAP_TIMEOUT_SECONDS) -> None:
         self._settings = settings
+        self._timeout = timeout
         self._lock = threading.Lock()
         self._si: Any = None
+        self._generation = 0
         self.logins = 0
 
     @property
@@ -45,20 +86,21 @@ class VCenterSession:
             ctx.verify_mode = ssl.CERT_NONE
             return ctx
         if s.vcenter_thumbprint:
-            # The pinned thumbprint is checked after the handshake, in _check_thumbprint.
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            return ctx
+            return pinned_context(s.vcenter_thumbprint)
         return ssl.create_default_context(cafile=str(s.vcenter_ca_file) if s.vcenter_ca_file else None)
 
     def _connect(self) -> Any:
         s = self._settings
         url = urlsplit(s.vcenter_url)
         scheme = url.scheme or "https"
+        if scheme not in ("https", "http"):
+            raise PermanentError(f"PKE_VSPHERE_VCENTER_URL: {scheme}:// is not a vCenter URL; use https://")
+        if scheme == "http" and not s.vcenter_insecure:
+            raise PermanentError(
+                "PKE_VSPHERE_VCENTER_URL: http:// would send the vCenter password unencrypted; "
+                "use https:// (or set PKE_VSPHERE_VCENTER_INSECURE=true for a lab)"
+            )
         port = url.port or (443 if scheme == "https" else 80)
-        if s.vcenter_thumbprint and scheme == "https":
-            self._check_thumbprint(url.hostname or "", port, s.vcenter_thumbprint)
         si = connect.SmartConnect(
             protocol=scheme,
             host=url.hostname,
@@ -67,30 +109,14 @@ class VCenterSession:
             user=s.vcenter_username,
             pwd=s.password(),
             sslContext=self._ssl_context(),
-            disableSslCertValidation=s.vcenter_insecure or bool(s.vcenter_thumbprint),
+            # With this set pyvmomi would replace the context above (and its pin).
+            disableSslCertValidation=s.vcenter_insecure,
+            httpConnectionTimeout=self._timeout,
         )
-        retries.retry_reads(si._stub)
+        retries.retry_reads(si._stub, relogin=self._relogin, generation=lambda: self._generation)
         self.logins += 1
         log.info("vcenter.login", url=s.vcenter_url, user=s.vcenter_username, logins=self.logins)
         return si
-
-    @staticmethod
-    def _check_thumbprint(host: str, port: int, expected: str) -> None:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        import socket
-
-        with (
-            socket.create_connection((host, port), timeout=10) as raw,
-            ctx.wrap_socket(raw, server_hostname=host) as tls,
-        ):
-            der = tls.getpeercert(binary_form=True) or b""
-        actual = hashlib.sha256(der).hexdigest()
-        if actual != expected.replace(":", "").lower():
-            raise ssl.SSLCertVerificationError(
-                f"vCenter certificate SHA-256 thumbprint {actual} does not match the pinned one"
-            )
 
     def service_instance(self) -> Any:
         with self._lock:
@@ -98,26 +124,30 @@ class VCenterSession:
                 self._si = self._connect()
             return self._si
 
-    def _relogin(self, stale: Any) -> None:
+    def _relogin(self, seen: int) -> None:
+        """Log in again on the same connection (every object reference stays valid),
+        unless another thread already did since generation ``seen``."""
         with self._lock:
-            if self._si is stale:  # another thread may have logged in already
-                log.info("vcenter.session_expired", url=self._settings.vcenter_url)
-                self._si = None
+            if self._si is None or self._generation != seen:
+                return
+            log.info("vcenter.session_expired", url=self._settings.vcenter_url)
+            s = self._settings
+            self._si.content.sessionManager.Login(userName=s.vcenter_username, password=s.password())
+            self._generation += 1
+            self.logins += 1
+            log.info("vcenter.login", url=s.vcenter_url, user=s.vcenter_username, logins=self.logins)
 
     def run(self, fn: Callable[[Any], T]) -> T:
-        """Call ``fn(service_instance)``; log in again once if the session expired."""
-        si = self.service_instance()
-        try:
-            return fn(si)
-        except vim.fault.NotAuthenticated:
-            self._relogin(si)
-            return fn(self.service_instance())
+        """Call ``fn(service_instance)``."""
+        return fn(self.service_instance())
 
     def close(self) -> None:
+        """Log out (at worker shutdown): vCenter limits sessions per user."""
         with self._lock:
             if self._si is not None:
                 try:
                     connect.Disconnect(self._si)
+                    log.info("vcenter.logout", url=self._settings.vcenter_url)
                 except Exception as exc:  # logging out of a dead session is best effort
                     log.debug("vcenter.logout_failed", error=str(exc))
                 self._si = None

@@ -5,6 +5,7 @@ its address. Each operation is safe to repeat."""
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ VM_FACTS = [
     "config.instanceUuid",
     "config.hardware.numCPU",
     "config.hardware.memoryMB",
+    "config.hardware.numCoresPerSocket",
     "runtime.powerState",
     "guest.ipAddress",
 ]
@@ -32,6 +34,7 @@ class VmFacts:
     name: str
     instance_uuid: str | None
     cpus: int | None
+    cores_per_socket: int | None
     memory_mb: int | None
     power_state: str | None
 
@@ -53,6 +56,7 @@ def facts(si: Any, vm: Any) -> VmFacts:
         name=props.get("name", ""),
         instance_uuid=props.get("config.instanceUuid"),
         cpus=props.get("config.hardware.numCPU"),
+        cores_per_socket=props.get("config.hardware.numCoresPerSocket"),
         memory_mb=props.get("config.hardware.memoryMB"),
         power_state=str(props.get("runtime.powerState")),
     )
@@ -119,6 +123,18 @@ def _recommend_datastore(si: Any, placement: Placement, clone_spec: Any, name: s
     )
 
 
+def cores_per_socket(cpus: int, template_cores: int | None) -> int:
+    """Cores per socket for ``cpus``: the template's when ``cpus`` is a multiple of
+    it, else the largest divisor they share (vCenter refuses a CPU count that is
+    not a multiple of the cores per socket)."""
+    return math.gcd(cpus, max(1, template_cores or 1))
+
+
+def template_cores(si: Any, template: Any) -> int | None:
+    cores = properties.read(si, template, ["config.hardware.numCoresPerSocket"])
+    return cores.get("config.hardware.numCoresPerSocket")
+
+
 def start_clone(
     si: Any,
     placement: Placement,
@@ -133,6 +149,7 @@ def start_clone(
     config = vim.vm.ConfigSpec(
         instanceUuid=instance_uuid,
         numCPUs=cpus,
+        numCoresPerSocket=cores_per_socket(cpus, template_cores(si, placement.template)),
         memoryMB=memory_mb,
         extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in extra_config.items()],
     )
@@ -144,8 +161,9 @@ def start_clone(
     return placement.template.CloneVM_Task(folder=placement.folder, name=name, spec=spec)
 
 
-def start_reconfigure(vm: Any, *, cpus: int, memory_mb: int) -> Any:
-    return vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(numCPUs=cpus, memoryMB=memory_mb))
+def start_reconfigure(vm: Any, *, cpus: int, cores: int, memory_mb: int) -> Any:
+    spec = vim.vm.ConfigSpec(numCPUs=cpus, numCoresPerSocket=cores, memoryMB=memory_mb)
+    return vm.ReconfigVM_Task(spec=spec)
 
 
 def _usable_ip(value: str) -> bool:

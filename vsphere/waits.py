@@ -32,14 +32,13 @@ def wait_for_properties(
     Raises:
         TimeoutError: ``timeout`` seconds passed first.
     """
-    pc = si.content.propertyCollector.CreatePropertyCollector()
     spec = vmodl.query.PropertyCollector.FilterSpec(
         objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=obj, skip=False)],
         propSet=[vmodl.query.PropertyCollector.PropertySpec(type=type(obj), pathSet=list(paths))],
     )
-    filter_ = pc.CreateFilter(spec, partialUpdates=False)
     deadline = time.monotonic() + timeout
     state: dict[str, Any] = {}
+    collector = _Collector(si, spec)
     version = ""
     try:
         while True:
@@ -49,7 +48,16 @@ def wait_for_properties(
             options = vmodl.query.PropertyCollector.WaitOptions(
                 maxWaitSeconds=max(1, min(POLL_SECONDS, int(remaining)))
             )
-            update = pc.WaitForUpdatesEx(version, options)
+            try:
+                update = collector.pc.WaitForUpdatesEx(version, options)
+            except vmodl.fault.ManagedObjectNotFound as exc:
+                if getattr(exc.obj, "_moId", None) == getattr(obj, "_moId", None):
+                    raise
+                # The collector belonged to a session that expired: the new session
+                # gets a new one, whose first update is the whole state again.
+                collector = _Collector(si, spec)
+                version = ""
+                continue
             on_wake()
             if update is None:
                 continue
@@ -62,9 +70,20 @@ def wait_for_properties(
             if result is not None:
                 return result
     finally:
+        collector.destroy()
+
+
+class _Collector:
+    """A private PropertyCollector and its one filter."""
+
+    def __init__(self, si: Any, spec: Any) -> None:
+        self.pc = si.content.propertyCollector.CreatePropertyCollector()
+        self.filter = self.pc.CreateFilter(spec, partialUpdates=False)
+
+    def destroy(self) -> None:
         try:
-            filter_.Destroy()
-            pc.Destroy()
+            self.filter.Destroy()
+            self.pc.Destroy()
         except Exception:  # noqa: S110 - the session may already be gone; nothing to clean then
             pass
 

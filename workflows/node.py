@@ -37,6 +37,14 @@ PROGRESS_SIGNAL = "node_progress"
 PATCH_BACKGROUND_PROGRESS = "progress-signals-in-background"
 
 
+def _cancel_requested() -> bool:
+    """Whether this workflow was asked to cancel while an activity that waits for its
+    own cancellation (the clone) finished anyway: the SDK then hands back the
+    activity's result, and the request must still end the workflow."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 @workflow.defn(name="NodeWorkflow")
 class NodeWorkflow:
     def __init__(self) -> None:
@@ -93,6 +101,9 @@ class NodeWorkflow:
             # workflow ends, so the deletion's sweep finds the VM.
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
+
+        if _cancel_requested():  # the cluster is being deleted: its sweep takes the VM
+            raise asyncio.CancelledError
 
         await self._progress(NodePhase.CONFIGURING, vm_ref=vm.vm_ref)
         await workflow.execute_activity(
