@@ -16,7 +16,7 @@ from external_etcd import checks as etcd_checks
 from external_etcd import prefixes
 from models.messages import PreflightInput, PreflightResult, VCenterTarget
 from settings.credentials import EtcdCredentials, StorageCredentials
-from vsphere import inventory, properties
+from vsphere import hardware, inventory, privileges, properties
 from vsphere.errors import PermanentError, as_activity_errors
 from vsphere.session import VCenterSession
 
@@ -53,9 +53,14 @@ class PreflightActivities:
         def placement(si: Any) -> None:
             nonlocal target
             try:
-                inventory.resolve(si, input.placement)
+                resolved = inventory.resolve(si, input.placement)
             except PermanentError as exc:
                 problems.extend(str(exc).split("; "))
+            else:
+                problems.extend(privileges.missing(si, resolved))
+                version = properties.read(si, resolved.template, ["config.version"]).get("config.version")
+                pools = [(p.index, p.cpus, p.memory_mb) for p in input.pools]
+                problems.extend(hardware.problems(str(version or ""), pools))
             if input.storage is not None or input.cloud_provider_credential is not None:
                 target = self.check_vsphere_addons(si, input, problems)
 
@@ -78,7 +83,7 @@ class PreflightActivities:
                 type="PreflightFailed",
                 non_retryable=True,
             )
-        checked = ["datacenter", "template", "folder", "compute", "storage"]
+        checked = ["datacenter", "template", "folder", "compute", "storage", "privileges", "hardware"]
         checked += ["network"] if input.placement.network else []
         checked += ["vip"] if input.vip else []
         checked += ["storage credential"] if input.storage else []
@@ -97,7 +102,7 @@ class PreflightActivities:
         cpi = input.cloud_provider_credential
         if cpi is not None and (storage is None or cpi != storage.credential):
             accounts["cloud_provider.credential"] = (cpi, "cloud provider", "read-only")
-        for field, (name, user, privileges) in accounts.items():
+        for field, (name, user, needs) in accounts.items():
             account = self._credentials.get(name)
             if account is None:
                 held = ", ".join(self._credentials.names()) or "none"
@@ -108,7 +113,7 @@ class PreflightActivities:
             elif account.username == settings.vcenter_username:
                 problems.append(
                     f"{field}: {name!r} is the orchestrator's own vCenter account; "
-                    f"give the {user} an account of its own with only the {privileges} privileges"
+                    f"give the {user} an account of its own with only the {needs} privileges"
                 )
         datastore_url = None
         if storage is not None and storage.datastore is not None:

@@ -127,6 +127,11 @@ class VSphereActivities:
                 node_token=token,
                 node_api_ca_pem=self._node_api_ca_pem,
             )
+            extra_config = guestinfo.extra_config(node, userdata, self.installation_id)
+            try:
+                guestinfo.check_limits(extra_config, cloudinit.spec_sources(input.bootstrap))
+            except guestinfo.TooLarge as exc:
+                raise PermanentError(str(exc)) from None
             logger.info("vm.cloning", template=input.placement.template, folder=input.placement.folder)
             # A clone, once started, is waited for even if the activity is cancelled
             # (a cluster deleted mid-create): the VM must exist before the sweep.
@@ -141,7 +146,7 @@ class VSphereActivities:
                             instance_uuid=node.instance_uuid,
                             cpus=input.cpus,
                             memory_mb=input.memory_mb,
-                            extra_config=guestinfo.extra_config(node, userdata, self.installation_id),
+                            extra_config=extra_config,
                         ),
                         "clone",
                         tasks.CLONE,

@@ -23,6 +23,16 @@ NODE_API_CA_FILE = f"{CONFIG_DIR}/node-api-ca.pem"
 BOOTSTRAP_USER = "pke"
 
 
+def spec_sources(settings: NodeBootstrapSettings) -> dict[str, int]:
+    """How many bytes each spec field that can grow without bound adds to a node's
+    cloud-config (for the guestinfo size check's message)."""
+    return {
+        "ssh_authorized_keys": sum(len(k.encode()) for k in settings.ssh_authorized_keys),
+        "control_plane.dns_name": sum(len(s.encode()) for s in settings.api_server_cert_sans),
+        "control_plane.external_etcd.endpoints": sum(len(e.encode()) for e in settings.etcd_endpoints),
+    }
+
+
 def bootstrap_script(identity: NodeIdentity, settings: NodeBootstrapSettings) -> str:
     template = resources.files("bootstrap").joinpath("script.sh").read_text()
     return template.replace("__PKE_INSTALL_ARGS__", " ".join(pke.install_args(identity, settings)))

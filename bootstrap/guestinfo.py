@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+from collections.abc import Mapping
 
 from models.state import NodeIdentity
 
@@ -24,6 +25,43 @@ MARKER_INSTALLATION = "pke-vsphere.installation"
 two of them on one vCenter never touch each other's VMs, even for clusters of
 the same name."""
 MANAGED_BY = "pke-vsphere"
+
+
+# What vCenter takes in a VM's extraConfig (guestinfo): about 64 KiB per value
+# and 1 MiB in all; a clone or reconfigure beyond that fails.
+VALUE_LIMIT = 64 * 1024
+TOTAL_LIMIT = 1024 * 1024
+
+
+class TooLarge(ValueError):
+    """A node's guestinfo would exceed what vCenter takes."""
+
+
+def check_limits(extra: Mapping[str, str], sources: Mapping[str, int]) -> None:
+    """Refuse guestinfo vCenter would refuse, naming the spec field that grew it most
+    (``sources``: spec field -> bytes it adds to the cloud-config).
+
+    Raises:
+        TooLarge: a value is over VALUE_LIMIT or all of them over TOTAL_LIMIT.
+    """
+    sizes = {key: len(key.encode()) + len(value.encode()) for key, value in extra.items()}
+    over = [key for key, size in sizes.items() if size > VALUE_LIMIT]
+    total = sum(sizes.values())
+    if not over and total <= TOTAL_LIMIT:
+        return
+    culprit = max(sources.items(), key=lambda item: item[1], default=None)
+    blame = (
+        f"; {culprit[0]} ({culprit[1] / 1024:.1f} KiB in the cloud-config) grows it most" if culprit else ""
+    )
+    if over:
+        raise TooLarge(
+            f"{over[0]} would be {sizes[over[0]] / 1024:.1f} KiB, over the {VALUE_LIMIT // 1024} KiB "
+            f"vCenter takes per guestinfo value{blame}"
+        )
+    raise TooLarge(
+        f"the VM's guestinfo would be {total / 1024:.1f} KiB, over the {TOTAL_LIMIT // 1024} KiB vCenter "
+        f"takes in all{blame}"
+    )
 
 
 def encode(text: str) -> str:

@@ -348,6 +348,15 @@ class PreflightInput(BaseModel):
     etcd_prefix: str | None = None
     cluster_uid: str | None = None
     """With an external etcd: whose the prefix becomes (its owner key)."""
+    pools: list[PoolHardware] = Field(default_factory=list)
+    """Each pool's hardware, checked against what the template's version allows."""
+
+
+class PoolHardware(BaseModel):
+    index: int
+    """Its place in the spec's ``pools`` (for the field named in a problem)."""
+    cpus: int
+    memory_mb: int
 
 
 class ClearEtcdPrefixInput(BaseModel):

@@ -39,6 +39,9 @@ DATASTORE_CLUSTER = "DC0_POD0"
 NETWORK = "DC0_DVPG0"
 TEMPLATE = "pke-ubuntu-2204"
 FOLDER = "pke"
+# A template of an older virtual hardware version (at most 64 CPUs, 1011 GiB).
+OLD_TEMPLATE = "pke-ubuntu-1804-vmx10"
+OLD_TEMPLATE_VERSION = "vmx-10"
 TEMPLATE_CPUS = 2
 TEMPLATE_CORES_PER_SOCKET = 2
 SOURCE_VM = "DC0_C0_RP0_VM0"
@@ -168,16 +171,21 @@ class Simulator:
     def set_task_seconds(self, method: str, seconds: float, prefix: str = "") -> None:
         """From now on, tasks of ``method`` (``CloneVM_Task``, ``PowerOnVM_Task``, ...)
         on targets whose name starts with ``prefix`` take ``seconds``; see vcsim/control.go."""
+        self._control(
+            "/pke-sim/task-seconds", [("method", method), ("seconds", str(seconds)), ("prefix", prefix)]
+        )
+
+    def _control(self, path: str, params: list[tuple[str, str | int | float | bool | None]]) -> None:
         import httpx
 
         parts = urlsplit(self.url)
-        response = httpx.post(
-            f"{parts.scheme}://{parts.netloc}/pke-sim/task-seconds",
-            params={"method": method, "seconds": str(seconds), "prefix": prefix},
-            verify=False,  # noqa: S501 - the local simulator
-            timeout=10,
-        )
+        url = f"{parts.scheme}://{parts.netloc}{path}"
+        response = httpx.post(url, params=params, verify=False, timeout=10)  # noqa: S501 - the local simulator
         response.raise_for_status()
+
+    def deny_privileges(self, *privileges: str) -> None:
+        """From now on, report these privileges as not granted (none: all granted)."""
+        self._control("/pke-sim/denied-privileges", [("privilege", str(p)) for p in privileges])
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -276,6 +284,17 @@ def prepare_inventory(sim: Simulator) -> None:
             wait_for_task(si, vm.ReconfigVM_Task(spec=topology), timeout=30)
             vm.MarkAsTemplate()
         vm_folder = properties.read(si, dc, ["vmFolder"])["vmFolder"]
+        if index.FindByInventoryPath(f"{DATACENTER}/vm/{OLD_TEMPLATE}") is None:
+            cluster = index.FindByInventoryPath(f"{DATACENTER}/host/{COMPUTE_CLUSTER}")
+            pool = properties.read(si, cluster, ["resourcePool"])["resourcePool"]
+            old = vim.vm.ConfigSpec(
+                name=OLD_TEMPLATE,
+                version=OLD_TEMPLATE_VERSION,
+                guestId="ubuntu64Guest",
+                files=vim.vm.FileInfo(vmPathName=f"[{DATASTORE}]"),
+            )
+            made = wait_for_task(si, vm_folder.CreateVM_Task(config=old, pool=pool), timeout=30)
+            made.MarkAsTemplate()
         if index.FindByInventoryPath(f"{DATACENTER}/vm/{FOLDER}") is None:
             vm_folder.CreateFolder(FOLDER)
         pod = index.FindByInventoryPath(f"{DATACENTER}/datastore/{DATASTORE_CLUSTER}")

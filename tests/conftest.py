@@ -37,6 +37,9 @@ from vsphere.session import VCenterSession
 
 logs.configure(level=os.environ.get("PKE_VSPHERE_LOG_LEVEL", "WARNING"))
 
+# Fixtures defined next to what they make: new_worker (worker.py processes).
+pytest_plugins = ["tests.workers"]
+
 # The installation the test workers are (in-process and worker.py processes alike).
 INSTALLATION_ID = "tests"
 

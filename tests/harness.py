@@ -12,6 +12,7 @@ import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,33 @@ def clone_counts(sim: Simulator) -> Counter[str]:
         connect.Disconnect(si)
 
 
+def clone_started_at(sim: Simulator, vm_name: str) -> datetime | None:
+    """When vCenter started the first clone to ``vm_name`` (its event log), if it has."""
+    from pyVim import connect
+    from pyVmomi import vim
+
+    si = sim.connect()
+    try:
+        spec = vim.event.EventFilterSpec(eventTypeId=["VmBeingClonedEvent"], maxCount=1000)
+        times = [e.createdTime for e in si.content.eventManager.QueryEvents(spec) if e.destName == vm_name]
+        return min(times) if times else None
+    finally:
+        connect.Disconnect(si)
+
+
+def tasks_running(sim: Simulator, si: Any) -> Counter[str]:
+    """vCenter tasks queued or running right now, per vSphere method, from the task
+    manager's recent tasks (``si``: a connection to ``sim`` kept by the caller)."""
+    from pyVmomi import vim
+
+    from vsphere import properties
+
+    recent = properties.read(si, si.content.taskManager, ["recentTask"]).get("recentTask") or []
+    infos = properties.read_many(si, recent, ["info.state", "info.name"])
+    busy = (vim.TaskInfo.State.queued, vim.TaskInfo.State.running)
+    return Counter(str(p["info.name"]) for p in infos.values() if p.get("info.state") in busy)
+
+
 def clone_events(sim: Simulator, vm_name: str) -> int:
     return clone_counts(sim)[vm_name]
 
@@ -246,3 +274,10 @@ async def plain_history(client: Client, workflow_id: str, codec: EncryptionCodec
     found = [p for event in history.events for p in payloads(event)]
     decoded = await codec.decode(found)
     return history.to_json() + "".join(p.data.decode(errors="replace") for p in decoded)
+
+
+def random_ssh_keys(count: int, size: int = 1024) -> list[str]:
+    """OpenSSH-shaped public keys of random bytes (which gzip cannot shrink)."""
+    import os
+
+    return [f"ssh-rsa {base64.b64encode(os.urandom(size)).decode()} user{i}@example" for i in range(count)]

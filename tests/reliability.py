@@ -15,10 +15,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from models.state import ClusterStatus, NodePhase
+from models.state import ClusterPhase, ClusterStatus, NodePhase
 from sim.vcenter import Simulator
 from tests.harness import clone_counts, vms_of_cluster
+
+if TYPE_CHECKING:
+    from tests.conftest import Stack
 
 LOG_ENV = "PKE_VSPHERE_RELIABILITY_LOG"
 
@@ -75,3 +79,13 @@ class Run:
             f"{self.operation} killed at {self.point} ({self.cluster}): finished={self.finished} "
             f"duplicates={self.duplicates} orphans={self.orphans} missing={self.missing}"
         )
+
+
+def assert_ready_and_exact(stack: Stack, run: Run, status: ClusterStatus, size: int) -> None:
+    """The run's cluster is Ready with ``size`` Ready nodes and exactly their VMs."""
+    run.finished = status.phase is ClusterPhase.READY
+    run.check(stack.sim, status).record()
+    assert status.phase is ClusterPhase.READY, f"{run.describe()}: {status.error}"
+    assert all(n.phase is NodePhase.READY for n in status.nodes), run.describe()
+    assert len(status.nodes) == size, run.describe()
+    assert run.ok, run.describe()

@@ -11,7 +11,7 @@ import pytest
 from bootstrap import cloudinit, guestinfo, keepalived, pke
 from models.messages import NodeBootstrapSettings
 from models.state import NodeKind
-from tests.harness import node_identity, pke_install_args
+from tests.harness import node_identity, pke_install_args, random_ssh_keys
 
 SETTINGS = NodeBootstrapSettings(
     kubernetes_version="1.30.4",
@@ -265,3 +265,24 @@ def test_every_node_names_the_cloud_provider_only_when_the_cluster_runs_one(
         )
         flags = [a for a in pke_install_args(config) if a.startswith("--kubernetes-cloud-provider")]
         assert flags == ([f"--kubernetes-cloud-provider={cloud_provider}"] if cloud_provider else [])
+
+
+def test_guestinfo_over_vcenters_limits_is_refused_naming_the_spec_field() -> None:
+    node = node_identity(NodeKind.WORKER)
+    small = SETTINGS.model_copy(update={"ssh_authorized_keys": random_ssh_keys(3)})
+    doc = cloudinit.render(node, small, node_api_url="https://o:8480", node_token="t")
+    guestinfo.check_limits(guestinfo.extra_config(node, doc, "site-a"), cloudinit.spec_sources(small))
+
+    big = SETTINGS.model_copy(update={"ssh_authorized_keys": random_ssh_keys(60)})
+    doc = cloudinit.render(node, big, node_api_url="https://o:8480", node_token="t")
+    extra = guestinfo.extra_config(node, doc, "site-a")
+    with pytest.raises(guestinfo.TooLarge) as info:
+        guestinfo.check_limits(extra, cloudinit.spec_sources(big))
+    message = str(info.value)
+    assert message.startswith("guestinfo.userdata would be ")
+    assert "over the 64 KiB vCenter takes per guestinfo value" in message
+    assert "ssh_authorized_keys (" in message and "grows it most" in message
+
+    many = {f"guestinfo.part{i}": "x" * 60000 for i in range(20)}  # each fits, not all together
+    with pytest.raises(guestinfo.TooLarge, match="over the 1024 KiB vCenter takes in all"):
+        guestinfo.check_limits(many, {})

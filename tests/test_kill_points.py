@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
-from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
-from models.state import ClusterPhase, ClusterStatus, NodePhase
+from models.state import ClusterPhase
 from runtime import crashpoints
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import ROOT
-from tests.reliability import Run
-from tests.workers import WorkerProcess
+from tests.reliability import Run, assert_ready_and_exact
+from tests.workers import WorkerFactory, WorkerProcess, run_all
 from workflows import ids
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -64,51 +62,6 @@ async def test_every_crash_point_is_in_the_code_and_a_typo_is_refused() -> None:
     assert crashpoints._parse("pki.generated, clone.started@3") == {"pki.generated": 1, "clone.started": 3}
 
 
-def assert_ready_and_exact(stack: Stack, run: Run, status: ClusterStatus, size: int) -> None:
-    run.finished = status.phase is ClusterPhase.READY
-    run.check(stack.sim, status).record()
-    assert status.phase is ClusterPhase.READY, f"{run.describe()}: {status.error}"
-    assert all(n.phase is NodePhase.READY for n in status.nodes), run.describe()
-    assert len(status.nodes) == size, run.describe()
-    assert run.ok, run.describe()
-
-
-async def run_all(cases: Sequence[Callable[[], Awaitable[None]]]) -> None:
-    """Run the cases side by side; report every failure, not just the first."""
-    results = await asyncio.gather(*(case() for case in cases), return_exceptions=True)
-    failures = [r for r in results if isinstance(r, BaseException)]
-    if failures:
-        raise AssertionError("\n\n".join(_explain(f) for f in failures))
-
-
-def _explain(error: BaseException) -> str:
-    """The error and its causes (a workflow failure's reason is in its cause)."""
-    parts = []
-    current: BaseException | None = error
-    while current is not None:
-        parts.append(f"{type(current).__name__}: {current}")
-        current = current.__cause__
-    return " <- ".join(parts)
-
-
-@pytest.fixture
-def new_worker(
-    stack: Stack, key_file: Path, payload_keys: Path, tmp_path: Path
-) -> Iterator[Callable[[str], WorkerProcess]]:
-    made: list[WorkerProcess] = []
-
-    def make(label: str) -> WorkerProcess:
-        workdir = tmp_path / label.replace("@", "-")
-        workdir.mkdir()
-        worker = WorkerProcess(stack, key_file, payload_keys, workdir)
-        made.append(worker)
-        return worker
-
-    yield make
-    for worker in made:
-        worker.stop()
-
-
 async def ready_cluster(stack: Stack, worker: WorkerProcess, name: str, workers: int) -> None:
     """A cluster made by a worker without crash points, which is then stopped."""
     worker.start()
@@ -118,9 +71,7 @@ async def ready_cluster(stack: Stack, worker: WorkerProcess, name: str, workers:
     worker.stop()
 
 
-async def test_create_survives_a_kill_at_every_point(
-    stack: Stack, new_worker: Callable[[str], WorkerProcess]
-) -> None:
+async def test_create_survives_a_kill_at_every_point(stack: Stack, new_worker: WorkerFactory) -> None:
     async def case(point: str) -> None:
         worker = new_worker(f"create-{point}")
         run = Run("SIGKILL", "create", point, unique("kc"))
@@ -136,9 +87,7 @@ async def test_create_survives_a_kill_at_every_point(
     await run_all([partial(case, p) for p in CREATE_POINTS])
 
 
-async def test_scale_survives_a_kill_at_every_point(
-    stack: Stack, new_worker: Callable[[str], WorkerProcess]
-) -> None:
+async def test_scale_survives_a_kill_at_every_point(stack: Stack, new_worker: WorkerFactory) -> None:
     async def case(point: str, size: int) -> None:
         direction = "scale-up" if size > 2 else "scale-down"
         worker = new_worker(f"{direction}-{point}")
@@ -158,9 +107,7 @@ async def test_scale_survives_a_kill_at_every_point(
     )
 
 
-async def test_delete_survives_a_kill_at_every_point(
-    stack: Stack, new_worker: Callable[[str], WorkerProcess]
-) -> None:
+async def test_delete_survives_a_kill_at_every_point(stack: Stack, new_worker: WorkerFactory) -> None:
     async def case(point: str) -> None:
         worker = new_worker(f"delete-{point}")
         run = Run("SIGKILL", "delete", point, unique("kd"))

@@ -11,14 +11,16 @@ from types import SimpleNamespace
 
 import pytest
 from pydantic import SecretStr
+from pyVim import connect
 from pyVmomi import vim, vmodl
 from temporalio.exceptions import ApplicationError
 
 from models.spec import VSpherePlacement
 from settings import VCenterSettings
 from sim import vcenter
+from tests.conftest import cluster_spec
 from tests.harness import STATE_DIR
-from vsphere import inventory, properties, vms
+from vsphere import hardware, inventory, properties, vms
 from vsphere.errors import PermanentError, TransientError, as_activity_errors, classify
 from vsphere.session import VCenterSession
 from vsphere.vms import pick_ip
@@ -209,3 +211,65 @@ def test_the_node_ip_ignores_link_local_ipv6_and_foreign_bridges(
 def test_the_simulator_binary_is_cached_by_source(tmp_path: Path) -> None:
     assert vcenter.binary_path(STATE_DIR).exists()
     assert vcenter.build(STATE_DIR) == vcenter.binary_path(STATE_DIR)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "template_cores", "expected"),
+    [(4, 2, 2), (3, 2, 1), (6, 4, 2), (1, 2, 1), (16, 8, 8), (5, None, 1)],
+)
+def test_cores_per_socket_divide_every_cpu_count(
+    cpus: int, template_cores: int | None, expected: int
+) -> None:
+    assert vms.cores_per_socket(cpus, template_cores) == expected
+    assert cpus % expected == 0
+
+
+@pytest.mark.parametrize(
+    ("version", "cpus", "memory_mb", "problems"),
+    [
+        ("vmx-13", 128, 1048576, 0),
+        ("vmx-10", 64, 4096, 0),
+        ("vmx-10", 65, 4096, 1),
+        ("vmx-08", 40, 2048 * 1024, 2),
+        ("vmx-12", 128, 4096, 0),  # between known versions: the lower one's limits
+        ("vmx-99", 999, 4096, 1),  # newer than the table: the newest known limits
+        ("weird", 999, 4096, 0),
+    ],
+)
+def test_hardware_version_limits(version: str, cpus: int, memory_mb: int, problems: int) -> None:
+    assert len(hardware.problems(version, [(1, cpus, memory_mb)])) == problems
+
+
+def test_a_clone_with_a_cpu_count_the_template_topology_does_not_divide_works(
+    vcsim: vcenter.Simulator,
+) -> None:
+    """The simulator's template has 2 cores per socket, as templates often do:
+    vCenter refuses 3 CPUs at 2 per socket, so the clone asks for 1 per socket."""
+    si = vcsim.connect()
+    try:
+        placement = inventory.resolve(si, cluster_spec("topology").vsphere)
+        made = []
+        for cpus in (3, 4):
+            task = vms.start_clone(
+                si,
+                placement,
+                name=f"topology-{uuid.uuid4().hex[:6]}",
+                instance_uuid=str(uuid.uuid4()),
+                cpus=cpus,
+                memory_mb=2048,
+                extra_config={},
+            )
+            vm = wait_for_task(si, task, timeout=30)
+            made.append(vm)
+            hw = properties.read(si, vm, ["config.hardware.numCPU", "config.hardware.numCoresPerSocket"])
+            assert hw == {
+                "config.hardware.numCPU": cpus,
+                "config.hardware.numCoresPerSocket": 1 if cpus == 3 else 2,
+            }
+        bad = vim.vm.ConfigSpec(numCPUs=3, numCoresPerSocket=2)
+        with pytest.raises(vmodl.fault.InvalidArgument):
+            wait_for_task(si, made[0].ReconfigVM_Task(spec=bad), timeout=30)
+        for vm in made:
+            wait_for_task(si, vm.Destroy_Task(), timeout=30)
+    finally:
+        connect.Disconnect(si)

@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         MintTokenInput,
         NodeLookup,
         NodeLookupResult,
+        PoolHardware,
         PreflightInput,
         PreflightResult,
         RouterIdsInput,
@@ -226,6 +227,10 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
                     external_etcd=spec.control_plane.external_etcd,
                     etcd_prefix=spec.etcd_prefix,
                     cluster_uid=self.uid,
+                    pools=[
+                        PoolHardware(index=i, cpus=pool.cpus, memory_mb=pool.memory_mb)
+                        for i, pool in enumerate(spec.pools)
+                    ],
                 ),
                 result_type=PreflightResult,
                 start_to_close_timeout=timedelta(minutes=2),

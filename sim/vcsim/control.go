@@ -8,6 +8,11 @@ package main
 // name starts with prefix: for a clone the new VM's name, else the VM's own),
 // so one test can slow its own cluster's clones without slowing the others.
 //
+//	POST /pke-sim/denied-privileges?privilege=ID[&privilege=ID...]
+//
+// makes the authorization manager answer these privileges as not granted (none
+// given: all granted again), for the privilege check's tests.
+//
 // With -session-limit N, a Login while N sessions exist is answered with HTTP
 // 503, as vCenter answers when it is out of sessions.
 
@@ -66,6 +71,11 @@ func parseTaskSeconds(spec string) (map[string]float64, error) {
 func (c *control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/pke-sim/task-seconds" {
 		c.setTaskSeconds(w, r)
+		return
+	}
+	if r.URL.Path == "/pke-sim/denied-privileges" && r.Method == http.MethodPost {
+		simulator.DenyPrivileges(r.URL.Query()["privilege"])
+		w.WriteHeader(http.StatusNoContent)
 		return
 	}
 	if c.sessionLimit > 0 && r.Method == http.MethodPost {

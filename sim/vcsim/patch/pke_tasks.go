@@ -355,3 +355,24 @@ func pkeCloneClaims(task *Task, ds *types.ManagedObjectReference) {
 func SessionCount() int {
 	return len(Map.SessionManager().sessions)
 }
+
+var pkeDenied = map[string]bool{}
+
+// DenyPrivileges makes HasPrivilegeOnEntities answer "not granted" for these
+// privileges, for every user and entity (the simulator grants everything): how
+// the tests show preflight naming a missing privilege. The simulator still
+// carries out the calls that need them.
+func DenyPrivileges(ids []string) {
+	pkeMu.Lock()
+	defer pkeMu.Unlock()
+	pkeDenied = map[string]bool{}
+	for _, id := range ids {
+		pkeDenied[id] = true
+	}
+}
+
+func pkePrivilegeDenied(id string) bool {
+	pkeMu.Lock()
+	defer pkeMu.Unlock()
+	return pkeDenied[id]
+}

@@ -1,0 +1,74 @@
+"""The vCenter task cap holds across workers: two worker processes with a cap
+of 4 between them never have more than 4 tasks in flight in vCenter (read from
+vCenter's own task list), and waiting for a slot makes no activity retry."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from pyVim import connect
+from temporalio.api.enums.v1 import EventType
+
+from models.state import ClusterPhase, NodePhase
+from starter import clusters
+from tests.clusters import wait_until_settled
+from tests.conftest import Stack, cluster_spec, unique
+from tests.harness import tasks_running, vms_of_cluster
+from tests.workers import WorkerFactory
+from workflows import ids
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CAP = 4
+CLONES = 20
+CLONE_SECONDS = 3.0
+# The simulated nodes report their addresses with ReconfigVM_Task, as VMware
+# Tools would; those are not the orchestrator's tasks.
+ORCHESTRATOR_TASKS = ("CloneVM_Task", "PowerOnVM_Task", "PowerOffVM_Task", "Destroy_Task")
+
+
+async def test_two_workers_with_a_cap_of_four_never_run_more_than_four_tasks(
+    stack: Stack, new_worker: WorkerFactory
+) -> None:
+    name = unique("cap")
+    queue = f"cap-{uuid.uuid4()}"
+    stack.sim.set_task_seconds("CloneVM_Task", CLONE_SECONDS, prefix=f"{name}-")
+    settings = {"PKE_VSPHERE_VCENTER_MAX_CONCURRENT_TASKS": str(CAP)}
+    workers = [new_worker(f"worker-{i}", task_queue=queue, settings=settings) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    spec = cluster_spec(name, masters=1, workers=CLONES - 1)
+    await clusters.create(stack.client, spec, queue)
+
+    si = stack.sim.connect()
+    most = 0
+    settled = asyncio.ensure_future(wait_until_settled(stack, name, within=180))
+    try:
+        while not settled.done():
+            running = tasks_running(stack.sim, si)
+            most = max(most, sum(running[m] for m in ORCHESTRATOR_TASKS))
+            await asyncio.sleep(0.1)
+    finally:
+        connect.Disconnect(si)
+    status = await settled
+
+    assert status.phase is ClusterPhase.READY, status.error
+    assert [n.phase for n in status.nodes] == [NodePhase.READY] * CLONES
+    assert len(vms_of_cluster(stack.sim, name)) == CLONES
+    assert most == CAP, f"at most {most} vCenter tasks at once, for a cap of {CAP}"
+    # Both workers cloned (the cap is shared, not one worker doing all the work).
+    for worker in workers:
+        assert "vm.cloning" in worker.log.read_text(), worker.tail()
+    # Waiting for a slot heartbeats: no activity attempt timed out and was retried.
+    for node in status.nodes:
+        history = await stack.client.get_workflow_handle(
+            ids.node_workflow_id(name, node.name)
+        ).fetch_history()
+        attempts = [
+            e.activity_task_started_event_attributes.attempt
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        ]
+        assert attempts and set(attempts) == {1}, f"{node.name}: attempts {attempts}"
