@@ -183,6 +183,17 @@ class Simulator:
         response = httpx.post(url, params=params, verify=False, timeout=10)  # noqa: S501 - the local simulator
         response.raise_for_status()
 
+    def clone_calls(self) -> dict[str, int]:
+        """Every CloneVM_Task call so far per destination name, refused ones included."""
+        import httpx
+
+        parts = urlsplit(self.url)
+        url = f"{parts.scheme}://{parts.netloc}/pke-sim/clone-calls"
+        response = httpx.get(url, verify=False, timeout=10)  # noqa: S501 - the local simulator
+        response.raise_for_status()
+        calls: dict[str, int] = response.json()
+        return calls
+
     def deny_privileges(self, *privileges: str) -> None:
         """From now on, report these privileges as not granted (none: all granted)."""
         self._control("/pke-sim/denied-privileges", [("privilege", str(p)) for p in privileges])

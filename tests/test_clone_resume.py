@@ -1,5 +1,5 @@
 """A worker killed while a clone is in flight in vCenter, with clones as long as
-a real vCenter's (20 s here): the retry resumes that clone (named in the last
+a real vCenter's (30 s here): the retry resumes that clone (named in the last
 heartbeat, or found through vCenter's own event chain when no heartbeat got
 through), never clones twice and gives no node up.
 
@@ -26,7 +26,7 @@ from tests.workers import WorkerFactory, run_all
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-CLONE_SECONDS = 20.0
+CLONE_SECONDS = 30.0
 # The session's simulator varies each duration by up to this fraction either way
 # (sim.vcenter.start's default).
 JITTER = 0.2
@@ -69,6 +69,11 @@ async def test_a_worker_killed_mid_clone_resumes_it_without_a_second_clone(
         status = await wait_until_settled(stack, run.cluster, within=FINISH_WITHIN)
         assert_ready_and_exact(stack, run, status, size=2)
         assert clone_counts(stack.sim)[node] == 1, run.describe()
+        # Not cloned again (and refused for the taken name, vCenter's DuplicateName):
+        # resumed while in flight, or found by instance UUID once it had ended.
+        assert stack.sim.clone_calls()[node] == 1, f"{run.describe()}:\n{worker.tail()}"
+        if kill != JUST_BEFORE:  # the retry comes a heartbeat timeout later: still in flight
+            assert "vm.clone_resumed" in worker.log.read_text(), worker.tail()
 
     await run_all(
         [

@@ -13,11 +13,16 @@ package main
 // makes the authorization manager answer these privileges as not granted (none
 // given: all granted again), for the privilege check's tests.
 //
+//	GET /pke-sim/clone-calls
+//
+// counts the CloneVM_Task calls per destination name, refused ones included.
+//
 // With -session-limit N, a Login while N sessions exist is answered with HTTP
 // 503, as vCenter answers when it is out of sessions.
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -71,6 +76,11 @@ func parseTaskSeconds(spec string) (map[string]float64, error) {
 func (c *control) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/pke-sim/task-seconds" {
 		c.setTaskSeconds(w, r)
+		return
+	}
+	if r.URL.Path == "/pke-sim/clone-calls" {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(simulator.CloneCalls())
 		return
 	}
 	if r.URL.Path == "/pke-sim/denied-privileges" && r.Method == http.MethodPost {

@@ -240,6 +240,9 @@ func (t *Task) CancelTask(ctx *Context, req *types.CancelTask) soap.HasFault {
 func pkeCloneStarts(task *Task, folder *mo.Folder, name string) types.BaseMethodFault {
 	p := pkeTaskOf(task)
 	p.target = name
+	pkeMu.Lock()
+	pkeCloneCalls[name]++
+	pkeMu.Unlock()
 	key := folder.Self.Value + "/" + name
 	refuse := func(other types.ManagedObjectReference) types.BaseMethodFault {
 		p.method = "" // refused at once, as vCenter does
@@ -262,6 +265,20 @@ func pkeCloneStarts(task *Task, folder *mo.Folder, name string) types.BaseMethod
 		pkeMu.Unlock()
 	}
 	return nil
+}
+
+var pkeCloneCalls = map[string]int{}
+
+// CloneCalls counts every CloneVM_Task call per destination name, refused ones
+// included (a test's strictest "cloned once").
+func CloneCalls() map[string]int {
+	pkeMu.Lock()
+	defer pkeMu.Unlock()
+	calls := make(map[string]int, len(pkeCloneCalls))
+	for name, n := range pkeCloneCalls {
+		calls[name] = n
+	}
+	return calls
 }
 
 // pkeCloneHardware applies the clone spec's CPUs, cores per socket and memory
