@@ -26,8 +26,8 @@ pytest: venv system-deps simulator cloud-init-schema
 
 # The fault-injection tests, RUNS times with a different fault seed each, and their figures.
 RUNS ?= 3
-FAULT_TESTS := tests/test_kill_points.py tests/test_crash_resume.py tests/test_vcenter_faults.py \
-	tests/test_temporal_restart.py
+FAULT_TESTS := tests/test_kill_points.py tests/test_crash_resume.py tests/test_clone_resume.py \
+	tests/test_vcenter_faults.py tests/test_temporal_restart.py
 reliability: venv system-deps simulator
 	rm -f .state/reliability.jsonl
 	for seed in $$(seq 1 $(RUNS)); do \

@@ -295,7 +295,13 @@ class VSphereActivities:
 
         def run(si: Any) -> WaitForIpResult:
             vm = vms.vm_by_ref(si, input.vm_ref)
-            ip = vms.wait_for_ip(si, vm, timeout=input.timeout_seconds, on_wake=progress)
+            ip = vms.wait_for_ip(
+                si,
+                vm,
+                timeout=input.timeout_seconds,
+                on_wake=progress,
+                network=vms.portgroup_name(input.network),
+            )
             crashpoints.reach("ip.reported")
             log.info("vm.ip_reported", node=input.name, vm=input.vm_ref, ip=ip)
             return WaitForIpResult(ip=ip)

@@ -30,12 +30,20 @@ fetch() { # PATH: GET it, retrying while the orchestrator answers "not now" (409
   done
   return 1
 }
+own_address() { # ADDRESS: fail unless one of this node's interfaces holds it
+  ip -o -4 addr show | awk '{print $4}' | grep -qx "${1//./\\.}/[0-9]*" && return 0
+  echo "the orchestrator's address for this node, $1, is on none of its interfaces" >&2
+  return 1
+}
 
-ADVERTISE_ADDRESS="$(ip -4 route get 1.1.1.1 | awk '{for(i=1;i<=NF;i++) if ($i=="src") print $(i+1)}')"
-API_ENDPOINT="${PKE_VSPHERE_API_ENDPOINT:-$ADVERTISE_ADDRESS:6443}"
-
+# --- the bootstrap ---
+# This node's address is the one VMware Tools reported on the NIC of the cluster's
+# network, as the orchestrator saw it (the node API says which), not whatever a
+# default route would pick on a multi-NIC node or a network without one.
 if [ "$PKE_VSPHERE_KIND" != worker ]; then
   material="$(fetch /v1/nodes/self/bootstrap)"
+  ADVERTISE_ADDRESS="$(echo "$material" | json node_address)"
+  own_address "$ADVERTISE_ADDRESS"
   install -d -m 0700 /etc/kubernetes/pki /etc/kubernetes/pki/etcd
   umask 077
   echo "$material" | json pki.kubernetes_ca.cert_pem > /etc/kubernetes/pki/ca.crt
@@ -68,7 +76,10 @@ if [ "$PKE_VSPHERE_KIND" != leader ]; then
   JOIN_TOKEN="$(echo "$join" | json token)"
   CA_CERT_HASH="$(echo "$join" | json ca_cert_hash)"
   API_ENDPOINT="$(echo "$join" | json api_endpoint)"
+  ADVERTISE_ADDRESS="$(echo "$join" | json node_address)"
+  own_address "$ADVERTISE_ADDRESS"
 fi
+API_ENDPOINT="${API_ENDPOINT:-${PKE_VSPHERE_API_ENDPOINT:-$ADVERTISE_ADDRESS:6443}}"
 
 pke install __PKE_INSTALL_ARGS__
 
@@ -96,7 +107,7 @@ for addon in json.load(open(sys.argv[1]))["addons"]:
         apply_objects()
 PY
   rm -f "$addons_file"
-  api POST /v1/nodes/self/report '{"kind":"ready"}'
+  api POST /v1/nodes/self/report "{\"kind\":\"ready\",\"address\":\"$ADVERTISE_ADDRESS\"}"
 else
-  api POST /v1/nodes/self/report '{"kind":"joined"}'
+  api POST /v1/nodes/self/report "{\"kind\":\"joined\",\"address\":\"$ADVERTISE_ADDRESS\"}"
 fi

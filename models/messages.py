@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from ipaddress import IPv4Address
 
 from pydantic import BaseModel, Field
 
@@ -116,6 +117,9 @@ class NodeReport(BaseModel):
 
     kind: NodeReportKind
     message: str | None = Field(default=None, max_length=2000)
+    address: IPv4Address | None = None
+    """The address the node runs Kubernetes on; the orchestrator checks it is the one
+    VMware Tools reported on the cluster network's NIC."""
 
 
 # --- node API <-> cluster workflow --------------------------------------------
@@ -131,6 +135,8 @@ class JoinInfo(BaseModel):
     expires_at: datetime
     ca_cert_hash: str
     api_endpoint: str
+    node_address: str | None = None
+    """This node's address as VMware Tools reported it on the cluster network's NIC."""
 
 
 class BootstrapMaterialRequest(BaseModel):
@@ -157,6 +163,8 @@ class BootstrapMaterial(BaseModel):
     cloud_provider_credential: str | None = None
     """The vSphere account of the cluster's cloud provider (CPI), if it runs one."""
     kubernetes_version: str | None = None
+    node_address: str | None = None
+    """This node's address as VMware Tools reported it on the cluster network's NIC."""
 
 
 class NodeLookup(BaseModel):
@@ -246,6 +254,8 @@ class WaitForIpInput(BaseModel):
     vm_ref: str
     name: str
     timeout_seconds: int
+    network: str | None = None
+    """The port group the node's address must be on (the spec's; None: the VM's first NIC)."""
 
 
 class WaitForIpResult(BaseModel):

@@ -55,6 +55,9 @@ class MasterBootstrap(BaseModel):
     vip: str | None = None
     keepalived_conf: str | None
     external_etcd: ExternalEtcdClient | None = None
+    node_address: str | None = None
+    """This node's address as VMware Tools reported it on the cluster network's NIC:
+    the one to run Kubernetes (and keepalived) on."""
 
 
 class Accepted(BaseModel):
@@ -245,6 +248,7 @@ def create_app(
             vip=material.vip,
             keepalived_conf=conf,
             external_etcd=etcd,
+            node_address=material.node_address,
         )
         return JSONResponse(body.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 

@@ -34,6 +34,7 @@ from external_etcd import material as etcd_material
 from external_etcd.gateway import EtcdUnavailable, first_answer
 from models.pki import ExternalEtcdClient
 from pki.bootstrap_tokens import TOKEN_PATTERN
+from sim import vcenter
 from sim.kubeapi import PORT, StandInKubeAPI
 from vsphere import properties
 
@@ -48,6 +49,8 @@ class Behaviour(StrEnum):
     """VMware Tools never reports an address."""
     FAIL = "fail"
     """Reports a bootstrap failure."""
+    OTHER_ADDRESS = "other-address"
+    """Runs Kubernetes on its other NIC's address and reports that one."""
 
 
 @dataclass
@@ -85,6 +88,7 @@ class SimulatedNodes:
         boot_delays: dict[str, float] | None = None,
         scan_seconds: float = 0.3,
         ip_prefix: str | None = None,
+        cluster_network: str | None = vcenter.NETWORK,
     ) -> None:
         self._connect = connect
         self._si: Any = None
@@ -93,6 +97,9 @@ class SimulatedNodes:
         self.behaviours = behaviours or {}
         self.boot_delays = boot_delays or {}
         self.scan_seconds = scan_seconds
+        # The port group whose DHCP hands out the nodes' addresses; the guests' other
+        # NICs get addresses of another network, reported first (see _report_ip).
+        self.cluster_network = cluster_network
         # Each agent takes its own 127.N.0.0/16, so two at once (a demo and a test
         # run, or two agents of one test run) never hand out the same address or
         # bind the same API port.
@@ -126,6 +133,12 @@ class SimulatedNodes:
             n = len(self._ips) + 10
             self._ips[instance_uuid] = f"{self._ip_prefix}.{n // 250}.{n % 250 + 2}"
         return self._ips[instance_uuid]
+
+    def other_network_ip(self, ip: str) -> str:
+        """The address a guest gets on a network other than the cluster's (the same
+        host part, third octet + 200: never one of this agent's node addresses)."""
+        a, b, c, d = ip.split(".")
+        return f"{a}.{b}.{int(c) + 200}.{d}"
 
     def _scan(self) -> list[tuple[Any, dict[str, str], str]]:
         if self._si is None:
@@ -225,13 +238,18 @@ class SimulatedNodes:
                 node.events.append((time.time(), "reported-failed"))
                 return
             material: dict[str, Any] = {}
+            own = {ip, self.other_network_ip(ip)}  # the addresses on this guest's NICs
             if kind != "worker":
-                response = await api.get("/v1/nodes/self/bootstrap")
-                response.raise_for_status()
-                material = response.json()
+                material = await self._fetch(api, "/v1/nodes/self/bootstrap")
                 if "BEGIN CERTIFICATE" not in material["pki"]["kubernetes_ca"]["cert_pem"]:
                     raise RuntimeError("bootstrap material has no Kubernetes CA")
                 node.events.append((time.time(), "material-fetched"))
+                # As the bootstrap script: the orchestrator's address for this node, if it is ours.
+                ip = material["node_address"]
+                if ip not in own:
+                    await self._post(api, {"kind": "failed", "message": f"{ip} is on none of my interfaces"})
+                    return
+                node.ip = ip
                 problem = await self._start_api_server_storage(install, ip, material)
                 if problem is not None:
                     await self._post(api, {"kind": "failed", "message": problem})
@@ -243,14 +261,19 @@ class SimulatedNodes:
                 kube.register_node(name, pool, kind, pods=0)
                 await self._apply_addons(api, kube, node)
                 self._bootstrapped.add(uuid)
-                await self._post(api, {"kind": "ready"})
+                await self._post(api, {"kind": "ready", "address": ip})
                 node.events.append((time.time(), "reported-ready"))
                 return
-            join = await self._wait_for_join(api)
+            join = await self._fetch(api, "/v1/nodes/self/join")
             if not TOKEN_PATTERN.match(join["token"]) or not join["ca_cert_hash"].startswith("sha256:"):
                 await self._post(api, {"kind": "failed", "message": "malformed join information"})
                 return
             node.events.append((time.time(), "join-info"))
+            ip = join["node_address"]
+            if ip not in own:
+                await self._post(api, {"kind": "failed", "message": f"{ip} is on none of my interfaces"})
+                return
+            node.ip = ip
             serving = self.kube_apis.get(join["api_endpoint"])
             if serving is None or not serving.accepts_token(join["token"]):
                 node.events.append((time.time(), "token-rejected"))
@@ -261,7 +284,9 @@ class SimulatedNodes:
                 return
             serving.register_node(name, pool, kind, pods=self.pods_per_worker if kind == "worker" else 0)
             self._bootstrapped.add(uuid)
-            await self._post(api, {"kind": "joined"})
+            if behaviour is Behaviour.OTHER_ADDRESS:
+                ip = self.other_network_ip(ip)
+            await self._post(api, {"kind": "joined", "address": ip})
             node.events.append((time.time(), "reported-joined"))
 
     @staticmethod
@@ -351,9 +376,10 @@ class SimulatedNodes:
             kube.apply(addon["manifest"])
             node.events.append((time.time(), f"addon-applied:{addon['name']}@{addon['version']}"))
 
-    async def _wait_for_join(self, api: httpx.AsyncClient) -> dict[str, Any]:
+    async def _fetch(self, api: httpx.AsyncClient, path: str) -> dict[str, Any]:
+        """GET ``path``, retrying "not now" answers (409, 503) as the bootstrap script does."""
         while True:
-            response = await api.get("/v1/nodes/self/join")
+            response = await api.get(path)
             if response.status_code == 200:
                 result: dict[str, Any] = response.json()
                 return result
@@ -372,17 +398,23 @@ class SimulatedNodes:
             response.raise_for_status()
 
     def _report_ip(self, vm: Any, ip: str, name: str) -> None:
-        """What VMware Tools does: publish the guest's address and host name."""
+        """What VMware Tools does: publish the guest's addresses and host name. The
+        NIC on the cluster's network gets ``ip``; any other NIC an address of its own
+        network, listed first (a guest's interface order need not be the VM's)."""
         if self._si is None:
             self._si = self._connect()
-        spec = vim.vm.ConfigSpec(
-            extraConfig=[
-                vim.option.OptionValue(key="SET.guest.ipAddress", value=ip),
-                vim.option.OptionValue(key="SET.guest.hostName", value=name),
-            ]
-        )
         vm = vim.VirtualMachine(vm._moId, self._si._stub)
-        vm.ReconfigVM_Task(spec=spec)
+        nics = properties.read(self._si, vm, ["guest.net"]).get("guest.net") or []
+        ours = [n for n in nics if n.network == self.cluster_network] or nics[:1]
+        addresses = [(n.macAddress, self.other_network_ip(ip)) for n in nics if n not in ours]
+        addresses += [(n.macAddress, ip) for n in ours[:1]]
+        options = [
+            vim.option.OptionValue(key=f"SET.guest.nic.{mac}.ipAddress", value=a) for mac, a in addresses
+        ]
+        if not addresses:  # a VM without a NIC
+            options.append(vim.option.OptionValue(key="SET.guest.ipAddress", value=ip))
+        options.append(vim.option.OptionValue(key="SET.guest.hostName", value=name))
+        vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=options))
 
 
 def main() -> None:

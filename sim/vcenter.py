@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from pyVim import connect
 from pyVmomi import vim
 
-from vsphere import properties
+from vsphere import properties, vms
 from vsphere.waits import wait_for_task
 
 GO_SOURCE = Path(__file__).parent / "vcsim"
@@ -37,6 +37,7 @@ RESOURCE_POOL = "DC0_C0/Resources/DC0_C0_RP1"
 DATASTORE = "LocalDS_0"
 DATASTORE_CLUSTER = "DC0_POD0"
 NETWORK = "DC0_DVPG0"
+OTHER_NETWORK = "DC0_DVPG1"  # the template's second NIC: a storage or backup network
 TEMPLATE = "pke-ubuntu-2204"
 FOLDER = "pke"
 # A template of an older virtual hardware version (at most 64 CPUs, 1011 GiB).
@@ -289,10 +290,22 @@ def prepare_inventory(sim: Simulator) -> None:
             if state == vim.VirtualMachine.PowerState.poweredOn:
                 wait_for_task(si, vm.PowerOffVM_Task(), timeout=30)
             wait_for_task(si, vm.Rename_Task(TEMPLATE), timeout=30)
-            # Templates are often made with several cores per socket; vCenter then
-            # refuses a CPU count that is not a multiple of it.
-            topology = vim.vm.ConfigSpec(numCPUs=TEMPLATE_CPUS, numCoresPerSocket=TEMPLATE_CORES_PER_SOCKET)
-            wait_for_task(si, vm.ReconfigVM_Task(spec=topology), timeout=30)
+            # Templates are often made with several cores per socket (vCenter then
+            # refuses a CPU count that is not a multiple of it) and a second NIC on
+            # another network (whose address must not become the node's).
+            second = vim.vm.device.VirtualVmxnet3(
+                key=-1,
+                backing=vms.network_backing(
+                    si, index.FindByInventoryPath(f"{DATACENTER}/network/{OTHER_NETWORK}")
+                ),
+                connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, connected=True),
+            )
+            template_spec = vim.vm.ConfigSpec(
+                numCPUs=TEMPLATE_CPUS,
+                numCoresPerSocket=TEMPLATE_CORES_PER_SOCKET,
+                deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="add", device=second)],
+            )
+            wait_for_task(si, vm.ReconfigVM_Task(spec=template_spec), timeout=30)
             vm.MarkAsTemplate()
         vm_folder = properties.read(si, dc, ["vmFolder"])["vmFolder"]
         if index.FindByInventoryPath(f"{DATACENTER}/vm/{OLD_TEMPLATE}") is None:

@@ -111,6 +111,7 @@ def vms_of_cluster(sim: Simulator, cluster: str) -> dict[str, dict[str, Any]]:
                 "config.instanceUuid",
                 "runtime.powerState",
                 "config.hardware.device",
+                "guest.net",
             ],
         ):
             extra = properties.extra_config(props.get("config.extraConfig"))

@@ -171,7 +171,7 @@ def test_masters_that_run_etcd_get_no_etcd_flags() -> None:
 def run_helpers(command: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The script's own helper functions (json, has, fetch), run by bash with ``command``."""
     script = cloudinit.written_file(render(NodeKind.LEADER), cloudinit.SCRIPT_FILE)
-    helpers = script[script.index("json() {") : script.index("\nADVERTISE_ADDRESS=")]
+    helpers = script[script.index("json() {") : script.index("\n# --- the bootstrap ---")]
     return subprocess.run(
         ["bash", "-c", f"set -euo pipefail\n{helpers}\n{command}"],
         input=stdin,
@@ -286,3 +286,16 @@ def test_guestinfo_over_vcenters_limits_is_refused_naming_the_spec_field() -> No
     many = {f"guestinfo.part{i}": "x" * 60000 for i in range(20)}  # each fits, not all together
     with pytest.raises(guestinfo.TooLarge, match="over the 1024 KiB vCenter takes in all"):
         guestinfo.check_limits(many, {})
+
+
+def test_the_node_takes_its_address_from_the_node_api_and_checks_it_is_its_own() -> None:
+    """No default route needed (networks without one exist), and on a multi-NIC node
+    the address is the cluster network's, which the orchestrator saw."""
+    script = cloudinit.written_file(render(NodeKind.MASTER, 2), cloudinit.SCRIPT_FILE)
+    assert "route get" not in script
+    assert script.count("json node_address)") == 2  # from the bootstrap material and the join answer
+    assert '"address\\":\\"$ADVERTISE_ADDRESS\\"' in script  # reported back for the orchestrator to compare
+    assert run_helpers("own_address 127.0.0.1").returncode == 0
+    refused = run_helpers("own_address 192.0.2.1")
+    assert refused.returncode == 1 and "192.0.2.1, is on none of its interfaces" in refused.stderr
+    assert run_helpers("own_address 127x0x0x1").returncode == 1  # dots are not wildcards

@@ -10,6 +10,7 @@ from pyVmomi import vim
 from bootstrap import guestinfo
 from models.spec import ClusterSpec
 from models.state import ClusterPhase, NodePhase
+from sim import vcenter
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
@@ -56,6 +57,7 @@ async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
         f"{name}-workers-02",
     ]
     assert sorted(vms) == expected
+    used: set[object] = set()
     for vm_name, props in vms.items():
         pool = "master" if "-master-" in vm_name else "workers"
         assert props["config.hardware.numCPU"] == (2 if pool == "master" else 4)
@@ -71,12 +73,28 @@ async def test_three_masters_two_workers_reach_ready(stack: Stack) -> None:
         assert props["parent"] == where["folder"]
         assert props["resourcePool"] == where["pool"]
         assert len(props["datastore"]) == 1 and props["datastore"][0] in where["datastores"]
+        used.add(props["datastore"][0])
         nics = [
             d for d in props["config.hardware.device"] if isinstance(d, vim.vm.device.VirtualEthernetCard)
         ]
-        backing = nics[0].backing
-        assert isinstance(backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo)
-        assert backing.port.portgroupKey == where["portgroup_key"]
+        # The template's first NIC is connected to the spec's network; its second
+        # stays on its own (another network).
+        assert len(nics) == 2
+        for card in nics:
+            assert isinstance(
+                card.backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo
+            )
+        keys = [card.backing.port.portgroupKey for card in nics]  # type: ignore[union-attr]
+        assert keys.count(where["portgroup_key"]) == 1, keys
+    # Each node's address is the one on its NIC on the spec's network, although the
+    # guest lists its other NIC (on another network) first.
+    ips = {n.name: n.ip for n in status.nodes}
+    for vm_name, props in vms.items():
+        listed = [(nic.network, list(nic.ipAddress or [])) for nic in props["guest.net"]]
+        assert listed[0][0] == vcenter.OTHER_NETWORK and listed[0][1] != [ips[vm_name]], listed
+        assert (vcenter.NETWORK, [ips[vm_name]]) in listed, listed
+    # Storage DRS spreads the parallel clones over the datastore cluster's members.
+    assert used == set(where["datastores"]), used
 
     # Followers and workers were powered on only after the leader reported ready.
     by_name = {n.name: n for n in status.nodes}

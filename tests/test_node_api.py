@@ -31,10 +31,12 @@ from workflows.node import REPORT_SIGNAL
 
 
 async def wait_for_node_identities(stack: Stack, name: str) -> ClusterStatus:
+    """The cluster's status once its leader is booting (VMware Tools reported its address)."""
     for _ in range(100):
         try:
             status = await clusters.status(stack.client, name)
-            if status.phase is ClusterPhase.STARTING_LEADER:
+            leader = next(n for n in status.nodes if n.identity.kind is NodeKind.LEADER)
+            if status.phase is ClusterPhase.STARTING_LEADER and leader.ip is not None:
                 return status
         except Exception:  # noqa: S110 - not started yet
             pass
@@ -132,6 +134,9 @@ async def test_only_masters_get_the_cluster_cas(
     assert "BEGIN CERTIFICATE" in body["pki"]["kubernetes_ca"]["cert_pem"]
     assert "PRIVATE KEY" in body["pki"]["kubernetes_ca"]["key_pem"]
     assert leader.headers["cache-control"] == "no-store"
+    # The address the leader is to run Kubernetes on: the one VMware Tools reported.
+    leader_ip = next(n.ip for n in waiting_cluster.nodes if n.identity.kind is NodeKind.LEADER)
+    assert body["node_address"] == leader_ip
 
 
 async def test_join_says_not_yet_until_the_leader_is_ready(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from models.state import ClusterPhase, NodePhase
+from sim import vcenter
 from sim.nodes import Behaviour
 from starter import clusters
 from tests.clusters import wait_until_settled
@@ -76,3 +77,18 @@ async def test_a_vm_that_never_gets_an_ip_fails_with_a_tools_hint(stack: Stack) 
     assert failed.last_error is not None
     assert "reported no IP address" in failed.last_error and "open-vm-tools" in failed.last_error
     assert sorted(vms_of_cluster(stack.sim, name)) == [f"{name}-master-01"]
+
+
+async def test_a_node_reporting_an_address_other_than_its_cluster_nics_is_given_up(stack: Stack) -> None:
+    name = unique("other-address")
+    odd = f"{name}-workers-02"
+    stack.nodes.behaviours[odd] = Behaviour.OTHER_ADDRESS
+    await clusters.create(stack.client, cluster_spec(name, masters=1, workers=2), stack.task_queue)
+    status = await wait_until_settled(stack, name, within=60)
+
+    assert status.phase is ClusterPhase.READY
+    node = next(n for n in status.nodes if n.name == odd)
+    assert node.phase is NodePhase.FAILED
+    assert node.last_error is not None and "but VMware Tools reported" in node.last_error, node.last_error
+    assert f"on the cluster network's NIC ({vcenter.NETWORK})" in node.last_error
+    assert odd not in vms_of_cluster(stack.sim, name)

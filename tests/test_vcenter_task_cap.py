@@ -11,8 +11,9 @@ import pytest
 from pyVim import connect
 from temporalio.api.enums.v1 import EventType
 
-from models.state import ClusterPhase, NodePhase
-from starter import clusters
+from models.state import ClusterPhase, ClusterStatus, NodePhase
+from starter import clusters, vcenter_steps
+from starter.progress import console, render
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import tasks_running, vms_of_cluster
@@ -27,6 +28,19 @@ CLONE_SECONDS = 3.0
 # The simulated nodes report their addresses with ReconfigVM_Task, as VMware
 # Tools would; those are not the orchestrator's tasks.
 ORCHESTRATOR_TASKS = ("CloneVM_Task", "PowerOnVM_Task", "PowerOffVM_Task", "Destroy_Task")
+
+
+async def queued_as_shown(stack: Stack, name: str, settled: asyncio.Future[ClusterStatus]) -> str:
+    """The status table's lines for nodes queued for vCenter, while the create runs."""
+    lines: set[str] = set()
+    while not settled.done():
+        status = await clusters.status(stack.client, name)
+        progress = await vcenter_steps.node_progress(stack.client, status)
+        with console.capture() as captured:
+            console.print(render(status, progress))
+        lines |= {line for line in captured.get().splitlines() if "queued" in line}
+        await asyncio.sleep(1)
+    return "\n".join(sorted(lines))
 
 
 async def test_two_workers_with_a_cap_of_four_never_run_more_than_four_tasks(
@@ -45,6 +59,7 @@ async def test_two_workers_with_a_cap_of_four_never_run_more_than_four_tasks(
     si = stack.sim.connect()
     most = 0
     settled = asyncio.ensure_future(wait_until_settled(stack, name, within=180))
+    shown = asyncio.ensure_future(queued_as_shown(stack, name, settled))
     try:
         while not settled.done():
             running = tasks_running(stack.sim, si)
@@ -53,6 +68,8 @@ async def test_two_workers_with_a_cap_of_four_never_run_more_than_four_tasks(
     finally:
         connect.Disconnect(si)
     status = await settled
+    # `pke-vsphere status` showed nodes waiting for a slot as such.
+    assert "(queued for vCenter)" in await shown
 
     assert status.phase is ClusterPhase.READY, status.error
     assert [n.phase for n in status.nodes] == [NodePhase.READY] * CLONES

@@ -137,3 +137,29 @@ def test_the_pin_is_checked_on_the_connection_that_logs_in(
     assert isinstance(context, PinnedContext) and context.pin == thumbprint
     assert pinned.logins == 1
     pinned.close()
+
+
+def test_a_vcenter_that_accepts_the_connection_and_never_answers_times_out() -> None:
+    """A half-open connection must not hold a thread (and a vCenter task slot) for ever."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        session = VCenterSession(
+            VCenterSettings(
+                vcenter_url=f"http://127.0.0.1:{port}/sdk",
+                vcenter_username="u",
+                vcenter_password=SecretStr("p"),
+                vcenter_insecure=True,
+                installation_id="tests",
+            ),
+            timeout=1.5,
+        )
+        started = time.monotonic()
+        with pytest.raises(ApplicationError) as info, as_activity_errors("connect"):
+            session.run(datacenters)
+        assert time.monotonic() - started < 10
+    assert not info.value.non_retryable  # a timeout may pass: retried

@@ -186,26 +186,46 @@ def test_an_invalid_argument_names_the_property() -> None:
     assert "spec.location.pool" in str(error)
 
 
-def nic(*addresses: str, device: int = 4000) -> SimpleNamespace:
-    return SimpleNamespace(ipAddress=list(addresses), deviceConfigId=device)
+def nic(*addresses: str, device: int = 4000, network: str = "cluster-pg") -> SimpleNamespace:
+    return SimpleNamespace(ipAddress=list(addresses), deviceConfigId=device, network=network)
+
+
+STORAGE_NIC_FIRST = [nic("10.9.0.5", device=4001, network="storage"), nic("10.0.0.9")]
 
 
 @pytest.mark.parametrize(
-    ("net", "primary", "expected"),
+    ("net", "primary", "network", "expected"),
     [
-        ([nic("10.0.0.5")], None, "10.0.0.5"),
-        ([nic("169.254.3.4", "fe80::1", "10.0.0.6")], None, "10.0.0.6"),
-        ([nic("172.17.0.1", device=-1), nic("10.0.0.7")], "172.17.0.1", "10.0.0.7"),
-        ([nic("169.254.1.1")], "169.254.1.1", None),
-        ([], "10.0.0.8", "10.0.0.8"),
-        ([nic("2001:db8::5")], None, None),
-        (None, None, None),
+        ([nic("10.0.0.5")], None, None, "10.0.0.5"),
+        ([nic("169.254.3.4", "fe80::1", "10.0.0.6")], None, None, "10.0.0.6"),
+        ([nic("172.17.0.1", device=-1), nic("10.0.0.7")], "172.17.0.1", None, "10.0.0.7"),
+        ([nic("169.254.1.1")], "169.254.1.1", None, None),
+        ([], "10.0.0.8", None, "10.0.0.8"),
+        ([nic("2001:db8::5")], None, None, None),
+        (None, None, None, None),
+        # Two NICs, the guest listing the storage one first: the spec's port group decides.
+        (
+            [nic("10.9.0.5", device=4001, network="storage"), nic("10.0.0.9")],
+            "10.9.0.5",
+            "cluster-pg",
+            "10.0.0.9",
+        ),
+        # Without a port group in the spec: the VM's first NIC (key 4000), not the guest's first.
+        (STORAGE_NIC_FIRST, "10.9.0.5", None, "10.0.0.9"),
+        # The cluster NIC has no address yet: keep waiting rather than take another's.
+        ([nic("10.9.0.5", device=4001, network="storage"), nic()], "10.9.0.5", "cluster-pg", None),
     ],
 )
-def test_the_node_ip_ignores_link_local_ipv6_and_foreign_bridges(
-    net: list[SimpleNamespace] | None, primary: str | None, expected: str | None
+def test_the_node_ip_is_the_cluster_nics_and_ignores_link_local_ipv6_and_foreign_bridges(
+    net: list[SimpleNamespace] | None, primary: str | None, network: str | None, expected: str | None
 ) -> None:
-    assert pick_ip(net, primary) == expected
+    assert pick_ip(net, primary, network, nic_key=None if network else 4000) == expected
+
+
+def test_a_port_group_path_names_the_port_group() -> None:
+    assert vms.portgroup_name("dvs/Cluster PG") == "Cluster PG"
+    assert vms.portgroup_name("/pg/") == "pg"
+    assert vms.portgroup_name(None) is None
 
 
 def test_the_simulator_binary_is_cached_by_source(tmp_path: Path) -> None:
@@ -273,3 +293,20 @@ def test_a_clone_with_a_cpu_count_the_template_topology_does_not_divide_works(
             wait_for_task(si, vm.Destroy_Task(), timeout=30)
     finally:
         connect.Disconnect(si)
+
+
+def test_the_session_logs_out_so_a_vcenter_out_of_sessions_lets_the_next_one_in() -> None:
+    """vCenter limits sessions (here: one); a worker that stops gives its session back."""
+    sim = vcenter.start(STATE_DIR, session_limit=1, prepare=False)
+    try:
+        first = VCenterSession(settings_for(sim))
+        assert first.run(lambda si: inventory.find_path(si, vcenter.DATACENTER)) is not None
+        second = VCenterSession(settings_for(sim))
+        with pytest.raises(ApplicationError) as info, as_activity_errors("connect"):
+            second.run(lambda si: inventory.find_path(si, vcenter.DATACENTER))
+        assert "503" in info.value.message and not info.value.non_retryable
+        first.close()
+        assert second.run(lambda si: inventory.find_path(si, vcenter.DATACENTER)) is not None
+        second.close()
+    finally:
+        sim.stop()

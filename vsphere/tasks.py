@@ -21,6 +21,7 @@ from vsphere import properties
 from vsphere.inventory import Placement
 
 CLONE = "CloneVM_Task"
+MAX_EVENTS = 1000  # what vCenter returns at most for one query
 
 
 def task_by_id(si: Any, task_id: str) -> Any:
@@ -34,6 +35,7 @@ def find_clone(si: Any, placement: Placement, name: str, since: datetime) -> Any
         eventTypeId=["VmBeingClonedEvent"],
         entity=vim.event.EventFilterSpec.ByEntity(entity=placement.template, recursion="self"),
         time=vim.event.EventFilterSpec.ByTime(beginTime=since),
+        maxCount=MAX_EVENTS,  # the latest matching ones (the simulator's default is 10)
     )
     chains = {
         event.chainId

@@ -72,7 +72,8 @@ def find_in_folder(si: Any, folder: Any, name: str) -> Any | None:
     return si.content.searchIndex.FindChild(folder, name)
 
 
-def _network_backing(si: Any, network: Any) -> Any:
+def network_backing(si: Any, network: Any) -> Any:
+    """A NIC's backing for a standard or distributed port group."""
     if isinstance(network, vim.dvs.DistributedVirtualPortgroup):
         props = properties.read(si, network, ["key", "config.distributedVirtualSwitch"])
         dvs = props["config.distributedVirtualSwitch"]
@@ -90,7 +91,7 @@ def _nic_change(si: Any, template: Any, network: Any) -> list[Any]:
     if not nics:
         raise PermanentError("vsphere.network: the template has no network adapter to connect")
     nic = nics[0]
-    nic.backing = _network_backing(si, network)
+    nic.backing = network_backing(si, network)
     nic.connectable = vim.vm.device.VirtualDevice.ConnectInfo(
         startConnected=True, allowGuestControl=True, connected=True
     )
@@ -174,27 +175,54 @@ def _usable_ip(value: str) -> bool:
     return ip.version == 4 and not ip.is_link_local and not ip.is_unspecified
 
 
-def pick_ip(guest_net: list[Any] | None, ip_address: str | None) -> str | None:
-    """The node's address: the first usable IPv4 on a virtual NIC, else the
-    primary address. Link-local addresses and NICs VMware does not own (a
-    container bridge reports deviceConfigId -1) are ignored."""
-    for nic in guest_net or []:
-        if getattr(nic, "deviceConfigId", 0) is not None and nic.deviceConfigId < 0:
-            continue
+def pick_ip(
+    guest_net: list[Any] | None,
+    ip_address: str | None,
+    network: str | None = None,
+    nic_key: int | None = None,
+) -> str | None:
+    """The node's address: the usable IPv4 of the NIC on ``network`` (the spec's port
+    group), or else of the NIC with device key ``nic_key`` (the VM's first). VMware
+    Tools lists interfaces in the guest's order, which need not be the VM's, so
+    the first one listed is never taken for the node's. Only when Tools names no
+    NIC at all, the primary address. Link-local and IPv6 addresses and NICs
+    VMware does not own (a container bridge reports deviceConfigId -1) are
+    ignored."""
+    nics = [n for n in guest_net or [] if getattr(n, "deviceConfigId", 0) is None or n.deviceConfigId >= 0]
+    if network is not None:
+        nics = [n for n in nics if getattr(n, "network", None) == network]
+    elif nic_key is not None:
+        nics = [n for n in nics if n.deviceConfigId == nic_key]
+    for nic in nics:
         for addr in nic.ipAddress or []:
             if _usable_ip(addr):
                 return str(addr)
-    if ip_address and _usable_ip(ip_address):
+    if not guest_net and ip_address and _usable_ip(ip_address):
         return ip_address
     return None
 
 
-def wait_for_ip(si: Any, vm: Any, *, timeout: float, on_wake: Callable[[], None]) -> str:
+def portgroup_name(path: str | None) -> str | None:
+    """The port group's name (what VMware Tools reports) from the spec's inventory path."""
+    return path.strip("/").rsplit("/", 1)[-1] if path else None
+
+
+def first_nic_key(si: Any, vm: Any) -> int | None:
+    """The device key of the VM's first network adapter, in its device order."""
+    devices = properties.read(si, vm, ["config.hardware.device"]).get("config.hardware.device") or []
+    return next((d.key for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)), None)
+
+
+def wait_for_ip(
+    si: Any, vm: Any, *, timeout: float, on_wake: Callable[[], None], network: str | None = None
+) -> str:
+    """The node's address (see ``pick_ip``): on ``network``, or without one on the VM's first NIC."""
+    nic_key = first_nic_key(si, vm) if network is None else None
     return wait_for_properties(
         si,
         vm,
         ["guest.net", "guest.ipAddress"],
-        lambda p: pick_ip(p.get("guest.net"), p.get("guest.ipAddress")),
+        lambda p: pick_ip(p.get("guest.net"), p.get("guest.ipAddress"), network, nic_key),
         timeout=timeout,
         on_wake=on_wake,
         what="IP address from VMware Tools",

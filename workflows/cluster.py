@@ -313,6 +313,8 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
             raise ApplicationError(f"{request.node} is not a master of this cluster", type="NotAMaster")
         if self._pki is None:
             raise ApplicationError("the cluster's PKI is not generated yet", type="NotYet")
+        if node.ip is None:
+            raise ApplicationError("VMware Tools has not reported this node's address yet", type="NotYet")
         cp = self.spec.control_plane
         return BootstrapMaterial(
             pki=self._pki,
@@ -332,6 +334,7 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
                 self.spec.cloud_provider_credential if self._cloud_provider == "external" else None
             ),
             kubernetes_version=self.spec.kubernetes_version,
+            node_address=node.ip,
         )
 
     # --- updates from the node API ---------------------------------------------
@@ -350,6 +353,7 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
             expires_at=token.expires_at,
             ca_cert_hash=self._pki.ca_cert_hash,
             api_endpoint=endpoint,
+            node_address=self._nodes[request.node].ip,
         )
 
     async def _mint_join_token(self) -> BootstrapToken:
@@ -383,6 +387,10 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
             raise ApplicationError("the leader initialises the cluster; it does not join", type="NotAJoiner")
         if self._phase not in (ClusterPhase.STARTING_NODES, ClusterPhase.READY):
             raise ApplicationError("not yet: the leader is not ready", type="NotYet")
+        if node.ip is None:
+            raise ApplicationError(
+                "not yet: VMware Tools has not reported this node's address", type="NotYet"
+            )
 
     # --- commands ----------------------------------------------------------------
     def _spec_or_refuse(self) -> ClusterSpec:

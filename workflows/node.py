@@ -118,7 +118,7 @@ class NodeWorkflow:
         await vm_steps.power_on(vm.vm_ref, node.name, steps)
 
         await self._progress(NodePhase.WAITING_FOR_IP)
-        ip = await vm_steps.wait_for_ip(vm.vm_ref, node.name, steps)
+        ip = await vm_steps.wait_for_ip(vm.vm_ref, node.name, steps, input.placement.network)
         if input.load_balancer is not None and (entry := input.load_balancer.containing(ip)):
             raise ApplicationError(
                 f"{node.name} got the address {ip}, inside load_balancer.addresses {entry!r}: "
@@ -145,6 +145,13 @@ class NodeWorkflow:
             raise ApplicationError(
                 f"{node.name} reported a bootstrap failure: {self._report.message or 'no message'}",
                 type="NodeBootstrapFailed",
+                non_retryable=True,
+            )
+        if self._report.address is not None and str(self._report.address) != ip:
+            raise ApplicationError(
+                f"{node.name} runs Kubernetes on {self._report.address}, but VMware Tools reported "
+                f"{ip} on the cluster network's NIC ({input.placement.network or 'the first NIC'})",
+                type="AddressMismatch",
                 non_retryable=True,
             )
         await self._progress(NodePhase.READY)

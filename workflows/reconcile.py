@@ -84,7 +84,7 @@ class ReconcileMixin(ClusterCore):
             node.phase, node.updated_at = NodePhase.POWERING_ON, workflow.now()
             await vm_steps.power_on(node.vm_ref, node.name, steps)
             node.phase, node.powered_on_at = NodePhase.WAITING_FOR_IP, workflow.now()
-            await vm_steps.wait_for_ip(node.vm_ref, node.name, steps)
+            await vm_steps.wait_for_ip(node.vm_ref, node.name, steps, self.spec.vsphere.network)
             node.phase, node.updated_at = NodePhase.BOOTSTRAPPING, workflow.now()
             await workflow.execute_activity(
                 "wait_for_kube_node_ready",

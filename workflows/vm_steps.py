@@ -37,10 +37,11 @@ async def power_on(vm_ref: str, name: str, steps: Timeouts) -> PowerOnResult:
     return result
 
 
-async def wait_for_ip(vm_ref: str, name: str, steps: Timeouts) -> str:
+async def wait_for_ip(vm_ref: str, name: str, steps: Timeouts, network: str | None) -> str:
+    """The node's address on ``network`` (the spec's port group; None: the VM's first NIC)."""
     result: WaitForIpResult = await workflow.execute_activity(
         "wait_for_vm_ip",
-        WaitForIpInput(vm_ref=vm_ref, name=name, timeout_seconds=steps.ip),
+        WaitForIpInput(vm_ref=vm_ref, name=name, timeout_seconds=steps.ip, network=network),
         result_type=WaitForIpResult,
         # A retry after a crash gets the rest of the step's deadline, not a new one.
         schedule_to_close_timeout=steps.as_timedelta("ip") + timedelta(seconds=30),

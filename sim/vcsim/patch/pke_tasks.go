@@ -393,3 +393,61 @@ func pkePrivilegeDenied(id string) bool {
 	defer pkeMu.Unlock()
 	return pkeDenied[id]
 }
+
+// pkeGuestNic keeps guest.net as VMware Tools reports it: one entry per NIC,
+// named after the network the NIC is connected to (distributed port groups
+// too; the Debian simulator left those unnamed), and following an edit of the
+// NIC's backing (it kept the name from when the NIC was added).
+func pkeGuestNic(vm *VirtualMachine, c *types.VirtualEthernetCard, name string, net types.ManagedObjectReference) {
+	if name == "" && net.Type == "DistributedVirtualPortgroup" {
+		if pg, ok := Map.Get(net).(*DistributedVirtualPortgroup); ok {
+			name = pg.Name
+		}
+	}
+	for i := range vm.Guest.Net {
+		if vm.Guest.Net[i].DeviceConfigId == c.Key {
+			vm.Guest.Net[i].Network = name
+			vm.Guest.Net[i].MacAddress = c.MacAddress
+			return
+		}
+	}
+	vm.Guest.Net = append(vm.Guest.Net, types.GuestNicInfo{
+		Network:        name,
+		MacAddress:     c.MacAddress,
+		Connected:      true,
+		DeviceConfigId: c.Key,
+	})
+}
+
+// pkeNicAddress handles extraConfig "SET.guest.nic.<MAC>.ipAddress" = address:
+// the address VMware Tools reports for the NIC with that MAC. Tools lists the
+// interfaces in the guest's own order, which need not be the VM's device order:
+// here, the order in which their addresses were reported. The first address
+// reported is also guest.ipAddress, as Tools' "primary" one.
+func pkeNicAddress(vm *VirtualMachine, val *types.OptionValue) ([]types.PropertyChange, bool) {
+	const prefix, suffix = "SET.guest.nic.", ".ipAddress"
+	if !strings.HasPrefix(val.Key, prefix) || !strings.HasSuffix(val.Key, suffix) {
+		return nil, false
+	}
+	mac := strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(val.Key, prefix), suffix))
+	ip, _ := val.Value.(string)
+	var changes []types.PropertyChange
+	for i, nic := range vm.Guest.Net {
+		if strings.ToLower(nic.MacAddress) != mac {
+			continue
+		}
+		nic.IpAddress = []string{ip}
+		rest := append(append([]types.GuestNicInfo{}, vm.Guest.Net[:i]...), vm.Guest.Net[i+1:]...)
+		vm.Guest.Net = append(rest, nic)
+		changes = append(changes, types.PropertyChange{Name: "guest.net", Val: vm.Guest.Net})
+		if vm.Guest.IpAddress == "" {
+			vm.Guest.IpAddress = ip // seen by the next address of the same reconfigure
+			changes = append(changes,
+				types.PropertyChange{Name: "guest.ipAddress", Val: ip},
+				types.PropertyChange{Name: "summary.guest.ipAddress", Val: ip},
+			)
+		}
+		break
+	}
+	return changes, true
+}
