@@ -16,6 +16,7 @@ from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import clone_counts, vms_of_cluster
+from tests.workers import WorkerFactory
 from vsphere import inventory, properties, tasks
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -69,3 +70,28 @@ async def test_a_leader_clone_past_its_deadline_fails_the_create_and_leaves_no_v
     assert "cancelled in vCenter" in (status.error or ""), status.error
     assert isinstance(clone_outcome(stack, name, leader), vmodl.fault.RequestCanceled)
     assert vms_of_cluster(stack.sim, name) == {}
+
+
+async def test_a_clone_left_running_by_a_dead_worker_is_cancelled_when_its_node_is_given_up(
+    stack: Stack, new_worker: WorkerFactory
+) -> None:
+    """The worker dies right after starting the clone and no worker runs until the
+    clone step is over: the attempt that would have cancelled it never runs, so the
+    give-up destroy finds the clone still running in vCenter and cancels it."""
+    name = unique("late-k")
+    late = f"{name}-workers-01"
+    stack.sim.set_task_seconds("CloneVM_Task", CLONE_SECONDS, prefix=late)
+    worker = new_worker("late-kill")
+    worker.start(crash_at="clone.started@2")
+    spec = cluster_spec(name, masters=1, workers=1, timeouts={"clone": CLONE_STEP})
+    await clusters.create(stack.client, spec, worker.task_queue)
+    await worker.wait_crashed(60)
+    await asyncio.sleep(CLONE_STEP + 2)
+    worker.start()
+    status = await wait_until_settled(stack, name, within=120)
+
+    assert status.phase is ClusterPhase.READY
+    assert next(n for n in status.nodes if n.name == late).phase is NodePhase.FAILED
+    assert isinstance(clone_outcome(stack, name, late), vmodl.fault.RequestCanceled)
+    assert sorted(vms_of_cluster(stack.sim, name)) == [f"{name}-master-01"]
+    assert "vm.clone_cancelled" in worker.log.read_text(), worker.tail()

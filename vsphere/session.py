@@ -12,7 +12,9 @@ retry looks at vCenter before doing anything.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
+import http.client
 import socket
 import ssl
 import threading
@@ -33,6 +35,32 @@ T = TypeVar("T")
 # Seconds a SOAP request may wait on the network; longer than the longest
 # property-collector wait (vsphere/waits.py asks for at most 5 s).
 SOAP_TIMEOUT_SECONDS = 30
+
+
+# The timeout of the session logging in on this thread.
+_connect_timeout: contextvars.ContextVar[float] = contextvars.ContextVar(
+    "vcenter_connect_timeout", default=SOAP_TIMEOUT_SECONDS
+)
+
+
+class _TimedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("timeout", _connect_timeout.get())
+        super().__init__(*args, **kwargs)
+
+
+class _TimedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("timeout", _connect_timeout.get())
+        super().__init__(*args, **kwargs)
+
+
+# SmartConnect first asks the server which API versions it speaks, on connections
+# of its own that have no timeout (a silent vCenter would hang the login for ever):
+# give the ones pyVim.connect opens one. The SOAP connections themselves get
+# ``httpConnectionTimeout``.
+connect.HTTPConnection = _TimedHTTPConnection  # type: ignore[attr-defined]
+connect.HTTPSConnection = _TimedHTTPSConnection  # type: ignore[attr-defined]
 
 
 class PinnedContext(ssl.SSLContext):
@@ -101,6 +129,7 @@ class VCenterSession:
                 "use https:// (or set PKE_VSPHERE_VCENTER_INSECURE=true for a lab)"
             )
         port = url.port or (443 if scheme == "https" else 80)
+        _connect_timeout.set(self._timeout)
         si = connect.SmartConnect(
             protocol=scheme,
             host=url.hostname,

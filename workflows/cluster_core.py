@@ -257,8 +257,9 @@ class ClusterCore:
         return await vm_steps.find_cluster_vms(self.spec.name, self.spec.vsphere.datacenter)
 
     async def _destroy_vm(self, name: str, instance_uuid: str | None, vm_ref: str | None) -> bool:
+        """Destroy one of the cluster's VMs, and a clone of it still running in vCenter."""
         return await vm_steps.destroy_vm(
-            self.spec.name, name, self.spec.vsphere.datacenter, instance_uuid, vm_ref
+            self.spec.name, name, self.spec.vsphere.datacenter, instance_uuid, vm_ref, self.spec.vsphere
         )
 
     # --- status and continue-as-new ---------------------------------------------------

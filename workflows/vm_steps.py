@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
         WaitForIpInput,
         WaitForIpResult,
     )
-    from models.spec import Timeouts
+    from models.spec import Timeouts, VSpherePlacement
     from workflows.policies import VSPHERE_HEARTBEAT, VSPHERE_RETRY
 
 VM_STEP_TIMEOUT = timedelta(minutes=15)
@@ -64,13 +64,25 @@ async def find_cluster_vms(cluster: str, datacenter: str | None) -> FindClusterV
 
 
 async def destroy_vm(
-    cluster: str, name: str, datacenter: str | None, instance_uuid: str | None, vm_ref: str | None
+    cluster: str,
+    name: str,
+    datacenter: str | None,
+    instance_uuid: str | None,
+    vm_ref: str | None,
+    placement: VSpherePlacement | None = None,
 ) -> bool:
-    """Power off and destroy one of the cluster's VMs; False if it was already gone."""
+    """Power off and destroy one of the cluster's VMs; False if it was already gone.
+    With the node's ``placement``, a clone of it still running in vCenter is
+    cancelled first (and what it made destroyed)."""
     result: DestroyVmResult = await workflow.execute_activity(
         "destroy_vm",
         DestroyVmInput(
-            cluster=cluster, name=name, datacenter=datacenter, instance_uuid=instance_uuid, vm_ref=vm_ref
+            cluster=cluster,
+            name=name,
+            datacenter=datacenter,
+            instance_uuid=instance_uuid,
+            vm_ref=vm_ref,
+            placement=placement,
         ),
         result_type=DestroyVmResult,
         schedule_to_close_timeout=VM_STEP_TIMEOUT,
