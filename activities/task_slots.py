@@ -98,17 +98,8 @@ class TaskSlots:
     def __init__(self, cap: int, shared: SharedSlots | None = None) -> None:
         if cap < 1:
             raise ValueError("the vCenter task cap must be at least 1")
-        self.cap = cap
         self.shared = shared
         self._slots = threading.BoundedSemaphore(cap)
-        self._lock = threading.Lock()
-        self._in_use = 0
-        self.most_in_use = 0
-        self.waited = 0
-
-    @property
-    def in_use(self) -> int:
-        return self._in_use
 
     @contextmanager
     def hold(self, progress: Progress, lease: timedelta) -> Iterator[None]:
@@ -119,8 +110,6 @@ class TaskSlots:
         # would otherwise lose the slot for good.
         with activity.shield_thread_cancel_exception():
             if not self._slots.acquire(blocking=False):
-                with self._lock:
-                    self.waited += 1
                 progress.at(VCenterStep.QUEUED)
                 while not self._slots.acquire(timeout=WAKE_SECONDS):
                     progress()
@@ -130,16 +119,11 @@ class TaskSlots:
             except BaseException:
                 self._slots.release()
                 raise
-            with self._lock:
-                self._in_use += 1
-                self.most_in_use = max(self.most_in_use, self._in_use)
         try:
             if activity.is_cancelled():
                 raise CancelledError("cancelled while queued for vCenter; no task was started")
             yield
         finally:
-            with self._lock:
-                self._in_use -= 1
             if self.shared is not None:
                 self.shared.release(holder)
             self._slots.release()

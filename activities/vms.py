@@ -224,10 +224,8 @@ class VSphereActivities:
         try:
             return wait_for_task(si, task, timeout=deadline.left_for_task(), on_wake=progress)
         except TimeoutError:
-            progress.at(VCenterStep.CANCELLING, task._moId, tasks.CLONE)
-            tasks.cancel(task)
-            with contextlib.suppress(TimeoutError, vmodl.MethodFault):
-                wait_for_task(si, task, timeout=max(1.0, deadline.left()), on_wake=progress)
+            with contextlib.suppress(TimeoutError):  # the step is over either way
+                _cancel_clone(si, task, progress, timeout=max(1.0, deadline.left()))
             raise CloneTimeout(
                 f"the clone of {input.identity.name} did not finish within the clone step "
                 f"({deadline.total.total_seconds():.0f}s) and was cancelled in vCenter"
@@ -415,11 +413,22 @@ class VSphereActivities:
         state = properties.read(si, task, ["info.state"]).get("info.state")
         if state in (vim.TaskInfo.State.queued, vim.TaskInfo.State.running):
             log.info("vm.clone_cancelled", node=input.name, task=task._moId)
-            progress.at(VCenterStep.CANCELLING, task._moId, tasks.CLONE)
-            tasks.cancel(task)
-            with activity.shield_thread_cancel_exception(), contextlib.suppress(vmodl.MethodFault):
-                wait_for_task(si, task, timeout=deadline.left(), on_wake=progress)
+            with activity.shield_thread_cancel_exception():
+                _cancel_clone(si, task, progress, timeout=deadline.left())
         return vms.find_by_instance_uuid(si, placement.datacenter, input.instance_uuid)
+
+
+def _cancel_clone(si: Any, task: Any, progress: Progress, timeout: float) -> None:
+    """Cancel a clone in vCenter and wait (up to ``timeout``) for it to end, however
+    it ends (its fault is the cancellation, or why it failed anyway).
+
+    Raises:
+        TimeoutError: it had not ended within ``timeout``.
+    """
+    progress.at(VCenterStep.CANCELLING, task._moId, tasks.CLONE)
+    tasks.cancel(task)
+    with contextlib.suppress(vmodl.MethodFault):
+        wait_for_task(si, task, timeout=timeout, on_wake=progress)
 
 
 def earlier_task(method: str) -> str | None:

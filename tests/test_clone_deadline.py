@@ -11,7 +11,7 @@ import pytest
 from pyVim import connect
 from pyVmomi import vim, vmodl
 
-from models.state import ClusterPhase, NodePhase
+from models.state import ClusterPhase, ClusterStatus, NodePhase
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
@@ -39,15 +39,20 @@ def clone_outcome(stack: Stack, spec_name: str, vm_name: str) -> object:
         connect.Disconnect(si)
 
 
+async def create_with_a_late_clone(stack: Stack, name: str, late: str) -> ClusterStatus:
+    """A 1 + 1 cluster whose ``late`` node's clone outlives the clone step, settled."""
+    stack.sim.set_task_seconds("CloneVM_Task", CLONE_SECONDS, prefix=late)
+    spec = cluster_spec(name, masters=1, workers=1, timeouts={"clone": CLONE_STEP})
+    await clusters.create(stack.client, spec, stack.task_queue)
+    return await wait_until_settled(stack, name, within=120)
+
+
 async def test_a_worker_clone_past_its_deadline_is_cancelled_and_the_cluster_is_ready_without_it(
     stack: Stack,
 ) -> None:
     name = unique("late-w")
     late = f"{name}-workers-01"
-    stack.sim.set_task_seconds("CloneVM_Task", CLONE_SECONDS, prefix=late)
-    spec = cluster_spec(name, masters=1, workers=1, timeouts={"clone": CLONE_STEP})
-    await clusters.create(stack.client, spec, stack.task_queue)
-    status = await wait_until_settled(stack, name, within=120)
+    status = await create_with_a_late_clone(stack, name, late)
 
     node = next(n for n in status.nodes if n.name == late)
     assert node.phase is NodePhase.FAILED
@@ -61,10 +66,7 @@ async def test_a_worker_clone_past_its_deadline_is_cancelled_and_the_cluster_is_
 async def test_a_leader_clone_past_its_deadline_fails_the_create_and_leaves_no_vm(stack: Stack) -> None:
     name = unique("late-l")
     leader = f"{name}-master-01"
-    stack.sim.set_task_seconds("CloneVM_Task", CLONE_SECONDS, prefix=leader)
-    spec = cluster_spec(name, masters=1, workers=1, timeouts={"clone": CLONE_STEP})
-    await clusters.create(stack.client, spec, stack.task_queue)
-    status = await wait_until_settled(stack, name, within=120)
+    status = await create_with_a_late_clone(stack, name, leader)
 
     assert status.phase is ClusterPhase.FAILED
     assert "cancelled in vCenter" in (status.error or ""), status.error
