@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import structlog
+from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -27,6 +28,7 @@ from pki.node_tokens import NodeTokenSigner, load_signing_key
 from runtime import logs, temporal
 from settings import NodeApiSettings, TemporalSettings, VCenterSettings, load
 from settings.credentials import EtcdCredentials, StorageCredentials
+from settings.files import RefusedToStart
 from vsphere.session import VCenterSession
 from workflows.cluster import ClusterWorkflow
 from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
@@ -36,6 +38,8 @@ from workflows.vcenter_slots import VCenterSlotsWorkflow
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_THROTTLE = timedelta(seconds=3)
+# A token for a node workflow from before tokens expired at the bootstrap deadline.
+DEFAULT_NODE_TOKEN_TTL = timedelta(hours=1)
 # One thread per concurrent activity: IP waits block a thread each.
 MAX_CONCURRENT_ACTIVITIES = 256
 
@@ -65,7 +69,9 @@ def build_worker(
         activities=[
             pki_activities.generate_pki,
             pki_activities.mint_bootstrap_token,
+            pki_activities.issue_kube_credential,
             kube_activities.create_bootstrap_token,
+            kube_activities.delete_bootstrap_token,
             kube_activities.drain_node,
             kube_activities.delete_kube_node,
             kube_activities.wait_for_kube_node_ready,
@@ -79,6 +85,7 @@ def build_worker(
             vsphere.wait_for_vm_ip,
             vsphere.find_cluster_vms,
             vsphere.destroy_vm,
+            vsphere.remove_node_token,
             PreflightActivities(vsphere.session, storage_credentials, etcd_credentials).preflight,
         ],
         activity_executor=executor,
@@ -97,12 +104,14 @@ def build_vsphere_activities(
     """The vCenter activities; call on the worker's event loop (the shared task
     slots are asked for on it)."""
     cap = vcenter.vcenter_max_concurrent_tasks
+    if node_api.node_token_key_file is None:
+        raise RefusedToStart("set PKE_VSPHERE_NODE_TOKEN_KEY_FILE: the key the worker signs node tokens with")
     shared = SharedSlots(client, asyncio.get_running_loop(), vcenter.installation_id, task_queue, cap)
     return VSphereActivities(
         VCenterSession(vcenter),
         NodeTokenSigner(load_signing_key(node_api.node_token_key_file)),
         node_api.node_api_url,
-        timedelta(seconds=node_api.node_token_ttl_seconds),
+        DEFAULT_NODE_TOKEN_TTL,
         cap,
         node_api.node_api_ca_pem(),
         shared_slots=shared,
@@ -115,9 +124,11 @@ async def run(settings_file: str | None = None) -> None:
     node_api = load(NodeApiSettings, settings_file)
     storage = StorageCredentials.from_settings(settings_file)
     etcd = EtcdCredentials.from_settings(settings_file)
+    if node_api.node_token_key_file is not None:
+        load_signing_key(node_api.node_token_key_file)  # refused now, not at the first clone
     client = await temporal.connect(temporal_settings)
     if temporal_settings.payload_keys_file is None:
-        log.warning("payloads.unencrypted", hint="set PKE_VSPHERE_PAYLOAD_KEYS_FILE")
+        log.warning("payloads.unencrypted", reason="PKE_VSPHERE_ALLOW_UNENCRYPTED_PAYLOADS=true")
     vsphere = build_vsphere_activities(vcenter, node_api, client, temporal_settings.temporal_task_queue)
     with ThreadPoolExecutor(MAX_CONCURRENT_ACTIVITIES, thread_name_prefix="activity") as executor:
         worker = build_worker(
@@ -150,7 +161,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--settings", help="dotenv-style settings file")
     args = parser.parse_args(argv)
     logs.configure()
-    asyncio.run(run(args.settings))
+    try:
+        asyncio.run(run(args.settings))
+    except (RefusedToStart, ValidationError) as exc:
+        temporal.refuse_to_start("pke-vsphere worker", exc)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from kube.client import connect
 from models.messages import (
     CreateTokenInput,
     DeleteKubeNodeInput,
+    DeleteTokenInput,
     DrainInput,
     DrainResult,
     KubeAccess,
@@ -53,13 +54,29 @@ async def api(access: KubeAccess, action: str) -> AsyncIterator[AsyncClient]:
 
 @activity.defn(name="create_bootstrap_token")
 async def create_bootstrap_token(input: CreateTokenInput) -> BootstrapToken:
-    """Mint a kubeadm token and install it in the cluster, so it is valid there."""
+    """Mint a kubeadm token and install it in the cluster, so it is valid there. A
+    retry mints another; the one an earlier attempt installed expires unused."""
     token = tokens.mint(timedelta(seconds=input.ttl_seconds))
     async with api(input.access, "install a bootstrap token") as client:
-        await bootstrap_tokens.install(client, token)
+        await bootstrap_tokens.install(client, token, input.node)
     crashpoints.reach("join_token.installed")
-    log.info("bootstrap_token.installed", cluster=input.cluster, expires_at=token.expires_at.isoformat())
+    log.info(
+        "bootstrap_token.installed",
+        cluster=input.cluster,
+        node=input.node,
+        token_id=token.token.get_secret_value().partition(".")[0],
+        expires_at=token.expires_at.isoformat(),
+    )
     return token
+
+
+@activity.defn(name="delete_bootstrap_token")
+async def delete_bootstrap_token(input: DeleteTokenInput) -> bool:
+    """Delete a node's bootstrap token from the cluster (its node joined or is gone)."""
+    async with api(input.access, f"delete bootstrap token {input.token_id}") as client:
+        deleted = await bootstrap_tokens.delete(client, input.token_id)
+    log.info("bootstrap_token.deleted", cluster=input.cluster, token_id=input.token_id, existed=deleted)
+    return deleted
 
 
 @activity.defn(name="drain_node")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from temporalio import activity
 
-from models.messages import GeneratePkiInput, MintTokenInput
+from kube import client as kube_client
+from models.messages import GeneratePkiInput, IssueKubeCredentialInput, KubeAccess, MintTokenInput
 from models.pki import BootstrapToken, ClusterPKI
 from pki import bootstrap_tokens
 from pki.cluster import generate_cluster_pki
@@ -33,3 +34,22 @@ def mint_bootstrap_token(input: MintTokenInput) -> BootstrapToken:
     token = bootstrap_tokens.mint(timedelta(seconds=input.ttl_seconds))
     log.info("bootstrap_token.minted", cluster=input.cluster, expires_at=token.expires_at.isoformat())
     return token
+
+
+@activity.defn(name="issue_kube_credential")
+def issue_kube_credential(input: IssueKubeCredentialInput) -> KubeAccess:
+    """A client certificate for the cluster's API, valid ``validity_seconds``: what
+    node workflows install and delete their nodes' join tokens with, so that they
+    never hold the cluster's CA key."""
+    validity = timedelta(seconds=input.validity_seconds)
+    cert_pem, key_pem = kube_client.issue_client(input.access, kube_client.JOIN_TOKENS_CN, validity)
+    log.info("kube_credential.issued", cluster=input.cluster, validity_seconds=input.validity_seconds)
+    return KubeAccess.model_validate(
+        {
+            "endpoint": input.access.endpoint,
+            "ca_cert_pem": input.access.ca_cert_pem,
+            "client_cert_pem": cert_pem,
+            "client_key_pem": key_pem,
+            "expires_at": datetime.now(UTC) + validity,
+        }
+    )

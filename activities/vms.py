@@ -32,6 +32,7 @@ from models.messages import (
     FindClusterVmsResult,
     PowerOnInput,
     PowerOnResult,
+    RemoveNodeTokenInput,
     VCenterStep,
     WaitForIpInput,
     WaitForIpResult,
@@ -119,7 +120,7 @@ class VSphereActivities:
             if existing is not None:
                 logger.info("vm.found", vm=existing._moId)
                 return EnsureVmResult(vm_ref=existing._moId, created=False)
-            token = self._signer.sign(node, self._node_token_ttl)
+            token = self._signer.sign(node, self._token_ttl(input))
             userdata = cloudinit.render(
                 node,
                 input.bootstrap,
@@ -268,6 +269,47 @@ class VSphereActivities:
 
         with as_activity_errors(f"configure VM {input.name}"):
             self._session.run(run)
+
+    def _token_ttl(self, input: EnsureVmInput) -> timedelta:
+        """Until the node's bootstrap deadline (the default TTL for older workflows)."""
+        if input.token_expires_at is None:
+            return self._node_token_ttl
+        return max(input.token_expires_at - datetime.now(UTC), timedelta(seconds=1))
+
+    @activity.defn(name="remove_node_token")
+    def remove_node_token(self, input: RemoveNodeTokenInput) -> bool:
+        """Take the node's token out of its VM's guestinfo (the node bootstrapped);
+        False when there is none (a retry, or a VM cloned without one)."""
+        progress = Progress()
+        deadline = Deadline.of_activity(timedelta(minutes=2))
+
+        def run(si: Any) -> bool:
+            vm = vms.vm_by_ref(si, input.vm_ref)
+            self._finish_earlier(si, RECONFIGURE, progress, deadline)
+            props = properties.read(si, vm, ["config.extraConfig"])
+            if not props:
+                raise PermanentError(f"VM {input.name} no longer exists")
+            extra = properties.extra_config(props.get("config.extraConfig"))
+            encoded = extra.get(guestinfo.USERDATA)
+            if not encoded:
+                return False
+            userdata = guestinfo.decode(encoded, extra.get(f"{guestinfo.USERDATA}.encoding", ""))
+            kept = cloudinit.without_token(userdata)
+            if kept == userdata:
+                return False
+            self._run_task(
+                si,
+                lambda: vms.start_set_extra_config(vm, guestinfo.userdata_config(kept)),
+                "remove_token",
+                RECONFIGURE,
+                progress,
+                deadline,
+            )
+            log.info("vm.node_token_removed", node=input.name, vm=input.vm_ref)
+            return True
+
+        with as_activity_errors(f"remove the token from VM {input.name}"):
+            return self._session.run(run)
 
     @activity.defn(name="power_on_vm")
     def power_on_vm(self, input: PowerOnInput) -> PowerOnResult:

@@ -1,12 +1,15 @@
 """A node's cloud-config: host name, the ``pke`` user, the node API URL and the
 node's own token, and the bootstrap script that runs ``pke install``.
 
-The token is the only credential a node gets here; vCenter credentials and
-cluster keys never enter a cloud-config (masters fetch the CAs from the node API).
+The token is the only credential a node gets here, and it works only while the
+node bootstraps; once the node reported, the orchestrator takes it out of the
+VM's guestinfo (:func:`without_token`). vCenter credentials and cluster keys
+never enter a cloud-config (masters fetch the CAs from the node API).
 """
 
 from __future__ import annotations
 
+import shlex
 from importlib import resources
 
 import yaml
@@ -52,7 +55,8 @@ def node_env(
         values["PKE_VSPHERE_API_ENDPOINT"] = settings.api_endpoint
     if verify_with_ca:
         values["PKE_VSPHERE_NODE_API_CA"] = NODE_API_CA_FILE
-    return "".join(f"{k}={v}\n" for k, v in values.items())
+    # Sourced by the script: every value one shell word, whatever it holds.
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
 def render(
@@ -113,6 +117,21 @@ def render(
                 "content": node_api_ca_pem,
             }
         )
+    return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=1000)
+
+
+def without_token(document: str) -> str:
+    """The cloud-config with the node's token file taken out: what guestinfo keeps
+    once the node bootstrapped (cloud-init runs once per instance, so a reboot
+    needs nothing from it). The same document when it holds no token."""
+    config = parse(document)
+    files = config.get("write_files")
+    if not isinstance(files, list):
+        return document
+    kept = [f for f in files if not (isinstance(f, dict) and f.get("path") == TOKEN_FILE)]
+    if len(kept) == len(files):
+        return document
+    config["write_files"] = kept
     return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, width=1000)
 
 

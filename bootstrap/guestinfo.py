@@ -88,11 +88,15 @@ def owner_markers(installation: str, cluster: str) -> dict[str, str]:
     return {MARKER_MANAGED_BY: MANAGED_BY, MARKER_INSTALLATION: installation, MARKER_CLUSTER: cluster}
 
 
+def userdata_config(userdata: str) -> dict[str, str]:
+    """The extraConfig keys that carry a cloud-config."""
+    return {USERDATA: encode(userdata), f"{USERDATA}.encoding": ENCODING}
+
+
 def extra_config(identity: NodeIdentity, userdata: str, installation: str) -> dict[str, str]:
     """Every extraConfig key a node's VM carries."""
     return {
-        USERDATA: encode(userdata),
-        f"{USERDATA}.encoding": ENCODING,
+        **userdata_config(userdata),
         METADATA: encode(metadata(identity)),
         f"{METADATA}.encoding": ENCODING,
         "disk.enableUUID": "TRUE",

@@ -3,17 +3,38 @@
 # Talks to the pke-vsphere node API with this node's token, then runs `pke install`.
 set -euo pipefail
 . /etc/pke-vsphere/node.env
-TOKEN="$(cat /etc/pke-vsphere/token)"
+TOKEN_FILE=/etc/pke-vsphere/token
+
+# The credentials of every call, in a file curl reads (-H @file): never on a command
+# line. The node key is drawn here and kept only in /run (memory): the first call
+# binds this node's bootstrap to it, so a token read from guestinfo by anyone else
+# gets nothing. Both end with the report.
+install -d -m 0700 /run/pke-vsphere
+HEADERS=/run/pke-vsphere/api-headers
+(
+  umask 077
+  printf 'Authorization: Bearer %s\n' "$(tr -d '\n' < "$TOKEN_FILE")" > "$HEADERS"
+  printf 'X-PKE-Node-Key: %s\n' "$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')" >> "$HEADERS"
+)
+forget_credentials() { rm -f "$TOKEN_FILE" "$HEADERS"; }
 
 api() { # METHOD PATH [JSON]
   curl --fail-with-body --silent --show-error --max-time 30 \
     ${PKE_VSPHERE_NODE_API_CA:+--cacert "$PKE_VSPHERE_NODE_API_CA"} \
-    -X "$1" -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
+    -X "$1" -H @"$HEADERS" -H "Content-Type: application/json" \
     ${3:+--data "$3"} "$PKE_VSPHERE_NODE_API$2"
 }
+report() { # JSON: the one report of this bootstrap; retried while the orchestrator is busy
+  for _ in $(seq 20); do
+    if api POST /v1/nodes/self/report "$1" > /dev/null; then break; fi
+    sleep 3
+  done
+  forget_credentials
+}
 report_failure() {
+  trap - ERR
   msg=$(printf 'bootstrap failed at line %s (exit %s)' "$1" "$2")
-  api POST /v1/nodes/self/report "{\"kind\":\"failed\",\"message\":\"$msg\"}" || true
+  report "{\"kind\":\"failed\",\"message\":\"$msg\"}" || true
 }
 trap 'report_failure $LINENO $?' ERR
 json() { # KEY.PATH: print one string of the JSON document on stdin; fails if it is absent or null
@@ -72,7 +93,7 @@ if [ "$PKE_VSPHERE_KIND" != worker ]; then
 fi
 
 if [ "$PKE_VSPHERE_KIND" != leader ]; then
-  until join="$(api GET /v1/nodes/self/join)"; do sleep $((5 + RANDOM % 10)); done
+  join="$(fetch /v1/nodes/self/join)"
   JOIN_TOKEN="$(echo "$join" | json token)"
   CA_CERT_HASH="$(echo "$join" | json ca_cert_hash)"
   API_ENDPOINT="$(echo "$join" | json api_endpoint)"
@@ -107,7 +128,7 @@ for addon in json.load(open(sys.argv[1]))["addons"]:
         apply_objects()
 PY
   rm -f "$addons_file"
-  api POST /v1/nodes/self/report "{\"kind\":\"ready\",\"address\":\"$ADVERTISE_ADDRESS\"}"
+  report "{\"kind\":\"ready\",\"address\":\"$ADVERTISE_ADDRESS\"}"
 else
-  api POST /v1/nodes/self/report "{\"kind\":\"joined\",\"address\":\"$ADVERTISE_ADDRESS\"}"
+  report "{\"kind\":\"joined\",\"address\":\"$ADVERTISE_ADDRESS\"}"
 fi

@@ -14,6 +14,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from settings.files import read_private
+
 _KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -53,7 +55,8 @@ def parse(text: str, source: str = "keys") -> KeyRing:
 
 
 def load(path: Path) -> KeyRing:
-    return parse(path.read_text(), str(path))
+    """The key ring of a keys file readable by its owner only."""
+    return parse(read_private(path, "payload keys file"), str(path))
 
 
 def new_key_line(key_id: str) -> str:

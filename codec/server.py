@@ -1,7 +1,9 @@
 """The codec server the Temporal Web UI and CLI call to read encrypted histories:
 ``POST /encode`` and ``POST /decode`` with ``{"payloads": [...]}`` in protobuf
-JSON. It answers only requests that carry the configured bearer token (when one
-is configured) and allows CORS from the Web UI's origins only."""
+JSON. It answers only requests that carry the configured bearer token (one is
+required unless it listens on loopback only), only for the host names it is
+served under (a page on another site cannot reach it through DNS rebinding),
+and allows CORS from the Web UI's origins only."""
 
 from __future__ import annotations
 
@@ -11,13 +13,24 @@ from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from google.protobuf import json_format
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from temporalio.api.common.v1 import Payloads
 
 from codec.encryption import EncryptionCodec
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
-def create_app(codec: EncryptionCodec, auth_token: str | None, cors_origins: list[str]) -> FastAPI:
+
+def create_app(
+    codec: EncryptionCodec,
+    auth_token: str | None,
+    cors_origins: list[str],
+    allowed_hosts: list[str] | None = None,
+) -> FastAPI:
+    """``allowed_hosts``: the host names the server answers for (the Host header without
+    its port); by default the loopback names."""
     app = FastAPI(title="pke-vsphere codec server", docs_url=None, redoc_url=None)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or list(LOOPBACK_NAMES))
     app.add_middleware(
         CORSMiddleware,
         allow_origins=cors_origins,

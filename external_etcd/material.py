@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from models.pki import EtcdClientCertificate
 from settings.credentials import EtcdCredential, EtcdCredentials
+from settings.files import RefusedToStart, check_private
 
 
 class EtcdCredentialError(ValueError):
@@ -51,6 +52,10 @@ def read(credential: EtcdCredential, now: datetime | None = None) -> EtcdClientC
     ):
         try:
             texts[label] = path.read_text()
+            if label == "key_file":
+                check_private(path, "etcd client key")
+        except RefusedToStart as exc:
+            problems.append(f"{label}: {exc}")
         except OSError as exc:
             problems.append(f"{label} {path}: cannot be read ({exc.strerror or type(exc).__name__})")
         except UnicodeDecodeError:

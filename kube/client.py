@@ -18,26 +18,38 @@ from models.messages import KubeAccess
 from pki import authority
 
 ADMIN_CN = "pke-vsphere"
+JOIN_TOKENS_CN = "pke-vsphere:join-tokens"
 ADMIN_GROUP = "system:masters"
 ADMIN_VALIDITY = timedelta(hours=1)
 FIELD_MANAGER = "pke-vsphere"
 
 
+def issue_client(access: KubeAccess, common_name: str, validity: timedelta) -> tuple[str, str]:
+    """A client certificate and key (PEM) in the admin group, signed by the cluster CA."""
+    assert access.ca_key_pem is not None
+    ca = authority.load(access.ca_cert_pem, access.ca_key_pem.get_secret_value())
+    issued = authority.issue(ca, common_name, organizations=(ADMIN_GROUP,), client=True, validity=validity)
+    return issued.cert_pem(), issued.key_pem()
+
+
 def ssl_context(access: KubeAccess) -> ssl.SSLContext:
-    """Verify the API server against the cluster CA; present a fresh admin certificate.
+    """Verify the API server against the cluster CA; present the handed-over client
+    certificate, or a fresh admin certificate minted from the CA key.
 
     The standard library loads client keys only from files, so the key lives for a
     moment in a private temporary directory and is removed before this returns.
     """
-    ca = authority.load(access.ca_cert_pem, access.ca_key_pem.get_secret_value())
-    admin = authority.issue(ca, ADMIN_CN, organizations=(ADMIN_GROUP,), client=True, validity=ADMIN_VALIDITY)
+    if access.client_cert_pem is not None and access.client_key_pem is not None:
+        cert_pem, key_pem = access.client_cert_pem, access.client_key_pem.get_secret_value()
+    else:
+        cert_pem, key_pem = issue_client(access, ADMIN_CN, ADMIN_VALIDITY)
     ctx = ssl.create_default_context(cadata=access.ca_cert_pem)
     with tempfile.TemporaryDirectory(prefix="pke-vsphere-") as tmp:
-        cert, key = Path(tmp, "admin.crt"), Path(tmp, "admin.key")
-        cert.write_text(admin.cert_pem())
+        cert, key = Path(tmp, "client.crt"), Path(tmp, "client.key")
+        cert.write_text(cert_pem)
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(admin.key_pem())
+            f.write(key_pem)
         ctx.load_cert_chain(cert, key)
     return ctx
 

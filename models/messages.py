@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 from ipaddress import IPv4Address
+from typing import Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from models.pki import BootstrapToken, ClusterPKI
+from models.protocol import NodeCall
 from models.secret import Secret
 from models.spec import ClusterSpec, ExternalEtcd, LoadBalancerSpec, StorageSpec, Timeouts, VSpherePlacement
-from models.state import ClusterPhase, NodeIdentity, NodeState, ReconcileReport
+from models.state import ClusterPhase, NodeIdentity, NodeKind, NodeState, ReconcileReport
 
 
 # --- cluster workflow -------------------------------------------------------
@@ -37,6 +39,9 @@ class ClusterState(BaseModel):
     pki: ClusterPKI
     nodes: list[NodeState]
     join_token: BootstrapToken | None = None
+    """Clusters from before per-node join tokens; no longer handed out."""
+    join_access: KubeAccess | None = None
+    """The short-lived credential node workflows install and delete join tokens with."""
     created_at: datetime
     ready_at: datetime | None = None
     error: str | None = None
@@ -98,6 +103,8 @@ class NodeWorkflowInput(BaseModel):
     timeouts: Timeouts
     load_balancer: LoadBalancerSpec | None = None
     """MetalLB's addresses: a node must not get one of them."""
+    join: NodeJoinContext | None = None
+    """Followers and workers: how their workflow gives them a join token of their own."""
 
 
 class NodeResult(BaseModel):
@@ -122,9 +129,68 @@ class NodeReport(BaseModel):
     VMware Tools reported on the cluster network's NIC."""
 
 
-# --- node API <-> cluster workflow --------------------------------------------
+# --- node API <-> node workflow ------------------------------------------------
+class NodeCallRequest(BaseModel):
+    """Update ``node_call`` on a node's workflow: the node API asks whether one call
+    of a node may be served. The claims are the token's, checked against the
+    workflow's own identity; the node key travels only as its SHA-256."""
+
+    call: NodeCall
+    cluster_uid: str
+    instance_uuid: str
+    kind: NodeKind
+    node_key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    report: NodeReport | None = None
+    """With ``call == report``: what the node reports."""
+
+
+class NodeCallGrant(BaseModel):
+    """The call may be served: the how-manyth answer this is, and what the node
+    workflow knows that the answer needs."""
+
+    call: NodeCall
+    served: int
+    """1 for the first answer, 2 and more for repeats."""
+    node_address: str
+    """The address VMware Tools reported on the cluster network's NIC."""
+    join: JoinInfo | None = None
+    """With ``call == join``: the node's own bootstrap token (encrypted in history
+    by the payload codec)."""
+
+
+class NodeJoinContext(BaseModel):
+    """What a follower's or worker's workflow needs to give its node a bootstrap
+    token of its own: where nodes reach the API, the CA hash, and a short-lived
+    credential for installing and deleting tokens (never the CA key)."""
+
+    api_endpoint: str
+    ca_cert_hash: str
+    access: KubeAccess
+
+
+class DeleteTokenInput(BaseModel):
+    cluster: str
+    access: KubeAccess
+    token_id: str = Field(pattern=r"^[a-z0-9]{6}$")
+
+
+class RemoveNodeTokenInput(BaseModel):
+    """Take a bootstrapped node's token out of its VM's guestinfo."""
+
+    vm_ref: str
+    name: str
+
+
+class IssueKubeCredentialInput(BaseModel):
+    cluster: str
+    access: KubeAccess
+    validity_seconds: int = Field(ge=60, le=7 * 24 * 3600)
+
+
+# --- node API <-> cluster workflow (before node calls went to the node workflow) ---
 class JoinRequest(BaseModel):
-    """Update ``request_join``: a follower or worker asks how to join."""
+    """Update ``request_join``: a follower or worker asks how to join. Kept so that
+    histories of clusters created before per-node join tokens replay."""
 
     node: str
 
@@ -199,6 +265,8 @@ class EnsureVmInput(BaseModel):
     cpus: int
     memory_mb: int
     bootstrap: NodeBootstrapSettings
+    token_expires_at: datetime | None = None
+    """The node's bootstrap deadline: its token expires then (None: the worker's default)."""
 
 
 class VCenterStep(StrEnum):
@@ -265,18 +333,33 @@ class WaitForIpResult(BaseModel):
 # --- the cluster's Kubernetes API ----------------------------------------------
 class KubeAccess(BaseModel):
     """How activities reach the cluster's API server: TLS verified against the
-    cluster CA, with a short-lived admin client certificate minted from it."""
+    cluster CA, and a client certificate: a short-lived admin one minted from the
+    CA key (the cluster workflow), or one issued earlier and handed over with its
+    key (a node workflow, which never holds the CA key)."""
 
     endpoint: str
     """host:port of the API server (the VIP, or the leader's address)."""
     ca_cert_pem: str
-    ca_key_pem: Secret
+    ca_key_pem: Secret | None = None
+    client_cert_pem: str | None = None
+    client_key_pem: Secret | None = None
+    expires_at: datetime | None = None
+    """When the handed-over client certificate expires."""
+
+    @model_validator(mode="after")
+    def _one_client_identity(self) -> Self:
+        handed_over = self.client_cert_pem is not None and self.client_key_pem is not None
+        if (self.ca_key_pem is None) == (not handed_over):
+            raise ValueError("give either the CA key or a client certificate and its key")
+        return self
 
 
 class CreateTokenInput(BaseModel):
     cluster: str
     access: KubeAccess
     ttl_seconds: int
+    node: str | None = None
+    """The one node the token is for (None: clusters from before per-node tokens)."""
 
 
 class DrainInput(BaseModel):

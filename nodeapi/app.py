@@ -12,15 +12,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Security, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
-from temporalio.client import (
-    Client,
-    RPCTimeoutOrCancelledError,
-    WorkflowHandle,
-    WorkflowQueryFailedError,
-    WorkflowUpdateFailedError,
-)
-from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client, RPCTimeoutOrCancelledError, WorkflowQueryFailedError
+from temporalio.service import RPCError
 
 from addons import bundle as addon_bundle
 from addons.bundle import AddonBundle
@@ -30,18 +23,23 @@ from models.messages import (
     BootstrapMaterial,
     BootstrapMaterialRequest,
     JoinInfo,
-    JoinRequest,
     NodeReport,
-    NodeReportKind,
 )
 from models.pki import ClusterPKI, ExternalEtcdClient
-from models.state import NodeKind
-from nodeapi.auth import RETRY_AFTER_SECONDS, AuthenticatedNode, authenticate, bearer_scheme, unavailable
+from models.protocol import NodeCall
+from nodeapi.auth import (
+    RETRY_AFTER_SECONDS,
+    NodeCaller,
+    authorize,
+    bearer_scheme,
+    identify,
+    node_key_scheme,
+    unavailable,
+)
 from pki.node_tokens import NodeTokenVerifier
 from settings.credentials import EtcdCredentials, StorageCredentials
 from workflows import ids
-from workflows.cluster import BOOTSTRAP_QUERY, JOIN_UPDATE
-from workflows.node import REPORT_SIGNAL
+from workflows.cluster import BOOTSTRAP_QUERY
 
 log = structlog.get_logger(__name__)
 
@@ -103,8 +101,10 @@ _RETRY_AFTER = {
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     status.HTTP_401_UNAUTHORIZED: {
         "model": Problem,
-        "description": "Missing, malformed, expired or foreign token, or a node that no longer "
-        "belongs to the cluster incarnation the token names.",
+        "description": "Missing, malformed, expired or foreign token; a missing node key, or "
+        "another node key than the one this node's bootstrap is bound to; a node that is not "
+        "bootstrapping (it reported, was given up, removed or replaced, or its cluster is gone); "
+        "or an answer already served as often as it is served.",
         "headers": {
             "WWW-Authenticate": {
                 "description": "the bearer challenge",
@@ -161,28 +161,30 @@ def create_app(
     app = FastAPI(
         title="pke-vsphere node API",
         version="1",
-        description="Called by booting nodes with their own bearer token. Every `/v1` call acts for "
-        "the node the token names (`self`); a token of another node, cluster or cluster incarnation, "
-        "or an expired one, gets 401 and changes nothing.",
+        description="Called by booting nodes with their own bearer token and node key. Every `/v1` "
+        "call acts for the node the token names (`self`), and only while that node bootstraps: "
+        "from its VM's power-on until its report. Each answer is served once to the node key "
+        "that made the node's first call, and again at most twice (network retries). A token of "
+        "another node, cluster or incarnation, an expired one, or one whose node is done gets 401 "
+        "and changes nothing.",
     )
 
     async def current_node(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
-    ) -> AuthenticatedNode:
+        node_key: Annotated[str | None, Security(node_key_scheme)],
+    ) -> NodeCaller:
         structlog.contextvars.clear_contextvars()
-        return await authenticate(credentials, request.url.path, client, verifier)
+        return identify(credentials, node_key, request.url.path, verifier)
 
-    Node = Annotated[AuthenticatedNode, Depends(current_node)]
+    Node = Annotated[NodeCaller, Depends(current_node)]
 
-    def cluster(node: AuthenticatedNode) -> WorkflowHandle[Any, Any]:
-        return client.get_workflow_handle(ids.cluster_workflow_id(node.claims.cluster))
-
-    async def master_material(node: AuthenticatedNode) -> BootstrapMaterial | JSONResponse:
+    async def master_material(node: NodeCaller, node_address: str) -> BootstrapMaterial | JSONResponse:
         """The cluster's material for this master, or the 409 the cluster's refusal
-        becomes (no PKI yet, or deleted since the token was checked): its reason, not a 500."""
+        becomes (it is being deleted since the call was granted): its reason, not a 500."""
+        handle = client.get_workflow_handle(ids.cluster_workflow_id(node.claims.cluster))
         try:
-            material: BootstrapMaterial = await cluster(node).query(
+            material: BootstrapMaterial = await handle.query(
                 BOOTSTRAP_QUERY,
                 BootstrapMaterialRequest(node=node.claims.node),
                 result_type=BootstrapMaterial,
@@ -191,7 +193,9 @@ def create_app(
             return _retry_later(status.HTTP_409_CONFLICT, exc.message)
         except (RPCError, RPCTimeoutOrCancelledError) as exc:
             raise _unavailable(exc) from None
-        return material
+        if material.cluster_uid and material.cluster_uid != node.claims.cluster_uid:
+            return _retry_later(status.HTTP_409_CONFLICT, "the cluster was re-created")
+        return material.model_copy(update={"node_address": node_address})
 
     @app.get("/healthz", response_model=Health, summary="Liveness; needs no token")
     async def healthz() -> Health:
@@ -207,18 +211,17 @@ def create_app(
             status.HTTP_403_FORBIDDEN: {"model": Problem, "description": "Workers never get the CAs."},
             status.HTTP_409_CONFLICT: {
                 "model": Problem,
-                "description": "The cluster cannot hand out its material now (its PKI is not "
-                "generated yet, it is being deleted, or its external etcd's credential is unusable); "
-                "`detail` says which.",
+                "description": "Not now: VMware Tools has not reported the node's address, a repeat "
+                "came right after an answer, the cluster is being deleted, or its external etcd's "
+                "credential is unusable; `detail` says which.",
                 "headers": _RETRY_AFTER,
             },
             **_UNAVAILABLE,
         },
     )
     async def bootstrap(node: Node) -> JSONResponse:
-        if node.claims.kind is NodeKind.WORKER:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "only masters receive the cluster's CAs")
-        material = await master_material(node)
+        grant = await authorize(client, node, NodeCall.BOOTSTRAP)
+        material = await master_material(node, grant.node_address)
         if isinstance(material, JSONResponse):
             return material
         conf = None
@@ -270,9 +273,8 @@ def create_app(
         },
     )
     async def addons(node: Node) -> JSONResponse:
-        if node.claims.kind is not NodeKind.LEADER:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "only the leader applies the cluster's add-ons")
-        material = await master_material(node)
+        grant = await authorize(client, node, NodeCall.ADDONS)
+        material = await master_material(node, grant.node_address)
         if isinstance(material, JSONResponse):
             return material
         try:
@@ -291,39 +293,23 @@ def create_app(
             **_UNAUTHORIZED,
             status.HTTP_403_FORBIDDEN: {
                 "model": Problem,
-                "description": "The leader does not join, or the node is no longer part of the cluster.",
+                "description": "The leader does not join.",
             },
             status.HTTP_409_CONFLICT: {
                 "model": Problem,
-                "description": "Not yet: the leader is not ready; retry after `Retry-After` seconds.",
+                "description": "Not yet (VMware Tools has not reported the node's address), or a repeat "
+                "right after an answer; retry after `Retry-After` seconds.",
                 "headers": _RETRY_AFTER,
             },
             **_UNAVAILABLE,
         },
     )
     async def join(node: Node) -> JSONResponse:
-        if node.claims.kind is NodeKind.LEADER:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "the leader does not join")
-        try:
-            info = await cluster(node).execute_update(
-                JOIN_UPDATE, JoinRequest(node=node.claims.node), result_type=JoinInfo
-            )
-        except WorkflowUpdateFailedError as exc:
-            cause = exc.cause
-            kind = cause.type if isinstance(cause, ApplicationError) else None
-            message = cause.message if isinstance(cause, ApplicationError) else str(cause)
-            if kind == "NotYet":
-                return _retry_later(status.HTTP_409_CONFLICT, message)
-            if kind in ("UnknownNode", "NotAJoiner"):
-                raise HTTPException(status.HTTP_403_FORBIDDEN, message) from None
-            # The orchestrator could not produce a token (e.g. the API server is down).
-            log.warning("nodeapi.join_failed", error=message)
-            return _retry_later(
-                status.HTTP_503_SERVICE_UNAVAILABLE, "join information is unavailable right now"
-            )
-        except (RPCError, RPCTimeoutOrCancelledError) as exc:
-            raise _unavailable(exc) from None
-        log.info("nodeapi.join_served", expires_at=info.expires_at.isoformat())
+        grant = await authorize(client, node, NodeCall.JOIN)
+        info = grant.join
+        if info is None:  # a node workflow always sends it with a join grant
+            raise unavailable("join information is unavailable right now")
+        log.info("nodeapi.join_served", expires_at=info.expires_at.isoformat(), served=grant.served)
         return JSONResponse(info.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
     @app.post(
@@ -340,7 +326,8 @@ def create_app(
             **_UNAUTHORIZED,
             status.HTTP_409_CONFLICT: {
                 "model": Problem,
-                "description": "The node is no longer bootstrapping (its node workflow is closed).",
+                "description": "Not yet: VMware Tools has not reported the node's address; retry.",
+                "headers": _RETRY_AFTER,
             },
             status.HTTP_422_UNPROCESSABLE_CONTENT: {
                 "model": ValidationProblem,
@@ -350,27 +337,7 @@ def create_app(
         },
     )
     async def report(report: NodeReport, node: Node) -> Accepted:
-        allowed = {
-            NodeKind.LEADER: {NodeReportKind.READY, NodeReportKind.FAILED},
-            NodeKind.MASTER: {NodeReportKind.JOINED, NodeReportKind.FAILED},
-            NodeKind.WORKER: {NodeReportKind.JOINED, NodeReportKind.FAILED},
-        }[node.claims.kind]
-        if report.kind not in allowed:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"a {node.claims.kind.value} reports one of: {', '.join(sorted(allowed))}",
-            )
-        handle = client.get_workflow_handle(ids.node_workflow_id(node.claims.cluster, node.claims.node))
-        try:
-            await handle.signal(REPORT_SIGNAL, report)
-        except RPCError as exc:
-            if exc.status is RPCStatusCode.NOT_FOUND:
-                raise HTTPException(
-                    status.HTTP_409_CONFLICT, "this node is no longer bootstrapping"
-                ) from None
-            raise _unavailable(exc) from None
-        except RPCTimeoutOrCancelledError as exc:
-            raise _unavailable(exc) from None
+        await authorize(client, node, NodeCall.REPORT, report)
         log.info("nodeapi.report", kind=report.kind.value)
         return Accepted()
 

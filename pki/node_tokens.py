@@ -1,9 +1,14 @@
-"""Node tokens: a short-lived JWT per node, signed with the orchestrator's
-Ed25519 key and checked by the node API.
+"""Node tokens: a JWT per node incarnation, signed with the worker's Ed25519 key
+and verified by the node API with the public half.
 
 A token names one cluster (by name and uid), one node and its bootstrap role;
-it carries an audience, an id (the node's instance UUID) and an expiry. The
-signing key never leaves the worker and the node API.
+it carries an audience, an id (the node's instance UUID) and an expiry: the
+node's bootstrap deadline. Its signature only says who the caller claims to be;
+whether the node is still bootstrapping is its workflow's to say
+(nodeapi/auth.py). The signing key stays with the worker.
+
+``python -m pki.node_tokens new KEY_FILE PUBLIC_FILE`` writes a new key pair;
+``python -m pki.node_tokens public KEY_FILE PUBLIC_FILE`` the public half of a key.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ValidationError
 
 from models.state import NodeIdentity, NodeKind
+from settings.files import RefusedToStart, read_private
 
 ISSUER = "pke-vsphere"
 AUDIENCE = "pke-vsphere-node-api"
@@ -39,10 +45,45 @@ class NodeClaims(BaseModel):
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    """The worker's signing key, from a file readable by its owner only."""
+    pem = read_private(path, "node token signing key").encode()
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except ValueError:
+        raise RefusedToStart(f"{path} does not hold a PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} does not hold an Ed25519 private key")
+        raise RefusedToStart(f"{path} does not hold an Ed25519 private key")
     return key
+
+
+def load_verification_key(path: Path) -> Ed25519PublicKey:
+    """The node API's key: the public half only. A private key is refused, so the
+    node API never holds what signs tokens."""
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise RefusedToStart(f"node token public key {path}: {exc.strerror or exc}") from None
+    if b"PRIVATE KEY" in pem:
+        raise RefusedToStart(
+            f"{path} holds a private key: the node API takes only the public key "
+            "(write it with `python -m pki.node_tokens public KEY_FILE PUBLIC_FILE`)"
+        )
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError:
+        raise RefusedToStart(f"{path} does not hold a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise RefusedToStart(f"{path} does not hold an Ed25519 public key")
+    return key
+
+
+def write_public_key(key: Ed25519PrivateKey, path: Path) -> None:
+    """Write the public half of ``key`` (what the node API verifies with)."""
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pem)
 
 
 def create_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -101,3 +142,19 @@ class NodeTokenVerifier:
         if raw["sub"] != claims.node:
             raise InvalidNodeToken("token invalid")
         return claims
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="node token keys")
+    parser.add_argument("action", choices=["new", "public"])
+    parser.add_argument("key_file", type=Path)
+    parser.add_argument("public_file", type=Path)
+    args = parser.parse_args(argv)
+    key = create_signing_key(args.key_file) if args.action == "new" else load_signing_key(args.key_file)
+    write_public_key(key, args.public_file)
+
+
+if __name__ == "__main__":
+    main()

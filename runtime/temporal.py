@@ -9,26 +9,53 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
+from pydantic import ValidationError
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 
 from codec import keys
 from codec.encryption import EncryptionCodec
 from settings import TemporalSettings
+from settings.files import RefusedToStart
 
 # Without a codec: what reads plain payloads (replays of stored histories, tests).
 DATA_CONVERTER: DataConverter = pydantic_data_converter
 
 
 def data_converter(ring: keys.KeyRing | None) -> DataConverter:
-    """pydantic models as JSON, encrypted with the newest key when there is a key ring."""
+    """pydantic models as JSON, encrypted with the newest key when there is a key ring;
+    failures' messages and stack traces are moved into an encoded payload, so they
+    are encrypted too (a message can quote an input)."""
     if ring is None:
         return DATA_CONVERTER
-    return dataclasses.replace(DATA_CONVERTER, payload_codec=EncryptionCodec(ring))
+    return dataclasses.replace(
+        DATA_CONVERTER,
+        payload_codec=EncryptionCodec(ring),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
+def payload_keys(settings: TemporalSettings) -> keys.KeyRing | None:
+    """The key ring payloads are encrypted with; without one, only a development run
+    that says so (PKE_VSPHERE_ALLOW_UNENCRYPTED_PAYLOADS=true) may go on.
+
+    Raises:
+        RefusedToStart: no keys file and no such permission, or a bad keys file.
+    """
+    if settings.payload_keys_file is not None:
+        return keys.load(settings.payload_keys_file)
+    if settings.allow_unencrypted_payloads:
+        return None
+    raise RefusedToStart(
+        "no payload keys: set PKE_VSPHERE_PAYLOAD_KEYS_FILE (workflow histories hold the clusters' "
+        "keys), or PKE_VSPHERE_ALLOW_UNENCRYPTED_PAYLOADS=true for a development run"
+    )
 
 
 async def connect(settings: TemporalSettings) -> Client:
+    """A client with the project's data converter (payloads encrypted, see :func:`payload_keys`)."""
+    ring = payload_keys(settings)
     tls: TLSConfig | bool = False
     if settings.temporal_tls_ca_file or settings.temporal_tls_cert_file:
         tls = TLSConfig(
@@ -48,19 +75,33 @@ async def connect(settings: TemporalSettings) -> Client:
         namespace=settings.temporal_namespace,
         tls=tls or bool(api_key),
         api_key=api_key,
-        data_converter=data_converter(
-            keys.load(settings.payload_keys_file) if settings.payload_keys_file else None
-        ),
+        data_converter=data_converter(ring),
     )
+
+
+def refuse_to_start(program: str, exc: Exception) -> NoReturn:
+    """End a process that will not run with its settings: one line, exit 2. A
+    settings error names the environment variables."""
+    if isinstance(exc, ValidationError):
+        reason = "; ".join(
+            f"PKE_VSPHERE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        )
+    else:
+        reason = str(exc)
+    print(f"{program}: refusing to start: {reason}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run_client_process(main: Callable[[], int]) -> NoReturn:
     """Run a client process's ``main`` and end it with ``exit_client_process``, on an
-    exception too (shown as Python shows it)."""
+    exception too (a refusal to start as one line, anything else as Python shows it)."""
     try:
         code = main()
     except KeyboardInterrupt:
         code = 130
+    except (RefusedToStart, ValidationError) as exc:
+        refuse_to_start("pke-vsphere", exc)
     except Exception:
         traceback.print_exc()
         code = 1

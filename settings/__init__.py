@@ -15,6 +15,8 @@ from typing import Self, TypeVar
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from settings.files import check_private, read_private
+
 TASK_QUEUE = "pke-vsphere"
 
 _S = TypeVar("_S", bound=BaseSettings)
@@ -34,6 +36,11 @@ class TemporalSettings(BaseSettings):
         default=None,
         description="AES-256 keys that encrypt workflow payloads ('<key-id> <base64>' lines, newest last).",
     )
+    allow_unencrypted_payloads: bool = Field(
+        default=False,
+        description="Run without a payload keys file (development only): workflow histories "
+        "then hold the clusters' keys in plain text.",
+    )
 
 
 class CodecServerSettings(BaseSettings):
@@ -43,7 +50,14 @@ class CodecServerSettings(BaseSettings):
     codec_listen_host: str = Field(default="127.0.0.1")
     codec_listen_port: int = Field(default=8234)
     codec_auth_token_file: Path | None = Field(
-        default=None, description="Requests must carry 'Authorization: Bearer <token>' from this file."
+        default=None,
+        description="Requests must carry 'Authorization: Bearer <token>' from this file (mode 0600); "
+        "required unless the server listens on loopback.",
+    )
+    codec_allowed_hosts: str | None = Field(
+        default=None,
+        description="Comma-separated host names the server answers for (the Host header); "
+        "default: its listen address, and the loopback names on loopback.",
     )
     codec_cors_origins: str = Field(
         default="http://127.0.0.1:8233,http://localhost:8233",
@@ -83,9 +97,15 @@ class VCenterSettings(BaseSettings):
             raise ValueError("set PKE_VSPHERE_VCENTER_PASSWORD_FILE or PKE_VSPHERE_VCENTER_PASSWORD")
         return self
 
+    @model_validator(mode="after")
+    def _password_file_is_private(self) -> Self:
+        if self.vcenter_password_file is not None:
+            check_private(self.vcenter_password_file, "vCenter password file")
+        return self
+
     def password(self) -> str:
         if self.vcenter_password_file is not None:
-            return self.vcenter_password_file.read_text().strip()
+            return read_private(self.vcenter_password_file, "vCenter password file").strip()
         assert self.vcenter_password is not None
         return self.vcenter_password.get_secret_value()
 
@@ -96,14 +116,20 @@ class NodeApiSettings(BaseSettings):
     node_api_url: str = Field(description="URL booting nodes use to reach the node API.")
     node_api_listen_host: str = Field(default="127.0.0.1")
     node_api_listen_port: int = Field(default=8480)
-    node_token_key_file: Path = Field(
-        description="Ed25519 private key (PEM) signing node tokens; the node API verifies with it."
+    node_token_key_file: Path | None = Field(
+        default=None, description="Ed25519 private key (PEM, mode 0600) the worker signs node tokens with."
     )
-    node_token_ttl_seconds: int = Field(default=4 * 3600, ge=300, le=7 * 24 * 3600)
+    node_token_public_key_file: Path | None = Field(
+        default=None, description="Its public half (PEM): all the node API holds to verify tokens."
+    )
     node_api_tls_cert_file: Path | None = Field(
         default=None, description="Serve the node API over HTTPS with this certificate (PEM)."
     )
     node_api_tls_key_file: Path | None = Field(default=None, description="Its private key (PEM).")
+    node_api_development: bool = Field(
+        default=False,
+        description="Let the node API serve plain HTTP (a development run on loopback only).",
+    )
     node_api_ca_file: Path | None = Field(
         default=None, description="CA that signed the node API's certificate; nodes verify with it."
     )

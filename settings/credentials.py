@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from settings import load
+from settings.files import RefusedToStart, read_private
 
 log = structlog.get_logger(__name__)
 
@@ -76,18 +77,19 @@ class CredentialsSettings(BaseSettings):
 
 def _read_named(path: Path, model: type[M], what: str) -> dict[str, M]:
     """The file's entries, each validated; a bad one is named without its values."""
-    if path.stat().st_mode & 0o077:
-        log.warning("credentials.readable_by_others", file=str(path), hint="chmod 600")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(read_private(path, f"{what} credentials file")) or {}
+    except yaml.YAMLError as exc:
+        raise RefusedToStart(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of names to {what}")
+        raise RefusedToStart(f"{path}: expected a mapping of names to {what} credentials")
     entries = {}
     for name, entry in data.items():
         try:
             entries[str(name)] = model.model_validate(entry)
         except ValidationError as exc:
             fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
-            raise ValueError(f"{path}: entry {name!r} is invalid ({fields})") from None
+            raise RefusedToStart(f"{path}: entry {name!r} is invalid ({fields})") from None
     return entries
 
 
@@ -113,7 +115,7 @@ class StorageCredentials(_Named[StorageCredential]):
     def load(cls, path: Path | None) -> Self:
         if path is None:
             return cls()
-        return cls(_read_named(path, StorageCredential, "username/password"))
+        return cls(_read_named(path, StorageCredential, "storage"))
 
 
 class EtcdCredentials(_Named[EtcdCredential]):
@@ -125,5 +127,5 @@ class EtcdCredentials(_Named[EtcdCredential]):
     def load(cls, path: Path | None) -> Self:
         if path is None:
             return cls()
-        entries = _read_named(path, EtcdCredential, "ca_file/cert_file/key_file")
+        entries = _read_named(path, EtcdCredential, "etcd")
         return cls({name: entry.relative_to(path.parent) for name, entry in entries.items()})

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from codec import keys
 from pki import authority
-from pki.node_tokens import create_signing_key
+from pki.node_tokens import create_signing_key, load_signing_key, write_public_key
 from runtime import temporal
 from runtime.binaries import temporal_binary
 from sim import vcenter
@@ -171,9 +171,11 @@ def up() -> int:
             task_seconds=vcenter.parse_task_seconds(os.environ.get("SIM_TASK_SECONDS", "")),
         )
         _pidfile("vcsim").write_text(str(sim.process.pid))
-        key_file = STATE / "node-token.pem"
+        key_file, public_key_file = STATE / "node-token.pem", STATE / "node-token.pub"
         if not key_file.exists():
             create_signing_key(key_file)
+        # The node API holds only the public half.
+        write_public_key(load_signing_key(key_file), public_key_file)
         payload_keys = STATE / "payload-keys"
         if not payload_keys.exists():
             keys.create(payload_keys, "demo-1")
@@ -199,6 +201,7 @@ def up() -> int:
                     f"PKE_VSPHERE_NODE_API_CA_FILE={node_api_tls[2]}",
                     f"PKE_VSPHERE_NODE_API_LISTEN_PORT={NODE_API_PORT}",
                     f"PKE_VSPHERE_NODE_TOKEN_KEY_FILE={key_file}",
+                    f"PKE_VSPHERE_NODE_TOKEN_PUBLIC_KEY_FILE={public_key_file}",
                     f"PKE_VSPHERE_PAYLOAD_KEYS_FILE={payload_keys}",
                     f"PKE_VSPHERE_STORAGE_CREDENTIALS_FILE={storage_accounts}",
                     f"PKE_VSPHERE_CODEC_LISTEN_PORT={CODEC_PORT}",

@@ -13,7 +13,8 @@ real client (lightkube) uses, in the shapes the real API answers with:
   ``GET /api/v1/namespaces/{ns}/pods``
 - ``POST /api/v1/namespaces/{ns}/pods/{name}/eviction`` (429 for pods a
   test marks as protected by a PodDisruptionBudget)
-- ``GET|POST /api/v1/namespaces/kube-system/secrets`` (bootstrap tokens)
+- ``GET|POST /api/v1/namespaces/kube-system/secrets`` and
+  ``DELETE /api/v1/namespaces/kube-system/secrets/{name}`` (bootstrap tokens)
 
 Every call is recorded with its time so tests can assert the order of a drain.
 """
@@ -51,6 +52,7 @@ class ClusterObjects:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # "ns/name" -> pod
     secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    secrets_created: list[dict[str, Any]] = field(default_factory=list)  # every one, deleted or not
     protected: set[str] = field(default_factory=set)  # "ns/name" a PDB holds
     calls: list[Call] = field(default_factory=list)
     # What the leader applied after install (add-ons), by (kind, "ns/name").
@@ -159,8 +161,17 @@ def create_app(objects: ClusterObjects) -> FastAPI:
             return _status(409, "AlreadyExists", f'secrets "{name}" already exists')
         secret["metadata"]["namespace"] = "kube-system"
         objects.secrets[name] = secret
+        objects.secrets_created.append(secret)
         record("create", "secrets", name)
         return JSONResponse(secret, status_code=201)
+
+    @app.delete("/api/v1/namespaces/kube-system/secrets/{name}", response_model=None)
+    async def delete_secret(name: str) -> dict[str, Any] | JSONResponse:
+        secret = objects.secrets.pop(name, None)
+        if secret is None:
+            return _status(404, "NotFound", f'secrets "{name}" not found')
+        record("delete", "secrets", name)
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
 
     return app
 

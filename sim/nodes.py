@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import random
+import secrets
 import shlex
 import ssl
 import time
@@ -33,6 +34,7 @@ from bootstrap import cloudinit, guestinfo
 from external_etcd import material as etcd_material
 from external_etcd.gateway import EtcdUnavailable, first_answer
 from models.pki import ExternalEtcdClient
+from models.protocol import NODE_KEY_HEADER
 from pki.bootstrap_tokens import TOKEN_PATTERN
 from sim import vcenter
 from sim.kubeapi import PORT, StandInKubeAPI
@@ -60,6 +62,8 @@ class BootedNode:
     kind: str
     ip: str
     install_command: str
+    token: str = field(repr=False, default="")
+    """The token as guestinfo carried it at this node's first boot (attacker tests replay it)."""
     events: list[tuple[float, str]] = field(default_factory=list)
 
 
@@ -196,21 +200,24 @@ class SimulatedNodes:
         userdata = guestinfo.decode(
             extra[guestinfo.USERDATA], extra.get(f"{guestinfo.USERDATA}.encoding", "")
         )
+        ip = self._ip_for(uuid)
+        if uuid in self._bootstrapped:  # cloud-init ran already: its guestinfo holds no token now
+            await self._reboot(vm, uuid, name, ip)
+            return
         config = cloudinit.parse(userdata)
-        env = dict(
-            line.split("=", 1)
-            for line in cloudinit.written_file(config, cloudinit.ENV_FILE).splitlines()
-            if "=" in line
-        )
+        env = {
+            key: shlex.split(value)[0] if value else ""
+            for key, _, value in (
+                line.partition("=")
+                for line in cloudinit.written_file(config, cloudinit.ENV_FILE).splitlines()
+                if "=" in line
+            )
+        }
         token = cloudinit.written_file(config, cloudinit.TOKEN_FILE).strip()
         script = cloudinit.written_file(config, cloudinit.SCRIPT_FILE)
         install = next(line for line in script.splitlines() if line.startswith("pke install "))
         kind = env["PKE_VSPHERE_KIND"]
-        ip = self._ip_for(uuid)
-        if uuid in self._bootstrapped:
-            await self._reboot(vm, uuid, name, ip)
-            return
-        node = BootedNode(name=name, vm_ref=vm._moId, kind=kind, ip=ip, install_command=install)
+        node = BootedNode(name=name, vm_ref=vm._moId, kind=kind, ip=ip, install_command=install, token=token)
         self.nodes[name] = node
         self._node_of[uuid] = name
         node.events.append((time.time(), "powered-on"))
@@ -224,7 +231,8 @@ class SimulatedNodes:
         if behaviour is Behaviour.SILENT:
             return
 
-        headers = {"Authorization": f"Bearer {token}"}
+        # As the bootstrap script: a node key drawn at boot, sent with the token on every call.
+        headers = {"Authorization": f"Bearer {token}", NODE_KEY_HEADER: secrets.token_urlsafe(32)}
         verify: ssl.SSLContext | bool = True
         if "PKE_VSPHERE_NODE_API_CA" in env:  # like curl --cacert in the bootstrap script
             verify = ssl.create_default_context(
@@ -369,9 +377,8 @@ class SimulatedNodes:
     async def _apply_addons(self, api: httpx.AsyncClient, kube: StandInKubeAPI, node: BootedNode) -> None:
         """What the bootstrap script does after `pke install` on the leader: install each
         add-on's release, then apply the objects the node API made for this cluster."""
-        response = await api.get("/v1/nodes/self/addons")
-        response.raise_for_status()
-        for addon in response.json()["addons"]:
+        bundle = await self._fetch(api, "/v1/nodes/self/addons")
+        for addon in bundle["addons"]:
             kube.objects.installed.append(addon["install_url"])
             kube.apply(addon["manifest"])
             node.events.append((time.time(), f"addon-applied:{addon['name']}@{addon['version']}"))
@@ -389,13 +396,12 @@ class SimulatedNodes:
 
     @staticmethod
     async def _post(api: httpx.AsyncClient, body: dict[str, str]) -> None:
-        for _ in range(20):
+        for _ in range(120):  # as the script: "not now" (409, 503) is asked again
             response = await api.post("/v1/nodes/self/report", json=body)
-            if response.status_code != 503:
+            if response.status_code not in (409, 503):
                 break
             await asyncio.sleep(0.5)
-        if response.status_code not in (202, 409):
-            response.raise_for_status()
+        response.raise_for_status()
 
     def _report_ip(self, vm: Any, ip: str, name: str) -> None:
         """What VMware Tools does: publish the guest's addresses and host name. The

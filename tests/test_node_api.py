@@ -17,17 +17,21 @@ from temporalio.client import (
     WorkflowQueryFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
+from temporalio.service import RPCError, RPCStatusCode
 
-from models.messages import NodeLookupResult
-from models.state import ClusterPhase, ClusterStatus, NodeIdentity, NodeKind, NodeState
+from models.messages import JoinInfo, NodeCallGrant, NodeCallRequest
+from models.protocol import NODE_CALL_UPDATE, NODE_KEY_HEADER
+from models.state import ClusterPhase, ClusterStatus, NodeIdentity, NodeKind
 from nodeapi.app import create_app
 from pki.node_tokens import NodeTokenSigner, NodeTokenVerifier, load_signing_key
 from sim.nodes import Behaviour
 from starter import clusters
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import serve_app
-from workflows.cluster import BOOTSTRAP_QUERY, JOIN_UPDATE, NODE_QUERY
-from workflows.node import REPORT_SIGNAL
+from workflows.cluster import BOOTSTRAP_QUERY
+
+# The node key of every call these tests make as a node (the first call binds a node to it).
+NODE_KEY = "k" * 43
 
 
 async def wait_for_node_identities(stack: Stack, name: str) -> ClusterStatus:
@@ -54,9 +58,11 @@ async def waiting_cluster(stack: Stack) -> ClusterStatus:
     return await wait_for_node_identities(stack, name)
 
 
-def token_for(key_file: Path, node: NodeIdentity, ttl: timedelta = timedelta(minutes=5)) -> dict[str, str]:
+def token_for(
+    key_file: Path, node: NodeIdentity, ttl: timedelta = timedelta(minutes=5), node_key: str = NODE_KEY
+) -> dict[str, str]:
     token = NodeTokenSigner(load_signing_key(key_file)).sign(node, ttl)
-    return {"Authorization": f"Bearer {token}"}
+    return {"Authorization": f"Bearer {token}", NODE_KEY_HEADER: node_key}
 
 
 def node(status: ClusterStatus, kind: NodeKind, index: int = 1) -> NodeIdentity:
@@ -100,7 +106,9 @@ async def test_a_token_for_an_unknown_cluster_or_node_is_refused(
     ]
     async with httpx.AsyncClient(base_url=node_api_url) as api:
         for stranger in strangers:
-            response = await api.get("/v1/nodes/self/bootstrap", headers=token_for(key_file, stranger))
+            # Each to a route its claimed role may call: a role's refusal (403) comes first.
+            path = "/v1/nodes/self/join" if stranger.kind is NodeKind.WORKER else "/v1/nodes/self/bootstrap"
+            response = await api.get(path, headers=token_for(key_file, stranger))
             assert response.status_code == 401, stranger
 
 
@@ -128,7 +136,10 @@ async def test_only_masters_get_the_cluster_cas(
             "/v1/nodes/self/bootstrap",
             headers=token_for(key_file, node(waiting_cluster, NodeKind.LEADER)),
         )
-    assert worker.status_code == 403
+    # The worker's VM does not exist yet (its workflow starts once the leader is
+    # ready): its token is of no node that bootstraps. tests/test_node_credentials.py
+    # shows a booting worker's 403.
+    assert worker.status_code == 401
     assert leader.status_code == 200
     body = leader.json()
     assert "BEGIN CERTIFICATE" in body["pki"]["kubernetes_ca"]["cert_pem"]
@@ -139,9 +150,11 @@ async def test_only_masters_get_the_cluster_cas(
     assert body["node_address"] == leader_ip
 
 
-async def test_join_says_not_yet_until_the_leader_is_ready(
+async def test_a_node_without_a_running_workflow_gets_401_and_the_leader_never_joins(
     node_api_url: str, key_file: Path, waiting_cluster: ClusterStatus
 ) -> None:
+    """The workers of a cluster whose leader is not ready have no workflow yet: their
+    VMs do not exist, so nothing may bootstrap with their tokens."""
     async with httpx.AsyncClient(base_url=node_api_url) as api:
         response = await api.get(
             "/v1/nodes/self/join",
@@ -151,10 +164,25 @@ async def test_join_says_not_yet_until_the_leader_is_ready(
             "/v1/nodes/self/join",
             headers=token_for(key_file, node(waiting_cluster, NodeKind.LEADER)),
         )
-    assert response.status_code == 409
-    assert response.headers["retry-after"] == "5"
-    assert "leader is not ready" in response.json()["detail"]
+    assert response.status_code == 401
+    assert response.json()["detail"] == "this node is not bootstrapping"
     assert leader.status_code == 403
+
+
+async def test_a_call_without_a_node_key_gets_401(
+    node_api_url: str, key_file: Path, waiting_cluster: ClusterStatus
+) -> None:
+    leader = node(waiting_cluster, NodeKind.LEADER)
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        for key in (None, "", "short", "k" * 42, "k" * 129, "k+/=" * 11):
+            headers = token_for(key_file, leader)
+            if key is None:
+                del headers[NODE_KEY_HEADER]
+            else:
+                headers[NODE_KEY_HEADER] = key
+            response = await api.get("/v1/nodes/self/bootstrap", headers=headers)
+            assert response.status_code == 401, key
+            assert NODE_KEY_HEADER in response.json()["detail"]
 
 
 async def test_malformed_or_foreign_reports_are_refused_and_change_nothing(
@@ -175,17 +203,20 @@ async def test_malformed_or_foreign_reports_are_refused_and_change_nothing(
             ),
             await api.post("/v1/nodes/self/report", headers=worker, json=[1, 2]),
         ]
-    assert [r.status_code for r in bad] == [422] * len(bad)
+    # Bodies that are no report are refused first; a report the role does not make is
+    # refused by the node's workflow (the leader's runs; the worker's has not started,
+    # so its token is refused before its role is looked at).
+    assert [r.status_code for r in bad] == [422, 422, 401, 422, 422, 422]
     after = await clusters.status(stack.client, waiting_cluster.name)
     assert after.phase is ClusterPhase.STARTING_LEADER
     assert not after.failed_nodes
 
 
 class FlakyOrchestrator:
-    """A stand-in Temporal client: the token's node exists, then the call the route
-    makes fails the way Temporal can fail it (``failures`` by query, update or signal
-    name). For failures no real cluster produces on demand: a timeout, or a cluster
-    that changed between the token check and the call."""
+    """A stand-in Temporal client: the node's workflow grants every call, then the
+    call the route makes fails the way Temporal can fail it (``failures`` by query
+    or update name). For failures no real cluster produces on demand: a timeout, an
+    unavailable frontend, or a cluster that changed between the grant and the query."""
 
     def __init__(self, node: NodeIdentity, failures: dict[str, Exception]) -> None:
         self.node = node
@@ -194,19 +225,25 @@ class FlakyOrchestrator:
     def get_workflow_handle(self, workflow_id: str) -> FlakyOrchestrator:
         return self
 
-    async def _call(self, name: str, *_: object, **__: object) -> object:
+    async def _call(self, name: str, request: object, *_: object, **__: object) -> object:
         if name in self.failures:
             raise self.failures[name]
-        assert name == NODE_QUERY, name
-        return NodeLookupResult(cluster_uid=self.node.cluster_uid, node=NodeState(identity=self.node))
+        assert name == NODE_CALL_UPDATE and isinstance(request, NodeCallRequest), name
+        join = JoinInfo(token="abcdef.0123456789abcdef", expires_at="2030-01-01T00:00:00Z",
+                        ca_cert_hash="sha256:00", api_endpoint="127.0.0.1:6443")  # fmt: skip
+        return NodeCallGrant(call=request.call, served=1, node_address="127.0.0.9", join=join)
 
-    query = execute_update = signal = _call
+    query = execute_update = _call
+
+
+_UNAVAILABLE = RPCError("frontend unavailable", RPCStatusCode.UNAVAILABLE, b"")
+_CLOSED = RPCError("workflow execution already completed", RPCStatusCode.NOT_FOUND, b"")
 
 
 @pytest.mark.parametrize(
     ("kind", "method", "path", "failures", "expected"),
     [
-        # The cluster began deleting (or has no PKI) between the token check and the query.
+        # The cluster began deleting between the grant and the query.
         (
             NodeKind.LEADER,
             "GET",
@@ -214,30 +251,38 @@ class FlakyOrchestrator:
             {BOOTSTRAP_QUERY: WorkflowQueryFailedError("n is not a master of this cluster")},
             409,
         ),
-        (NodeKind.LEADER, "GET", "/v1/nodes/self/bootstrap", {NODE_QUERY: RPCTimeoutOrCancelledError()}, 503),
         (
             NodeKind.LEADER,
             "GET",
             "/v1/nodes/self/bootstrap",
-            {NODE_QUERY: WorkflowQueryFailedError("x")},
+            {BOOTSTRAP_QUERY: RPCTimeoutOrCancelledError()},
             503,
         ),
+        (NodeKind.LEADER, "GET", "/v1/nodes/self/bootstrap", {NODE_CALL_UPDATE: _UNAVAILABLE}, 503),
+        (NodeKind.LEADER, "GET", "/v1/nodes/self/bootstrap", {NODE_CALL_UPDATE: _CLOSED}, 401),
         (
             NodeKind.WORKER,
             "GET",
             "/v1/nodes/self/join",
-            {JOIN_UPDATE: WorkflowUpdateRPCTimeoutOrCancelledError()},
+            {NODE_CALL_UPDATE: WorkflowUpdateRPCTimeoutOrCancelledError()},
             503,
         ),
         (
             NodeKind.WORKER,
             "POST",
             "/v1/nodes/self/report",
-            {REPORT_SIGNAL: RPCTimeoutOrCancelledError()},
+            {NODE_CALL_UPDATE: RPCTimeoutOrCancelledError()},
             503,
         ),
     ],
-    ids=["cluster-changed", "lookup-timeout", "lookup-failed", "join-timeout", "report-timeout"],
+    ids=[
+        "cluster-changed",
+        "query-timeout",
+        "temporal-unavailable",
+        "workflow-closed",
+        "join-timeout",
+        "report-timeout",
+    ],
 )
 async def test_orchestrator_failures_are_a_4xx_or_503_with_retry_after_never_a_500(
     key_file: Path, kind: NodeKind, method: str, path: str, failures: dict[str, Exception], expected: int
@@ -252,5 +297,8 @@ async def test_orchestrator_failures_are_a_4xx_or_503_with_retry_after_never_a_5
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as api:
         response = await api.request(method, path, headers=token_for(key_file, node), json={"kind": "failed"})
     assert response.status_code == expected, response.text
-    assert response.headers["retry-after"] == "5"
+    if expected == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    else:
+        assert response.headers["retry-after"] == "5"
     assert response.json()["detail"]

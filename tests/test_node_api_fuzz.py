@@ -30,6 +30,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from models.protocol import NODE_KEY_HEADER
 from models.state import ClusterPhase, ClusterStatus, NodeIdentity, NodeKind, NodePhase
 from pki.node_tokens import NodeTokenSigner, load_signing_key
 from sim.nodes import Behaviour
@@ -42,6 +43,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 MAX_EXAMPLES = 50
 """Per operation and generation mode; with derandomize the same requests every run."""
+
+NODE_KEY = "fuzz-node-key-" + "f" * 30
+"""The node key of every request with a token."""
 
 # What a request of the node API could change: signals (reports) and updates (joins).
 MESSAGE_EVENTS = {
@@ -86,8 +90,9 @@ class FuzzRun:
 def fuzz(url: str, authorizations: Sequence[str | None], checks: list[Callable[..., Any]]) -> FuzzRun:
     """Run schemathesis (positive and negative data) on every operation of the
     description served at ``url``, each request with one of ``authorizations`` as
-    its whole Authorization header (None: no header at all). Synchronous: call it
-    from a thread, the server runs in the test's event loop."""
+    its whole Authorization header (None: no header at all) and the node key
+    ``NODE_KEY``. Synchronous: call it from a thread, the server runs in the
+    test's event loop."""
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     run = FuzzRun()
     for result in schema.get_all_operations():
@@ -126,7 +131,7 @@ def fuzz_operation(
         elif not (case.meta and case.meta.is_negative_at(ParameterLocation.HEADER)):
             # The header under test replaces a generated one, unless the case is about
             # a malformed Authorization header: that one is sent as generated.
-            headers = {"Authorization": authorization}
+            headers = {"Authorization": authorization, NODE_KEY_HEADER: NODE_KEY}
         # No session: a new connection per request. The harness's socket is made
         # without IPPROTO_TCP, so asyncio leaves TCP_NODELAY off and every response on
         # a reused connection waits ~40 ms for a delayed ACK.
@@ -261,14 +266,17 @@ BODY_NOT_JSON = {(400, "There was an error parsing the body"), (422, "json_inval
 
 
 def assert_all_refused(run: FuzzRun) -> set[str]:
-    """Every /v1 request got 401, except bodies that are not JSON at all; returns
+    """Every /v1 request got 401, except report bodies that are no report at all (400
+    or 422, before the node's workflow is asked: nothing of them reaches it); returns
     the 401s' reasons."""
     assert run.no_negative_cases == {"GET /healthz"}
     assert run.codes("GET /healthz") == {200}
-    assert run.codes("GET /v1/nodes/self/bootstrap") == {401}, run.statuses
-    assert run.codes("GET /v1/nodes/self/join") == {401}, run.statuses
+    for operation in ("GET /v1/nodes/self/bootstrap", "GET /v1/nodes/self/addons", "GET /v1/nodes/self/join"):
+        assert run.codes(operation) == {401}, run.statuses
     assert run.codes("POST /v1/nodes/self/report") <= {400, 401, 422}, run.statuses
-    assert {refusal for refusal in run.refusals if refusal[0] != 401} <= BODY_NOT_JSON, run.refusals
+    # Our own refusals are single details; pydantic's a list of problems, each by type.
+    ours = {detail for status, detail in run.refusals if status != 401 and " " in detail}
+    assert ours <= {detail for _, detail in BODY_NOT_JSON}, run.refusals
     return {reason for status, reason in run.refusals if status == 401}
 
 
@@ -295,25 +303,37 @@ async def test_forged_expired_or_foreign_tokens_are_refused_and_change_nothing(
     started = time.monotonic()
     run = await asyncio.to_thread(fuzz, node_api_url, unauthorised_headers(key_file, targets), CONFORMANCE)
     print(f"bad tokens: {run.requests} requests in {time.monotonic() - started:.1f} s: {run.statuses}")
-    # Each way in was tried and refused for its own reason.
-    assert assert_all_refused(run) == {
+    # Each way in was tried and refused for its own reason: the signature, the expiry,
+    # the node key's form, a node that is done, another incarnation of a booting one.
+    reasons = assert_all_refused(run)
+    expected = {
         "missing bearer token",
         "token invalid",
         "token expired",
-        "token does not belong to a node of this cluster",
+        "this node is not bootstrapping",
+        "the token names another incarnation of this node",
     }
+    assert expected <= reasons <= expected | {f"missing or malformed {NODE_KEY_HEADER} header"}, reasons
     assert await snapshot(stack.client, fuzzed.names) == before
 
 
 async def test_valid_tokens_get_no_server_error_and_touch_only_their_own_cluster(
     stack: Stack, node_api_url: str, key_file: Path, fuzzed: Clusters
 ) -> None:
+    """The tokens of the booting leader (the waiting cluster's) and of the ready
+    cluster's nodes, all valid signatures: the booting leader's calls are served
+    as the protocol says, the ready cluster's are all refused and it does not change."""
     signer = NodeTokenSigner(load_signing_key(key_file))
+    booting = identity(fuzzed.waiting, NodeKind.LEADER)
     tokens: list[str | None] = [
-        bearer(signer.sign(identity(fuzzed.ready, kind), timedelta(minutes=5)))
-        for kind in (NodeKind.LEADER, NodeKind.WORKER)
+        bearer(signer.sign(node, timedelta(minutes=5)))
+        for node in (
+            booting,
+            identity(fuzzed.ready, NodeKind.LEADER),
+            identity(fuzzed.ready, NodeKind.WORKER),
+        )
     ]
-    other_cluster = await snapshot(stack.client, [fuzzed.waiting.name])
+    ready_cluster = await snapshot(stack.client, [fuzzed.ready.name])
     started = time.monotonic()
     # ignored_auth: after each 2xx, the same request without the token and with a
     # wrong one is sent as well, and must be refused.
@@ -322,13 +342,14 @@ async def test_valid_tokens_get_no_server_error_and_touch_only_their_own_cluster
     print(f"valid tokens: {run.requests} requests in {time.monotonic() - started:.1f} s: {run.statuses}")
     assert not {code for code in run.codes() if code >= 500}
     assert run.no_negative_cases == {"GET /healthz"}
-    # The tokens were taken: the leader got its CAs, the worker its join information;
-    # the ready cluster's node workflows are closed, so reports are 409.
-    for operation in ("GET /v1/nodes/self/bootstrap", "GET /v1/nodes/self/join"):
-        assert {200, 403} <= run.codes(operation) <= {200, 401, 403}, run.statuses
-    assert 409 in run.codes("POST /v1/nodes/self/report")
-    assert 202 not in run.codes("POST /v1/nodes/self/report")
-    assert await snapshot(stack.client, [fuzzed.waiting.name]) == other_cluster
+    # The booting leader got its CAs and add-ons (once, and its repeats), then 409
+    # (too soon) and 401 (used up); never join information; one report at most.
+    for operation in ("GET /v1/nodes/self/bootstrap", "GET /v1/nodes/self/addons"):
+        assert 200 in run.codes(operation) <= {200, 401, 409}, run.statuses
+    assert run.statuses[("GET /v1/nodes/self/bootstrap", 200)] <= 3
+    assert run.codes("GET /v1/nodes/self/join") <= {401, 403}, run.statuses
+    assert run.statuses[("POST /v1/nodes/self/report", 202)] <= 1
+    assert await snapshot(stack.client, [fuzzed.ready.name]) == ready_cluster
     after = await clusters.status(stack.client, fuzzed.ready.name)
     assert after.phase is ClusterPhase.READY
     assert not after.failed_nodes

@@ -167,6 +167,12 @@ def start_reconfigure(vm: Any, *, cpus: int, cores: int, memory_mb: int) -> Any:
     return vm.ReconfigVM_Task(spec=spec)
 
 
+def start_set_extra_config(vm: Any, values: dict[str, str]) -> Any:
+    """Set extraConfig keys of a VM (on or off: guestinfo changes reach a running guest)."""
+    options = [vim.option.OptionValue(key=key, value=value) for key, value in values.items()]
+    return vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=options))
+
+
 def _usable_ip(value: str) -> bool:
     try:
         ip = ipaddress.ip_address(value)

@@ -68,8 +68,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from pki.bootstrap_tokens import usable
     from workflows import ids, validation
-    from workflows.cluster_core import failure_reason
     from workflows.deletion import DeletionMixin
+    from workflows.failures import failure_reason
     from workflows.node import PROGRESS_SIGNAL
     from workflows.policies import (
         JOIN_TOKEN_MARGIN,
@@ -313,8 +313,6 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
             raise ApplicationError(f"{request.node} is not a master of this cluster", type="NotAMaster")
         if self._pki is None:
             raise ApplicationError("the cluster's PKI is not generated yet", type="NotYet")
-        if node.ip is None:
-            raise ApplicationError("VMware Tools has not reported this node's address yet", type="NotYet")
         cp = self.spec.control_plane
         return BootstrapMaterial(
             pki=self._pki,

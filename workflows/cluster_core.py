@@ -14,15 +14,17 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from bootstrap import keepalived
     from models.messages import (
         ClusterState,
         FindClusterVmsResult,
+        IssueKubeCredentialInput,
         KubeAccess,
         NodeBootstrapSettings,
+        NodeJoinContext,
         NodeWorkflowInput,
         VCenterTarget,
     )
@@ -39,20 +41,16 @@ with workflow.unsafe.imports_passed_through():
         ReconcileReport,
     )
     from workflows import ids, vm_steps
-    from workflows.node import NodeWorkflow
+    from workflows.failures import failure_reason
+    from workflows.node import NodeWorkflow, bootstrap_window
+    from workflows.policies import JOIN_ACCESS_SLACK, LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
 
 T = TypeVar("T")
 
 # Changes to running workflows, guarded so older histories still replay.
 PATCH_DESTROY_GIVEN_UP = "destroy-vms-of-given-up-nodes"
+PATCH_JOIN_PER_NODE = "join-tokens-per-node"
 LEGACY_CLOUD_PROVIDER = "vsphere"
-
-
-def failure_reason(err: BaseException) -> str:
-    """The innermost message of a child or activity failure: what a person should read."""
-    while isinstance(err, ChildWorkflowError | ActivityError) and err.cause is not None:
-        err = err.cause
-    return err.message if isinstance(err, FailureError) else str(err)
 
 
 class ClusterCore:
@@ -62,8 +60,10 @@ class ClusterCore:
         self._phase = ClusterPhase.PENDING
         self._pki: ClusterPKI | None = None
         self._nodes: dict[str, NodeState] = {}
-        self._join_token: BootstrapToken | None = None
+        self._join_token: BootstrapToken | None = None  # clusters from before per-node tokens
         self._token_lock = asyncio.Lock()
+        # What node workflows install and delete their nodes' join tokens with.
+        self._join_access: KubeAccess | None = None
         self._created_at = workflow.now()
         self._ready_at: datetime | None = None
         self._error: str | None = None
@@ -165,6 +165,29 @@ class ClusterCore:
             ca_key_pem=self._pki.kubernetes_ca.key_pem,
         )
 
+    async def _join_context(self) -> NodeJoinContext:
+        """What a joining node's workflow needs to mint its node's own join token: a
+        client credential issued for the bootstrap window (reused while it covers a
+        whole window), never the CA key."""
+        window = bootstrap_window(self.spec.timeouts, NodeKind.WORKER)
+        async with self._token_lock:
+            access = self._join_access
+            if access is None or access.expires_at is None or access.expires_at - window < workflow.now():
+                access = self._join_access = await workflow.execute_activity(
+                    "issue_kube_credential",
+                    IssueKubeCredentialInput(
+                        cluster=self.spec.name,
+                        access=self._kube_access(),
+                        validity_seconds=int((window + JOIN_ACCESS_SLACK).total_seconds()),
+                    ),
+                    result_type=KubeAccess,
+                    start_to_close_timeout=LOCAL_WORK_TIMEOUT,
+                    retry_policy=LOCAL_WORK_RETRY,
+                )
+        endpoint = self._api_endpoint()
+        assert self._pki is not None and endpoint is not None
+        return NodeJoinContext(api_endpoint=endpoint, ca_cert_hash=self._pki.ca_cert_hash, access=access)
+
     # --- launching a node -------------------------------------------------------
     async def _launch(self, node: NodeState) -> bool:
         """Run the node's workflow to completion; on failure mark the node Failed, return False."""
@@ -184,6 +207,9 @@ class ClusterCore:
             etcd_endpoints=etcd.endpoints if (etcd := spec.control_plane.external_etcd) else [],
             etcd_prefix=spec.etcd_prefix,
         )
+        join = None
+        if node.identity.kind is not NodeKind.LEADER and workflow.patched(PATCH_JOIN_PER_NODE):
+            join = await self._join_context()
         try:
             result = await workflow.execute_child_workflow(
                 NodeWorkflow.run,
@@ -195,6 +221,7 @@ class ClusterCore:
                     bootstrap=bootstrap,
                     timeouts=spec.timeouts,
                     load_balancer=spec.load_balancer,
+                    join=join,
                 ),
                 id=ids.node_workflow_id(spec.name, node.name),
             )
@@ -314,6 +341,7 @@ class ClusterCore:
             pki=self._pki,
             nodes=list(self._nodes.values()),
             join_token=self._join_token,
+            join_access=self._join_access,
             created_at=self._created_at,
             ready_at=self._ready_at,
             error=self._error,
@@ -331,6 +359,7 @@ class ClusterCore:
         self._pki = state.pki
         self._nodes = {n.name: n for n in state.nodes}
         self._join_token = state.join_token
+        self._join_access = state.join_access
         self._created_at = state.created_at
         self._ready_at = state.ready_at
         self._error = state.error

@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
         ScaleRequest,
     )
     from workflows import validation, vm_steps
-    from workflows.cluster_core import failure_reason
+    from workflows.failures import failure_reason
     from workflows.policies import LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
 
 COMMAND_TIMEOUT = timedelta(hours=6)

@@ -13,7 +13,8 @@ with workflow.unsafe.imports_passed_through():
     from models.commands import DeleteOutcome
     from models.messages import ClearEtcdPrefixInput, ClearEtcdPrefixResult
     from models.state import ClusterPhase
-    from workflows.cluster_core import ClusterCore, failure_reason
+    from workflows.cluster_core import ClusterCore
+    from workflows.failures import failure_reason
     from workflows.policies import ETCD_CALL_TIMEOUT, ETCD_RETRY, LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
 
 

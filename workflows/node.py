@@ -3,13 +3,21 @@
 Steps, each with its own deadline from the spec: ensure the VM exists (found
 by its instance UUID, else cloned), configure it, power it on, wait for its IP,
 then wait for the node's own report (``ready`` from the leader, ``joined`` from
-the others) that the node API delivers as the ``report`` signal. Every phase
-change is signalled to the cluster workflow, which serves the status query.
+the others). Every phase change is signalled to the cluster workflow, which
+serves the status query.
+
+This workflow is also the authority on the node's credentials: every call the
+node makes to the node API is the ``node_call`` update here, checked by the
+node's :class:`~workflows.bootstrap_session.BootstrapSession`, so a token works
+only from power-on until the report, and never after this workflow ends. It
+mints the node's own join token when asked, deletes it from the cluster once
+the node reported, and takes the node's token out of its guestinfo.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -20,21 +28,37 @@ with workflow.unsafe.imports_passed_through():
         ConfigureVmInput,
         EnsureVmInput,
         EnsureVmResult,
+        JoinInfo,
+        NodeCallGrant,
+        NodeCallRequest,
         NodeReport,
         NodeReportKind,
         NodeResult,
         NodeWorkflowInput,
     )
+    from models.pki import BootstrapToken
+    from models.protocol import NODE_CALL_UPDATE, NodeCall, Refusal
+    from models.spec import Timeouts
     from models.state import NodeKind, NodePhase, NodeProgress
-    from workflows import vm_steps
-    from workflows.policies import VSPHERE_HEARTBEAT, VSPHERE_RETRY
+    from pki.bootstrap_tokens import usable
+    from workflows import node_credentials, vm_steps
+    from workflows.bootstrap_session import BootstrapSession, CallRefused
+    from workflows.policies import JOIN_TOKEN_MARGIN, VSPHERE_HEARTBEAT, VSPHERE_RETRY
 
-# Signal names, shared with the node API and the cluster workflow.
+# The signal the cluster workflow receives; and the report signal of node workflows
+# from before node calls were updates (kept so their histories replay).
 REPORT_SIGNAL = "report"
 PROGRESS_SIGNAL = "node_progress"
 
 # Changes to running workflows, guarded so older histories still replay.
 PATCH_BACKGROUND_PROGRESS = "progress-signals-in-background"
+PATCH_CREDENTIALS_TAKEN_BACK = "node-credentials-taken-back"
+
+
+def bootstrap_window(steps: Timeouts, kind: NodeKind) -> timedelta:
+    """From this workflow's start to the node's last chance to report: every step's deadline."""
+    report = steps.leader_ready if kind is NodeKind.LEADER else steps.join
+    return timedelta(seconds=steps.clone + steps.configure + steps.power_on + steps.ip + report)
 
 
 def _cancel_requested() -> bool:
@@ -51,12 +75,64 @@ class NodeWorkflow:
         self._report: NodeReport | None = None
         self._phase = NodePhase.PENDING
         self._signals: list[asyncio.Task[None]] = []
+        self._session: BootstrapSession | None = None
+        self._input: NodeWorkflowInput | None = None
+        self._join_tokens: list[BootstrapToken] = []
+        self._join_lock = asyncio.Lock()
 
     @workflow.signal(name=REPORT_SIGNAL)
     def report(self, report: NodeReport) -> None:
-        """The node's own report, delivered by the node API. The first one counts."""
+        """How the node API delivered reports before node calls were updates."""
         if self._report is None:
             self._report = report
+
+    # --- the node's calls, from the node API --------------------------------------
+    @workflow.update(name=NODE_CALL_UPDATE)
+    async def node_call(self, request: NodeCallRequest) -> NodeCallGrant:
+        """Serve one call of the node: counted, bound to its node key, and for a
+        join, with the node's own bootstrap token."""
+        session = self._session
+        assert session is not None and session.address is not None
+        try:
+            served = session.claim(request, workflow.now())
+        except CallRefused as refused:
+            raise ApplicationError(refused.message, type=refused.refusal.value, non_retryable=True) from None
+        join = await self._join_info(session.address) if request.call is NodeCall.JOIN else None
+        if request.call is NodeCall.REPORT and self._report is None:
+            self._report = request.report
+        return NodeCallGrant(call=request.call, served=served, node_address=session.address, join=join)
+
+    @node_call.validator
+    def _check_call(self, request: NodeCallRequest) -> None:
+        """Refuse without a trace in history: a dead token costs nothing."""
+        refused = (
+            self._session.refusal(request, workflow.now())
+            if self._session is not None
+            else CallRefused(Refusal.NOT_YET, "not yet: the node's workflow is starting")
+        )
+        if refused is not None:
+            raise ApplicationError(refused.message, type=refused.refusal.value, non_retryable=True)
+
+    async def _join_info(self, address: str) -> JoinInfo:
+        """The node's own bootstrap token, minted on its first join call and served
+        again to its repeats while it stays valid."""
+        assert self._input is not None
+        join, node = self._input.join, self._input.identity
+        if join is None:
+            raise ApplicationError(f"{node.name} does not join", type=Refusal.NOT_THIS_NODE.value)
+        async with self._join_lock:
+            token = self._join_tokens[-1] if self._join_tokens else None
+            if not usable(token, workflow.now(), JOIN_TOKEN_MARGIN):
+                token = await node_credentials.mint_join_token(node.cluster, node.name, join)
+                self._join_tokens.append(token)
+        assert token is not None
+        return JoinInfo(
+            token=token.token.get_secret_value(),
+            expires_at=token.expires_at,
+            ca_cert_hash=join.ca_cert_hash,
+            api_endpoint=join.api_endpoint,
+            node_address=address,
+        )
 
     @workflow.query(name="phase")
     def phase(self) -> NodePhase:
@@ -81,7 +157,23 @@ class NodeWorkflow:
     async def run(self, input: NodeWorkflowInput) -> NodeResult:
         node = input.identity
         self._name = node.name
+        self._input = input
         steps = input.timeouts
+        deadline = workflow.now() + bootstrap_window(steps, node.kind)
+        self._session = BootstrapSession(identity=node, deadline=deadline)
+        try:
+            return await self._run(input, deadline)
+        except BaseException as exc:
+            self._session.close(f"its workflow ended: {type(exc).__name__}")
+            if self._join_tokens and input.join and not isinstance(exc, asyncio.CancelledError):
+                await node_credentials.delete_join_tokens(node.cluster, input.join, self._join_tokens)
+            raise
+
+    async def _run(self, input: NodeWorkflowInput, deadline: datetime) -> NodeResult:
+        node = input.identity
+        steps = input.timeouts
+        session = self._session
+        assert session is not None
 
         await self._progress(NodePhase.CLONING)
         vm = await workflow.execute_activity(
@@ -92,6 +184,7 @@ class NodeWorkflow:
                 cpus=input.cpus,
                 memory_mb=input.memory_mb,
                 bootstrap=input.bootstrap,
+                token_expires_at=deadline,
             ),
             result_type=EnsureVmResult,
             schedule_to_close_timeout=steps.as_timedelta("clone"),
@@ -116,6 +209,7 @@ class NodeWorkflow:
 
         await self._progress(NodePhase.POWERING_ON)
         await vm_steps.power_on(vm.vm_ref, node.name, steps)
+        session.open()
 
         await self._progress(NodePhase.WAITING_FOR_IP)
         ip = await vm_steps.wait_for_ip(vm.vm_ref, node.name, steps, input.placement.network)
@@ -127,20 +221,24 @@ class NodeWorkflow:
                 non_retryable=True,
             )
 
+        session.address = ip
         await self._progress(NodePhase.BOOTSTRAPPING, ip=ip)
         leader = node.kind is NodeKind.LEADER
         expected = NodeReportKind.READY if leader else NodeReportKind.JOINED
-        deadline = steps.leader_ready if leader else steps.join
+        wait = steps.leader_ready if leader else steps.join
         try:
-            await workflow.wait_condition(lambda: self._report is not None, timeout=deadline)
+            await workflow.wait_condition(lambda: self._report is not None, timeout=wait)
         except TimeoutError:
             raise ApplicationError(
-                f"{node.name} ({ip}) did not report {expected.value} within {deadline}s; "
+                f"{node.name} ({ip}) did not report {expected.value} within {wait}s; "
                 "see the node's cloud-init log (/var/log/cloud-init-output.log)",
                 type="NodeReportTimeout",
                 non_retryable=True,
             ) from None
         assert self._report is not None
+        session.close(f"reported {self._report.kind.value}")
+        if workflow.patched(PATCH_CREDENTIALS_TAKEN_BACK):
+            await self._take_credentials_back(vm.vm_ref, self._report.kind)
         if self._report.kind is NodeReportKind.FAILED:
             raise ApplicationError(
                 f"{node.name} reported a bootstrap failure: {self._report.message or 'no message'}",
@@ -157,3 +255,14 @@ class NodeWorkflow:
         await self._progress(NodePhase.READY)
         await asyncio.gather(*self._signals)
         return NodeResult(name=node.name, vm_ref=vm.vm_ref, ip=ip)
+
+    async def _take_credentials_back(self, vm_ref: str, report: NodeReportKind) -> None:
+        """The node reported: its join token leaves the cluster, and (unless it failed,
+        and its VM goes anyway) its token leaves the VM's guestinfo."""
+        assert self._input is not None
+        node, join = self._input.identity, self._input.join
+        if join is not None and self._join_tokens:
+            await node_credentials.delete_join_tokens(node.cluster, join, self._join_tokens)
+            self._join_tokens = []
+        if report is not NodeReportKind.FAILED:
+            await node_credentials.remove_node_token(vm_ref, node.name)

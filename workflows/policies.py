@@ -26,9 +26,12 @@ LOCAL_WORK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_at
 ETCD_CALL_TIMEOUT = timedelta(minutes=2)
 ETCD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0, maximum_attempts=5)
 
-# Hand out a join token only while it stays valid at least this long.
-JOIN_TOKEN_MARGIN = timedelta(minutes=10)
-JOIN_TOKEN_TTL = timedelta(hours=1)
+# A node's own kubeadm bootstrap token: valid this long, served again to the node's
+# repeats only while it stays valid at least JOIN_TOKEN_MARGIN.
+JOIN_TOKEN_TTL = timedelta(minutes=15)
+JOIN_TOKEN_MARGIN = timedelta(minutes=5)
+# The credential node workflows install join tokens with outlives a bootstrap window by this.
+JOIN_ACCESS_SLACK = timedelta(minutes=15)
 
 # The cluster's API server: it may be briefly unreachable while a VIP moves.
 # One call to the cluster's API server; a longer wait (a drain) heartbeats instead.

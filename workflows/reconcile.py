@@ -25,7 +25,8 @@ with workflow.unsafe.imports_passed_through():
     from models.spec import NodeRole
     from models.state import Drift, NodePhase, NodeState, ReconcileReport
     from workflows import vm_steps
-    from workflows.cluster_core import ClusterCore, failure_reason
+    from workflows.cluster_core import ClusterCore
+    from workflows.failures import failure_reason
     from workflows.policies import KUBE_HEARTBEAT, KUBE_RETRY
 
 

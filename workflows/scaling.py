@@ -20,7 +20,8 @@ with workflow.unsafe.imports_passed_through():
     from models.messages import DeleteKubeNodeInput, DrainInput, DrainResult
     from models.spec import NodePoolSpec
     from models.state import NodePhase, NodeState
-    from workflows.cluster_core import ClusterCore, failure_reason
+    from workflows.cluster_core import ClusterCore
+    from workflows.failures import failure_reason
     from workflows.policies import KUBE_CALL_TIMEOUT, KUBE_HEARTBEAT, KUBE_RETRY
 
 

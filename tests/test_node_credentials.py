@@ -1,0 +1,243 @@
+"""An attacker with a node's token, against the real stack (Temporal, the vCenter
+simulator, the node API over HTTP, the simulated nodes and their stand-in API
+servers): guestinfo is readable by any vCenter user with read access to the VM
+and by any process in the guest, so its token must grant nothing once its node
+is done, and little while it boots."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+import httpx
+import pytest
+
+from bootstrap import cloudinit
+from models.protocol import MAX_REPEATS, NODE_KEY_HEADER, REPEAT_SPACING
+from models.state import ClusterPhase, ClusterStatus, NodeKind, NodePhase
+from sim.nodes import Behaviour
+from starter import clusters
+from tests.clusters import scale, wait_until_settled
+from tests.conftest import Stack, cluster_spec, unique
+from tests.harness import userdata_config, vms_of_cluster
+from workflows import ids
+
+CALLS = [
+    ("GET", "/v1/nodes/self/bootstrap"),
+    ("GET", "/v1/nodes/self/addons"),
+    ("GET", "/v1/nodes/self/join"),
+    ("POST", "/v1/nodes/self/report"),
+]
+BOOTSTRAP = "/v1/nodes/self/bootstrap"
+JOIN = "/v1/nodes/self/join"
+REPORT = "/v1/nodes/self/report"
+
+
+def as_holder(token: str, node_key: str | None = None) -> dict[str, str]:
+    """The headers of someone holding ``token``: with their own node key unless given one."""
+    return {"Authorization": f"Bearer {token}", NODE_KEY_HEADER: node_key or secrets.token_urlsafe(32)}
+
+
+async def call_all(api: httpx.AsyncClient, token: str) -> dict[str, int]:
+    """Every /v1 call with the token, as an attacker (own node key) would make them."""
+    codes = {}
+    for method, path in CALLS:
+        body = {"kind": "failed", "message": "forged"} if method == "POST" else None
+        codes[path] = (await api.request(method, path, headers=as_holder(token), json=body)).status_code
+    return codes
+
+
+async def ready_cluster(stack: Stack, name: str, **spec: Any) -> ClusterStatus:
+    await clusters.create(stack.client, cluster_spec(name, **spec), stack.task_queue)
+    status = await wait_until_settled(stack, name)
+    assert status.phase is ClusterPhase.READY, status.error
+    return status
+
+
+async def booting(stack: Stack, node: str, within: float = 60) -> None:
+    """Until ``node`` is bootstrapping (its VM is on and has its address)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        booted = stack.nodes.nodes.get(node)
+        if booted is not None and any(event == "ip-reported" for _, event in booted.events):
+            try:
+                status = await clusters.status(stack.client, node.rsplit("-", 2)[0])
+            except Exception:  # noqa: S112 - not started yet
+                continue
+            if any(n.name == node and n.phase is NodePhase.BOOTSTRAPPING for n in status.nodes):
+                return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{node} did not start bootstrapping within {within}s")
+
+
+@pytest.fixture(scope="module")
+async def ready(stack: Stack) -> tuple[str, ClusterStatus]:
+    """A Ready 3-master + 2-worker cluster."""
+    name = unique("attack")
+    return name, await ready_cluster(stack, name, masters=3, workers=2)
+
+
+async def test_no_token_from_guestinfo_works_once_the_cluster_is_ready(
+    stack: Stack, node_api_url: str, ready: tuple[str, ClusterStatus]
+) -> None:
+    name, status = ready
+    vms = vms_of_cluster(stack.sim, name)
+    assert len(vms) == 5
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        for node in status.nodes:
+            rendered = stack.nodes.nodes[node.name].token  # as guestinfo carried it at first boot
+            assert rendered.count(".") == 2
+            assert set((await call_all(api, rendered)).values()) <= {401, 403}, node.name
+            # The role checks (403) come before the node's workflow is asked; each call
+            # the role may make is refused as not bootstrapping.
+            allowed = {NodeKind.LEADER: [BOOTSTRAP, REPORT], NodeKind.MASTER: [BOOTSTRAP, JOIN, REPORT],
+                       NodeKind.WORKER: [JOIN, REPORT]}[node.identity.kind]  # fmt: skip
+            codes = await call_all(api, rendered)
+            assert all(codes[path] == 401 for path in allowed), (node.name, codes)
+            # guestinfo no longer holds a token at all.
+            config = userdata_config(vms[node.name]["extra"])
+            with pytest.raises(KeyError):
+                cloudinit.written_file(config, cloudinit.TOKEN_FILE)
+            assert rendered not in str(vms[node.name]["extra"])
+
+
+async def test_a_forged_failed_report_for_a_ready_node_changes_nothing(
+    stack: Stack, node_api_url: str, ready: tuple[str, ClusterStatus]
+) -> None:
+    name, status = ready
+    worker = next(n for n in status.nodes if n.identity.kind is NodeKind.WORKER)
+    node_workflow = stack.client.get_workflow_handle(ids.node_workflow_id(name, worker.name))
+    events_before = len([e async for e in node_workflow.fetch_history_events()])
+    vms_before = {vm: props["ref"] for vm, props in vms_of_cluster(stack.sim, name).items()}
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        response = await api.post(
+            REPORT,
+            headers=as_holder(stack.nodes.nodes[worker.name].token),
+            json={"kind": "failed", "message": "forged: destroy me"},
+        )
+    assert response.status_code == 401
+    await asyncio.sleep(1)
+    after = await clusters.status(stack.client, name)
+    assert after.phase is ClusterPhase.READY and not after.failed_nodes
+    assert next(n for n in after.nodes if n.name == worker.name).phase is NodePhase.READY
+    assert {vm: props["ref"] for vm, props in vms_of_cluster(stack.sim, name).items()} == vms_before
+    assert len([e async for e in node_workflow.fetch_history_events()]) == events_before
+
+
+async def test_every_joiner_got_its_own_join_token_and_none_is_left_in_the_cluster(
+    stack: Stack, ready: tuple[str, ClusterStatus]
+) -> None:
+    name, status = ready
+    kube = stack.nodes.cluster_apis[name]
+    created = [c.name for c in kube.objects.calls if c.verb == "create" and c.resource == "secrets"]
+    deleted = [c.name for c in kube.objects.calls if c.verb == "delete" and c.resource == "secrets"]
+    joiners = [n for n in status.nodes if n.identity.kind is not NodeKind.LEADER]
+    assert len(created) == len(set(created)) == len(joiners) == 4
+    assert sorted(deleted) == sorted(created)
+    assert not [s for s in kube.objects.secrets if s.startswith("bootstrap-token-")]
+    described = sorted(s["stringData"]["description"] for s in kube.objects.secrets_created)
+    assert described == sorted(f"minted by pke-vsphere for {n.name}, for it alone" for n in joiners)
+
+
+async def test_tokens_of_removed_and_deleted_nodes_get_401(stack: Stack, node_api_url: str) -> None:
+    name = unique("revoke")
+    await ready_cluster(stack, name, masters=1, workers=3)
+    handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
+    removed = f"{name}-workers-03"
+    outcome = await scale(handle, "workers", 2)
+    assert outcome.removed == [removed]
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        assert (await api.get(JOIN, headers=as_holder(stack.nodes.nodes[removed].token))).status_code == 401
+        await (await clusters.delete(stack.client, name, stack.task_queue)).result()
+        for node in (f"{name}-master-01", f"{name}-workers-01", f"{name}-workers-02"):
+            codes = await call_all(api, stack.nodes.nodes[node].token)
+            assert set(codes.values()) <= {401, 403} and 401 in codes.values(), (node, codes)
+
+
+async def test_the_token_of_a_failed_node_gets_401(stack: Stack, node_api_url: str) -> None:
+    name = unique("failed")
+    failing = f"{name}-workers-01"
+    stack.nodes.behaviours[failing] = Behaviour.FAIL
+    status = await ready_cluster(stack, name, masters=1, workers=1)
+    assert [n.name for n in status.failed_nodes] == [failing]
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        assert (await api.get(JOIN, headers=as_holder(stack.nodes.nodes[failing].token))).status_code == 401
+    await (await clusters.delete(stack.client, name, stack.task_queue)).result()
+
+
+async def test_while_a_node_boots_its_answers_go_to_one_node_key_a_bounded_number_of_times(
+    stack: Stack, node_api_url: str
+) -> None:
+    """The follower master never calls (silent): the test is that node, holding its
+    token and its node key, and an attacker holding the token only."""
+    name = unique("replay")
+    follower, worker = f"{name}-master-02", f"{name}-workers-01"
+    stack.nodes.behaviours[follower] = Behaviour.SILENT
+    stack.nodes.behaviours[worker] = Behaviour.SILENT
+    await clusters.create(
+        stack.client, cluster_spec(name, masters=3, workers=1, timeouts={"join": 300}), stack.task_queue
+    )
+    await booting(stack, follower)
+    await booting(stack, worker)
+    token = stack.nodes.nodes[follower].token
+    node_key = secrets.token_urlsafe(32)
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        # A worker's token never gets the CAs, not even while it boots.
+        worker_token = stack.nodes.nodes[worker].token
+        assert (await api.get(BOOTSTRAP, headers=as_holder(worker_token))).status_code == 403
+        # Concurrent duplicates, each with its own node key: one answer.
+        racing = await asyncio.gather(*(api.get(JOIN, headers=as_holder(worker_token)) for _ in range(5)))
+        assert sorted(r.status_code for r in racing) == [200, 401, 401, 401, 401], [r.text for r in racing]
+        join = next(r for r in racing if r.status_code == 200).json()
+        assert set(join) == {"token", "expires_at", "ca_cert_hash", "api_endpoint", "node_address"}
+        assert "PRIVATE KEY" not in str(join)
+
+        first = await api.get(BOOTSTRAP, headers=as_holder(token, node_key))
+        assert first.status_code == 200
+        assert "PRIVATE KEY" in first.json()["pki"]["kubernetes_ca"]["key_pem"]
+        # The attacker replays the call with the token it read from guestinfo.
+        replay = await api.get(BOOTSTRAP, headers=as_holder(token))
+        assert replay.status_code == 401 and "another node key" in replay.json()["detail"]
+        # The node's own retries: never twice at once, at most MAX_REPEATS more.
+        same_key = await asyncio.gather(
+            *(api.get(BOOTSTRAP, headers=as_holder(token, node_key)) for _ in range(3))
+        )
+        assert [r.status_code for r in same_key] == [409, 409, 409]
+        for _ in range(MAX_REPEATS):
+            await asyncio.sleep(REPEAT_SPACING.total_seconds())
+            assert (await api.get(BOOTSTRAP, headers=as_holder(token, node_key))).status_code == 200
+        await asyncio.sleep(REPEAT_SPACING.total_seconds())
+        used_up = await api.get(BOOTSTRAP, headers=as_holder(token, node_key))
+        assert used_up.status_code == 401 and "served" in used_up.json()["detail"]
+        # A forged report from the attacker is refused while the node boots, too.
+        forged = await api.post(REPORT, headers=as_holder(token), json={"kind": "failed"})
+        assert forged.status_code == 401
+        status = await clusters.status(stack.client, name)
+        assert next(n for n in status.nodes if n.name == follower).phase is NodePhase.BOOTSTRAPPING
+        # The node's own report ends its bootstrap: no call of it is served after.
+        done = await api.post(
+            REPORT, headers=as_holder(token, node_key), json={"kind": "failed", "message": "t"}
+        )
+        assert done.status_code == 202
+        again = await api.post(REPORT, headers=as_holder(token, node_key), json={"kind": "failed"})
+        assert again.status_code == 401
+    await (await clusters.delete(stack.client, name, stack.task_queue)).result()
+
+
+async def test_a_booting_nodes_token_dies_with_its_cluster(stack: Stack, node_api_url: str) -> None:
+    name = unique("gone")
+    worker = f"{name}-workers-01"
+    stack.nodes.behaviours[worker] = Behaviour.SILENT
+    await clusters.create(
+        stack.client, cluster_spec(name, masters=1, workers=1, timeouts={"join": 300}), stack.task_queue
+    )
+    await booting(stack, worker)
+    headers = as_holder(stack.nodes.nodes[worker].token, secrets.token_urlsafe(32))
+    async with httpx.AsyncClient(base_url=node_api_url) as api:
+        assert (await api.get(JOIN, headers=headers)).status_code == 200
+        await (await clusters.delete(stack.client, name, stack.task_queue)).result()
+        await asyncio.sleep(REPEAT_SPACING.total_seconds())
+        after = await api.get(JOIN, headers=headers)
+    assert after.status_code == 401, after.text

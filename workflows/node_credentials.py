@@ -1,0 +1,83 @@
+"""The credentials a node's workflow hands out and takes back: the node's own
+kubeadm bootstrap token (minted when the node first asks to join, deleted from
+the cluster once the node reported or its workflow ends) and the node token in
+its VM's guestinfo (taken out once the node reported)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from models.messages import (
+        CreateTokenInput,
+        DeleteTokenInput,
+        NodeJoinContext,
+        RemoveNodeTokenInput,
+    )
+    from models.pki import BootstrapToken
+    from workflows.failures import failure_reason
+    from workflows.policies import (
+        JOIN_TOKEN_TTL,
+        KUBE_CALL_TIMEOUT,
+        KUBE_RETRY,
+        VSPHERE_HEARTBEAT,
+        VSPHERE_RETRY,
+    )
+
+# Taking credentials back is worth a few tries, not a stuck node: a token left
+# in the cluster expires within JOIN_TOKEN_TTL, and the node token in guestinfo
+# is refused by the node API once the node reported.
+CLEANUP_DEADLINE = timedelta(minutes=2)
+
+
+async def mint_join_token(cluster: str, node: str, join: NodeJoinContext) -> BootstrapToken:
+    token: BootstrapToken = await workflow.execute_activity(
+        "create_bootstrap_token",
+        CreateTokenInput(
+            cluster=cluster,
+            access=join.access,
+            ttl_seconds=int(JOIN_TOKEN_TTL.total_seconds()),
+            node=node,
+        ),
+        result_type=BootstrapToken,
+        schedule_to_close_timeout=timedelta(minutes=2),
+        start_to_close_timeout=KUBE_CALL_TIMEOUT,
+        retry_policy=KUBE_RETRY,
+    )
+    return token
+
+
+async def delete_join_tokens(cluster: str, join: NodeJoinContext, tokens: list[BootstrapToken]) -> None:
+    """Delete the node's bootstrap tokens from the cluster; one that cannot be deleted
+    is logged and left to expire."""
+    for token in tokens:
+        token_id = token.token.get_secret_value().partition(".")[0]
+        try:
+            await workflow.execute_activity(
+                "delete_bootstrap_token",
+                DeleteTokenInput(cluster=cluster, access=join.access, token_id=token_id),
+                schedule_to_close_timeout=CLEANUP_DEADLINE,
+                start_to_close_timeout=KUBE_CALL_TIMEOUT,
+                retry_policy=KUBE_RETRY,
+            )
+        except ActivityError as err:
+            workflow.logger.warning(
+                "bootstrap token %s stays until it expires: %s", token_id, failure_reason(err)
+            )
+
+
+async def remove_node_token(vm_ref: str, name: str) -> None:
+    """Take the node's token out of its VM's guestinfo."""
+    try:
+        await workflow.execute_activity(
+            "remove_node_token",
+            RemoveNodeTokenInput(vm_ref=vm_ref, name=name),
+            schedule_to_close_timeout=CLEANUP_DEADLINE,
+            heartbeat_timeout=VSPHERE_HEARTBEAT,
+            retry_policy=VSPHERE_RETRY,
+        )
+    except ActivityError as err:
+        workflow.logger.warning("the token of %s stays in its guestinfo: %s", name, failure_reason(err))
