@@ -300,7 +300,7 @@ class VSphereActivities:
             self._run_task(
                 si,
                 lambda: vms.start_set_extra_config(vm, guestinfo.userdata_config(kept)),
-                "remove_token",
+                "reconfigure",
                 RECONFIGURE,
                 progress,
                 deadline,

@@ -233,20 +233,6 @@ class BootstrapMaterial(BaseModel):
     """This node's address as VMware Tools reported it on the cluster network's NIC."""
 
 
-class NodeLookup(BaseModel):
-    """Query ``node``: the node API checks that a token's node still belongs to the cluster."""
-
-    node: str
-
-
-class NodeLookupResult(BaseModel):
-    cluster_uid: str
-    node: NodeState | None
-    accepting: bool = True
-    """False once the cluster is being deleted: every token of it is refused."""
-
-
-# --- activities ---------------------------------------------------------------
 class GeneratePkiInput(BaseModel):
     cluster: str
     cluster_uid: str

@@ -84,7 +84,9 @@ def refuse_to_start(program: str, exc: Exception) -> NoReturn:
     settings error names the environment variables."""
     if isinstance(exc, ValidationError):
         reason = "; ".join(
-            f"PKE_VSPHERE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"] else e["msg"]
+            f"PKE_VSPHERE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+            if e["loc"]
+            else e["msg"].removeprefix("Value error, ")
             for e in exc.errors()
         )
     else:

@@ -299,3 +299,66 @@ def test_the_node_takes_its_address_from_the_node_api_and_checks_it_is_its_own()
     refused = run_helpers("own_address 192.0.2.1")
     assert refused.returncode == 1 and "192.0.2.1, is on none of its interfaces" in refused.stderr
     assert run_helpers("own_address 127x0x0x1").returncode == 1  # dots are not wildcards
+
+
+HOSTILE = "x'\"; touch PWNED; $(touch PWNED) `touch PWNED`"
+
+
+def test_node_env_keeps_every_value_literal_when_sourced(tmp_path: Path) -> None:
+    settings = SETTINGS.model_copy(update={"api_endpoint": HOSTILE})
+    env = tmp_path / "node.env"
+    env.write_text(cloudinit.node_env(node_identity(NodeKind.WORKER), settings, "https://o:8480/"))
+    shown = subprocess.run(
+        ["bash", "-c", f'. {env}; printf %s "$PKE_VSPHERE_API_ENDPOINT"'],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert shown.stdout == HOSTILE
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_pke_install_gets_each_spec_value_as_one_word(tmp_path: Path) -> None:
+    settings = SETTINGS.model_copy(update={"api_server_cert_sans": [HOSTILE, "api.example.com"]})
+    args = " ".join(pke.install_args(node_identity(NodeKind.MASTER, 2), settings))
+    shown = subprocess.run(
+        ["bash", "-c", f"printf '%s\\n' {args}"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+        env={"PATH": "/usr/bin:/bin", "JOIN_TOKEN": "abcdef.0123456789abcdef"},
+    )  # fmt: skip
+    words = shown.stdout.splitlines()
+    assert f"--kubernetes-api-server-cert-sans={HOSTILE}" in words
+    assert "--kubernetes-api-server-cert-sans=api.example.com" in words
+    assert "--kubernetes-node-token=abcdef.0123456789abcdef" in words
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_the_token_reaches_curl_only_in_a_private_file_and_is_gone_after_the_report(tmp_path: Path) -> None:
+    """The script's credential handling, with a curl on PATH that records what it is given."""
+    script = cloudinit.written_file(render(NodeKind.WORKER), cloudinit.SCRIPT_FILE)
+    part = script[script.index("TOKEN_FILE=") : script.index("\n# --- the bootstrap ---")]
+    part = part.replace("/etc/pke-vsphere/token", str(tmp_path / "token"))
+    part = part.replace("/run/pke-vsphere", str(tmp_path / "run"))
+    (tmp_path / "token").write_text("header.payload.signature\n")
+    curl = tmp_path / "bin" / "curl"
+    curl.parent.mkdir()
+    curl.write_text(
+        "#!/bin/bash\n"
+        'printf "%s\\n" "$@" >> "$LOG/argv"\n'
+        'for a in "$@"; do case "$a" in @*) f="${a#@}"; stat -c %a "$f" >> "$LOG/modes"; '
+        'cat "$f" >> "$LOG/headers";; esac; done\n'
+        "echo '{\"accepted\": true}'\n"
+    )
+    curl.chmod(0o755)
+    env = {"PATH": f"{curl.parent}:/usr/bin:/bin", "LOG": str(tmp_path), "PKE_VSPHERE_NODE_API": "https://o"}
+    subprocess.run(
+        ["bash", "-c", f'set -euo pipefail\n{part}\nreport \'{{"kind":"joined"}}\''],
+        env=env, cwd=tmp_path, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    argv = (tmp_path / "argv").read_text()
+    assert "header.payload.signature" not in argv and "-H\n@" in argv
+    headers = (tmp_path / "headers").read_text().splitlines()
+    assert headers[0] == "Authorization: Bearer header.payload.signature"
+    name, _, key = headers[1].partition(": ")
+    assert name == "X-PKE-Node-Key" and len(key) == 43 and key.replace("-", "").replace("_", "").isalnum()
+    assert (tmp_path / "modes").read_text().split() == ["600"]
+    assert not (tmp_path / "token").exists()
+    assert not (tmp_path / "run" / "api-headers").exists()

@@ -21,6 +21,7 @@ CLIENT = issue(CA, "kube-apiserver", client=True)
 def write(directory: Path, ca: str, cert: str, key: str) -> EtcdCredential:
     for name, text in (("ca.crt", ca), ("client.crt", cert), ("client.key", key)):
         (directory / name).write_text(text)
+    (directory / "client.key").chmod(0o600)
     return EtcdCredential(
         ca_file=directory / "ca.crt", cert_file=directory / "client.crt", key_file=directory / "client.key"
     )
@@ -93,8 +94,15 @@ def test_the_credentials_file_resolves_paths_against_its_own_directory(tmp_path:
 def test_a_bad_entry_is_named_without_its_values(tmp_path: Path) -> None:
     path = tmp_path / "etcd-credentials.yaml"
     path.write_text(yaml.safe_dump({"shared": {"ca_file": "ca.crt", "cert": "secret-looking-value"}}))
+    path.chmod(0o600)
     with pytest.raises(ValueError) as info:
         EtcdCredentials.load(path)
     message = str(info.value)
     assert "entry 'shared' is invalid (cert_file, key_file, cert)" in message
     assert "secret-looking-value" not in message
+
+
+def test_a_client_key_readable_by_others_is_refused_with_its_mode(tmp_path: Path) -> None:
+    credential = write(tmp_path, CA.cert_pem(), CLIENT.cert_pem(), CLIENT.key_pem())
+    credential.key_file.chmod(0o640)
+    assert f"key_file: etcd client key {credential.key_file} is mode 0640" in problem(credential)

@@ -19,6 +19,7 @@ from codec import keys
 from codec.encryption import ENCODING, KEY_ID, EncryptionCodec
 from models.pki import ClusterPKI
 from runtime.temporal import DATA_CONVERTER
+from sim.nodes import Behaviour
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import CodecServer, Stack, cluster_spec, unique
@@ -118,6 +119,8 @@ def _texts(history_json: dict[str, object]) -> list[str]:
 
 async def test_raw_histories_hold_no_secret_in_plain_text(stack: Stack, key_file: Path) -> None:
     name = unique("secrets")
+    # The scaled-up worker fails: its failure's message must be encrypted too.
+    stack.nodes.behaviours[f"{name}-workers-02"] = Behaviour.FAIL
     await clusters.create(stack.client, cluster_spec(name, masters=3, workers=1), stack.task_queue)
     assert (await wait_until_settled(stack, name)).phase.value == "Ready"
     handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
@@ -128,7 +131,7 @@ async def test_raw_histories_hold_no_secret_in_plain_text(stack: Stack, key_file
     pki = ClusterPKI.model_validate(material["pki"])
     assert pki.etcd_ca is not None  # the dedicated topology: the masters run etcd
     tokens = [s["stringData"]["token-id"] + "." + s["stringData"]["token-secret"]
-              for s in stack.nodes.cluster_apis[name].objects.secrets.values()]  # fmt: skip
+              for s in stack.nodes.cluster_apis[name].objects.secrets_created]  # fmt: skip
     await (await clusters.delete(stack.client, name, stack.task_queue)).result()
 
     # Read the histories as anyone with access to Temporal could: no codec.
@@ -151,6 +154,8 @@ async def test_raw_histories_hold_no_secret_in_plain_text(stack: Stack, key_file
         "VRRP password": pki.vrrp_password.get_secret_value(),
         "node token signing key": key_file.read_text().splitlines()[1],
         "vCenter password": stack.sim.password,
+        "a failure's message": "simulated: pke install exited 1",
+        "a failure's stack trace": 'File "',
     }
     assert tokens, "no bootstrap token was minted"
     secrets |= {f"bootstrap token {i}": token for i, token in enumerate(tokens)}

@@ -6,9 +6,11 @@ in parallel, one ``NodeWorkflow`` child per node. Once Ready it stays running,
 holding the cluster's state (spec, PKI, node inventory), reconciling vCenter
 with it every ``reconcile.interval_seconds``, and serving:
 
-- queries ``status``, ``node`` and ``bootstrap_material``;
-- updates ``request_join`` (nodes), ``scale_pool``, ``add_pool``,
-  ``remove_pool``, ``reconcile`` and ``delete`` (people, schedules);
+- queries ``status`` and ``bootstrap_material`` (the node API, for a master
+  whose own workflow granted the call);
+- updates ``scale_pool``, ``add_pool``, ``remove_pool``, ``reconcile`` and
+  ``delete`` (people, schedules), and ``request_join`` (kept for histories of
+  clusters from before nodes got their join tokens from their own workflows);
 - the ``node_progress`` signal from its node workflows.
 
 Commands run one at a time in arrival order; a command sent during the create
@@ -48,8 +50,6 @@ with workflow.unsafe.imports_passed_through():
         JoinInfo,
         JoinRequest,
         MintTokenInput,
-        NodeLookup,
-        NodeLookupResult,
         PoolHardware,
         PreflightInput,
         PreflightResult,
@@ -68,6 +68,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from pki.bootstrap_tokens import usable
     from workflows import ids, validation
+    from workflows.cluster_core import PATCH_JOIN_PER_NODE
     from workflows.deletion import DeletionMixin
     from workflows.failures import failure_reason
     from workflows.node import PROGRESS_SIGNAL
@@ -85,7 +86,6 @@ with workflow.unsafe.imports_passed_through():
 
 # Names the node API, the starter and the command workflows use.
 STATUS_QUERY = "status"
-NODE_QUERY = "node"
 BOOTSTRAP_QUERY = "bootstrap_material"
 JOIN_UPDATE = "request_join"
 SCALE_UPDATE = "scale_pool"
@@ -133,6 +133,9 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
                 type="InvalidWorkflowId",
                 non_retryable=True,
             )
+        # Clusters from now on hand each joining node its own token (its workflow
+        # mints it): the cluster-wide request_join stays for older histories only.
+        self._per_node_joins = workflow.patched(PATCH_JOIN_PER_NODE)
         if input.state is not None:
             self._restore(input.state)
         else:
@@ -297,14 +300,6 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
     def status(self) -> ClusterStatus:
         return self._status()
 
-    @workflow.query(name=NODE_QUERY)
-    def node(self, lookup: NodeLookup) -> NodeLookupResult:
-        return NodeLookupResult(
-            cluster_uid=self._uid or "",
-            node=self._nodes.get(lookup.node),
-            accepting=not self._deleting,
-        )
-
     @workflow.query(name=BOOTSTRAP_QUERY)
     def bootstrap_material(self, request: BootstrapMaterialRequest) -> BootstrapMaterial:
         """The CAs and keys a master needs. Queries are not recorded in history."""
@@ -378,6 +373,10 @@ class ClusterWorkflow(ScalingMixin, ReconcileMixin, DeletionMixin):
 
     @request_join.validator
     def _validate_join(self, request: JoinRequest) -> None:
+        if self._per_node_joins:
+            raise ApplicationError(
+                "each joining node gets its own join token from its node workflow", type="NotAJoiner"
+            )
         node = self._nodes.get(request.node)
         if node is None or self._deleting:
             raise ApplicationError(f"{request.node} is not a node of this cluster", type="UnknownNode")

@@ -64,6 +64,7 @@ class ClusterCore:
         self._token_lock = asyncio.Lock()
         # What node workflows install and delete their nodes' join tokens with.
         self._join_access: KubeAccess | None = None
+        self._per_node_joins = False
         self._created_at = workflow.now()
         self._ready_at: datetime | None = None
         self._error: str | None = None
@@ -208,7 +209,7 @@ class ClusterCore:
             etcd_prefix=spec.etcd_prefix,
         )
         join = None
-        if node.identity.kind is not NodeKind.LEADER and workflow.patched(PATCH_JOIN_PER_NODE):
+        if node.identity.kind is not NodeKind.LEADER and self._per_node_joins:
             join = await self._join_context()
         try:
             result = await workflow.execute_child_workflow(

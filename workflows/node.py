@@ -87,7 +87,10 @@ class NodeWorkflow:
             self._report = report
 
     # --- the node's calls, from the node API --------------------------------------
-    @workflow.update(name=NODE_CALL_UPDATE)
+    # A call still being answered when this workflow ends (a join token being minted
+    # while the node is given up or its cluster deleted) is abandoned: the node API
+    # then gets "workflow execution already completed", a 401 for the node.
+    @workflow.update(name=NODE_CALL_UPDATE, unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON)
     async def node_call(self, request: NodeCallRequest) -> NodeCallGrant:
         """Serve one call of the node: counted, bound to its node key, and for a
         join, with the node's own bootstrap token."""
