@@ -5,6 +5,7 @@ The OpenAPI description (``/openapi.json``, ``/docs``) declares the bearer
 scheme on every ``/v1`` operation and every status code a route answers with;
 ``tests/test_node_api_fuzz.py`` runs schemathesis against it."""
 
+import asyncio
 from typing import Annotated, Any
 
 import structlog
@@ -42,6 +43,9 @@ from workflows import ids
 from workflows.cluster import BOOTSTRAP_QUERY
 
 log = structlog.get_logger(__name__)
+
+# Tries of a master's material query, 0.5 s, 1 s apart, before a 503.
+MATERIAL_ATTEMPTS = 3
 
 
 class MasterBootstrap(BaseModel):
@@ -183,16 +187,22 @@ def create_app(
         """The cluster's material for this master, or the 409 the cluster's refusal
         becomes (it is being deleted since the call was granted): its reason, not a 500."""
         handle = client.get_workflow_handle(ids.cluster_workflow_id(node.claims.cluster))
-        try:
-            material: BootstrapMaterial = await handle.query(
-                BOOTSTRAP_QUERY,
-                BootstrapMaterialRequest(node=node.claims.node),
-                result_type=BootstrapMaterial,
-            )
-        except WorkflowQueryFailedError as exc:
-            return _retry_later(status.HTTP_409_CONFLICT, exc.message)
-        except (RPCError, RPCTimeoutOrCancelledError) as exc:
-            raise _unavailable(exc) from None
+        # The call is granted (and counted) already: a busy cluster workflow is asked
+        # again here rather than spending one of the node's few repeats.
+        for attempt in range(1, MATERIAL_ATTEMPTS + 1):
+            try:
+                material: BootstrapMaterial = await handle.query(
+                    BOOTSTRAP_QUERY,
+                    BootstrapMaterialRequest(node=node.claims.node),
+                    result_type=BootstrapMaterial,
+                )
+                break
+            except WorkflowQueryFailedError as exc:
+                return _retry_later(status.HTTP_409_CONFLICT, exc.message)
+            except (RPCError, RPCTimeoutOrCancelledError) as exc:
+                if attempt == MATERIAL_ATTEMPTS:
+                    raise _unavailable(exc) from None
+                await asyncio.sleep(attempt / 2)
         if material.cluster_uid and material.cluster_uid != node.claims.cluster_uid:
             return _retry_later(status.HTTP_409_CONFLICT, "the cluster was re-created")
         return material.model_copy(update={"node_address": node_address})
