@@ -92,11 +92,13 @@ CLI = [sys.executable, "-c", "from starter.cli import main; main()", "--settings
 def test_no_payload_keys_is_refused_unless_a_development_run_says_so(
     tmp_path: Path, files: dict[str, Path], program: list[str]
 ) -> None:
+    command = ["list"] if program is CLI else []
     path = worker_settings(tmp_path, files, PAYLOAD_KEYS_FILE=None)
-    args = [*program, str(path), *(["list"] if program is CLI else [])]
-    refused(run(args), "PKE_VSPHERE_PAYLOAD_KEYS_FILE", "PKE_VSPHERE_ALLOW_UNENCRYPTED_PAYLOADS")
+    refused(
+        run([*program, str(path), *command]), "PKE_VSPHERE_PAYLOAD_KEYS_FILE", "ALLOW_UNENCRYPTED_PAYLOADS"
+    )
     path = worker_settings(tmp_path, files, PAYLOAD_KEYS_FILE=None, ALLOW_UNENCRYPTED_PAYLOADS="true")
-    allowed = run(args, timeout=90) if program is CLI else None
+    allowed = run([*program, str(path), *command], timeout=90) if program is CLI else None
     if allowed is not None:  # past the check, it fails to reach Temporal instead
         assert allowed.returncode == 1 and "refusing to start" not in allowed.stderr, allowed.stderr
 
