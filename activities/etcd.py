@@ -1,7 +1,8 @@
 """Removing a cluster's data from an external etcd when it is deleted or its
 create failed: every key under its prefix, in one transaction that first finds
 the cluster's own owner key there, so a prefix it never took (a create stopped
-at preflight) or another cluster's is left alone; nothing outside the prefix."""
+at preflight) or another cluster's is left alone; nothing outside the prefix.
+Then the cluster's own etcd user and role go too (``external_etcd.users``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from external_etcd import material, prefixes
-from external_etcd.gateway import EtcdUnavailable, first_answer
+from external_etcd import material, prefixes, users
+from external_etcd.client import EtcdClient, EtcdUnavailable, first_answer
 from models.messages import ClearEtcdPrefixInput, ClearEtcdPrefixResult
 from settings.credentials import EtcdCredentials
 
@@ -31,11 +32,15 @@ class EtcdActivities:
             raise ApplicationError(str(exc), type="EtcdCredential", non_retryable=True) from None
         owner = prefixes.owner_value(input.cluster, input.cluster_uid)
         key = prefixes.owner_key(input.prefix)
+        user = users.cluster_user(input.cluster, input.cluster_uid)
+
+        def clear(etcd: EtcdClient) -> int | None:
+            deleted = etcd.delete_if(input.prefix, key, owner)
+            etcd.remove_prefix_user(user)
+            return deleted
+
         try:
-            with material.ssl_context(client) as context:
-                deleted = first_answer(
-                    input.endpoints, context, lambda g: g.delete_if(input.prefix, key, owner)
-                )
+            deleted = first_answer(input.endpoints, client, clear)
         except EtcdUnavailable as exc:
             raise ApplicationError(
                 f"no etcd endpoint could clear {input.prefix}: {exc}", type="EtcdUnavailable"

@@ -13,7 +13,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from external_etcd import checks as etcd_checks
-from external_etcd import prefixes
+from external_etcd import prefixes, users
 from models.messages import PreflightInput, PreflightResult, VCenterTarget
 from settings.credentials import EtcdCredentials, StorageCredentials
 from vsphere import hardware, inventory, privileges, properties
@@ -73,8 +73,14 @@ class PreflightActivities:
             )
         if input.external_etcd is not None and input.etcd_prefix is not None:
             owner = prefixes.owner_value(input.cluster, input.cluster_uid or "")
+            user = users.cluster_user(input.cluster, input.cluster_uid or "")
             problems += etcd_checks.problems(
-                input.external_etcd, input.etcd_prefix, self._etcd_credentials, owner, claim=not problems
+                input.external_etcd,
+                input.etcd_prefix,
+                self._etcd_credentials,
+                owner,
+                user,
+                claim=not problems,
             )
         if problems:
             log.info("preflight.failed", cluster=input.cluster, problems=problems)

@@ -4,12 +4,7 @@ by a client. What is wrong is said, never what the files hold."""
 
 from __future__ import annotations
 
-import ssl
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -18,12 +13,56 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import SecretStr
 
 from models.pki import EtcdClientCertificate
+from pki import authority
 from settings.credentials import EtcdCredential, EtcdCredentials
 from settings.files import RefusedToStart, check_private
+
+# A master's certificate of its cluster's etcd user; renewing it is by hand (README).
+MASTER_CERT_VALIDITY = timedelta(days=365)
 
 
 class EtcdCredentialError(ValueError):
     """The credential is not held, or its files are missing, unreadable or do not fit together."""
+
+
+def cluster_certificate(
+    credentials: EtcdCredentials, name: str, user: str, validity: timedelta = MASTER_CERT_VALIDITY
+) -> EtcdClientCertificate:
+    """A new client certificate of ``user`` (a cluster's own etcd user), signed by the
+    named credential's client CA: what one master of that cluster gets."""
+    credential = credentials.get(name)
+    orchestrator = client_certificate(credentials, name)
+    assert credential is not None
+    signer = client_ca(credential)
+    issued = authority.issue(signer, user, client=True, validity=validity)
+    return EtcdClientCertificate(
+        ca_cert_pem=orchestrator.ca_cert_pem, cert_pem=issued.cert_pem(), key_pem=SecretStr(issued.key_pem())
+    )
+
+
+def client_ca(credential: EtcdCredential) -> authority.KeyPair:
+    """The CA etcd trusts for client certificates, with its key.
+
+    Raises:
+        EtcdCredentialError: a file is missing, readable by others, or they do not fit.
+    """
+    try:
+        check_private(credential.client_ca_key_file, "etcd client CA key")
+        cert_pem = credential.client_ca_file.read_text()
+        key_pem = credential.client_ca_key_file.read_text()
+    except RefusedToStart as exc:
+        raise EtcdCredentialError(f"client_ca_key_file: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EtcdCredentialError(f"client_ca_file or client_ca_key_file: cannot be read ({exc})") from None
+    try:
+        signer = authority.load(cert_pem, key_pem)
+    except (ValueError, TypeError):
+        raise EtcdCredentialError(
+            "client_ca_file/client_ca_key_file: not a PEM CA certificate and its unencrypted key"
+        ) from None
+    if _spki(signer.key.public_key()) != _spki(signer.cert.public_key()):
+        raise EtcdCredentialError("client_ca_key_file: is not the key of client_ca_file's certificate")
+    return signer
 
 
 def client_certificate(credentials: EtcdCredentials, name: str) -> EtcdClientCertificate:
@@ -108,18 +147,3 @@ def _spki(public_key: Any) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return der
-
-
-@contextmanager
-def ssl_context(material: EtcdClientCertificate) -> Iterator[ssl.SSLContext]:
-    """A TLS context that verifies etcd against the CA and presents the client
-    certificate. Python loads a certificate chain only from files: the key is
-    written to a private temporary directory for the moment it is loaded."""
-    context = ssl.create_default_context(cadata=material.ca_cert_pem)
-    with tempfile.TemporaryDirectory(prefix="etcd-client-") as directory:
-        cert, key = Path(directory) / "client.crt", Path(directory) / "client.key"
-        cert.write_text(material.cert_pem)
-        key.touch(mode=0o600)
-        key.write_text(material.key_pem.get_secret_value())
-        context.load_cert_chain(cert, key)
-    yield context

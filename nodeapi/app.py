@@ -20,6 +20,7 @@ from addons import bundle as addon_bundle
 from addons.bundle import AddonBundle
 from bootstrap import keepalived
 from external_etcd import material as etcd_material
+from external_etcd import users as etcd_users
 from models.messages import (
     BootstrapMaterial,
     BootstrapMaterialRequest,
@@ -145,12 +146,16 @@ def _returned_secrets_are_not_write_only(schema: dict[str, Any]) -> dict[str, An
     return schema
 
 
-def _external_etcd(material: BootstrapMaterial, credentials: EtcdCredentials) -> ExternalEtcdClient | None:
-    """The etcd endpoints and the client certificate the orchestrator holds for them."""
+def _external_etcd(
+    cluster: str, material: BootstrapMaterial, credentials: EtcdCredentials
+) -> ExternalEtcdClient | None:
+    """The etcd endpoints and a new client certificate of the cluster's own etcd
+    user (limited to its prefix), for this master alone."""
     etcd = material.external_etcd
     if etcd is None or material.etcd_prefix is None:
         return None
-    certificate = etcd_material.client_certificate(credentials, etcd.credential)
+    user = etcd_users.cluster_user(cluster, material.cluster_uid)
+    certificate = etcd_material.cluster_certificate(credentials, etcd.credential, user)
     return ExternalEtcdClient(endpoints=etcd.endpoints, prefix=material.etcd_prefix, certificate=certificate)
 
 
@@ -245,7 +250,7 @@ def create_app(
                 password=material.pki.vrrp_password.get_secret_value(),
             )
         try:
-            etcd = _external_etcd(material, etcd_accounts)
+            etcd = _external_etcd(node.claims.cluster, material, etcd_accounts)
         except etcd_material.EtcdCredentialError as exc:
             # The node learns which credential; the details (file names) stay in this log.
             log.warning("nodeapi.etcd_credential_unusable", problem=str(exc))

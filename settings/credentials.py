@@ -7,13 +7,18 @@ their CSI drivers and client certificates for external etcd clusters.
       username: k8s-csi-prod@vsphere.local
       password: ...
 
-``PKE_VSPHERE_ETCD_CREDENTIALS_FILE`` names a YAML file of etcd client
-certificates (paths relative to the file's own directory, or absolute)::
+``PKE_VSPHERE_ETCD_CREDENTIALS_FILE`` names a YAML file of etcd credentials
+(paths relative to the file's own directory, or absolute)::
 
     shared-etcd:
-      ca_file: etcd/ca.crt          # verifies the etcd servers
-      cert_file: etcd/client.crt    # the API servers' client certificate
-      key_file: etcd/client.key
+      ca_file: etcd/ca.crt                # verifies the etcd servers
+      cert_file: etcd/root.crt            # the orchestrator's certificate: etcd's root user
+      key_file: etcd/root.key
+      client_ca_file: etcd/client-ca.crt  # the CA etcd trusts for clients (--trusted-ca-file)
+      client_ca_key_file: etcd/client-ca.key
+
+Each cluster on that etcd gets a user and role of its own, limited to its
+prefix, and its masters certificates of that user signed by the client CA.
 
 A cluster spec names an entry (``storage.credential``,
 ``control_plane.external_etcd.credential``); the worker checks it at preflight
@@ -48,19 +53,26 @@ class StorageCredential(BaseModel):
 
 
 class EtcdCredential(BaseModel):
-    """Where an etcd client certificate, its key and the servers' CA are on disk."""
+    """Where the orchestrator's etcd client certificate (of etcd's root user), its
+    key and the servers' CA are on disk, and the CA that etcd trusts for client
+    certificates, with its key: it signs each cluster's masters a certificate of
+    the cluster's own etcd user."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ca_file: Path
     cert_file: Path
     key_file: Path
+    client_ca_file: Path
+    client_ca_key_file: Path
 
     def relative_to(self, directory: Path) -> EtcdCredential:
         return EtcdCredential(
             ca_file=directory / self.ca_file,
             cert_file=directory / self.cert_file,
             key_file=directory / self.key_file,
+            client_ca_file=directory / self.client_ca_file,
+            client_ca_key_file=directory / self.client_ca_key_file,
         )
 
 

@@ -31,8 +31,7 @@ import structlog
 from pyVmomi import vim
 
 from bootstrap import cloudinit, guestinfo
-from external_etcd import material as etcd_material
-from external_etcd.gateway import EtcdUnavailable, first_answer
+from external_etcd.client import EtcdUnavailable, first_answer
 from models.pki import ExternalEtcdClient
 from models.protocol import NODE_KEY_HEADER
 from pki.bootstrap_tokens import TOKEN_PATTERN
@@ -64,6 +63,8 @@ class BootedNode:
     install_command: str
     token: str = field(repr=False, default="")
     """The token as guestinfo carried it at this node's first boot (attacker tests replay it)."""
+    external_etcd: dict[str, Any] | None = field(repr=False, default=None)
+    """What a master of an external etcd got to reach it (tests try it outside its prefix)."""
     events: list[tuple[float, str]] = field(default_factory=list)
 
 
@@ -252,6 +253,7 @@ class SimulatedNodes:
                 if "BEGIN CERTIFICATE" not in material["pki"]["kubernetes_ca"]["cert_pem"]:
                     raise RuntimeError("bootstrap material has no Kubernetes CA")
                 node.events.append((time.time(), "material-fetched"))
+                node.external_etcd = material.get("external_etcd")
                 # As the bootstrap script: the orchestrator's address for this node, if it is ours.
                 ip = material["node_address"]
                 if ip not in own:
@@ -318,8 +320,9 @@ class SimulatedNodes:
 
         def write_lease() -> str | None:
             try:
-                with etcd_material.ssl_context(etcd.certificate) as context:
-                    first_answer(endpoints, context, lambda g: g.put(f"{etcd.prefix}/masterleases/{ip}", ip))
+                first_answer(
+                    endpoints, etcd.certificate, lambda g: g.put(f"{etcd.prefix}/masterleases/{ip}", ip)
+                )
             except EtcdUnavailable as exc:
                 return f"kube-apiserver: cannot reach etcd: {exc}"
             return None

@@ -1,7 +1,8 @@
 """A real etcd server (Debian's etcd-server) on loopback, for the external-etcd
 topology: TLS on two client URLs (127.0.0.1 and 127.0.0.2, so a cluster can be
-given two endpoints), client-certificate authentication, and a client
-credential written the way an operator would hand it to the orchestrator."""
+given two endpoints), client-certificate authentication, authentication (RBAC)
+on with a root user, and a credential written the way an operator would hand
+it to the orchestrator: a certificate of the root user and the client CA."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from pathlib import Path
 import yaml
 
 from external_etcd import material
-from external_etcd.gateway import EtcdGateway, EtcdUnavailable
+from external_etcd.client import EtcdClient, EtcdUnavailable
+from models.pki import EtcdClientCertificate
 from pki.authority import KeyPair, issue, new_ca
-from settings.credentials import EtcdCredential, EtcdCredentials
+from settings.credentials import EtcdCredentials
 
 CREDENTIAL = "shared-etcd"
 HOSTS = ("127.0.0.1", "127.0.0.2")
@@ -36,31 +38,26 @@ def _write(path: Path, text: str, mode: int = 0o644) -> Path:
 
 
 class EtcdServer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, auth: bool = True) -> None:
         binary = shutil.which("etcd")
         if binary is None:
             raise RuntimeError("etcd is not installed (scripts/install-system-deps.sh installs etcd-server)")
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        # One CA, as kubeadm's etcd has: etcd's JSON gateway dials etcd's own gRPC
-        # port with the server certificate, so with client-certificate authentication
-        # that certificate must also be a client certificate of the trusted CA.
+        # One CA, as kubeadm's etcd has: it signs the servers and the clients.
         self.ca = new_ca("test etcd CA")
-        server = issue(
-            self.ca, "etcd", ip_addresses=HOSTS, dns_names=("localhost",), server=True, client=True
-        )
+        server = issue(self.ca, "etcd", ip_addresses=HOSTS, dns_names=("localhost",), server=True)
         self.ca_file = _write(directory / "ca.crt", self.ca.cert_pem())
+        self.ca_key_file = _write(directory / "ca.key", self.ca.key_pem(), 0o600)
         server_cert = _write(directory / "server.crt", server.cert_pem())
         server_key = _write(directory / "server.key", server.key_pem(), 0o600)
-        client = self.issue_client("kube-apiserver")
-        self.cert_file = _write(directory / "client.crt", client.cert_pem())
-        self.key_file = _write(directory / "client.key", client.key_pem(), 0o600)
+        root = self.issue_client("root")
+        self.cert_file = _write(directory / "root.crt", root.cert_pem())
+        self.key_file = _write(directory / "root.key", root.key_pem(), 0o600)
+        entry = {"ca_file": "ca.crt", "cert_file": "root.crt", "key_file": "root.key",
+                 "client_ca_file": "ca.crt", "client_ca_key_file": "ca.key"}  # fmt: skip
         self.credentials_file = _write(
-            directory / "etcd-credentials.yaml",
-            yaml.safe_dump(
-                {CREDENTIAL: {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key"}}
-            ),
-            0o600,
+            directory / "etcd-credentials.yaml", yaml.safe_dump({CREDENTIAL: entry}), 0o600
         )
         self.endpoints = [f"https://{host}:{free_port(host)}" for host in HOSTS]
         peer = f"http://127.0.0.1:{free_port('127.0.0.1')}"
@@ -85,6 +82,8 @@ class EtcdServer:
             stderr=subprocess.STDOUT,
         )
         self._wait_healthy()
+        if auth:
+            self._enable_auth()
 
     def issue_client(self, name: str) -> KeyPair:
         return issue(self.ca, name, client=True)
@@ -93,10 +92,13 @@ class EtcdServer:
     def credentials(self) -> EtcdCredentials:
         return EtcdCredentials.load(self.credentials_file)
 
-    def gateway(self, endpoint: int = 0) -> EtcdGateway:
-        credential = EtcdCredential(ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file)
-        with material.ssl_context(material.read(credential)) as context:
-            return EtcdGateway(self.endpoints[endpoint], context)
+    def client(self, endpoint: int = 0, certificate: EtcdClientCertificate | None = None) -> EtcdClient:
+        """A client of one endpoint: as root (the orchestrator's credential) unless given another."""
+        return EtcdClient(self.endpoints[endpoint], certificate or self.root)
+
+    @property
+    def root(self) -> EtcdClientCertificate:
+        return material.read(self.credentials.get(CREDENTIAL))  # type: ignore[arg-type]
 
     def _wait_healthy(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -104,13 +106,19 @@ class EtcdServer:
             if self._process.poll() is not None:
                 raise RuntimeError(f"etcd exited: {(self.directory / 'etcd.log').read_text()[-2000:]}")
             try:
-                with self.gateway() as gateway:
-                    gateway.check_health()
+                with self.client() as client:
+                    client.check_health()
                 return
             except EtcdUnavailable:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+    def _enable_auth(self) -> None:
+        """What an operator does once: a root user (its certificate's common name), then
+        authentication on. From then on a certificate's common name is its user."""
+        with self.client() as client:
+            client.ensure_root_and_enable_auth()
 
     def stop(self) -> None:
         self._process.terminate()

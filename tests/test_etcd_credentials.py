@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
 
-from external_etcd import material
+from external_etcd import material, users
 from pki.authority import issue, new_ca
 from settings.credentials import EtcdCredential, EtcdCredentials
 
@@ -22,8 +23,15 @@ def write(directory: Path, ca: str, cert: str, key: str) -> EtcdCredential:
     for name, text in (("ca.crt", ca), ("client.crt", cert), ("client.key", key)):
         (directory / name).write_text(text)
     (directory / "client.key").chmod(0o600)
+    (directory / "client-ca.crt").write_text(CA.cert_pem())
+    (directory / "client-ca.key").write_text(CA.key_pem())
+    (directory / "client-ca.key").chmod(0o600)
     return EtcdCredential(
-        ca_file=directory / "ca.crt", cert_file=directory / "client.crt", key_file=directory / "client.key"
+        ca_file=directory / "ca.crt",
+        cert_file=directory / "client.crt",
+        key_file=directory / "client.key",
+        client_ca_file=directory / "client-ca.crt",
+        client_ca_key_file=directory / "client-ca.key",
     )
 
 
@@ -78,7 +86,8 @@ def test_missing_files_are_named_with_their_paths(tmp_path: Path) -> None:
 
 def test_the_credentials_file_resolves_paths_against_its_own_directory(tmp_path: Path) -> None:
     path = tmp_path / "etcd-credentials.yaml"
-    entry = {"ca_file": "etcd/ca.crt", "cert_file": "/srv/etcd/client.crt", "key_file": "etcd/client.key"}
+    entry = {"ca_file": "etcd/ca.crt", "cert_file": "/srv/etcd/client.crt", "key_file": "etcd/client.key",
+             "client_ca_file": "etcd/client-ca.crt", "client_ca_key_file": "etcd/client-ca.key"}  # fmt: skip
     path.write_text(yaml.safe_dump({"shared": entry}))
     path.chmod(0o600)
     credentials = EtcdCredentials.load(path)
@@ -87,6 +96,8 @@ def test_the_credentials_file_resolves_paths_against_its_own_directory(tmp_path:
         ca_file=tmp_path / "etcd/ca.crt",
         cert_file=Path("/srv/etcd/client.crt"),
         key_file=tmp_path / "etcd/client.key",
+        client_ca_file=tmp_path / "etcd/client-ca.crt",
+        client_ca_key_file=tmp_path / "etcd/client-ca.key",
     )
     assert EtcdCredentials.load(None).names() == []
 
@@ -98,7 +109,9 @@ def test_a_bad_entry_is_named_without_its_values(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as info:
         EtcdCredentials.load(path)
     message = str(info.value)
-    assert "entry 'shared' is invalid (cert_file, key_file, cert)" in message
+    assert (
+        "entry 'shared' is invalid (cert_file, key_file, client_ca_file, client_ca_key_file, cert)" in message
+    )
     assert "secret-looking-value" not in message
 
 
@@ -106,3 +119,31 @@ def test_a_client_key_readable_by_others_is_refused_with_its_mode(tmp_path: Path
     credential = write(tmp_path, CA.cert_pem(), CLIENT.cert_pem(), CLIENT.key_pem())
     credential.key_file.chmod(0o640)
     assert f"key_file: etcd client key {credential.key_file} is mode 0640" in problem(credential)
+
+
+def test_a_master_certificate_is_of_the_clusters_own_user_signed_by_the_client_ca(tmp_path: Path) -> None:
+    path = tmp_path / "etcd-credentials.yaml"
+    write(tmp_path, CA.cert_pem(), CLIENT.cert_pem(), CLIENT.key_pem())
+    entry = {"ca_file": "ca.crt", "cert_file": "client.crt", "key_file": "client.key",
+             "client_ca_file": "client-ca.crt", "client_ca_key_file": "client-ca.key"}  # fmt: skip
+    path.write_text(yaml.safe_dump({"shared": entry}))
+    path.chmod(0o600)
+    issued = material.cluster_certificate(EtcdCredentials.load(path), "shared", "pke-vsphere:a:uid")
+    cert = x509.load_pem_x509_certificate(issued.cert_pem.encode())
+    assert cert.subject.rfc4514_string() == "CN=pke-vsphere:a:uid"
+    assert cert.issuer == CA.cert.subject
+    assert issued.ca_cert_pem == CA.cert_pem()
+    (tmp_path / "client-ca.key").chmod(0o644)
+    with pytest.raises(
+        material.EtcdCredentialError, match=r"client_ca_key_file: etcd client CA key .* is mode 0644"
+    ):
+        material.cluster_certificate(EtcdCredentials.load(path), "shared", "pke-vsphere:a:uid")
+
+
+def test_a_clusters_etcd_user_fits_a_certificates_common_name() -> None:
+    longest = "c" * 30  # the longest cluster name a spec takes
+    user = users.cluster_user(longest, "6559f210-b08f-4773-8da2-dbeeef4c46d6")
+    assert user == f"pke-vsphere:{longest}:6559f210b08f" and len(user) <= 64
+    assert users.cluster_user("a", "6559f210-b08f-4773-8da2-dbeeef4c46d6") != users.cluster_user(
+        "a", "7559f210-b08f-4773-8da2-dbeeef4c46d6"
+    )

@@ -1,23 +1,32 @@
 """The external_etcd topology on the simulated data center and a real etcd
-(Debian's etcd-server, TLS with client-certificate authentication): two API
-servers keep the cluster's data under its prefix in the shared etcd, reached
-with the client certificate the orchestrator holds, which no VM's guestinfo
-and no history carries; preflight refuses what would not work; delete removes
-the prefix and nothing else."""
+(Debian's etcd-server, TLS with client-certificate authentication and RBAC on):
+two API servers keep the cluster's data under its prefix in the shared etcd,
+reached with certificates of the cluster's own etcd user, which no VM's
+guestinfo and no history carries; a cluster's masters reach nothing outside
+its prefix; preflight refuses what would not work; delete removes the prefix,
+the cluster's user, and nothing else."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import pytest
+from cryptography import x509
+
 from codec import keys
 from codec.encryption import EncryptionCodec
+from external_etcd import checks as etcd_checks
+from external_etcd import users as etcd_users
+from external_etcd.client import EtcdRefused
+from models.pki import EtcdClientCertificate
+from models.spec import ExternalEtcd
 from models.state import ClusterPhase, NodePhase
 from starter import clusters
 from tests.clusters import external_etcd_control_plane as external
 from tests.clusters import removal_times, scale, wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
-from tests.etcd_server import CREDENTIAL, free_port
+from tests.etcd_server import CREDENTIAL, EtcdServer, free_port
 from tests.harness import (
     clone_counts,
     guestinfo_text,
@@ -36,7 +45,7 @@ async def test_two_api_servers_keep_the_cluster_in_the_shared_etcd_and_delete_cl
     prefix = f"/pke-vsphere/{name}"
     control_plane = external(stack)
     spec = cluster_spec(name, masters=2, workers=1, control_plane=control_plane)
-    with stack.etcd.gateway() as etcd:
+    with stack.etcd.client() as etcd:
         etcd.put(f"{prefix}x/registry/neighbour", "another cluster's key, next to ours")
 
     await clusters.create(stack.client, spec, stack.task_queue)
@@ -60,7 +69,7 @@ async def test_two_api_servers_keep_the_cluster_in_the_shared_etcd_and_delete_cl
     # Both API servers reached the real etcd with the delivered certificate; preflight
     # claimed the prefix for this cluster (its owner key) before any VM existed.
     master_ips = sorted(n.ip for n in status.nodes if n.identity.kind.value != "worker" and n.ip)
-    with stack.etcd.gateway(1) as etcd:
+    with stack.etcd.client(1) as etcd:
         assert etcd.keys(prefix) == [f"{prefix}/masterleases/{ip}" for ip in master_ips] + [
             f"{prefix}/pke-vsphere.owner"
         ]
@@ -103,7 +112,7 @@ async def test_two_api_servers_keep_the_cluster_in_the_shared_etcd_and_delete_cl
 
     outcome = await (await clusters.delete(stack.client, name, stack.task_queue)).result()
     assert outcome.etcd_keys_deleted == len(master_ips) + 1 and outcome.etcd_problem is None
-    with stack.etcd.gateway() as etcd:
+    with stack.etcd.client() as etcd:
         assert etcd.count(prefix) == 0
         assert etcd.keys(f"{prefix}x") == [f"{prefix}x/registry/neighbour"]
     assert vms_of_cluster(stack.sim, name) == {}
@@ -131,7 +140,7 @@ async def test_preflight_refuses_a_dead_endpoint_and_a_prefix_already_in_use(sta
     name = unique("etcd-used")
     prefix = f"/clusters/{name}"
     dead = f"https://127.0.0.1:{free_port('127.0.0.1')}"
-    with stack.etcd.gateway() as etcd:
+    with stack.etcd.client() as etcd:
         etcd.put(f"{prefix}/registry/namespaces/default", "left by a deleted cluster")
     control_plane = external(stack, prefix=prefix)
     control_plane["external_etcd"]["endpoints"] = [stack.etcd.endpoints[0], dead]
@@ -150,7 +159,7 @@ async def test_preflight_refuses_a_dead_endpoint_and_a_prefix_already_in_use(sta
     ) in status.error
     assert vms_of_cluster(stack.sim, name) == {}
     assert not any(dest.startswith(name) for dest in clone_counts(stack.sim))
-    with stack.etcd.gateway() as etcd:  # refused, and nothing of etcd touched
+    with stack.etcd.client() as etcd:  # refused, and nothing of etcd touched
         assert etcd.count(prefix) == 1
 
 
@@ -204,6 +213,59 @@ async def test_a_prefix_inside_another_clusters_prefix_is_refused(stack: Stack) 
         f"the prefix of cluster {outer}; choose a prefix outside it"
     ) in status.error
     assert vms_of_cluster(stack.sim, inner) == {}
-    with stack.etcd.gateway() as etcd:  # the failed create released nothing of the outer cluster
+    with stack.etcd.client() as etcd:  # the failed create released nothing of the outer cluster
         assert etcd.get(f"{outer_prefix}/pke-vsphere.owner") is not None
     await (await clusters.delete(stack.client, outer, stack.task_queue)).result()
+
+
+async def test_each_clusters_masters_reach_only_its_own_prefix_and_its_etcd_user_goes_with_it(
+    stack: Stack,
+) -> None:
+    """Two clusters on one etcd (authentication on), naming one credential: each
+    cluster's masters hold a certificate of the cluster's own etcd user."""
+    names = unique("etcd-a"), unique("etcd-b")
+    for name in names:
+        spec = cluster_spec(name, masters=1, workers=0, control_plane=external(stack))
+        await clusters.create(stack.client, spec, stack.task_queue)
+    statuses = [await wait_until_settled(stack, name) for name in names]
+    assert [s.phase for s in statuses] == [ClusterPhase.READY, ClusterPhase.READY], statuses
+    a, b = names
+    user = etcd_users.cluster_user(a, statuses[0].cluster_uid or "")
+    delivered = stack.nodes.nodes[f"{a}-master-01"].external_etcd
+    assert delivered is not None
+    certificate = EtcdClientCertificate.model_validate(delivered["certificate"])
+    subject = x509.load_pem_x509_certificate(certificate.cert_pem.encode()).subject.rfc4514_string()
+    assert subject == f"CN={user}"
+    with stack.etcd.client() as root:
+        assert root.user_roles(user) == [user]
+    with stack.etcd.client(1, certificate) as master_of_a:
+        # Its own API server's lease is there, written with this certificate.
+        assert [k for k in master_of_a.keys(f"/pke-vsphere/{a}") if "/masterleases/" in k]
+        with pytest.raises(EtcdRefused, match="permission denied"):
+            master_of_a.keys(f"/pke-vsphere/{b}")
+        with pytest.raises(EtcdRefused, match="permission denied"):
+            master_of_a.put(f"/pke-vsphere/{b}/registry/secrets/stolen", "x")
+        with pytest.raises(EtcdRefused, match="permission denied"):
+            master_of_a.get("/")
+
+    await (await clusters.delete(stack.client, a, stack.task_queue)).result()
+    with stack.etcd.client() as root:
+        assert root.user_roles(user) is None
+        assert root.count(f"/pke-vsphere/{b}") > 0  # the other cluster's data stays
+    with stack.etcd.client(0, certificate) as master_of_a, pytest.raises(EtcdRefused):
+        master_of_a.keys(f"/pke-vsphere/{a}")  # its user is gone: nothing at all
+    await (await clusters.delete(stack.client, b, stack.task_queue)).result()
+
+
+def test_preflight_refuses_an_etcd_without_authentication(tmp_path: Path) -> None:
+    """Without it any client certificate of the CA reads every cluster's keys."""
+    server = EtcdServer(tmp_path, auth=False)
+    try:
+        etcd = ExternalEtcd(endpoints=server.endpoints, credential=CREDENTIAL)
+        found = etcd_checks.problems(
+            etcd, "/pke-vsphere/open", server.credentials, "open/uid", "pke-vsphere:open:uid", claim=True
+        )
+    finally:
+        server.stop()
+    assert len(found) == 1 and "its authentication is off" in found[0], found
+    assert "etcdctl auth enable" in found[0]
