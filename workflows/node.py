@@ -264,8 +264,10 @@ class NodeWorkflow:
         and its VM goes anyway) its token leaves the VM's guestinfo."""
         assert self._input is not None
         node, join = self._input.identity, self._input.join
+        steps = []
         if join is not None and self._join_tokens:
-            await node_credentials.delete_join_tokens(node.cluster, join, self._join_tokens)
+            steps.append(node_credentials.delete_join_tokens(node.cluster, join, self._join_tokens))
             self._join_tokens = []
         if report is not NodeReportKind.FAILED:
-            await node_credentials.remove_node_token(vm_ref, node.name)
+            steps.append(node_credentials.remove_node_token(vm_ref, node.name))
+        await asyncio.gather(*steps)  # both at once: the node's Ready waits for them
