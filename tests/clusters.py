@@ -13,7 +13,7 @@ from models.commands import ScaleOutcome, ScaleRequest
 from models.state import ClusterPhase, ClusterStatus
 from sim.vcenter import Simulator
 from starter import clusters
-from tests.conftest import Stack, unique_vip
+from tests.conftest import Stack, cluster_spec, unique_vip
 from tests.etcd_server import CREDENTIAL
 from workflows.cluster import SCALE_UPDATE
 
@@ -34,6 +34,14 @@ async def wait_until_settled(stack: Stack, name: str, within: float = 90) -> Clu
             return last
         await asyncio.sleep(0.3)
     raise AssertionError(f"cluster {name} did not settle within {within}s: {last!r}")
+
+
+async def create_ready(stack: Stack, name: str, **spec: Any) -> ClusterStatus:
+    """Create a cluster from ``cluster_spec(name, **spec)`` and wait until it is Ready."""
+    await clusters.create(stack.client, cluster_spec(name, **spec), stack.task_queue)
+    status = await wait_until_settled(stack, name)
+    assert status.phase is ClusterPhase.READY, status.error
+    return status
 
 
 async def scale(handle: WorkflowHandle[Any, Any], pool: str, size: int) -> ScaleOutcome:

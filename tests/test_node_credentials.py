@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ from models.protocol import MAX_REPEATS, NODE_KEY_HEADER, REPEAT_SPACING
 from models.state import ClusterPhase, ClusterStatus, NodeKind, NodePhase
 from sim.nodes import Behaviour
 from starter import clusters
-from tests.clusters import scale, wait_until_settled
+from tests.clusters import create_ready, scale
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import userdata_config, vms_of_cluster
 from workflows import ids
@@ -48,13 +47,6 @@ async def call_all(api: httpx.AsyncClient, token: str) -> dict[str, int]:
     return codes
 
 
-async def ready_cluster(stack: Stack, name: str, **spec: Any) -> ClusterStatus:
-    await clusters.create(stack.client, cluster_spec(name, **spec), stack.task_queue)
-    status = await wait_until_settled(stack, name)
-    assert status.phase is ClusterPhase.READY, status.error
-    return status
-
-
 async def booting(stack: Stack, node: str, within: float = 60) -> None:
     """Until ``node`` is bootstrapping (its VM is on and has its address)."""
     loop = asyncio.get_running_loop()
@@ -76,7 +68,7 @@ async def booting(stack: Stack, node: str, within: float = 60) -> None:
 async def ready(stack: Stack) -> tuple[str, ClusterStatus]:
     """A Ready 3-master + 2-worker cluster."""
     name = unique("attack")
-    return name, await ready_cluster(stack, name, masters=3, workers=2)
+    return name, await create_ready(stack, name, masters=3, workers=2)
 
 
 async def test_no_token_from_guestinfo_works_once_the_cluster_is_ready(
@@ -143,7 +135,7 @@ async def test_every_joiner_got_its_own_join_token_and_none_is_left_in_the_clust
 
 async def test_tokens_of_removed_and_deleted_nodes_get_401(stack: Stack, node_api_url: str) -> None:
     name = unique("revoke")
-    await ready_cluster(stack, name, masters=1, workers=3)
+    await create_ready(stack, name, masters=1, workers=3)
     handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
     removed = f"{name}-workers-03"
     outcome = await scale(handle, "workers", 2)
@@ -160,7 +152,7 @@ async def test_the_token_of_a_failed_node_gets_401(stack: Stack, node_api_url: s
     name = unique("failed")
     failing = f"{name}-workers-01"
     stack.nodes.behaviours[failing] = Behaviour.FAIL
-    status = await ready_cluster(stack, name, masters=1, workers=1)
+    status = await create_ready(stack, name, masters=1, workers=1)
     assert [n.name for n in status.failed_nodes] == [failing]
     async with httpx.AsyncClient(base_url=node_api_url) as api:
         assert (await api.get(JOIN, headers=as_holder(stack.nodes.nodes[failing].token))).status_code == 401

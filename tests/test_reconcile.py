@@ -4,16 +4,15 @@ and says what it found and did."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from pyVim import connect
 from pyVmomi import vim
 
 from models.commands import ReconcileRequest
-from models.state import ClusterPhase, ClusterStatus, NodePhase, ReconcileReport
+from models.state import ClusterStatus, NodePhase, ReconcileReport
 from starter import clusters
-from tests.clusters import wait_until_settled
-from tests.conftest import Stack, cluster_spec, unique
+from tests.clusters import create_ready
+from tests.conftest import Stack, unique
 from tests.harness import destroy_planted, plant_marked_vm, vms_of_cluster
 from vsphere.waits import wait_for_task
 from workflows import ids
@@ -40,16 +39,9 @@ async def reconcile(stack: Stack, name: str) -> ReconcileReport:
     return report
 
 
-async def ready(stack: Stack, name: str, **spec: Any) -> ClusterStatus:
-    await clusters.create(stack.client, cluster_spec(name, **spec), stack.task_queue)
-    status = await wait_until_settled(stack, name)
-    assert status.phase is ClusterPhase.READY, status.error
-    return status
-
-
 async def test_a_vm_destroyed_out_of_band_is_replaced_and_rejoins(stack: Stack) -> None:
     name = unique("rec-gone")
-    before = await ready(stack, name, masters=1, workers=2)
+    before = await create_ready(stack, name, masters=1, workers=2)
     victim = next(n for n in before.nodes if n.name == f"{name}-workers-02")
     assert victim.vm_ref is not None
     out_of_band(stack, "destroy", victim.vm_ref)
@@ -73,7 +65,7 @@ async def test_a_vm_destroyed_out_of_band_is_replaced_and_rejoins(stack: Stack) 
 
 async def test_a_vm_powered_off_out_of_band_is_powered_on_and_rejoins(stack: Stack) -> None:
     name = unique("rec-off")
-    before = await ready(stack, name, masters=1, workers=1)
+    before = await create_ready(stack, name, masters=1, workers=1)
     worker = next(n for n in before.nodes if n.identity.kind.value == "worker")
     assert worker.vm_ref is not None
     out_of_band(stack, "power-off", worker.vm_ref)
@@ -99,7 +91,7 @@ async def test_a_vm_powered_off_out_of_band_is_powered_on_and_rejoins(stack: Sta
 
 async def test_an_orphan_is_kept_for_its_grace_period_then_destroyed(stack: Stack) -> None:
     name = unique("rec-orphan")
-    await ready(stack, name, masters=1, workers=1, reconcile={"orphan_grace_seconds": 2})
+    await create_ready(stack, name, masters=1, workers=1, reconcile={"orphan_grace_seconds": 2})
     orphan_ref = plant_marked_vm(stack.sim, name, f"{name}-stray")
     theirs = plant_marked_vm(stack.sim, name, f"{name}-theirs", installation="another-site")
 
@@ -119,7 +111,7 @@ async def test_an_orphan_is_kept_for_its_grace_period_then_destroyed(stack: Stac
 
 async def test_periodic_reconcile_repairs_without_being_asked(stack: Stack) -> None:
     name = unique("rec-periodic")
-    before = await ready(stack, name, masters=1, workers=1, reconcile={"interval_seconds": 10})
+    before = await create_ready(stack, name, masters=1, workers=1, reconcile={"interval_seconds": 10})
     worker = next(n for n in before.nodes if n.identity.kind.value == "worker")
     assert worker.vm_ref is not None
     out_of_band(stack, "destroy", worker.vm_ref)
