@@ -24,12 +24,12 @@ from activities.preflight import PreflightActivities
 from activities.task_slots import SharedSlots
 from activities.vms import VSphereActivities
 from activities.vrrp import VrrpActivities
-from pki.node_tokens import NodeTokenSigner, load_signing_key
-from runtime import logs, temporal
-from settings import NodeApiSettings, TemporalSettings, VCenterSettings, load
-from settings.credentials import EtcdCredentials, StorageCredentials
-from settings.files import RefusedToStart
-from vsphere.session import VCenterSession
+from pke_vsphere.config import NodeApiSettings, TemporalSettings, VCenterSettings, load
+from pke_vsphere.config.credentials import EtcdCredentials, StorageCredentials
+from pke_vsphere.config.files import RefusedToStart
+from pke_vsphere.pki.node_tokens import NodeTokenSigner, load_signing_key
+from pke_vsphere.runtime import logs, temporal
+from pke_vsphere.vsphere.session import VCenterSession
 from workflows.cluster import ClusterWorkflow
 from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
 from workflows.node import NodeWorkflow

@@ -13,8 +13,8 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from models.commands import ClusterUpdateCall
-from runtime import crashpoints
+from pke_vsphere.contracts.commands import ClusterUpdateCall
+from pke_vsphere.runtime import crashpoints
 from workflows import ids
 
 log = structlog.get_logger(__name__)

@@ -10,10 +10,10 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from external_etcd import material, prefixes, users
-from external_etcd.client import EtcdClient, EtcdUnavailable, first_answer
-from models.messages import ClearEtcdPrefixInput, ClearEtcdPrefixResult
-from settings.credentials import EtcdCredentials
+from pke_vsphere.config.credentials import EtcdCredentials
+from pke_vsphere.contracts.messages import ClearEtcdPrefixInput, ClearEtcdPrefixResult
+from pke_vsphere.etcd import material, prefixes, users
+from pke_vsphere.etcd.client import EtcdClient, EtcdUnavailable, first_answer
 
 log = structlog.get_logger(__name__)
 

@@ -14,9 +14,7 @@ from lightkube.core.exceptions import ApiError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from kube import bootstrap_tokens, nodes
-from kube.client import connect
-from models.messages import (
+from pke_vsphere.contracts.messages import (
     CreateTokenInput,
     DeleteKubeNodeInput,
     DeleteTokenInput,
@@ -25,9 +23,11 @@ from models.messages import (
     KubeAccess,
     WaitNodeReadyInput,
 )
-from models.pki import BootstrapToken
-from pki import bootstrap_tokens as tokens
-from runtime import crashpoints
+from pke_vsphere.contracts.pki import BootstrapToken
+from pke_vsphere.kube import bootstrap_tokens, nodes
+from pke_vsphere.kube.client import connect
+from pke_vsphere.pki import bootstrap_tokens as tokens
+from pke_vsphere.runtime import crashpoints
 
 log = structlog.get_logger(__name__)
 

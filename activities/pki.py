@@ -7,12 +7,17 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from temporalio import activity
 
-from kube import client as kube_client
-from models.messages import GeneratePkiInput, IssueKubeCredentialInput, KubeAccess, MintTokenInput
-from models.pki import BootstrapToken, ClusterPKI
-from pki import bootstrap_tokens
-from pki.cluster import generate_cluster_pki
-from runtime import crashpoints
+from pke_vsphere.contracts.messages import (
+    GeneratePkiInput,
+    IssueKubeCredentialInput,
+    KubeAccess,
+    MintTokenInput,
+)
+from pke_vsphere.contracts.pki import BootstrapToken, ClusterPKI
+from pke_vsphere.kube import client as kube_client
+from pke_vsphere.pki import bootstrap_tokens
+from pke_vsphere.pki.cluster import generate_cluster_pki
+from pke_vsphere.runtime import crashpoints
 
 log = structlog.get_logger(__name__)
 

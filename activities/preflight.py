@@ -12,13 +12,13 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from external_etcd import checks as etcd_checks
-from external_etcd import prefixes, users
-from models.messages import PreflightInput, PreflightResult, VCenterTarget
-from settings.credentials import EtcdCredentials, StorageCredentials
-from vsphere import hardware, inventory, privileges, properties
-from vsphere.errors import PermanentError, as_activity_errors
-from vsphere.session import VCenterSession
+from pke_vsphere.config.credentials import EtcdCredentials, StorageCredentials
+from pke_vsphere.contracts.messages import PreflightInput, PreflightResult, VCenterTarget
+from pke_vsphere.etcd import checks as etcd_checks
+from pke_vsphere.etcd import prefixes, users
+from pke_vsphere.vsphere import hardware, inventory, privileges, properties
+from pke_vsphere.vsphere.errors import PermanentError, as_activity_errors
+from pke_vsphere.vsphere.session import VCenterSession
 
 log = structlog.get_logger(__name__)
 VIP_PROBE_SECONDS = 1.0

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import ValidationError
 from temporalio import activity
 
-from models.messages import VCenterProgress, VCenterStep
+from pke_vsphere.contracts.messages import VCenterProgress, VCenterStep
 
 # Before the step's deadline, a task still running is cancelled in vCenter and
 # waited for; this much of the step is kept for that.

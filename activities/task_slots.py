@@ -26,8 +26,8 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import CancelledError
 
 from activities.progress import Progress
-from models.messages import VCenterStep
-from models.slots import SlotGrant, SlotRelease, SlotRequest, SlotsState
+from pke_vsphere.contracts.messages import VCenterStep
+from pke_vsphere.contracts.slots import SlotGrant, SlotRelease, SlotRequest, SlotsState
 from workflows.vcenter_slots import ACQUIRE_UPDATE, LONG_POLL, RELEASE_SIGNAL, VCenterSlotsWorkflow
 
 log = structlog.get_logger(__name__)

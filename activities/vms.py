@@ -20,8 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.progress import Deadline, Progress, previous
 from activities.task_slots import SharedSlots, TaskSlots
-from bootstrap import cloudinit, guestinfo
-from models.messages import (
+from pke_vsphere.contracts.messages import (
     ClusterVm,
     ConfigureVmInput,
     DestroyVmInput,
@@ -37,12 +36,19 @@ from models.messages import (
     WaitForIpInput,
     WaitForIpResult,
 )
-from pki.node_tokens import NodeTokenSigner
-from runtime import crashpoints
-from vsphere import inventory, properties, tasks, vms
-from vsphere.errors import CloneTimeout, PermanentError, TransientError, as_activity_errors, describe
-from vsphere.session import VCenterSession
-from vsphere.waits import wait_for_task
+from pke_vsphere.pki.node_tokens import NodeTokenSigner
+from pke_vsphere.render import cloudinit, guestinfo
+from pke_vsphere.runtime import crashpoints
+from pke_vsphere.vsphere import inventory, properties, tasks, vms
+from pke_vsphere.vsphere.errors import (
+    CloneTimeout,
+    PermanentError,
+    TransientError,
+    as_activity_errors,
+    describe,
+)
+from pke_vsphere.vsphere.session import VCenterSession
+from pke_vsphere.vsphere.waits import wait_for_task
 
 log = structlog.get_logger(__name__)
 

@@ -19,8 +19,8 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecution, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from models.messages import RouterIdsInput, RouterIdsInUse
-from models.state import ClusterStatus
+from pke_vsphere.contracts.messages import RouterIdsInput, RouterIdsInUse
+from pke_vsphere.contracts.state import ClusterStatus
 from workflows import ids
 
 log = structlog.get_logger(__name__)

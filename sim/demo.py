@@ -20,11 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-from codec import keys
-from pki import authority
-from pki.node_tokens import create_signing_key, load_signing_key, write_public_key
-from runtime import temporal
-from runtime.binaries import temporal_binary
+from pke_vsphere.codec import keys
+from pke_vsphere.pki import authority
+from pke_vsphere.pki.node_tokens import create_signing_key, load_signing_key, write_public_key
+from pke_vsphere.runtime import temporal
+from pke_vsphere.runtime.binaries import temporal_binary
 from sim import vcenter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,8 +212,8 @@ def up() -> int:
         python = sys.executable
         print("starting the worker, the node API and the simulated nodes ...", flush=True)
         _spawn("worker", [python, str(ROOT / "worker.py"), "--settings", str(settings)])
-        _spawn("node-api", [python, "-m", "nodeapi", "--settings", str(settings)])
-        _spawn("codec", [python, "-m", "codec", "--settings", str(settings)])
+        _spawn("node-api", [python, "-m", "pke_vsphere.nodeapi", "--settings", str(settings)])
+        _spawn("codec", [python, "-m", "pke_vsphere.codec", "--settings", str(settings)])
         boot = os.environ.get("SIM_BOOT_SECONDS", "2")
         _spawn("nodes", [python, "-m", "sim.nodes", "--settings", str(settings), "--boot-seconds", boot])
         _wait_for(lambda: not _port_free(NODE_API_PORT), "the node API")

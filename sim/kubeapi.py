@@ -34,7 +34,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from pki import authority
+from pke_vsphere.pki import authority
 
 PORT = 6443
 
@@ -197,7 +197,7 @@ class StandInKubeAPI:
         resources), as a real client would send it; returns what was stored."""
         from lightkube import codecs
 
-        from addons import metallb
+        from pke_vsphere.render.addons import metallb
 
         metallb.register_models()
         stored = []

@@ -30,14 +30,14 @@ import httpx
 import structlog
 from pyVmomi import vim
 
-from bootstrap import cloudinit, guestinfo
-from external_etcd.client import EtcdUnavailable, first_answer
-from models.pki import ExternalEtcdClient
-from models.protocol import NODE_KEY_HEADER
-from pki.bootstrap_tokens import TOKEN_PATTERN
+from pke_vsphere.contracts.pki import ExternalEtcdClient
+from pke_vsphere.contracts.protocol import NODE_KEY_HEADER
+from pke_vsphere.etcd.client import EtcdUnavailable, first_answer
+from pke_vsphere.pki.bootstrap_tokens import TOKEN_PATTERN
+from pke_vsphere.render import cloudinit, guestinfo
+from pke_vsphere.vsphere import properties
 from sim import vcenter
 from sim.kubeapi import PORT, StandInKubeAPI
-from vsphere import properties
 
 log = structlog.get_logger(__name__)
 
@@ -430,9 +430,9 @@ def main() -> None:
     """``python -m sim.nodes --settings FILE``: boot the simulator's VMs (demo)."""
     import argparse
 
-    from runtime import logs
-    from settings import VCenterSettings, load
-    from vsphere.session import VCenterSession
+    from pke_vsphere.config import VCenterSettings, load
+    from pke_vsphere.runtime import logs
+    from pke_vsphere.vsphere.session import VCenterSession
 
     parser = argparse.ArgumentParser(description="simulated booting nodes")
     parser.add_argument("--settings", help="dotenv-style settings file (vCenter URL and login)")

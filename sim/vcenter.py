@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 from pyVim import connect
 from pyVmomi import vim
 
-from vsphere import properties, vms
-from vsphere.waits import wait_for_task
+from pke_vsphere.vsphere import properties, vms
+from pke_vsphere.vsphere.waits import wait_for_task
 
 GO_SOURCE = Path(__file__).parent / "vcsim"
 DEBIAN_GOPATH = "/usr/share/gocode"

@@ -24,10 +24,10 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from models.spec import validation_problems
-from models.state import ClusterPhase, ClusterStatus
-from runtime import temporal
-from settings import TemporalSettings, load
+from pke_vsphere.config import TemporalSettings, load
+from pke_vsphere.contracts.spec import validation_problems
+from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus
+from pke_vsphere.runtime import temporal
 from starter import clusters, schedules, vcenter_steps
 from starter.progress import console, render, watch
 

@@ -11,10 +11,10 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from models.commands import DeleteClusterInput, DeleteOutcome, ScaleClusterInput, ScaleOutcome
-from models.messages import ClusterResult, ClusterWorkflowInput
-from models.spec import ClusterSpec
-from models.state import ClusterStatus
+from pke_vsphere.contracts.commands import DeleteClusterInput, DeleteOutcome, ScaleClusterInput, ScaleOutcome
+from pke_vsphere.contracts.messages import ClusterResult, ClusterWorkflowInput
+from pke_vsphere.contracts.spec import ClusterSpec
+from pke_vsphere.contracts.state import ClusterStatus
 from workflows import ids
 from workflows.cluster import STATUS_QUERY, ClusterWorkflow
 

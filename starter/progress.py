@@ -14,8 +14,8 @@ from rich.text import Text
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from models.messages import VCenterProgress
-from models.state import ClusterPhase, ClusterServices, ClusterStatus, NodePhase
+from pke_vsphere.contracts.messages import VCenterProgress
+from pke_vsphere.contracts.state import ClusterPhase, ClusterServices, ClusterStatus, NodePhase
 from starter import clusters, vcenter_steps
 
 # Pipes and CI logs get long lines rather than tables folded at 80 columns.

@@ -23,7 +23,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from models.commands import ScaleClusterInput
+from pke_vsphere.contracts.commands import ScaleClusterInput
 from workflows import ids
 
 

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from models.messages import VCenterProgress, VCenterStep
-from models.state import ClusterStatus, NodePhase
+from pke_vsphere.contracts.messages import VCenterProgress, VCenterStep
+from pke_vsphere.contracts.state import ClusterStatus, NodePhase
 from workflows import ids
 
 # Node phases whose work is a vCenter activity.

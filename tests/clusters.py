@@ -9,8 +9,8 @@ from pyVim import connect
 from pyVmomi import vim
 from temporalio.client import WorkflowHandle
 
-from models.commands import ScaleOutcome, ScaleRequest
-from models.state import ClusterPhase, ClusterStatus
+from pke_vsphere.contracts.commands import ScaleOutcome, ScaleRequest
+from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus
 from sim.vcenter import Simulator
 from starter import clusters
 from tests.conftest import Stack, cluster_spec, unique_vip

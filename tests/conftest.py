@@ -23,17 +23,17 @@ from temporalio.testing import WorkflowEnvironment
 import worker as worker_module
 from activities.task_slots import SharedSlots
 from activities.vms import VSphereActivities
-from codec import keys
-from models.spec import ClusterSpec
-from pki.node_tokens import NodeTokenSigner, create_signing_key, load_signing_key
-from runtime import logs
-from runtime.temporal import data_converter
-from settings import VCenterSettings
+from pke_vsphere.codec import keys
+from pke_vsphere.config import VCenterSettings
+from pke_vsphere.contracts.spec import ClusterSpec
+from pke_vsphere.pki.node_tokens import NodeTokenSigner, create_signing_key, load_signing_key
+from pke_vsphere.runtime import logs
+from pke_vsphere.runtime.temporal import data_converter
+from pke_vsphere.vsphere.session import VCenterSession
 from sim import vcenter
 from sim.nodes import SimulatedNodes
 from tests.etcd_server import EtcdServer
 from tests.harness import STATE_DIR, STORAGE_ACCOUNTS, serve_node_api, temporal_cli
-from vsphere.session import VCenterSession
 
 logs.configure(level=os.environ.get("PKE_VSPHERE_LOG_LEVEL", "WARNING"))
 
@@ -227,8 +227,8 @@ class CodecServer:
 @pytest.fixture(scope="session")
 async def codec_server(payload_keys: Path) -> AsyncIterator[CodecServer]:
     """The codec server over loopback HTTP, as the Web UI and the CLI reach it."""
-    from codec.encryption import EncryptionCodec
-    from codec.server import create_app
+    from pke_vsphere.codec.encryption import EncryptionCodec
+    from pke_vsphere.codec.server import create_app
     from tests.harness import serve_app
 
     token = "test-codec-token"

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from external_etcd import material
-from external_etcd.client import EtcdClient, EtcdUnavailable
-from models.pki import EtcdClientCertificate
-from pki.authority import KeyPair, issue, new_ca
-from settings.credentials import EtcdCredentials
+from pke_vsphere.config.credentials import EtcdCredentials
+from pke_vsphere.contracts.pki import EtcdClientCertificate
+from pke_vsphere.etcd import material
+from pke_vsphere.etcd.client import EtcdClient, EtcdUnavailable
+from pke_vsphere.pki.authority import KeyPair, issue, new_ca
 
 CREDENTIAL = "shared-etcd"
 HOSTS = ("127.0.0.1", "127.0.0.2")

@@ -22,13 +22,13 @@ from pydantic import SecretStr
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
-from bootstrap import cloudinit
-from codec.encryption import EncryptionCodec
-from models.state import NodeIdentity, NodeKind
-from nodeapi.app import create_app
-from pki.node_tokens import NodeTokenVerifier, load_signing_key
-from runtime.binaries import temporal_binary
-from settings.credentials import EtcdCredentials, StorageCredential, StorageCredentials
+from pke_vsphere.codec.encryption import EncryptionCodec
+from pke_vsphere.config.credentials import EtcdCredentials, StorageCredential, StorageCredentials
+from pke_vsphere.contracts.state import NodeIdentity, NodeKind
+from pke_vsphere.nodeapi.app import create_app
+from pke_vsphere.pki.node_tokens import NodeTokenVerifier, load_signing_key
+from pke_vsphere.render import cloudinit
+from pke_vsphere.runtime.binaries import temporal_binary
 from sim.vcenter import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,8 +91,8 @@ def vms_of_cluster(sim: Simulator, cluster: str) -> dict[str, dict[str, Any]]:
     from pyVim import connect
     from pyVmomi import vim
 
-    from bootstrap import guestinfo
-    from vsphere import properties
+    from pke_vsphere.render import guestinfo
+    from pke_vsphere.vsphere import properties
 
     si = sim.connect()
     try:
@@ -135,11 +135,11 @@ def plant_marked_vm(sim: Simulator, cluster: str, name: str, installation: str =
 
     from pyVim import connect
 
-    from bootstrap import guestinfo
+    from pke_vsphere.render import guestinfo
+    from pke_vsphere.vsphere import inventory
+    from pke_vsphere.vsphere.vms import start_clone
+    from pke_vsphere.vsphere.waits import wait_for_task
     from tests.conftest import cluster_spec
-    from vsphere import inventory
-    from vsphere.vms import start_clone
-    from vsphere.waits import wait_for_task
 
     si = sim.connect()
     try:
@@ -165,7 +165,7 @@ def destroy_planted(sim: Simulator, ref: str) -> None:
     from pyVim import connect
     from pyVmomi import vim
 
-    from vsphere.waits import wait_for_task
+    from pke_vsphere.vsphere.waits import wait_for_task
 
     si = sim.connect()
     try:
@@ -208,7 +208,7 @@ def tasks_running(sim: Simulator, si: Any) -> Counter[str]:
     manager's recent tasks (``si``: a connection to ``sim`` kept by the caller)."""
     from pyVmomi import vim
 
-    from vsphere import properties
+    from pke_vsphere.vsphere import properties
 
     recent = properties.read(si, si.content.taskManager, ["recentTask"]).get("recentTask") or []
     infos = properties.read_many(si, recent, ["info.state", "info.name"])

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.state import ClusterPhase, ClusterStatus, NodePhase
+from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodePhase
 from sim.vcenter import Simulator
 from tests.harness import clone_counts, vms_of_cluster
 

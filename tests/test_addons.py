@@ -12,11 +12,11 @@ import yaml
 from lightkube import codecs
 from pydantic import SecretStr
 
-from addons import bundle, metallb, vsphere_cpi, vsphere_csi
-from models.messages import BootstrapMaterial, VCenterTarget
-from models.spec import LoadBalancerSpec, StorageSpec
-from pki.cluster import generate_cluster_pki
-from settings.credentials import StorageCredential, StorageCredentials
+from pke_vsphere.config.credentials import StorageCredential, StorageCredentials
+from pke_vsphere.contracts.messages import BootstrapMaterial, VCenterTarget
+from pke_vsphere.contracts.spec import LoadBalancerSpec, StorageSpec
+from pke_vsphere.pki.cluster import generate_cluster_pki
+from pke_vsphere.render.addons import bundle, metallb, vsphere_cpi, vsphere_csi
 
 ACCOUNTS = StorageCredentials(
     {"csi-prod": StorageCredential(username="k8s-csi@vsphere.local", password=SecretStr('p"w\\d-1'))}

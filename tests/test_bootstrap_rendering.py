@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap import cloudinit, guestinfo, keepalived, pke
-from models.messages import NodeBootstrapSettings
-from models.state import NodeKind
+from pke_vsphere.contracts.messages import NodeBootstrapSettings
+from pke_vsphere.contracts.state import NodeKind
+from pke_vsphere.render import cloudinit, guestinfo, keepalived, pke
 from tests.harness import node_identity, pke_install_args, random_ssh_keys
 
 SETTINGS = NodeBootstrapSettings(

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from models.messages import NodeCallRequest, NodeReport, NodeReportKind
-from models.protocol import MAX_REPEATS, REPEAT_SPACING, NodeCall, Refusal
-from models.state import NodeKind
+from pke_vsphere.contracts.messages import NodeCallRequest, NodeReport, NodeReportKind
+from pke_vsphere.contracts.protocol import MAX_REPEATS, REPEAT_SPACING, NodeCall, Refusal
+from pke_vsphere.contracts.state import NodeKind
 from tests.harness import node_identity
 from workflows.bootstrap_session import BootstrapSession, CallRefused
 

@@ -11,13 +11,13 @@ import pytest
 from pyVim import connect
 from pyVmomi import vim, vmodl
 
-from models.state import ClusterPhase, ClusterStatus, NodePhase
+from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodePhase
+from pke_vsphere.vsphere import inventory, properties, tasks
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import clone_counts, vms_of_cluster
 from tests.workers import WorkerFactory
-from vsphere import inventory, properties, tasks
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

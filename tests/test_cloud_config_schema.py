@@ -12,10 +12,10 @@ import pytest
 from jsonschema import Draft4Validator
 from jsonschema.exceptions import best_match
 
-from bootstrap import cloudinit
-from models.messages import NodeBootstrapSettings
-from models.spec import ControlPlane, ExternalEtcd, Topology
-from models.state import NodeKind
+from pke_vsphere.contracts.messages import NodeBootstrapSettings
+from pke_vsphere.contracts.spec import ControlPlane, ExternalEtcd, Topology
+from pke_vsphere.contracts.state import NodeKind
+from pke_vsphere.render import cloudinit
 from tests.harness import ROOT, node_identity
 
 SCHEMA = ROOT / ".state" / "cloud-init" / "schema-cloud-config-v1.json"

@@ -10,12 +10,13 @@ from urllib.parse import urlsplit
 from pyVim import connect
 
 from activities.preflight import PreflightActivities
-from codec import keys
-from codec.encryption import EncryptionCodec
-from models.messages import PreflightInput
-from models.spec import StorageSpec
-from models.state import ClusterPhase, NodePhase
-from settings.credentials import StorageCredential, StorageCredentials
+from pke_vsphere.codec import keys
+from pke_vsphere.codec.encryption import EncryptionCodec
+from pke_vsphere.config.credentials import StorageCredential, StorageCredentials
+from pke_vsphere.contracts.messages import PreflightInput
+from pke_vsphere.contracts.spec import StorageSpec
+from pke_vsphere.contracts.state import ClusterPhase, NodePhase
+from pke_vsphere.vsphere import properties
 from sim import vcenter
 from starter import clusters
 from tests.clusters import wait_until_settled
@@ -29,7 +30,6 @@ from tests.harness import (
     userdata_config,
     vms_of_cluster,
 )
-from vsphere import properties
 from workflows import ids
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from models.commands import AddPoolRequest, RemovePoolRequest, ScaleRequest
-from models.spec import NodePoolSpec
+from pke_vsphere.contracts.commands import AddPoolRequest, RemovePoolRequest, ScaleRequest
+from pke_vsphere.contracts.spec import NodePoolSpec
 from tests.conftest import cluster_spec
 from workflows import validation
 

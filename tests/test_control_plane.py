@@ -8,8 +8,8 @@ import time
 import uuid
 
 from activities.vrrp import QUERY_TIMEOUT, VrrpActivities
-from models.messages import RouterIdsInput
-from models.state import ClusterPhase, NodePhase
+from pke_vsphere.contracts.messages import RouterIdsInput
+from pke_vsphere.contracts.state import ClusterPhase, NodePhase
 from sim import vcenter
 from starter import clusters
 from tests.clusters import wait_until_settled

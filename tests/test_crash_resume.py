@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from models.state import ClusterPhase, NodePhase
+from pke_vsphere.contracts.state import ClusterPhase, NodePhase
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique

@@ -7,15 +7,15 @@ from typing import Any
 from pyVim import connect
 from pyVmomi import vim
 
-from bootstrap import guestinfo
-from models.spec import ClusterSpec
-from models.state import ClusterPhase, NodePhase
+from pke_vsphere.contracts.spec import ClusterSpec
+from pke_vsphere.contracts.state import ClusterPhase, NodePhase
+from pke_vsphere.render import guestinfo
+from pke_vsphere.vsphere import inventory, properties
 from sim import vcenter
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import userdata_config, vms_of_cluster
-from vsphere import inventory, properties
 
 
 def placement_of(stack: Stack, spec: ClusterSpec) -> dict[str, Any]:

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 from temporalio.client import WorkflowExecutionStatus
 
-from models.commands import DeleteOutcome
-from models.protocol import NODE_KEY_HEADER
-from models.state import ClusterPhase
-from pki.node_tokens import NodeTokenSigner, load_signing_key
+from pke_vsphere.contracts.commands import DeleteOutcome
+from pke_vsphere.contracts.protocol import NODE_KEY_HEADER
+from pke_vsphere.contracts.state import ClusterPhase
+from pke_vsphere.pki.node_tokens import NodeTokenSigner, load_signing_key
 from sim.nodes import Behaviour
 from starter import clusters, schedules
 from tests.clusters import wait_until_settled

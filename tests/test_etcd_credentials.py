@@ -11,9 +11,9 @@ import pytest
 import yaml
 from cryptography import x509
 
-from external_etcd import material, users
-from pki.authority import issue, new_ca
-from settings.credentials import EtcdCredential, EtcdCredentials
+from pke_vsphere.config.credentials import EtcdCredential, EtcdCredentials
+from pke_vsphere.etcd import material, users
+from pke_vsphere.pki.authority import issue, new_ca
 
 CA = new_ca("etcd CA")
 CLIENT = issue(CA, "kube-apiserver", client=True)

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from codec import keys
-from codec.encryption import EncryptionCodec
-from external_etcd import checks as etcd_checks
-from external_etcd import users as etcd_users
-from external_etcd.client import EtcdRefused
-from models.pki import EtcdClientCertificate
-from models.spec import ExternalEtcd
-from models.state import ClusterPhase, NodePhase
+from pke_vsphere.codec import keys
+from pke_vsphere.codec.encryption import EncryptionCodec
+from pke_vsphere.contracts.pki import EtcdClientCertificate
+from pke_vsphere.contracts.spec import ExternalEtcd
+from pke_vsphere.contracts.state import ClusterPhase, NodePhase
+from pke_vsphere.etcd import checks as etcd_checks
+from pke_vsphere.etcd import users as etcd_users
+from pke_vsphere.etcd.client import EtcdRefused
 from starter import clusters
 from tests.clusters import external_etcd_control_plane as external
 from tests.clusters import removal_times, scale, wait_until_settled

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap import keepalived
-from pki.cluster import generate_cluster_pki
+from pke_vsphere.pki.cluster import generate_cluster_pki
+from pke_vsphere.render import keepalived
 
 KEEPALIVED = shutil.which("keepalived") or "/usr/sbin/keepalived"
 VIP = "10.0.0.100"
@@ -98,7 +98,7 @@ def test_keepalived_itself_rejects_a_broken_config(tmp_path: Path) -> None:
 
 def test_the_bootstrap_script_fills_in_the_interface_it_finds() -> None:
     assert keepalived.INTERFACE_PLACEHOLDER in masters_configs(1, None)[0]
-    script = resources.files("bootstrap").joinpath("script.sh").read_text()
+    script = resources.files("pke_vsphere.render").joinpath("script.sh").read_text()
     assert f"s/{keepalived.INTERFACE_PLACEHOLDER}/$VRRP_INTERFACE/" in script
 
 

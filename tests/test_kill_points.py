@@ -17,8 +17,8 @@ from functools import partial
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
-from models.state import ClusterPhase
-from runtime import crashpoints
+from pke_vsphere.contracts.state import ClusterPhase
+from pke_vsphere.runtime import crashpoints
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique

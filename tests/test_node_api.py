@@ -19,11 +19,11 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from models.messages import JoinInfo, NodeCallGrant, NodeCallRequest
-from models.protocol import NODE_CALL_UPDATE, NODE_KEY_HEADER
-from models.state import ClusterPhase, ClusterStatus, NodeIdentity, NodeKind
-from nodeapi.app import create_app
-from pki.node_tokens import NodeTokenSigner, NodeTokenVerifier, load_signing_key
+from pke_vsphere.contracts.messages import JoinInfo, NodeCallGrant, NodeCallRequest
+from pke_vsphere.contracts.protocol import NODE_CALL_UPDATE, NODE_KEY_HEADER
+from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodeIdentity, NodeKind
+from pke_vsphere.nodeapi.app import create_app
+from pke_vsphere.pki.node_tokens import NodeTokenSigner, NodeTokenVerifier, load_signing_key
 from sim.nodes import Behaviour
 from starter import clusters
 from tests.conftest import Stack, cluster_spec, unique

@@ -30,9 +30,9 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from models.protocol import NODE_KEY_HEADER
-from models.state import ClusterPhase, ClusterStatus, NodeIdentity, NodeKind, NodePhase
-from pki.node_tokens import NodeTokenSigner, load_signing_key
+from pke_vsphere.contracts.protocol import NODE_KEY_HEADER
+from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodeIdentity, NodeKind, NodePhase
+from pke_vsphere.pki.node_tokens import NodeTokenSigner, load_signing_key
 from sim.nodes import Behaviour
 from starter import clusters
 from tests.clusters import wait_until_settled

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 import worker as worker_module
-from bootstrap import cloudinit, guestinfo
-from models.state import ClusterPhase
-from pki import authority
+from pke_vsphere.contracts.state import ClusterPhase
+from pke_vsphere.pki import authority
+from pke_vsphere.render import cloudinit, guestinfo
+from pke_vsphere.vsphere.session import VCenterSession
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, vcenter_settings, vsphere_activities
 from tests.harness import serve_node_api, vms_of_cluster
-from vsphere.session import VCenterSession
 
 
 def serving_pair(directory: Path, ca: authority.KeyPair) -> tuple[Path, Path]:

@@ -12,9 +12,9 @@ import secrets
 import httpx
 import pytest
 
-from bootstrap import cloudinit
-from models.protocol import MAX_REPEATS, NODE_KEY_HEADER, REPEAT_SPACING
-from models.state import ClusterPhase, ClusterStatus, NodeKind, NodePhase
+from pke_vsphere.contracts.protocol import MAX_REPEATS, NODE_KEY_HEADER, REPEAT_SPACING
+from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodeKind, NodePhase
+from pke_vsphere.render import cloudinit
 from sim.nodes import Behaviour
 from starter import clusters
 from tests.clusters import create_ready, scale

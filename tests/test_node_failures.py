@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from models.state import ClusterPhase, NodePhase
+from pke_vsphere.contracts.state import ClusterPhase, NodePhase
 from sim import vcenter
 from sim.nodes import Behaviour
 from starter import clusters

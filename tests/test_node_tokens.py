@@ -9,8 +9,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from models.state import NodeIdentity, NodeKind
-from pki.node_tokens import (
+from pke_vsphere.contracts.state import NodeIdentity, NodeKind
+from pke_vsphere.pki.node_tokens import (
     AUDIENCE,
     InvalidNodeToken,
     NodeTokenSigner,

@@ -15,10 +15,10 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.client import Client
 
-from codec import keys
-from codec.encryption import ENCODING, KEY_ID, EncryptionCodec
-from models.pki import ClusterPKI
-from runtime.temporal import DATA_CONVERTER
+from pke_vsphere.codec import keys
+from pke_vsphere.codec.encryption import ENCODING, KEY_ID, EncryptionCodec
+from pke_vsphere.contracts.pki import ClusterPKI
+from pke_vsphere.runtime.temporal import DATA_CONVERTER
 from sim.nodes import Behaviour
 from starter import clusters
 from tests.clusters import wait_until_settled

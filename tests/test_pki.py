@@ -12,8 +12,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from pki import authority, bootstrap_tokens
-from pki.cluster import generate_cluster_pki
+from pke_vsphere.pki import authority, bootstrap_tokens
+from pke_vsphere.pki.cluster import generate_cluster_pki
 
 
 def verify_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:

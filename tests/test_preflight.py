@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from models.state import ClusterPhase
+from pke_vsphere.contracts.state import ClusterPhase
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique

@@ -8,13 +8,13 @@ import asyncio
 from pyVim import connect
 from pyVmomi import vim
 
-from models.commands import ReconcileRequest
-from models.state import ClusterStatus, NodePhase, ReconcileReport
+from pke_vsphere.contracts.commands import ReconcileRequest
+from pke_vsphere.contracts.state import ClusterStatus, NodePhase, ReconcileReport
+from pke_vsphere.vsphere.waits import wait_for_task
 from starter import clusters
 from tests.clusters import create_ready
 from tests.conftest import Stack, unique
 from tests.harness import destroy_planted, plant_marked_vm, vms_of_cluster
-from vsphere.waits import wait_for_task
 from workflows import ids
 from workflows.cluster import RECONCILE_UPDATE, STATUS_QUERY
 

@@ -21,10 +21,10 @@ from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.worker import Replayer
 
-from models.messages import ClusterState, NodeBootstrapSettings
-from models.state import ClusterPhase
-from pki.cluster import generate_cluster_pki
-from runtime.temporal import DATA_CONVERTER
+from pke_vsphere.contracts.messages import ClusterState, NodeBootstrapSettings
+from pke_vsphere.contracts.state import ClusterPhase
+from pke_vsphere.pki.cluster import generate_cluster_pki
+from pke_vsphere.runtime.temporal import DATA_CONVERTER
 from starter import clusters
 from tests.clusters import external_etcd_control_plane, wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, unique_vip

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 
-from models.commands import AddPoolRequest, RemovePoolRequest, ScaleOutcome, ScaleRequest
-from models.spec import NodePoolSpec
-from models.state import ClusterPhase, ClusterStatus, NodePhase
+from pke_vsphere.contracts.commands import AddPoolRequest, RemovePoolRequest, ScaleOutcome, ScaleRequest
+from pke_vsphere.contracts.spec import NodePoolSpec
+from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodePhase
 from starter import clusters
 from tests.clusters import removal_times, scale, wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from temporalio.client import ScheduleOverlapPolicy
 
-from models.state import ClusterPhase
+from pke_vsphere.contracts.state import ClusterPhase
 from starter import cli, clusters, schedules
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from models.spec import ClusterSpec
+from pke_vsphere.contracts.spec import ClusterSpec
 from tests.conftest import cluster_spec
 
 BASE: dict[str, Any] = cluster_spec("valid").model_dump(mode="json")

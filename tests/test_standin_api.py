@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from kube.bootstrap_tokens import secret_for
-from pki import bootstrap_tokens
-from pki.cluster import generate_cluster_pki
+from pke_vsphere.kube.bootstrap_tokens import secret_for
+from pke_vsphere.pki import bootstrap_tokens
+from pke_vsphere.pki.cluster import generate_cluster_pki
 from sim.kubeapi import StandInKubeAPI
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from models.state import ClusterServices
+from pke_vsphere.contracts.state import ClusterServices
 from starter import cli
 from starter.progress import services_line
 from tests.conftest import Stack, cluster_spec, unique

@@ -1,4 +1,4 @@
-"""The real entry points (worker.py, ``python -m nodeapi``, ``python -m codec``,
+"""The real entry points (worker.py, ``python -m pke_vsphere.nodeapi``, ``python -m pke_vsphere.codec``,
 ``pke-vsphere``) refuse to start on settings that would expose a secret, each
 with one line that names the problem, and exit 2 having done nothing."""
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from codec import keys
-from codec.encryption import EncryptionCodec
-from codec.server import create_app
-from pki.node_tokens import create_signing_key, write_public_key
+from pke_vsphere.codec import keys
+from pke_vsphere.codec.encryption import EncryptionCodec
+from pke_vsphere.codec.server import create_app
+from pke_vsphere.pki.node_tokens import create_signing_key, write_public_key
 from tests.harness import ROOT, serve_app
 
 # Nothing listens here: a process that got past its checks fails to connect instead.
@@ -84,7 +84,8 @@ def refused(result: subprocess.CompletedProcess[str], *words: str) -> str:
 
 
 WORKER = [sys.executable, "worker.py", "--settings"]
-NODE_API = [sys.executable, "-m", "nodeapi", "--settings"]
+NODE_API = [sys.executable, "-m", "pke_vsphere.nodeapi", "--settings"]
+CODEC = [sys.executable, "-m", "pke_vsphere.codec", "--settings"]
 CLI = [sys.executable, "-c", "from starter.cli import main; main()", "--settings"]
 
 
@@ -150,7 +151,9 @@ def test_the_codec_server_needs_a_token_off_loopback(tmp_path: Path, files: dict
         tmp_path / "codec.env", {"PAYLOAD_KEYS_FILE": files["keys"], "CODEC_LISTEN_HOST": OFF_LOOPBACK}
     )
     refused(
-        run([sys.executable, "-m", "codec", "--settings", str(path)]), OFF_LOOPBACK, "CODEC_AUTH_TOKEN_FILE"
+        run([*CODEC, str(path)]),
+        OFF_LOOPBACK,
+        "CODEC_AUTH_TOKEN_FILE",
     )
     token = tmp_path / "codec-token"
     token.write_text("t0ken\n")
@@ -163,7 +166,7 @@ def test_the_codec_server_needs_a_token_off_loopback(tmp_path: Path, files: dict
             "CODEC_AUTH_TOKEN_FILE": token,
         },
     )
-    refused(run([sys.executable, "-m", "codec", "--settings", str(path)]), str(token), "0644")
+    refused(run([*CODEC, str(path)]), str(token), "0644")
 
 
 async def test_the_codec_server_answers_only_for_its_own_host_names(payload_keys: Path) -> None:

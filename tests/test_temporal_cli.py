@@ -9,7 +9,7 @@ import os
 import re
 import shlex
 
-from models.state import ClusterPhase
+from pke_vsphere.contracts.state import ClusterPhase
 from starter import clusters, schedules
 from tests.clusters import wait_until_settled
 from tests.conftest import CodecServer, Stack

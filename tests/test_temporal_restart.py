@@ -20,16 +20,16 @@ import pytest
 from temporalio.client import Client
 
 import worker as worker_module
-from codec import keys
-from models.state import ClusterPhase, NodePhase
-from runtime.binaries import temporal_binary
-from runtime.temporal import data_converter
+from pke_vsphere.codec import keys
+from pke_vsphere.contracts.state import ClusterPhase, NodePhase
+from pke_vsphere.runtime.binaries import temporal_binary
+from pke_vsphere.runtime.temporal import data_converter
+from pke_vsphere.vsphere.session import VCenterSession
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, vcenter_settings, vsphere_activities
 from tests.harness import serve_node_api, vms_of_cluster
 from tests.reliability import Run
-from vsphere.session import VCenterSession
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import worker as worker_module
-from models.state import ClusterPhase, NodePhase
+from pke_vsphere.contracts.state import ClusterPhase, NodePhase
+from pke_vsphere.vsphere.session import VCenterSession
 from sim import vcenter
 from sim.faultproxy import FaultProxy, FaultRates
 from sim.nodes import SimulatedNodes
@@ -25,7 +26,6 @@ from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, vcenter_settings, vsphere_activities
 from tests.harness import STATE_DIR, vms_of_cluster
 from tests.reliability import Run
-from vsphere.session import VCenterSession
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -162,9 +162,9 @@ async def test_a_clone_task_failing_for_a_lost_host_is_retried_until_its_deadlin
     # The last attempt either failed with the fault, or (on a loaded machine) was still
     # waiting for its clone task when the step's deadline came and cancelled it.
     reasons = ("HostCommunication", f"the clone of {leader} did not finish within the clone step")
-    assert any(status.error.startswith(f"leader {leader} failed: ensure VM {leader}: {r}") for r in reasons), (
-        status.error
-    )
+    assert any(
+        status.error.startswith(f"leader {leader} failed: ensure VM {leader}: {r}") for r in reasons
+    ), status.error
     # Retried with backoff (2 s, 4 s, 8 s) until the clone step's 12 s deadline.
     assert 2 <= stack.sim.failed_clones()[leader] <= 5, stack.sim.failed_clones()[leader]
     assert vms_of_cluster(stack.sim, name) == {}

@@ -11,7 +11,7 @@ import pytest
 from pyVim import connect
 from temporalio.api.enums.v1 import EventType
 
-from models.state import ClusterPhase, ClusterStatus, NodePhase
+from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodePhase
 from starter import clusters, vcenter_steps
 from starter.progress import console, render
 from tests.clusters import wait_until_settled

@@ -18,13 +18,13 @@ from pydantic import SecretStr
 from pyVmomi import vim
 from temporalio.exceptions import ApplicationError
 
-from pki import authority
-from settings import VCenterSettings
+from pke_vsphere.config import VCenterSettings
+from pke_vsphere.pki import authority
+from pke_vsphere.vsphere import properties
+from pke_vsphere.vsphere.errors import as_activity_errors
+from pke_vsphere.vsphere.session import PinnedContext, VCenterSession
 from sim import vcenter
 from tests.harness import STATE_DIR
-from vsphere import properties
-from vsphere.errors import as_activity_errors
-from vsphere.session import PinnedContext, VCenterSession
 
 
 @pytest.fixture(scope="module")

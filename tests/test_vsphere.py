@@ -15,16 +15,16 @@ from pyVim import connect
 from pyVmomi import vim, vmodl
 from temporalio.exceptions import ApplicationError
 
-from models.spec import VSpherePlacement
-from settings import VCenterSettings
+from pke_vsphere.config import VCenterSettings
+from pke_vsphere.contracts.spec import VSpherePlacement
+from pke_vsphere.vsphere import hardware, inventory, properties, vms
+from pke_vsphere.vsphere.errors import PermanentError, TransientError, as_activity_errors, classify
+from pke_vsphere.vsphere.session import VCenterSession
+from pke_vsphere.vsphere.vms import pick_ip
+from pke_vsphere.vsphere.waits import wait_for_task
 from sim import vcenter
 from tests.conftest import cluster_spec
 from tests.harness import STATE_DIR
-from vsphere import hardware, inventory, properties, vms
-from vsphere.errors import PermanentError, TransientError, as_activity_errors, classify
-from vsphere.session import VCenterSession
-from vsphere.vms import pick_ip
-from vsphere.waits import wait_for_task
 
 
 def settings_for(sim: vcenter.Simulator, password: str | None = None) -> VCenterSettings:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import crashpoints
+from pke_vsphere.runtime import crashpoints
 from tests.conftest import INSTALLATION_ID, Stack
 from tests.harness import ROOT
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from models.messages import NodeCallRequest, NodeReportKind
-from models.protocol import MAX_REPEATS, REPEAT_SPACING, NodeCall, Refusal
-from models.state import NodeIdentity, NodeKind
+from pke_vsphere.contracts.messages import NodeCallRequest, NodeReportKind
+from pke_vsphere.contracts.protocol import MAX_REPEATS, REPEAT_SPACING, NodeCall, Refusal
+from pke_vsphere.contracts.state import NodeIdentity, NodeKind
 
 # What each role asks for, and why not the rest (the node API's 403s).
 CALLS = {

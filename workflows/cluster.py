@@ -30,8 +30,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from bootstrap import keepalived
-    from models.commands import (
+    from pke_vsphere.contracts.commands import (
         AddPoolRequest,
         DeleteOutcome,
         DeleteRequest,
@@ -40,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
         ScaleOutcome,
         ScaleRequest,
     )
-    from models.messages import (
+    from pke_vsphere.contracts.messages import (
         BootstrapMaterial,
         BootstrapMaterialRequest,
         ClusterResult,
@@ -56,9 +55,9 @@ with workflow.unsafe.imports_passed_through():
         RouterIdsInput,
         RouterIdsInUse,
     )
-    from models.pki import BootstrapToken, ClusterPKI
-    from models.spec import ClusterSpec, NodeRole, validation_problems
-    from models.state import (
+    from pke_vsphere.contracts.pki import BootstrapToken, ClusterPKI
+    from pke_vsphere.contracts.spec import ClusterSpec, NodeRole, validation_problems
+    from pke_vsphere.contracts.state import (
         ClusterPhase,
         ClusterStatus,
         NodeKind,
@@ -66,7 +65,8 @@ with workflow.unsafe.imports_passed_through():
         NodeProgress,
         ReconcileReport,
     )
-    from pki.bootstrap_tokens import usable
+    from pke_vsphere.pki.bootstrap_tokens import usable
+    from pke_vsphere.render import keepalived
     from workflows import ids, validation
     from workflows.cluster_core import PATCH_JOIN_PER_NODE
     from workflows.deletion import DeletionMixin

@@ -17,8 +17,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from bootstrap import keepalived
-    from models.messages import (
+    from pke_vsphere.contracts.messages import (
         ClusterState,
         FindClusterVmsResult,
         IssueKubeCredentialInput,
@@ -28,9 +27,9 @@ with workflow.unsafe.imports_passed_through():
         NodeWorkflowInput,
         VCenterTarget,
     )
-    from models.pki import BootstrapToken, ClusterPKI
-    from models.spec import ClusterSpec, NodePoolSpec, NodeRole, Topology
-    from models.state import (
+    from pke_vsphere.contracts.pki import BootstrapToken, ClusterPKI
+    from pke_vsphere.contracts.spec import ClusterSpec, NodePoolSpec, NodeRole, Topology
+    from pke_vsphere.contracts.state import (
         ClusterPhase,
         ClusterServices,
         ClusterStatus,
@@ -40,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         NodeState,
         ReconcileReport,
     )
+    from pke_vsphere.render import keepalived
     from workflows import ids, vm_steps
     from workflows.failures import failure_reason
     from workflows.node import NodeWorkflow, bootstrap_window

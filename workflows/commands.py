@@ -24,7 +24,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
-    from models.commands import (
+    from pke_vsphere.contracts.commands import (
         ClusterUpdateCall,
         DeleteClusterInput,
         DeleteOutcome,

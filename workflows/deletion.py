@@ -10,9 +10,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from models.commands import DeleteOutcome
-    from models.messages import ClearEtcdPrefixInput, ClearEtcdPrefixResult
-    from models.state import ClusterPhase
+    from pke_vsphere.contracts.commands import DeleteOutcome
+    from pke_vsphere.contracts.messages import ClearEtcdPrefixInput, ClearEtcdPrefixResult
+    from pke_vsphere.contracts.state import ClusterPhase
     from workflows.cluster_core import ClusterCore
     from workflows.failures import failure_reason
     from workflows.policies import ETCD_CALL_TIMEOUT, ETCD_RETRY, LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT

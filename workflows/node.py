@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from models.messages import (
+    from pke_vsphere.contracts.messages import (
         ConfigureVmInput,
         EnsureVmInput,
         EnsureVmResult,
@@ -36,11 +36,11 @@ with workflow.unsafe.imports_passed_through():
         NodeResult,
         NodeWorkflowInput,
     )
-    from models.pki import BootstrapToken
-    from models.protocol import NODE_CALL_UPDATE, NodeCall, Refusal
-    from models.spec import Timeouts
-    from models.state import NodeKind, NodePhase, NodeProgress
-    from pki.bootstrap_tokens import usable
+    from pke_vsphere.contracts.pki import BootstrapToken
+    from pke_vsphere.contracts.protocol import NODE_CALL_UPDATE, NodeCall, Refusal
+    from pke_vsphere.contracts.spec import Timeouts
+    from pke_vsphere.contracts.state import NodeKind, NodePhase, NodeProgress
+    from pke_vsphere.pki.bootstrap_tokens import usable
     from workflows import node_credentials, vm_steps
     from workflows.bootstrap_session import BootstrapSession, CallRefused
     from workflows.policies import JOIN_TOKEN_MARGIN, VSPHERE_HEARTBEAT, VSPHERE_RETRY

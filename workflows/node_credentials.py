@@ -11,13 +11,13 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from models.messages import (
+    from pke_vsphere.contracts.messages import (
         CreateTokenInput,
         DeleteTokenInput,
         NodeJoinContext,
         RemoveNodeTokenInput,
     )
-    from models.pki import BootstrapToken
+    from pke_vsphere.contracts.pki import BootstrapToken
     from workflows.failures import failure_reason
     from workflows.policies import (
         JOIN_TOKEN_TTL,

@@ -18,12 +18,12 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from models.messages import (
+    from pke_vsphere.contracts.messages import (
         ClusterVm,
         WaitNodeReadyInput,
     )
-    from models.spec import NodeRole
-    from models.state import Drift, NodePhase, NodeState, ReconcileReport
+    from pke_vsphere.contracts.spec import NodeRole
+    from pke_vsphere.contracts.state import Drift, NodePhase, NodeState, ReconcileReport
     from workflows import vm_steps
     from workflows.cluster_core import ClusterCore
     from workflows.failures import failure_reason

@@ -16,10 +16,10 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from models.commands import ScaleOutcome
-    from models.messages import DeleteKubeNodeInput, DrainInput, DrainResult
-    from models.spec import NodePoolSpec
-    from models.state import NodePhase, NodeState
+    from pke_vsphere.contracts.commands import ScaleOutcome
+    from pke_vsphere.contracts.messages import DeleteKubeNodeInput, DrainInput, DrainResult
+    from pke_vsphere.contracts.spec import NodePoolSpec
+    from pke_vsphere.contracts.state import NodePhase, NodeState
     from workflows.cluster_core import ClusterCore
     from workflows.failures import failure_reason
     from workflows.policies import KUBE_CALL_TIMEOUT, KUBE_HEARTBEAT, KUBE_RETRY

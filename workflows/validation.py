@@ -12,8 +12,8 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from temporalio.exceptions import ApplicationError
 
-from models.commands import AddPoolRequest, RemovePoolRequest, ScaleRequest
-from models.spec import ClusterSpec, NodePoolSpec, NodeRole, validation_problems
+from pke_vsphere.contracts.commands import AddPoolRequest, RemovePoolRequest, ScaleRequest
+from pke_vsphere.contracts.spec import ClusterSpec, NodePoolSpec, NodeRole, validation_problems
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from models.slots import SlotGrant, SlotRelease, SlotRequest, SlotsState
+    from pke_vsphere.contracts.slots import SlotGrant, SlotRelease, SlotRequest, SlotsState
 
 ACQUIRE_UPDATE = "acquire_slot"
 RELEASE_SIGNAL = "release_slot"

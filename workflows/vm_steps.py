@@ -9,7 +9,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from models.messages import (
+    from pke_vsphere.contracts.messages import (
         DestroyVmInput,
         DestroyVmResult,
         FindClusterVmsInput,
@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
         WaitForIpInput,
         WaitForIpResult,
     )
-    from models.spec import Timeouts, VSpherePlacement
+    from pke_vsphere.contracts.spec import Timeouts, VSpherePlacement
     from workflows.policies import VSPHERE_HEARTBEAT, VSPHERE_RETRY
 
 VM_STEP_TIMEOUT = timedelta(minutes=15)

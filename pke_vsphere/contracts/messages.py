@@ -1,0 +1,478 @@
+"""Inputs and outputs of workflows, activities, signals and updates."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from ipaddress import IPv4Address
+from typing import Self
+
+from pydantic import BaseModel, Field, model_validator
+
+from pke_vsphere.contracts.pki import BootstrapToken, ClusterPKI
+from pke_vsphere.contracts.protocol import NodeCall
+from pke_vsphere.contracts.secret import Secret
+from pke_vsphere.contracts.spec import (
+    ClusterSpec,
+    ExternalEtcd,
+    LoadBalancerSpec,
+    StorageSpec,
+    Timeouts,
+    VSpherePlacement,
+)
+from pke_vsphere.contracts.state import ClusterPhase, NodeIdentity, NodeKind, NodeState, ReconcileReport
+
+
+# --- cluster workflow -------------------------------------------------------
+class VCenterTarget(BaseModel):
+    """Where the cluster's vSphere add-ons (cloud provider, CSI driver) connect, and
+    where the CSI driver provisions (no secrets)."""
+
+    vcenter_host: str
+    vcenter_port: int
+    datacenter: str
+    thumbprint: str | None = None
+    insecure: bool = False
+    datastore_url: str | None = None
+    ca_pem: str | None = None
+    """The CA bundle the orchestrator verifies vCenter with (public), for the add-ons too."""
+
+
+class ClusterState(BaseModel):
+    """What the cluster workflow carries across continue-as-new."""
+
+    cluster_uid: str
+    phase: ClusterPhase
+    pki: ClusterPKI
+    nodes: list[NodeState]
+    join_token: BootstrapToken | None = None
+    """Clusters from before per-node join tokens; no longer handed out."""
+    join_access: KubeAccess | None = None
+    """The short-lived credential node workflows install and delete join tokens with."""
+    created_at: datetime
+    ready_at: datetime | None = None
+    error: str | None = None
+    generations: dict[str, int] = Field(default_factory=dict)
+    orphans_seen: dict[str, datetime] = Field(default_factory=dict)
+    last_reconcile: ReconcileReport | None = None
+    vrrp_router_id: int | None = None
+    storage_target: VCenterTarget | None = None
+    """Named for its first user, the CSI driver; the name stays for running clusters' state."""
+    cloud_provider: str | None = "vsphere"
+    """PKE's --kubernetes-cloud-provider of the cluster's nodes (absent: an older cluster, in-tree)."""
+
+
+class ClusterWorkflowInput(BaseModel):
+    """Input of ``ClusterWorkflow``. Start a cluster with only ``spec`` set."""
+
+    spec: ClusterSpec
+    state: ClusterState | None = Field(
+        default=None, description="Set by the workflow itself when it continues as new."
+    )
+
+
+class ClusterResult(BaseModel):
+    name: str
+    phase: ClusterPhase
+    error: str | None = None
+
+
+# --- node workflow ----------------------------------------------------------
+class NodeBootstrapSettings(BaseModel):
+    """What a node's cloud-init needs to know about its cluster (no secrets)."""
+
+    kubernetes_version: str
+    api_endpoint: str | None
+    """host:port followers and workers join; None for the leader of a 1-master cluster."""
+    master_mode: str
+    """PKE ``--kubernetes-master-mode``: 'default' (1 master) or 'ha'."""
+    pod_cidr: str
+    service_cidr: str
+    ssh_authorized_keys: list[str] = Field(default_factory=list)
+    api_server_cert_sans: list[str] = Field(default_factory=list)
+    """Extra names of the API server certificate: the VIP and the DNS name."""
+    schedulable_masters: bool = False
+    """The shared topology: masters run workloads too (no NoSchedule taint)."""
+    cloud_provider: str | None = "vsphere"
+    """PKE ``--kubernetes-cloud-provider``: 'external' with the vSphere CPI, None for none;
+    absent (a node workflow started by an older version) is the in-tree 'vsphere' it had."""
+    etcd_endpoints: list[str] = Field(default_factory=list)
+    """The external_etcd topology: the etcd the API servers use (empty: they run their own)."""
+    etcd_prefix: str | None = None
+
+
+class NodeWorkflowInput(BaseModel):
+    identity: NodeIdentity
+    placement: VSpherePlacement
+    cpus: int
+    memory_mb: int
+    bootstrap: NodeBootstrapSettings
+    timeouts: Timeouts
+    load_balancer: LoadBalancerSpec | None = None
+    """MetalLB's addresses: a node must not get one of them."""
+    join: NodeJoinContext | None = None
+    """Followers and workers: how their workflow gives them a join token of their own."""
+
+
+class NodeResult(BaseModel):
+    name: str
+    vm_ref: str
+    ip: str
+
+
+class NodeReportKind(StrEnum):
+    READY = "ready"
+    JOINED = "joined"
+    FAILED = "failed"
+
+
+class NodeReport(BaseModel):
+    """Signal ``report`` on a node's workflow, sent by the node API for the node."""
+
+    kind: NodeReportKind
+    message: str | None = Field(default=None, max_length=2000)
+    address: IPv4Address | None = None
+    """The address the node runs Kubernetes on; the orchestrator checks it is the one
+    VMware Tools reported on the cluster network's NIC."""
+
+
+# --- node API <-> node workflow ------------------------------------------------
+class NodeCallRequest(BaseModel):
+    """Update ``node_call`` on a node's workflow: the node API asks whether one call
+    of a node may be served. The claims are the token's, checked against the
+    workflow's own identity; the node key travels only as its SHA-256."""
+
+    call: NodeCall
+    cluster_uid: str
+    instance_uuid: str
+    kind: NodeKind
+    node_key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    report: NodeReport | None = None
+    """With ``call == report``: what the node reports."""
+
+
+class NodeCallGrant(BaseModel):
+    """The call may be served: the how-manyth answer this is, and what the node
+    workflow knows that the answer needs."""
+
+    call: NodeCall
+    served: int
+    """1 for the first answer, 2 and more for repeats."""
+    node_address: str
+    """The address VMware Tools reported on the cluster network's NIC."""
+    join: JoinInfo | None = None
+    """With ``call == join``: the node's own bootstrap token (encrypted in history
+    by the payload codec)."""
+
+
+class NodeJoinContext(BaseModel):
+    """What a follower's or worker's workflow needs to give its node a bootstrap
+    token of its own: where nodes reach the API, the CA hash, and a short-lived
+    credential for installing and deleting tokens (never the CA key)."""
+
+    api_endpoint: str
+    ca_cert_hash: str
+    access: KubeAccess
+
+
+class DeleteTokenInput(BaseModel):
+    cluster: str
+    access: KubeAccess
+    token_id: str = Field(pattern=r"^[a-z0-9]{6}$")
+
+
+class RemoveNodeTokenInput(BaseModel):
+    """Take a bootstrapped node's token out of its VM's guestinfo."""
+
+    vm_ref: str
+    name: str
+
+
+class IssueKubeCredentialInput(BaseModel):
+    cluster: str
+    access: KubeAccess
+    validity_seconds: int = Field(ge=60, le=7 * 24 * 3600)
+
+
+# --- node API <-> cluster workflow (before node calls went to the node workflow) ---
+class JoinRequest(BaseModel):
+    """Update ``request_join``: a follower or worker asks how to join. Kept so that
+    histories of clusters created before per-node join tokens replay."""
+
+    node: str
+
+
+class JoinInfo(BaseModel):
+    token: str
+    """kubeadm bootstrap token; the payload codec keeps it out of plain history."""
+    expires_at: datetime
+    ca_cert_hash: str
+    api_endpoint: str
+    node_address: str | None = None
+    """This node's address as VMware Tools reported it on the cluster network's NIC."""
+
+
+class BootstrapMaterialRequest(BaseModel):
+    """Query ``bootstrap_material``: a master asks for the cluster's CAs."""
+
+    node: str
+
+
+class BootstrapMaterial(BaseModel):
+    pki: ClusterPKI
+    api_endpoint: str | None
+    vip: str | None
+    vrrp_router_id: int
+    vrrp_interface: str | None  # None: the node finds it at boot
+    vrrp_priority: int
+    kind: str
+    cluster_uid: str = ""
+    load_balancer: LoadBalancerSpec | None = None
+    storage: StorageSpec | None = None
+    storage_target: VCenterTarget | None = None
+    external_etcd: ExternalEtcd | None = None
+    """The node API adds the client certificate the orchestrator holds for it."""
+    etcd_prefix: str | None = None
+    cloud_provider_credential: str | None = None
+    """The vSphere account of the cluster's cloud provider (CPI), if it runs one."""
+    kubernetes_version: str | None = None
+    node_address: str | None = None
+    """This node's address as VMware Tools reported it on the cluster network's NIC."""
+
+
+class GeneratePkiInput(BaseModel):
+    cluster: str
+    cluster_uid: str
+    etcd_ca: bool = True
+    """False for an external etcd: the cluster runs no etcd of its own to sign for."""
+
+
+class MintTokenInput(BaseModel):
+    cluster: str
+    ttl_seconds: int = 3600
+
+
+class EnsureVmInput(BaseModel):
+    identity: NodeIdentity
+    placement: VSpherePlacement
+    cpus: int
+    memory_mb: int
+    bootstrap: NodeBootstrapSettings
+    token_expires_at: datetime | None = None
+    """The node's bootstrap deadline: its token expires then (None: the worker's default)."""
+
+
+class VCenterStep(StrEnum):
+    """What a long vCenter activity is doing, as its heartbeats say."""
+
+    LOOKING = "looking"
+    """Looking for what an earlier attempt did."""
+    QUEUED = "queued"
+    """Waiting for one of the worker's vCenter task slots ("queued for vCenter")."""
+    TASK = "task"
+    """A vCenter task is running (``task`` names it)."""
+    CANCELLING = "cancelling"
+    """Past its deadline: cancelling the task in vCenter and waiting for it to end."""
+    WAITING = "waiting"
+    """Waiting on vCenter without a task (an IP from VMware Tools)."""
+
+
+class VCenterProgress(BaseModel):
+    """The details of every heartbeat of a long vCenter activity: Temporal keeps only
+    the latest, so each carries everything a retry needs to resume."""
+
+    step: VCenterStep
+    task: str | None = None
+    """The vCenter task in flight (``task-123``)."""
+    method: str | None = None
+    """Its vSphere method (``CloneVM_Task``)."""
+
+
+class EnsureVmResult(BaseModel):
+    vm_ref: str
+    created: bool
+    """False when the VM already existed (a retry after a crash, or a resumed run)."""
+
+
+class ConfigureVmInput(BaseModel):
+    vm_ref: str
+    name: str
+    cpus: int
+    memory_mb: int
+
+
+class PowerOnInput(BaseModel):
+    vm_ref: str
+    name: str
+
+
+class PowerOnResult(BaseModel):
+    powered_on_at: datetime
+    already_on: bool
+
+
+class WaitForIpInput(BaseModel):
+    vm_ref: str
+    name: str
+    timeout_seconds: int
+    network: str | None = None
+    """The port group the node's address must be on (the spec's; None: the VM's first NIC)."""
+
+
+class WaitForIpResult(BaseModel):
+    ip: str
+
+
+# --- the cluster's Kubernetes API ----------------------------------------------
+class KubeAccess(BaseModel):
+    """How activities reach the cluster's API server: TLS verified against the
+    cluster CA, and a client certificate: a short-lived admin one minted from the
+    CA key (the cluster workflow), or one issued earlier and handed over with its
+    key (a node workflow, which never holds the CA key)."""
+
+    endpoint: str
+    """host:port of the API server (the VIP, or the leader's address)."""
+    ca_cert_pem: str
+    ca_key_pem: Secret | None = None
+    client_cert_pem: str | None = None
+    client_key_pem: Secret | None = None
+    expires_at: datetime | None = None
+    """When the handed-over client certificate expires."""
+
+    @model_validator(mode="after")
+    def _one_client_identity(self) -> Self:
+        handed_over = self.client_cert_pem is not None and self.client_key_pem is not None
+        if (self.ca_key_pem is None) == (not handed_over):
+            raise ValueError("give either the CA key or a client certificate and its key")
+        return self
+
+
+class CreateTokenInput(BaseModel):
+    cluster: str
+    access: KubeAccess
+    ttl_seconds: int
+    node: str | None = None
+    """The one node the token is for (None: clusters from before per-node tokens)."""
+
+
+class DrainInput(BaseModel):
+    cluster: str
+    node: str
+    access: KubeAccess
+    timeout_seconds: int
+
+
+class DrainResult(BaseModel):
+    cordoned: bool
+    evicted: list[str] = Field(default_factory=list)
+    remaining: list[str] = Field(default_factory=list)
+    timed_out: bool = False
+
+
+class WaitNodeReadyInput(BaseModel):
+    cluster: str
+    node: str
+    access: KubeAccess
+    timeout_seconds: int
+
+
+class DeleteKubeNodeInput(BaseModel):
+    cluster: str
+    node: str
+    access: KubeAccess
+
+
+# --- finding and removing a cluster's VMs --------------------------------------------
+class FindClusterVmsInput(BaseModel):
+    cluster: str
+    datacenter: str | None = None
+    """None: search the whole vCenter."""
+
+
+class ClusterVm(BaseModel):
+    """A VM carrying the cluster's markers, as vCenter reports it."""
+
+    ref: str
+    name: str
+    instance_uuid: str | None
+    powered_on: bool
+    cluster_uid: str | None
+    pool: str | None
+    node: str | None
+
+
+class FindClusterVmsResult(BaseModel):
+    vms: list[ClusterVm] = Field(default_factory=list)
+
+
+class DestroyVmInput(BaseModel):
+    cluster: str
+    name: str
+    datacenter: str | None = None
+    instance_uuid: str | None = None
+    vm_ref: str | None = None
+    placement: VSpherePlacement | None = None
+    """Where the node's clone ran: with it, a clone of the node still in flight in
+    vCenter (past its deadline) is cancelled and what it made is destroyed too."""
+
+
+class DestroyVmResult(BaseModel):
+    destroyed: bool
+    """False when the VM was already gone."""
+
+
+class PreflightInput(BaseModel):
+    """What is checked before anything of a cluster is created."""
+
+    cluster: str
+    placement: VSpherePlacement
+    vip: str | None = None
+    api_port: int = 6443
+    storage: StorageSpec | None = None
+    cloud_provider_credential: str | None = None
+    external_etcd: ExternalEtcd | None = None
+    etcd_prefix: str | None = None
+    cluster_uid: str | None = None
+    """With an external etcd: whose the prefix becomes (its owner key)."""
+    pools: list[PoolHardware] = Field(default_factory=list)
+    """Each pool's hardware, checked against what the template's version allows."""
+
+
+class PoolHardware(BaseModel):
+    index: int
+    """Its place in the spec's ``pools`` (for the field named in a problem)."""
+    cpus: int
+    memory_mb: int
+
+
+class ClearEtcdPrefixInput(BaseModel):
+    """Delete a deleted (or failed) cluster's keys from its external etcd."""
+
+    cluster: str
+    cluster_uid: str
+    endpoints: list[str]
+    credential: str
+    prefix: str
+
+
+class ClearEtcdPrefixResult(BaseModel):
+    deleted: int
+    owned: bool
+    """False: the prefix was not this cluster's (never claimed, or taken by another); untouched."""
+
+
+class RouterIdsInput(BaseModel):
+    """Which VRRP router ids do the other clusters on this network use?"""
+
+    cluster: str
+    network: str | None
+
+
+class RouterIdsInUse(BaseModel):
+    taken: dict[int, str] = Field(default_factory=dict)
+    """Router id -> the cluster using it."""
+
+
+class PreflightResult(BaseModel):
+    checked: list[str] = Field(default_factory=list)
+    storage_target: VCenterTarget | None = None

@@ -1,0 +1,264 @@
+"""VM operations: find a node's VM by its instance UUID, clone it from the
+template, set its hardware, power it on, and wait for VMware Tools to report
+its address. Each operation is safe to repeat."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pyVmomi import vim
+
+from pke_vsphere.vsphere import properties
+from pke_vsphere.vsphere.errors import PermanentError
+from pke_vsphere.vsphere.inventory import Placement
+from pke_vsphere.vsphere.waits import wait_for_properties
+
+VM_FACTS = [
+    "name",
+    "config.instanceUuid",
+    "config.hardware.numCPU",
+    "config.hardware.memoryMB",
+    "config.hardware.numCoresPerSocket",
+    "runtime.powerState",
+    "guest.ipAddress",
+]
+
+
+@dataclass(frozen=True)
+class VmFacts:
+    ref: str
+    name: str
+    instance_uuid: str | None
+    cpus: int | None
+    cores_per_socket: int | None
+    memory_mb: int | None
+    power_state: str | None
+
+    @property
+    def powered_on(self) -> bool:
+        return bool(self.power_state == vim.VirtualMachine.PowerState.poweredOn)
+
+
+def vm_by_ref(si: Any, ref: str) -> Any:
+    return vim.VirtualMachine(ref, si._stub)
+
+
+def facts(si: Any, vm: Any) -> VmFacts:
+    props = properties.read(si, vm, VM_FACTS)
+    if not props:
+        raise PermanentError(f"VM {vm._moId} no longer exists")
+    return VmFacts(
+        ref=vm._moId,
+        name=props.get("name", ""),
+        instance_uuid=props.get("config.instanceUuid"),
+        cpus=props.get("config.hardware.numCPU"),
+        cores_per_socket=props.get("config.hardware.numCoresPerSocket"),
+        memory_mb=props.get("config.hardware.memoryMB"),
+        power_state=str(props.get("runtime.powerState")),
+    )
+
+
+def find_by_instance_uuid(si: Any, datacenter: Any, instance_uuid: str) -> Any | None:
+    return si.content.searchIndex.FindByUuid(
+        datacenter=datacenter, uuid=instance_uuid, vmSearch=True, instanceUuid=True
+    )
+
+
+def find_in_folder(si: Any, folder: Any, name: str) -> Any | None:
+    return si.content.searchIndex.FindChild(folder, name)
+
+
+def network_backing(si: Any, network: Any) -> Any:
+    """A NIC's backing for a standard or distributed port group."""
+    if isinstance(network, vim.dvs.DistributedVirtualPortgroup):
+        props = properties.read(si, network, ["key", "config.distributedVirtualSwitch"])
+        dvs = props["config.distributedVirtualSwitch"]
+        uuid = properties.read(si, dvs, ["uuid"])["uuid"]
+        return vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
+            port=vim.dvs.PortConnection(portgroupKey=props["key"], switchUuid=uuid)
+        )
+    name = properties.read(si, network, ["name"])["name"]
+    return vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=name, network=network)
+
+
+def _nic_change(si: Any, template: Any, network: Any) -> list[Any]:
+    devices = properties.read(si, template, ["config.hardware.device"]).get("config.hardware.device", [])
+    nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+    if not nics:
+        raise PermanentError("vsphere.network: the template has no network adapter to connect")
+    nic = nics[0]
+    nic.backing = network_backing(si, network)
+    nic.connectable = vim.vm.device.VirtualDevice.ConnectInfo(
+        startConnected=True, allowGuestControl=True, connected=True
+    )
+    return [vim.vm.device.VirtualDeviceSpec(operation="edit", device=nic)]
+
+
+def _recommend_datastore(si: Any, placement: Placement, clone_spec: Any, name: str) -> Any:
+    """Ask Storage DRS which datastore of the datastore cluster to use."""
+    pod = placement.datastore_cluster
+    storage_spec = vim.storageDrs.StoragePlacementSpec(
+        type="clone",
+        cloneName=name,
+        folder=placement.folder,
+        vm=placement.template,
+        cloneSpec=clone_spec,
+        podSelectionSpec=vim.storageDrs.PodSelectionSpec(
+            storagePod=pod,
+            initialVmConfig=[vim.storageDrs.PodSelectionSpec.VmPodConfig(storagePod=pod)],
+        ),
+    )
+    result = si.content.storageResourceManager.RecommendDatastores(storageSpec=storage_spec)
+    for rec in result.recommendations or []:
+        for action in rec.action or []:
+            destination = getattr(action, "destination", None)
+            if isinstance(destination, vim.Datastore):
+                return destination
+    raise PermanentError(
+        "vsphere.datastore_cluster: Storage DRS recommended no datastore "
+        "(is the datastore cluster full or empty?)"
+    )
+
+
+def cores_per_socket(cpus: int, template_cores: int | None) -> int:
+    """Cores per socket for ``cpus``: the template's when ``cpus`` is a multiple of
+    it, else the largest divisor they share (vCenter refuses a CPU count that is
+    not a multiple of the cores per socket)."""
+    return math.gcd(cpus, max(1, template_cores or 1))
+
+
+def template_cores(si: Any, template: Any) -> int | None:
+    cores = properties.read(si, template, ["config.hardware.numCoresPerSocket"])
+    return cores.get("config.hardware.numCoresPerSocket")
+
+
+def start_clone(
+    si: Any,
+    placement: Placement,
+    *,
+    name: str,
+    instance_uuid: str,
+    cpus: int,
+    memory_mb: int,
+    extra_config: Mapping[str, str],
+) -> Any:
+    """Start cloning the template; returns the vCenter task."""
+    config = vim.vm.ConfigSpec(
+        instanceUuid=instance_uuid,
+        numCPUs=cpus,
+        numCoresPerSocket=cores_per_socket(cpus, template_cores(si, placement.template)),
+        memoryMB=memory_mb,
+        extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in extra_config.items()],
+    )
+    location = vim.vm.RelocateSpec(pool=placement.pool)
+    if placement.network is not None:
+        location.deviceChange = _nic_change(si, placement.template, placement.network)
+    spec = vim.vm.CloneSpec(location=location, config=config, powerOn=False, template=False)
+    location.datastore = placement.datastore or _recommend_datastore(si, placement, spec, name)
+    return placement.template.CloneVM_Task(folder=placement.folder, name=name, spec=spec)
+
+
+def start_reconfigure(vm: Any, *, cpus: int, cores: int, memory_mb: int) -> Any:
+    spec = vim.vm.ConfigSpec(numCPUs=cpus, numCoresPerSocket=cores, memoryMB=memory_mb)
+    return vm.ReconfigVM_Task(spec=spec)
+
+
+def start_set_extra_config(vm: Any, values: dict[str, str]) -> Any:
+    """Set extraConfig keys of a VM (on or off: guestinfo changes reach a running guest)."""
+    options = [vim.option.OptionValue(key=key, value=value) for key, value in values.items()]
+    return vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=options))
+
+
+def _usable_ip(value: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return ip.version == 4 and not ip.is_link_local and not ip.is_unspecified
+
+
+def pick_ip(
+    guest_net: list[Any] | None,
+    ip_address: str | None,
+    network: str | None = None,
+    nic_key: int | None = None,
+) -> str | None:
+    """The node's address: the usable IPv4 of the NIC on ``network`` (the spec's port
+    group), or else of the NIC with device key ``nic_key`` (the VM's first). VMware
+    Tools lists interfaces in the guest's order, which need not be the VM's, so
+    the first one listed is never taken for the node's. Only when Tools names no
+    NIC at all, the primary address. Link-local and IPv6 addresses and NICs
+    VMware does not own (a container bridge reports deviceConfigId -1) are
+    ignored."""
+    nics = [n for n in guest_net or [] if getattr(n, "deviceConfigId", 0) is None or n.deviceConfigId >= 0]
+    if network is not None:
+        nics = [n for n in nics if getattr(n, "network", None) == network]
+    elif nic_key is not None:
+        nics = [n for n in nics if n.deviceConfigId == nic_key]
+    for nic in nics:
+        for addr in nic.ipAddress or []:
+            if _usable_ip(addr):
+                return str(addr)
+    if not guest_net and ip_address and _usable_ip(ip_address):
+        return ip_address
+    return None
+
+
+def portgroup_name(path: str | None) -> str | None:
+    """The port group's name (what VMware Tools reports) from the spec's inventory path."""
+    return path.strip("/").rsplit("/", 1)[-1] if path else None
+
+
+def first_nic_key(si: Any, vm: Any) -> int | None:
+    """The device key of the VM's first network adapter, in its device order."""
+    devices = properties.read(si, vm, ["config.hardware.device"]).get("config.hardware.device") or []
+    return next((d.key for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)), None)
+
+
+def wait_for_ip(
+    si: Any, vm: Any, *, timeout: float, on_wake: Callable[[], None], network: str | None = None
+) -> str:
+    """The node's address (see ``pick_ip``): on ``network``, or without one on the VM's first NIC."""
+    nic_key = first_nic_key(si, vm) if network is None else None
+    return wait_for_properties(
+        si,
+        vm,
+        ["guest.net", "guest.ipAddress"],
+        lambda p: pick_ip(p.get("guest.net"), p.get("guest.ipAddress"), network, nic_key),
+        timeout=timeout,
+        on_wake=on_wake,
+        what="IP address from VMware Tools",
+    )
+
+
+def marked_vms(
+    si: Any, datacenter: Any | None, markers: Mapping[str, str]
+) -> list[tuple[Any, dict[str, Any]]]:
+    """Every VM in the datacenter (None: in vCenter) whose extraConfig carries all of
+    ``markers``. Found by marker, not by name or from memory, so VMs a crashed run
+    left behind are found too."""
+    vm_folder = properties.read(si, datacenter, ["vmFolder"])["vmFolder"] if datacenter else None
+    found = []
+    for vm, props in properties.find_all(
+        si,
+        vim.VirtualMachine,
+        ["name", "config.extraConfig", "config.instanceUuid", "runtime.powerState"],
+        root=vm_folder,
+    ):
+        extra = properties.extra_config(props.get("config.extraConfig"))
+        if all(extra.get(k) == v for k, v in markers.items()):
+            props["extra"] = extra
+            found.append((vm, props))
+    return found
+
+
+def start_power_off(vm: Any) -> Any:
+    return vm.PowerOffVM_Task()
+
+
+def start_destroy(vm: Any) -> Any:
+    return vm.Destroy_Task()

@@ -1,0 +1,115 @@
+"""Waiting on vCenter without polling: a private PropertyCollector, a filter on
+the properties of interest, and ``WaitForUpdatesEx`` with a short maximum wait so
+the caller can heartbeat between updates. The filter and the collector are
+always destroyed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from pyVmomi import vim, vmodl
+
+from pke_vsphere.vsphere.errors import TransientError
+
+T = TypeVar("T")
+POLL_SECONDS = 5
+
+
+def wait_for_properties(
+    si: Any,
+    obj: Any,
+    paths: Sequence[str],
+    done: Callable[[dict[str, Any]], T | None],
+    *,
+    timeout: float,
+    on_wake: Callable[[], None] = lambda: None,
+    what: str = "update",
+) -> T:
+    """Wait until ``done(properties)`` returns something other than None, and return it.
+
+    Raises:
+        TimeoutError: ``timeout`` seconds passed first.
+    """
+    spec = vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=obj, skip=False)],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=type(obj), pathSet=list(paths))],
+    )
+    deadline = time.monotonic() + timeout
+    state: dict[str, Any] = {}
+    collector = _Collector(si, spec)
+    version = ""
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {what} within {timeout:.0f}s")
+            options = vmodl.query.PropertyCollector.WaitOptions(
+                maxWaitSeconds=max(1, min(POLL_SECONDS, int(remaining)))
+            )
+            try:
+                update = collector.pc.WaitForUpdatesEx(version, options)
+            except vmodl.fault.ManagedObjectNotFound as exc:
+                if getattr(exc.obj, "_moId", None) == getattr(obj, "_moId", None):
+                    raise
+                # The collector belonged to a session that expired: the new session
+                # gets a new one, whose first update is the whole state again.
+                collector = _Collector(si, spec)
+                version = ""
+                continue
+            on_wake()
+            if update is None:
+                continue
+            version = update.version
+            for fs in update.filterSet or []:
+                for oc in fs.objectSet or []:
+                    for change in oc.changeSet or []:
+                        state[change.name] = change.val if change.op != "remove" else None
+            result = done(state)
+            if result is not None:
+                return result
+    finally:
+        collector.destroy()
+
+
+class _Collector:
+    """A private PropertyCollector and its one filter."""
+
+    def __init__(self, si: Any, spec: Any) -> None:
+        self.pc = si.content.propertyCollector.CreatePropertyCollector()
+        self.filter = self.pc.CreateFilter(spec, partialUpdates=False)
+
+    def destroy(self) -> None:
+        try:
+            self.filter.Destroy()
+            self.pc.Destroy()
+        except Exception:  # noqa: S110 - the session may already be gone; nothing to clean then
+            pass
+
+
+def wait_for_task(si: Any, task: Any, *, timeout: float, on_wake: Callable[[], None] = lambda: None) -> Any:
+    """Wait for a vCenter task and return its result; raise its fault if it failed."""
+
+    def finished(props: dict[str, Any]) -> tuple[str, Any] | None:
+        state = props.get("info.state")
+        if state == vim.TaskInfo.State.success:
+            return ("ok", props.get("info.result"))
+        if state == vim.TaskInfo.State.error:
+            return ("error", props.get("info.error"))
+        return None
+
+    outcome, value = wait_for_properties(
+        si,
+        task,
+        ["info.state", "info.result", "info.error"],
+        finished,
+        timeout=timeout,
+        on_wake=on_wake,
+        what="task completion",
+    )
+    if outcome == "error":
+        if isinstance(value, BaseException):
+            raise value
+        raise TransientError(f"vCenter task failed: {value}")
+    return value
