@@ -68,7 +68,6 @@ def build_worker(
         ],
         activities=[
             pki_activities.generate_pki,
-            pki_activities.mint_bootstrap_token,
             pki_activities.issue_kube_credential,
             kube_activities.create_bootstrap_token,
             kube_activities.delete_bootstrap_token,

@@ -13,9 +13,10 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.commands import ClusterUpdateCall
+from pke_vsphere.contracts.protocol import ErrorType
 from pke_vsphere.runtime import crashpoints
-from workflows import ids
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_SECONDS = 5
@@ -45,7 +46,7 @@ class ClusterCommandActivities:
             cause = exc.cause
             raise ApplicationError(
                 f"cluster {call.cluster}: {getattr(cause, 'message', cause)}",
-                type="CommandRefused",
+                type=ErrorType.COMMAND_REFUSED,
                 non_retryable=True,
             ) from None
         except RPCError as exc:

@@ -12,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 
 from pke_vsphere.config.credentials import EtcdCredentials
 from pke_vsphere.contracts.messages import ClearEtcdPrefixInput, ClearEtcdPrefixResult
+from pke_vsphere.contracts.protocol import ErrorType
 from pke_vsphere.etcd import material, prefixes, users
 from pke_vsphere.etcd.client import EtcdClient, EtcdUnavailable, first_answer
 
@@ -29,7 +30,7 @@ class EtcdActivities:
         try:
             client = material.client_certificate(self._credentials, input.credential)
         except material.EtcdCredentialError as exc:
-            raise ApplicationError(str(exc), type="EtcdCredential", non_retryable=True) from None
+            raise ApplicationError(str(exc), type=ErrorType.ETCD_CREDENTIAL, non_retryable=True) from None
         owner = prefixes.owner_value(input.cluster, input.cluster_uid)
         key = prefixes.owner_key(input.prefix)
         user = users.cluster_user(input.cluster, input.cluster_uid)
@@ -43,7 +44,7 @@ class EtcdActivities:
             deleted = first_answer(input.endpoints, client, clear)
         except EtcdUnavailable as exc:
             raise ApplicationError(
-                f"no etcd endpoint could clear {input.prefix}: {exc}", type="EtcdUnavailable"
+                f"no etcd endpoint could clear {input.prefix}: {exc}", type=ErrorType.ETCD_UNAVAILABLE
             ) from None
         log.info("etcd.prefix_cleared", cluster=input.cluster, prefix=input.prefix, deleted=deleted)
         return ClearEtcdPrefixResult(deleted=deleted or 0, owned=deleted is not None)

@@ -24,6 +24,7 @@ from pke_vsphere.contracts.messages import (
     WaitNodeReadyInput,
 )
 from pke_vsphere.contracts.pki import BootstrapToken
+from pke_vsphere.contracts.protocol import ErrorType
 from pke_vsphere.kube import bootstrap_tokens, nodes
 from pke_vsphere.kube.client import connect
 from pke_vsphere.pki import bootstrap_tokens as tokens
@@ -42,13 +43,13 @@ async def api(access: KubeAccess, action: str) -> AsyncIterator[AsyncClient]:
         final = exc.status.code in (400, 401, 403, 422)
         raise ApplicationError(
             f"{action}: the API server at {access.endpoint} answered {exc.status.code}: {exc.status.message}",
-            type="KubeApiError",
+            type=ErrorType.KUBE_API_ERROR,
             non_retryable=final,
         ) from exc
     except (httpx2.HTTPError, OSError, ssl.SSLError) as exc:
         raise ApplicationError(
             f"{action}: cannot reach the API server at {access.endpoint}: {exc!r}",
-            type="KubeApiUnreachable",
+            type=ErrorType.KUBE_API_UNREACHABLE,
         ) from exc
 
 
@@ -113,6 +114,6 @@ async def wait_for_kube_node_ready(input: WaitNodeReadyInput) -> None:
     if not ready:
         raise ApplicationError(
             f"{input.node} did not become Ready in Kubernetes within {input.timeout_seconds}s after power-on",
-            type="NodeNotReady",
+            type=ErrorType.NODE_NOT_READY,
             non_retryable=True,
         )

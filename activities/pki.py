@@ -11,11 +11,9 @@ from pke_vsphere.contracts.messages import (
     GeneratePkiInput,
     IssueKubeCredentialInput,
     KubeAccess,
-    MintTokenInput,
 )
-from pke_vsphere.contracts.pki import BootstrapToken, ClusterPKI
+from pke_vsphere.contracts.pki import ClusterPKI
 from pke_vsphere.kube import client as kube_client
-from pke_vsphere.pki import bootstrap_tokens
 from pke_vsphere.pki.cluster import generate_cluster_pki
 from pke_vsphere.runtime import crashpoints
 
@@ -30,15 +28,6 @@ def generate_pki(input: GeneratePkiInput) -> ClusterPKI:
     crashpoints.reach("pki.generated")
     log.info("pki.generated", cluster=input.cluster, cluster_uid=input.cluster_uid)
     return pki
-
-
-@activity.defn(name="mint_bootstrap_token")
-def mint_bootstrap_token(input: MintTokenInput) -> BootstrapToken:
-    """A token known only to the orchestrator: used by clusters whose workflows began
-    before join tokens were installed in the cluster (``create_bootstrap_token``)."""
-    token = bootstrap_tokens.mint(timedelta(seconds=input.ttl_seconds))
-    log.info("bootstrap_token.minted", cluster=input.cluster, expires_at=token.expires_at.isoformat())
-    return token
 
 
 @activity.defn(name="issue_kube_credential")

@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 
 from pke_vsphere.config.credentials import EtcdCredentials, StorageCredentials
 from pke_vsphere.contracts.messages import PreflightInput, PreflightResult, VCenterTarget
+from pke_vsphere.contracts.protocol import ErrorType
 from pke_vsphere.etcd import checks as etcd_checks
 from pke_vsphere.etcd import prefixes, users
 from pke_vsphere.vsphere import hardware, inventory, privileges, properties
@@ -86,7 +87,7 @@ class PreflightActivities:
             log.info("preflight.failed", cluster=input.cluster, problems=problems)
             raise ApplicationError(
                 f"preflight found {len(problems)} problem(s): " + "; ".join(problems),
-                type="PreflightFailed",
+                type=ErrorType.PREFLIGHT_FAILED,
                 non_retryable=True,
             )
         checked = ["datacenter", "template", "folder", "compute", "storage", "privileges", "hardware"]

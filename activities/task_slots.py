@@ -27,8 +27,8 @@ from temporalio.exceptions import CancelledError
 
 from activities.progress import Progress
 from pke_vsphere.contracts.messages import VCenterStep
-from pke_vsphere.contracts.slots import SlotGrant, SlotRelease, SlotRequest, SlotsState
-from workflows.vcenter_slots import ACQUIRE_UPDATE, LONG_POLL, RELEASE_SIGNAL, VCenterSlotsWorkflow
+from pke_vsphere.contracts.protocol import Signal, Update, WorkflowType
+from pke_vsphere.contracts.slots import LONG_POLL, SlotGrant, SlotRelease, SlotRequest, SlotsState
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -62,15 +62,15 @@ class SharedSlots:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(CALL_TIMEOUT.total_seconds())
 
     async def _ask(self, request: SlotRequest) -> SlotGrant:
-        start = WithStartWorkflowOperation(
-            VCenterSlotsWorkflow.run,
+        start: WithStartWorkflowOperation[Any, None] = WithStartWorkflowOperation(
+            WorkflowType.VCENTER_SLOTS,
             SlotsState(capacity=self._cap),
             id=self.workflow_id,
             task_queue=self._task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
         grant: SlotGrant = await self._client.execute_update_with_start_workflow(
-            ACQUIRE_UPDATE, request, start_workflow_operation=start, result_type=SlotGrant
+            Update.ACQUIRE_SLOT, request, start_workflow_operation=start, result_type=SlotGrant
         )
         return grant
 
@@ -89,7 +89,7 @@ class SharedSlots:
         """Give the slot back; if that fails, the lease frees it later."""
         handle = self._client.get_workflow_handle(self.workflow_id)
         try:
-            self._call(handle.signal(RELEASE_SIGNAL, SlotRelease(holder=holder)))
+            self._call(handle.signal(Signal.RELEASE_SLOT, SlotRelease(holder=holder)))
         except Exception as exc:  # the slot's lease ends it anyway
             log.warning("vcenter.slot_release_failed", holder=holder, error=str(exc))
 

@@ -36,6 +36,7 @@ from pke_vsphere.contracts.messages import (
     WaitForIpInput,
     WaitForIpResult,
 )
+from pke_vsphere.contracts.protocol import ErrorType
 from pke_vsphere.pki.node_tokens import NodeTokenSigner
 from pke_vsphere.render import cloudinit, guestinfo
 from pke_vsphere.runtime import crashpoints
@@ -360,7 +361,7 @@ class VSphereActivities:
                     f"VMware Tools reported no IP address for {input.name} within "
                     f"{input.timeout_seconds}s: check that the template runs open-vm-tools "
                     "and that the network hands out addresses",
-                    type="IpTimeout",
+                    type=ErrorType.IP_TIMEOUT,
                     non_retryable=True,
                 ) from exc
 

@@ -19,13 +19,14 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecution, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.messages import RouterIdsInput, RouterIdsInUse
+from pke_vsphere.contracts.protocol import Query, WorkflowType
 from pke_vsphere.contracts.state import ClusterStatus
-from workflows import ids
 
 log = structlog.get_logger(__name__)
 
-RUNNING_CLUSTERS = "WorkflowType = 'ClusterWorkflow' AND ExecutionStatus = 'Running'"
+RUNNING_CLUSTERS = f"WorkflowType = '{WorkflowType.CLUSTER}' AND ExecutionStatus = 'Running'"
 QUERY_TIMEOUT = timedelta(seconds=3)
 
 
@@ -59,7 +60,7 @@ class VrrpActivities:
             # held here, around all of its attempts.
             async with asyncio.timeout(QUERY_TIMEOUT.total_seconds()):
                 status = await self._client.get_workflow_handle(execution.id).query(
-                    "status", result_type=ClusterStatus, rpc_timeout=QUERY_TIMEOUT
+                    Query.STATUS, result_type=ClusterStatus, rpc_timeout=QUERY_TIMEOUT
                 )
         except TimeoutError:
             log.warning("vrrp.status_unavailable", cluster=cluster, error="no answer in time")

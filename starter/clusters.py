@@ -11,12 +11,12 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.commands import DeleteClusterInput, DeleteOutcome, ScaleClusterInput, ScaleOutcome
 from pke_vsphere.contracts.messages import ClusterResult, ClusterWorkflowInput
+from pke_vsphere.contracts.protocol import Query, WorkflowType
 from pke_vsphere.contracts.spec import ClusterSpec
 from pke_vsphere.contracts.state import ClusterStatus
-from workflows import ids
-from workflows.cluster import STATUS_QUERY, ClusterWorkflow
 
 
 class ClusterExists(Exception):
@@ -31,13 +31,12 @@ def load_spec(path: Path) -> ClusterSpec:
     return ClusterSpec.model_validate(data)
 
 
-async def create(
-    client: Client, spec: ClusterSpec, task_queue: str
-) -> WorkflowHandle[ClusterWorkflow, ClusterResult]:
+async def create(client: Client, spec: ClusterSpec, task_queue: str) -> WorkflowHandle[Any, ClusterResult]:
     try:
         return await client.start_workflow(
-            ClusterWorkflow.run,
+            WorkflowType.CLUSTER,
             ClusterWorkflowInput(spec=spec).model_dump(mode="json"),
+            result_type=ClusterResult,
             id=ids.cluster_workflow_id(spec.name),
             task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
@@ -51,13 +50,13 @@ async def create(
 
 async def status(client: Client, name: str) -> ClusterStatus:
     handle = client.get_workflow_handle(ids.cluster_workflow_id(name))
-    result: ClusterStatus = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+    result: ClusterStatus = await handle.query(Query.STATUS, result_type=ClusterStatus)
     return result
 
 
 async def list_clusters(client: Client) -> list[tuple[str, WorkflowExecutionStatus | None]]:
     clusters = []
-    query = f"WorkflowType = 'ClusterWorkflow' AND WorkflowId STARTS_WITH '{ids.CLUSTER_PREFIX}'"
+    query = f"WorkflowType = '{WorkflowType.CLUSTER}' AND WorkflowId STARTS_WITH '{ids.CLUSTER_PREFIX}'"
     async for wf in client.list_workflows(query):
         if "/node/" in wf.id:
             continue
@@ -71,7 +70,7 @@ async def scale(
     """Start a ScaleClusterWorkflow (the same type a schedule starts)."""
     request = ScaleClusterInput(cluster=cluster, pool=pool, size=size)
     return await client.start_workflow(
-        "ScaleClusterWorkflow",
+        WorkflowType.SCALE,
         request.model_dump(mode="json"),
         id=ids.scale_workflow_id(cluster, uuid.uuid4().hex[:12]),
         task_queue=task_queue,
@@ -82,7 +81,7 @@ async def scale(
 async def delete(client: Client, cluster: str, task_queue: str) -> WorkflowHandle[Any, DeleteOutcome]:
     """Start (or join the running) DeleteClusterWorkflow for the cluster."""
     return await client.start_workflow(
-        "DeleteClusterWorkflow",
+        WorkflowType.DELETE,
         DeleteClusterInput(cluster=cluster).model_dump(mode="json"),
         id=ids.delete_workflow_id(cluster),
         task_queue=task_queue,

@@ -23,8 +23,8 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.commands import ScaleClusterInput
-from workflows import ids
 
 
 class ScheduleExists(Exception):

@@ -11,9 +11,9 @@ from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.messages import VCenterProgress, VCenterStep
 from pke_vsphere.contracts.state import ClusterStatus, NodePhase
-from workflows import ids
 
 # Node phases whose work is a vCenter activity.
 VCENTER_PHASES = frozenset(

@@ -10,12 +10,12 @@ from pyVmomi import vim
 from temporalio.client import WorkflowHandle
 
 from pke_vsphere.contracts.commands import ScaleOutcome, ScaleRequest
+from pke_vsphere.contracts.protocol import Update
 from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus
 from sim.vcenter import Simulator
 from starter import clusters
 from tests.conftest import Stack, cluster_spec, unique_vip
 from tests.etcd_server import CREDENTIAL
-from workflows.cluster import SCALE_UPDATE
 
 SETTLED = {ClusterPhase.READY, ClusterPhase.FAILED}
 
@@ -46,7 +46,7 @@ async def create_ready(stack: Stack, name: str, **spec: Any) -> ClusterStatus:
 
 async def scale(handle: WorkflowHandle[Any, Any], pool: str, size: int) -> ScaleOutcome:
     outcome: ScaleOutcome = await handle.execute_update(
-        SCALE_UPDATE, ScaleRequest(pool=pool, size=size), result_type=ScaleOutcome
+        Update.SCALE_POOL, ScaleRequest(pool=pool, size=size), result_type=ScaleOutcome
     )
     return outcome
 

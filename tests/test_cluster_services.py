@@ -13,6 +13,7 @@ from activities.preflight import PreflightActivities
 from pke_vsphere.codec import keys
 from pke_vsphere.codec.encryption import EncryptionCodec
 from pke_vsphere.config.credentials import StorageCredential, StorageCredentials
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.messages import PreflightInput
 from pke_vsphere.contracts.spec import StorageSpec
 from pke_vsphere.contracts.state import ClusterPhase, NodePhase
@@ -30,7 +31,6 @@ from tests.harness import (
     userdata_config,
     vms_of_cluster,
 )
-from workflows import ids
 
 
 def datastore_url(stack: Stack, name: str) -> str:

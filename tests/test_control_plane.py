@@ -8,6 +8,7 @@ import time
 import uuid
 
 from activities.vrrp import QUERY_TIMEOUT, VrrpActivities
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.messages import RouterIdsInput
 from pke_vsphere.contracts.state import ClusterPhase, NodePhase
 from sim import vcenter
@@ -15,7 +16,6 @@ from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, unique_vip
 from tests.harness import pke_install_args, userdata_config, vms_of_cluster
-from workflows import ids
 
 
 def install_args(stack: Stack, cluster: str, node: str) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 from temporalio.client import WorkflowExecutionStatus
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.commands import DeleteOutcome
 from pke_vsphere.contracts.protocol import NODE_KEY_HEADER
 from pke_vsphere.contracts.state import ClusterPhase
@@ -19,7 +20,6 @@ from starter import clusters, schedules
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import destroy_planted, plant_marked_vm, vms_of_cluster
-from workflows import ids
 
 
 async def wait_for(condition, within: float = 30) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ from cryptography import x509
 
 from pke_vsphere.codec import keys
 from pke_vsphere.codec.encryption import EncryptionCodec
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.pki import EtcdClientCertificate
 from pke_vsphere.contracts.spec import ExternalEtcd
 from pke_vsphere.contracts.state import ClusterPhase, NodePhase
@@ -35,7 +36,6 @@ from tests.harness import (
     userdata_config,
     vms_of_cluster,
 )
-from workflows import ids
 
 
 async def test_two_api_servers_keep_the_cluster_in_the_shared_etcd_and_delete_clears_only_its_prefix(

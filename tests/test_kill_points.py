@@ -17,6 +17,7 @@ from functools import partial
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.state import ClusterPhase
 from pke_vsphere.runtime import crashpoints
 from starter import clusters
@@ -25,7 +26,6 @@ from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import ROOT
 from tests.reliability import Run, assert_ready_and_exact
 from tests.workers import WorkerFactory, WorkerProcess, run_all
-from workflows import ids
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -20,7 +20,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from pke_vsphere.contracts.messages import JoinInfo, NodeCallGrant, NodeCallRequest
-from pke_vsphere.contracts.protocol import NODE_CALL_UPDATE, NODE_KEY_HEADER
+from pke_vsphere.contracts.protocol import NODE_KEY_HEADER, Query, Update
 from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodeIdentity, NodeKind
 from pke_vsphere.nodeapi.app import create_app
 from pke_vsphere.pki.node_tokens import NodeTokenSigner, NodeTokenVerifier, load_signing_key
@@ -28,7 +28,6 @@ from sim.nodes import Behaviour
 from starter import clusters
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import serve_app
-from workflows.cluster import BOOTSTRAP_QUERY
 
 # The node key of every call these tests make as a node (the first call binds a node to it).
 NODE_KEY = "k" * 43
@@ -228,7 +227,7 @@ class FlakyOrchestrator:
     async def _call(self, name: str, request: object, *_: object, **__: object) -> object:
         if name in self.failures:
             raise self.failures[name]
-        assert name == NODE_CALL_UPDATE and isinstance(request, NodeCallRequest), name
+        assert name == Update.NODE_CALL and isinstance(request, NodeCallRequest), name
         join = JoinInfo(token="abcdef.0123456789abcdef", expires_at="2030-01-01T00:00:00Z",
                         ca_cert_hash="sha256:00", api_endpoint="127.0.0.1:6443")  # fmt: skip
         return NodeCallGrant(call=request.call, served=1, node_address="127.0.0.9", join=join)
@@ -248,30 +247,30 @@ _CLOSED = RPCError("workflow execution already completed", RPCStatusCode.NOT_FOU
             NodeKind.LEADER,
             "GET",
             "/v1/nodes/self/bootstrap",
-            {BOOTSTRAP_QUERY: WorkflowQueryFailedError("n is not a master of this cluster")},
+            {Query.BOOTSTRAP_MATERIAL: WorkflowQueryFailedError("n is not a master of this cluster")},
             409,
         ),
         (
             NodeKind.LEADER,
             "GET",
             "/v1/nodes/self/bootstrap",
-            {BOOTSTRAP_QUERY: RPCTimeoutOrCancelledError()},
+            {Query.BOOTSTRAP_MATERIAL: RPCTimeoutOrCancelledError()},
             503,
         ),
-        (NodeKind.LEADER, "GET", "/v1/nodes/self/bootstrap", {NODE_CALL_UPDATE: _UNAVAILABLE}, 503),
-        (NodeKind.LEADER, "GET", "/v1/nodes/self/bootstrap", {NODE_CALL_UPDATE: _CLOSED}, 401),
+        (NodeKind.LEADER, "GET", "/v1/nodes/self/bootstrap", {Update.NODE_CALL: _UNAVAILABLE}, 503),
+        (NodeKind.LEADER, "GET", "/v1/nodes/self/bootstrap", {Update.NODE_CALL: _CLOSED}, 401),
         (
             NodeKind.WORKER,
             "GET",
             "/v1/nodes/self/join",
-            {NODE_CALL_UPDATE: WorkflowUpdateRPCTimeoutOrCancelledError()},
+            {Update.NODE_CALL: WorkflowUpdateRPCTimeoutOrCancelledError()},
             503,
         ),
         (
             NodeKind.WORKER,
             "POST",
             "/v1/nodes/self/report",
-            {NODE_CALL_UPDATE: RPCTimeoutOrCancelledError()},
+            {Update.NODE_CALL: RPCTimeoutOrCancelledError()},
             503,
         ),
     ],

@@ -30,6 +30,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.protocol import NODE_KEY_HEADER
 from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodeIdentity, NodeKind, NodePhase
 from pke_vsphere.pki.node_tokens import NodeTokenSigner, load_signing_key
@@ -37,7 +38,6 @@ from sim.nodes import Behaviour
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
-from workflows import ids
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -12,6 +12,7 @@ import secrets
 import httpx
 import pytest
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.protocol import MAX_REPEATS, NODE_KEY_HEADER, REPEAT_SPACING
 from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodeKind, NodePhase
 from pke_vsphere.render import cloudinit
@@ -20,7 +21,6 @@ from starter import clusters
 from tests.clusters import create_ready, scale
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import userdata_config, vms_of_cluster
-from workflows import ids
 
 CALLS = [
     ("GET", "/v1/nodes/self/bootstrap"),

@@ -13,7 +13,18 @@ IMPORT_NAMES = {"pke_vsphere", "workflows", "activities", "starter", "worker"}
 
 def test_the_wheel_installs_only_the_products_import_names(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", tmp_path, ROOT],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            tmp_path,
+            ROOT,
+        ],
         check=True,
         capture_output=True,
     )

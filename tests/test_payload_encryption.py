@@ -17,13 +17,13 @@ from temporalio.client import Client
 
 from pke_vsphere.codec import keys
 from pke_vsphere.codec.encryption import ENCODING, KEY_ID, EncryptionCodec
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.pki import ClusterPKI
 from pke_vsphere.runtime.temporal import DATA_CONVERTER
 from sim.nodes import Behaviour
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import CodecServer, Stack, cluster_spec, unique
-from workflows import ids
 
 
 def plain(text: str) -> Payload:

@@ -8,15 +8,15 @@ import asyncio
 from pyVim import connect
 from pyVmomi import vim
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.commands import ReconcileRequest
+from pke_vsphere.contracts.protocol import Query, Update
 from pke_vsphere.contracts.state import ClusterStatus, NodePhase, ReconcileReport
 from pke_vsphere.vsphere.waits import wait_for_task
 from starter import clusters
 from tests.clusters import create_ready
 from tests.conftest import Stack, unique
 from tests.harness import destroy_planted, plant_marked_vm, vms_of_cluster
-from workflows import ids
-from workflows.cluster import RECONCILE_UPDATE, STATUS_QUERY
 
 
 def out_of_band(stack: Stack, action: str, vm_ref: str) -> None:
@@ -34,7 +34,7 @@ def out_of_band(stack: Stack, action: str, vm_ref: str) -> None:
 async def reconcile(stack: Stack, name: str) -> ReconcileReport:
     handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
     report: ReconcileReport = await handle.execute_update(
-        RECONCILE_UPDATE, ReconcileRequest(), result_type=ReconcileReport
+        Update.RECONCILE, ReconcileRequest(), result_type=ReconcileReport
     )
     return report
 
@@ -117,7 +117,7 @@ async def test_periodic_reconcile_repairs_without_being_asked(stack: Stack) -> N
     out_of_band(stack, "destroy", worker.vm_ref)
     handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
     for _ in range(100):
-        status: ClusterStatus = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+        status: ClusterStatus = await handle.query(Query.STATUS, result_type=ClusterStatus)
         report = status.last_reconcile
         if report and report.reason == "periodic" and report.drift:
             break

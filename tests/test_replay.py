@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,11 @@ from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.worker import Replayer
 
-from pke_vsphere.contracts.messages import ClusterState, NodeBootstrapSettings
-from pke_vsphere.contracts.state import ClusterPhase
-from pke_vsphere.pki.cluster import generate_cluster_pki
+from pke_vsphere.contracts import ids
 from pke_vsphere.runtime.temporal import DATA_CONVERTER
 from starter import clusters
 from tests.clusters import external_etcd_control_plane, wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, unique_vip
-from workflows import ids
 from workflows.cluster import ClusterWorkflow
 from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
 from workflows.node import NodeWorkflow
@@ -144,22 +140,3 @@ async def test_stored_histories_replay(path: Path) -> None:
     history = WorkflowHistory.from_json(record["workflow_id"], record["history"])
     result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
-
-
-def test_the_state_of_a_cluster_from_before_the_cpi_add_on_keeps_the_in_tree_provider() -> None:
-    """A cluster that continues as new from an older version carries no cloud_provider:
-    its new nodes must keep the in-tree provider its first nodes were installed with."""
-    state = ClusterState(
-        cluster_uid="uid-1",
-        phase=ClusterPhase.READY,
-        pki=generate_cluster_pki("old"),
-        nodes=[],
-        created_at=datetime.now(UTC),
-    ).model_dump(mode="json")
-    del state["cloud_provider"]
-    assert ClusterState.model_validate(state).cloud_provider == "vsphere"
-    assert ClusterState.model_validate(state | {"cloud_provider": None}).cloud_provider is None
-    # A node workflow an older version started renders with the provider it had then.
-    settings = {"kubernetes_version": "1.30.4", "api_endpoint": None, "master_mode": "default",
-                "pod_cidr": "10.20.0.0/16", "service_cidr": "10.10.0.0/16"}  # fmt: skip
-    assert NodeBootstrapSettings.model_validate(settings).cloud_provider == "vsphere"

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.commands import AddPoolRequest, RemovePoolRequest, ScaleOutcome, ScaleRequest
+from pke_vsphere.contracts.protocol import Query, Update
 from pke_vsphere.contracts.spec import NodePoolSpec
 from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodePhase
 from starter import clusters
 from tests.clusters import removal_times, scale, wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import vms_of_cluster
-from workflows import ids
-from workflows.cluster import ADD_POOL_UPDATE, REMOVE_POOL_UPDATE, SCALE_UPDATE, STATUS_QUERY
 
 
 async def ready_cluster(
@@ -61,7 +61,7 @@ async def test_scale_workers_2_5_2_drains_before_destroying(stack: Stack) -> Non
         assert verbs.count("evict") == stack.nodes.pods_per_worker, verbs
         assert max(c.at for c in calls) <= removed_at[node], f"{node}'s VM went before Kubernetes let go"
 
-    status: ClusterStatus = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+    status: ClusterStatus = await handle.query(Query.STATUS, result_type=ClusterStatus)
     assert status.pools["workers"] == 2
     assert [n.name for n in status.nodes if n.identity.pool == "workers"] == worker_names(name, 1, 2)
     assert all(n.phase is NodePhase.READY for n in status.nodes)
@@ -93,7 +93,7 @@ async def test_add_and_remove_a_pool(stack: Stack) -> None:
     handle = await ready_cluster(stack, name, workers=1)
     pool = NodePoolSpec(name="gpu", role="worker", count=2, cpus=8, memory_mb=16384)
     added: ScaleOutcome = await handle.execute_update(
-        ADD_POOL_UPDATE, AddPoolRequest(pool=pool), result_type=ScaleOutcome
+        Update.ADD_POOL, AddPoolRequest(pool=pool), result_type=ScaleOutcome
     )
     assert added.added == [f"{name}-gpu-01", f"{name}-gpu-02"]
     vms = vms_of_cluster(stack.sim, name)
@@ -101,10 +101,10 @@ async def test_add_and_remove_a_pool(stack: Stack) -> None:
     assert vms[f"{name}-gpu-02"]["config.hardware.memoryMB"] == 16384
 
     removed: ScaleOutcome = await handle.execute_update(
-        REMOVE_POOL_UPDATE, RemovePoolRequest(pool="gpu"), result_type=ScaleOutcome
+        Update.REMOVE_POOL, RemovePoolRequest(pool="gpu"), result_type=ScaleOutcome
     )
     assert sorted(removed.removed) == [f"{name}-gpu-01", f"{name}-gpu-02"]
-    status: ClusterStatus = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+    status: ClusterStatus = await handle.query(Query.STATUS, result_type=ClusterStatus)
     assert "gpu" not in status.pools
     assert sorted(vms_of_cluster(stack.sim, name)) == [f"{name}-master-01", f"{name}-workers-01"]
 
@@ -126,38 +126,38 @@ async def test_masters_grow_1_to_3_behind_the_vip(stack: Stack) -> None:
 
 
 BAD_REQUESTS = [
-    ("unknown pool", SCALE_UPDATE, ScaleRequest(pool="nope", size=3), "has no pool 'nope'"),
+    ("unknown pool", Update.SCALE_POOL, ScaleRequest(pool="nope", size=3), "has no pool 'nope'"),
     (
         "even masters",
-        SCALE_UPDATE,
+        Update.SCALE_POOL,
         ScaleRequest(pool="master", size=2),
         "a master pool has 1, 3 or 5 nodes (etcd needs an odd quorum), not 2",
     ),
     (
         "grow masters without VIP",
-        SCALE_UPDATE,
+        Update.SCALE_POOL,
         ScaleRequest(pool="master", size=3),
         "needs control_plane.vip",
     ),
     (
         "second master pool",
-        ADD_POOL_UPDATE,
+        Update.ADD_POOL,
         AddPoolRequest(pool=NodePoolSpec(name="m2", role="master", count=1)),
         "exactly one master pool",
     ),
     (
         "existing pool",
-        ADD_POOL_UPDATE,
+        Update.ADD_POOL,
         AddPoolRequest(pool=NodePoolSpec(name="workers", role="worker", count=1)),
         "already has a pool 'workers'",
     ),
     (
         "remove master pool",
-        REMOVE_POOL_UPDATE,
+        Update.REMOVE_POOL,
         RemovePoolRequest(pool="master"),
         "master pool cannot be removed",
     ),
-    ("remove unknown pool", REMOVE_POOL_UPDATE, RemovePoolRequest(pool="gpu"), "has no pool 'gpu'"),
+    ("remove unknown pool", Update.REMOVE_POOL, RemovePoolRequest(pool="gpu"), "has no pool 'gpu'"),
 ]
 
 
@@ -177,12 +177,12 @@ async def test_invalid_requests_are_refused_with_the_reason_and_change_nothing(
     stack: Stack, small_cluster: str, case: str, update: str, request_: object, message: str
 ) -> None:
     handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(small_cluster))
-    before = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+    before = await handle.query(Query.STATUS, result_type=ClusterStatus)
     history_before = len([e async for e in handle.fetch_history_events()])
     with pytest.raises(WorkflowUpdateFailedError) as info:
         await handle.execute_update(update, request_, result_type=ScaleOutcome)
     assert message in str(info.value.cause)
-    after = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+    after = await handle.query(Query.STATUS, result_type=ClusterStatus)
     assert after.model_dump(exclude={"operation"}) == before.model_dump(exclude={"operation"})
     # A refused update is not written to history.
     assert len([e async for e in handle.fetch_history_events()]) == history_before
@@ -191,7 +191,9 @@ async def test_invalid_requests_are_refused_with_the_reason_and_change_nothing(
 async def test_a_negative_size_is_refused_by_the_request_model(stack: Stack, small_cluster: str) -> None:
     handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(small_cluster))
     with pytest.raises(WorkflowUpdateFailedError) as info:
-        await handle.execute_update(SCALE_UPDATE, {"pool": "workers", "size": -1}, result_type=ScaleOutcome)
+        await handle.execute_update(
+            Update.SCALE_POOL, {"pool": "workers", "size": -1}, result_type=ScaleOutcome
+        )
     assert "invalid ScaleRequest: size: Input should be greater than or equal to 0" in str(info.value.cause)
 
 
@@ -203,7 +205,7 @@ async def test_a_scale_during_create_waits_for_the_create_then_runs(stack: Stack
     for _ in range(100):
         try:
             if (
-                await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+                await handle.query(Query.STATUS, result_type=ClusterStatus)
             ).phase is ClusterPhase.STARTING_LEADER:
                 break
         except Exception:  # noqa: S110 - not started yet
@@ -212,7 +214,7 @@ async def test_a_scale_during_create_waits_for_the_create_then_runs(stack: Stack
 
     outcome = await scale(handle, "workers", 2)  # sent while the leader boots
 
-    status: ClusterStatus = await handle.query(STATUS_QUERY, result_type=ClusterStatus)
+    status: ClusterStatus = await handle.query(Query.STATUS, result_type=ClusterStatus)
     assert outcome.previous == 1 and outcome.added == [f"{name}-workers-02"]
     by_name = {n.name: n for n in status.nodes}
     first, added = by_name[f"{name}-workers-01"], by_name[f"{name}-workers-02"]

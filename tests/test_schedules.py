@@ -8,12 +8,12 @@ import asyncio
 import pytest
 from temporalio.client import ScheduleOverlapPolicy
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.state import ClusterPhase
 from starter import cli, clusters, schedules
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import vms_of_cluster
-from workflows import ids
 
 
 async def test_a_schedule_made_by_the_cli_scales_the_pool_when_triggered(

@@ -11,6 +11,7 @@ import pytest
 from pyVim import connect
 from temporalio.api.enums.v1 import EventType
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodePhase
 from starter import clusters, vcenter_steps
 from starter.progress import console, render
@@ -18,7 +19,6 @@ from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import tasks_running, vms_of_cluster
 from tests.workers import WorkerFactory
-from workflows import ids
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

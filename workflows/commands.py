@@ -24,6 +24,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
 
+    from activities.commands import ClusterCommandActivities
     from pke_vsphere.contracts.commands import (
         ClusterUpdateCall,
         DeleteClusterInput,
@@ -33,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         ScaleOutcome,
         ScaleRequest,
     )
+    from pke_vsphere.contracts.protocol import ErrorType, Update, WorkflowType
     from workflows import validation, vm_steps
     from workflows.failures import failure_reason
     from workflows.policies import LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
@@ -41,44 +43,44 @@ COMMAND_TIMEOUT = timedelta(hours=6)
 COMMAND_HEARTBEAT = timedelta(seconds=10)
 
 
-async def _cluster_update(cluster: str, update: str, argument: BaseModel) -> dict[str, Any] | None:
+async def _cluster_update(cluster: str, update: Update, argument: BaseModel) -> dict[str, Any] | None:
     """The update's result; its refusal or failure becomes this workflow's failure,
     with the cluster's own reason on top (what the Web UI and the CLI show)."""
     try:
         return await _run_update(cluster, update, argument)
     except ActivityError as err:
-        raise ApplicationError(failure_reason(err), type="CommandFailed", non_retryable=True) from err
+        raise ApplicationError(
+            failure_reason(err), type=ErrorType.COMMAND_FAILED, non_retryable=True
+        ) from err
 
 
-async def _run_update(cluster: str, update: str, argument: BaseModel) -> dict[str, Any] | None:
-    result: dict[str, Any] | None = await workflow.execute_activity(
-        "run_cluster_update",
+async def _run_update(cluster: str, update: Update, argument: BaseModel) -> dict[str, Any] | None:
+    return await workflow.execute_activity_method(
+        ClusterCommandActivities.run_cluster_update,
         ClusterUpdateCall(
             cluster=cluster,
             update=update,
             update_id=f"{update}:{workflow.info().workflow_id}:{workflow.info().run_id}",
             argument=argument.model_dump(mode="json"),
         ),
-        result_type=dict[str, Any] | None,  # type: ignore[arg-type]
         start_to_close_timeout=COMMAND_TIMEOUT,
         heartbeat_timeout=COMMAND_HEARTBEAT,
         retry_policy=LOCAL_WORK_RETRY,
     )
-    return result
 
 
-@workflow.defn(name="ScaleClusterWorkflow")
+@workflow.defn(name=WorkflowType.SCALE)
 class ScaleClusterWorkflow:
     @workflow.run
     async def run(self, raw: dict[str, Any]) -> ScaleOutcome:
         input = validation.parse(ScaleClusterInput, raw)
         result = await _cluster_update(
-            input.cluster, "scale_pool", ScaleRequest(pool=input.pool, size=input.size)
+            input.cluster, Update.SCALE_POOL, ScaleRequest(pool=input.pool, size=input.size)
         )
         if result is None:
             raise ApplicationError(
                 f"cluster {input.cluster!r} is not running (never created, deleted, or failed)",
-                type="NoSuchCluster",
+                type=ErrorType.NO_SUCH_CLUSTER,
                 non_retryable=True,
             )
         outcome = ScaleOutcome.model_validate(result)
@@ -87,27 +89,26 @@ class ScaleClusterWorkflow:
                 f"scaled {input.pool} of {input.cluster} to {input.size} with failed nodes: "
                 + "; ".join(f"{k}: {v}" for k, v in outcome.failed.items()),
                 outcome.model_dump(mode="json"),
-                type="ScaleIncomplete",
+                type=ErrorType.SCALE_INCOMPLETE,
                 non_retryable=True,
             )
         return outcome
 
 
-@workflow.defn(name="DeleteClusterWorkflow")
+@workflow.defn(name=WorkflowType.DELETE)
 class DeleteClusterWorkflow:
     @workflow.run
     async def run(self, raw: dict[str, Any]) -> DeleteOutcome:
         input = validation.parse(DeleteClusterInput, raw)
         result = await _cluster_update(
-            input.cluster, "delete", DeleteRequest(reason=f"workflow {workflow.info().workflow_id}")
+            input.cluster, Update.DELETE, DeleteRequest(reason=f"workflow {workflow.info().workflow_id}")
         )
         outcome = DeleteOutcome.model_validate(result) if result else DeleteOutcome(cluster=input.cluster)
         # Whatever the cluster's workflow did not know of (or could not, if it had failed).
         outcome.destroyed += await self._sweep(input.cluster)
-        schedules: list[str] = await workflow.execute_activity(
-            "delete_cluster_schedules",
+        schedules = await workflow.execute_activity_method(
+            ClusterCommandActivities.delete_cluster_schedules,
             input.cluster,
-            result_type=list[str],
             start_to_close_timeout=LOCAL_WORK_TIMEOUT,
             retry_policy=LOCAL_WORK_RETRY,
         )

@@ -10,30 +10,31 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.commands import ClusterCommandActivities
+    from activities.etcd import EtcdActivities
     from pke_vsphere.contracts.commands import DeleteOutcome
-    from pke_vsphere.contracts.messages import ClearEtcdPrefixInput, ClearEtcdPrefixResult
+    from pke_vsphere.contracts.messages import ClearEtcdPrefixInput
     from pke_vsphere.contracts.state import ClusterPhase
-    from workflows.cluster_core import ClusterCore
+    from workflows.cluster_steps import ClusterSteps
     from workflows.failures import failure_reason
     from workflows.policies import ETCD_CALL_TIMEOUT, ETCD_RETRY, LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
 
 
-class DeletionMixin(ClusterCore):
+class DeletionSteps(ClusterSteps):
     async def _delete(self) -> DeleteOutcome:
-        self._phase = ClusterPhase.DELETING
+        self.state.phase = ClusterPhase.DELETING
         found = await self._find_vms()
         await asyncio.gather(*(self._destroy_vm(vm.name, vm.instance_uuid, vm.ref) for vm in found.vms))
-        schedules: list[str] = await workflow.execute_activity(
-            "delete_cluster_schedules",
+        schedules = await workflow.execute_activity_method(
+            ClusterCommandActivities.delete_cluster_schedules,
             self.spec.name,
-            result_type=list[str],
             start_to_close_timeout=LOCAL_WORK_TIMEOUT,
             retry_policy=LOCAL_WORK_RETRY,
         )
         outcome = DeleteOutcome(cluster=self.spec.name, schedules_removed=schedules)
         outcome.etcd_keys_deleted, outcome.etcd_problem = await self._clear_etcd_prefix()
-        self._nodes.clear()
-        self._phase = ClusterPhase.DELETED
+        self.state.nodes.clear()
+        self.state.phase = ClusterPhase.DELETED
         self._deleted = True
         # Every VM found is gone now: destroyed here, or by an attempt a crash cut short.
         names = [vm.name for vm in found.vms]
@@ -43,22 +44,20 @@ class DeletionMixin(ClusterCore):
 
     async def _clear_etcd_prefix(self) -> tuple[int | None, str | None]:
         """With an external etcd: delete the cluster's keys if the prefix is its own.
-        How many, and why keys were left (None: none were). Only clusters of the
-        external_etcd topology, which older histories never hold, run the activity."""
+        How many, and why keys were left (None: none were)."""
         etcd, prefix = self.spec.control_plane.external_etcd, self.spec.etcd_prefix
-        if etcd is None or prefix is None or self._uid is None:
+        if etcd is None or prefix is None:
             return None, None
         try:
-            cleared = await workflow.execute_activity(
-                "clear_etcd_prefix",
+            cleared = await workflow.execute_activity_method(
+                EtcdActivities.clear_etcd_prefix,
                 ClearEtcdPrefixInput(
                     cluster=self.spec.name,
-                    cluster_uid=self._uid,
+                    cluster_uid=self.state.cluster_uid,
                     endpoints=etcd.endpoints,
                     credential=etcd.credential,
                     prefix=prefix,
                 ),
-                result_type=ClearEtcdPrefixResult,
                 start_to_close_timeout=ETCD_CALL_TIMEOUT,
                 retry_policy=ETCD_RETRY,
             )

@@ -24,10 +24,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from activities.vms import VSphereActivities
     from pke_vsphere.contracts.messages import (
         ConfigureVmInput,
         EnsureVmInput,
-        EnsureVmResult,
         JoinInfo,
         NodeCallGrant,
         NodeCallRequest,
@@ -37,22 +37,21 @@ with workflow.unsafe.imports_passed_through():
         NodeWorkflowInput,
     )
     from pke_vsphere.contracts.pki import BootstrapToken
-    from pke_vsphere.contracts.protocol import NODE_CALL_UPDATE, NodeCall, Refusal
+    from pke_vsphere.contracts.protocol import (
+        ErrorType,
+        NodeCall,
+        Query,
+        Refusal,
+        Signal,
+        Update,
+        WorkflowType,
+    )
     from pke_vsphere.contracts.spec import Timeouts
     from pke_vsphere.contracts.state import NodeKind, NodePhase, NodeProgress
     from pke_vsphere.pki.bootstrap_tokens import usable
     from workflows import node_credentials, vm_steps
     from workflows.bootstrap_session import BootstrapSession, CallRefused
     from workflows.policies import JOIN_TOKEN_MARGIN, VSPHERE_HEARTBEAT, VSPHERE_RETRY
-
-# The signal the cluster workflow receives; and the report signal of node workflows
-# from before node calls were updates (kept so their histories replay).
-REPORT_SIGNAL = "report"
-PROGRESS_SIGNAL = "node_progress"
-
-# Changes to running workflows, guarded so older histories still replay.
-PATCH_BACKGROUND_PROGRESS = "progress-signals-in-background"
-PATCH_CREDENTIALS_TAKEN_BACK = "node-credentials-taken-back"
 
 
 def bootstrap_window(steps: Timeouts, kind: NodeKind) -> timedelta:
@@ -69,7 +68,7 @@ def _cancel_requested() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-@workflow.defn(name="NodeWorkflow")
+@workflow.defn(name=WorkflowType.NODE)
 class NodeWorkflow:
     def __init__(self) -> None:
         self._report: NodeReport | None = None
@@ -80,17 +79,11 @@ class NodeWorkflow:
         self._join_tokens: list[BootstrapToken] = []
         self._join_lock = asyncio.Lock()
 
-    @workflow.signal(name=REPORT_SIGNAL)
-    def report(self, report: NodeReport) -> None:
-        """How the node API delivered reports before node calls were updates."""
-        if self._report is None:
-            self._report = report
-
     # --- the node's calls, from the node API --------------------------------------
     # A call still being answered when this workflow ends (a join token being minted
     # while the node is given up or its cluster deleted) is abandoned: the node API
     # then gets "workflow execution already completed", a 401 for the node.
-    @workflow.update(name=NODE_CALL_UPDATE, unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON)
+    @workflow.update(name=Update.NODE_CALL, unfinished_policy=workflow.HandlerUnfinishedPolicy.ABANDON)
     async def node_call(self, request: NodeCallRequest) -> NodeCallGrant:
         """Serve one call of the node: counted, bound to its node key, and for a
         join, with the node's own bootstrap token."""
@@ -99,7 +92,7 @@ class NodeWorkflow:
         try:
             served = session.claim(request, workflow.now())
         except CallRefused as refused:
-            raise ApplicationError(refused.message, type=refused.refusal.value, non_retryable=True) from None
+            raise ApplicationError(refused.message, type=refused.refusal, non_retryable=True) from None
         join = await self._join_info(session.address) if request.call is NodeCall.JOIN else None
         if request.call is NodeCall.REPORT and self._report is None:
             self._report = request.report
@@ -114,7 +107,7 @@ class NodeWorkflow:
             else CallRefused(Refusal.NOT_YET, "not yet: the node's workflow is starting")
         )
         if refused is not None:
-            raise ApplicationError(refused.message, type=refused.refusal.value, non_retryable=True)
+            raise ApplicationError(refused.message, type=refused.refusal, non_retryable=True)
 
     async def _join_info(self, address: str) -> JoinInfo:
         """The node's own bootstrap token, minted on its first join call and served
@@ -122,7 +115,7 @@ class NodeWorkflow:
         assert self._input is not None
         join, node = self._input.join, self._input.identity
         if join is None:
-            raise ApplicationError(f"{node.name} does not join", type=Refusal.NOT_THIS_NODE.value)
+            raise ApplicationError(f"{node.name} does not join", type=Refusal.NOT_THIS_NODE)
         async with self._join_lock:
             token = self._join_tokens[-1] if self._join_tokens else None
             if not usable(token, workflow.now(), JOIN_TOKEN_MARGIN):
@@ -137,11 +130,11 @@ class NodeWorkflow:
             node_address=address,
         )
 
-    @workflow.query(name="phase")
+    @workflow.query(name=Query.NODE_PHASE)
     def phase(self) -> NodePhase:
         return self._phase
 
-    async def _progress(self, phase: NodePhase, **fields: str | None) -> None:
+    def _progress(self, phase: NodePhase, **fields: str | None) -> None:
         """Tell the cluster's workflow, without waiting: a cancellation that arrives
         while a signal is in flight must reach the step this workflow is on (an
         awaited external signal absorbs it)."""
@@ -150,11 +143,10 @@ class NodeWorkflow:
         if parent is None:
             return
         progress = NodeProgress(name=self._name, phase=phase, at=workflow.now(), **fields)
-        signal = workflow.get_external_workflow_handle(parent.workflow_id).signal(PROGRESS_SIGNAL, progress)
-        if workflow.patched(PATCH_BACKGROUND_PROGRESS):
-            self._signals.append(asyncio.create_task(signal))
-        else:
-            await signal
+        signal = workflow.get_external_workflow_handle(parent.workflow_id).signal(
+            Signal.NODE_PROGRESS, progress
+        )
+        self._signals.append(asyncio.create_task(signal))
 
     @workflow.run
     async def run(self, input: NodeWorkflowInput) -> NodeResult:
@@ -178,9 +170,9 @@ class NodeWorkflow:
         session = self._session
         assert session is not None
 
-        await self._progress(NodePhase.CLONING)
-        vm = await workflow.execute_activity(
-            "ensure_vm",
+        self._progress(NodePhase.CLONING)
+        vm = await workflow.execute_activity_method(
+            VSphereActivities.ensure_vm,
             EnsureVmInput(
                 identity=node,
                 placement=input.placement,
@@ -189,7 +181,6 @@ class NodeWorkflow:
                 bootstrap=input.bootstrap,
                 token_expires_at=deadline,
             ),
-            result_type=EnsureVmResult,
             schedule_to_close_timeout=steps.as_timedelta("clone"),
             heartbeat_timeout=VSPHERE_HEARTBEAT,
             retry_policy=VSPHERE_RETRY,
@@ -201,31 +192,31 @@ class NodeWorkflow:
         if _cancel_requested():  # the cluster is being deleted: its sweep takes the VM
             raise asyncio.CancelledError
 
-        await self._progress(NodePhase.CONFIGURING, vm_ref=vm.vm_ref)
-        await workflow.execute_activity(
-            "configure_vm",
+        self._progress(NodePhase.CONFIGURING, vm_ref=vm.vm_ref)
+        await workflow.execute_activity_method(
+            VSphereActivities.configure_vm,
             ConfigureVmInput(vm_ref=vm.vm_ref, name=node.name, cpus=input.cpus, memory_mb=input.memory_mb),
             schedule_to_close_timeout=steps.as_timedelta("configure"),
             heartbeat_timeout=VSPHERE_HEARTBEAT,
             retry_policy=VSPHERE_RETRY,
         )
 
-        await self._progress(NodePhase.POWERING_ON)
+        self._progress(NodePhase.POWERING_ON)
         await vm_steps.power_on(vm.vm_ref, node.name, steps)
         session.open()
 
-        await self._progress(NodePhase.WAITING_FOR_IP)
+        self._progress(NodePhase.WAITING_FOR_IP)
         ip = await vm_steps.wait_for_ip(vm.vm_ref, node.name, steps, input.placement.network)
         if input.load_balancer is not None and (entry := input.load_balancer.containing(ip)):
             raise ApplicationError(
                 f"{node.name} got the address {ip}, inside load_balancer.addresses {entry!r}: "
                 "MetalLB would hand it to a Service too; keep that range out of the nodes' DHCP scope",
-                type="AddressConflict",
+                type=ErrorType.ADDRESS_CONFLICT,
                 non_retryable=True,
             )
 
         session.address = ip
-        await self._progress(NodePhase.BOOTSTRAPPING, ip=ip)
+        self._progress(NodePhase.BOOTSTRAPPING, ip=ip)
         leader = node.kind is NodeKind.LEADER
         expected = NodeReportKind.READY if leader else NodeReportKind.JOINED
         wait = steps.leader_ready if leader else steps.join
@@ -235,27 +226,26 @@ class NodeWorkflow:
             raise ApplicationError(
                 f"{node.name} ({ip}) did not report {expected.value} within {wait}s; "
                 "see the node's cloud-init log (/var/log/cloud-init-output.log)",
-                type="NodeReportTimeout",
+                type=ErrorType.NODE_REPORT_TIMEOUT,
                 non_retryable=True,
             ) from None
         assert self._report is not None
         session.close(f"reported {self._report.kind.value}")
-        if workflow.patched(PATCH_CREDENTIALS_TAKEN_BACK):
-            await self._take_credentials_back(vm.vm_ref, self._report.kind)
+        await self._take_credentials_back(vm.vm_ref, self._report.kind)
         if self._report.kind is NodeReportKind.FAILED:
             raise ApplicationError(
                 f"{node.name} reported a bootstrap failure: {self._report.message or 'no message'}",
-                type="NodeBootstrapFailed",
+                type=ErrorType.NODE_BOOTSTRAP_FAILED,
                 non_retryable=True,
             )
         if self._report.address is not None and str(self._report.address) != ip:
             raise ApplicationError(
                 f"{node.name} runs Kubernetes on {self._report.address}, but VMware Tools reported "
                 f"{ip} on the cluster network's NIC ({input.placement.network or 'the first NIC'})",
-                type="AddressMismatch",
+                type=ErrorType.ADDRESS_MISMATCH,
                 non_retryable=True,
             )
-        await self._progress(NodePhase.READY)
+        self._progress(NodePhase.READY)
         await asyncio.gather(*self._signals)
         return NodeResult(name=node.name, vm_ref=vm.vm_ref, ip=ip)
 

@@ -11,6 +11,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities import kube as kube_activities
+    from activities.vms import VSphereActivities
     from pke_vsphere.contracts.messages import (
         CreateTokenInput,
         DeleteTokenInput,
@@ -34,20 +36,18 @@ CLEANUP_DEADLINE = timedelta(minutes=2)
 
 
 async def mint_join_token(cluster: str, node: str, join: NodeJoinContext) -> BootstrapToken:
-    token: BootstrapToken = await workflow.execute_activity(
-        "create_bootstrap_token",
+    return await workflow.execute_activity(
+        kube_activities.create_bootstrap_token,
         CreateTokenInput(
             cluster=cluster,
             access=join.access,
             ttl_seconds=int(JOIN_TOKEN_TTL.total_seconds()),
             node=node,
         ),
-        result_type=BootstrapToken,
         schedule_to_close_timeout=timedelta(minutes=2),
         start_to_close_timeout=KUBE_CALL_TIMEOUT,
         retry_policy=KUBE_RETRY,
     )
-    return token
 
 
 async def delete_join_tokens(cluster: str, join: NodeJoinContext, tokens: list[BootstrapToken]) -> None:
@@ -57,7 +57,7 @@ async def delete_join_tokens(cluster: str, join: NodeJoinContext, tokens: list[B
         token_id = token.token.get_secret_value().partition(".")[0]
         try:
             await workflow.execute_activity(
-                "delete_bootstrap_token",
+                kube_activities.delete_bootstrap_token,
                 DeleteTokenInput(cluster=cluster, access=join.access, token_id=token_id),
                 schedule_to_close_timeout=CLEANUP_DEADLINE,
                 start_to_close_timeout=KUBE_CALL_TIMEOUT,
@@ -72,8 +72,8 @@ async def delete_join_tokens(cluster: str, join: NodeJoinContext, tokens: list[B
 async def remove_node_token(vm_ref: str, name: str) -> None:
     """Take the node's token out of its VM's guestinfo."""
     try:
-        await workflow.execute_activity(
-            "remove_node_token",
+        await workflow.execute_activity_method(
+            VSphereActivities.remove_node_token,
             RemoveNodeTokenInput(vm_ref=vm_ref, name=name),
             schedule_to_close_timeout=CLEANUP_DEADLINE,
             heartbeat_timeout=VSPHERE_HEARTBEAT,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio.exceptions import ApplicationError
 
 from pke_vsphere.contracts.commands import AddPoolRequest, RemovePoolRequest, ScaleRequest
+from pke_vsphere.contracts.protocol import ErrorType
 from pke_vsphere.contracts.spec import ClusterSpec, NodePoolSpec, NodeRole, validation_problems
 
 M = TypeVar("M", bound=BaseModel)
@@ -26,7 +27,7 @@ def parse(model: type[M], raw: object) -> M:
         raise refuse(f"invalid {model.__name__}: " + "; ".join(validation_problems(exc))) from None
 
 
-def refuse(message: str, kind: str = "InvalidCommand") -> ApplicationError:
+def refuse(message: str, kind: ErrorType = ErrorType.INVALID_COMMAND) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
 
 
@@ -35,12 +36,14 @@ def _pool(spec: ClusterSpec, name: str) -> NodePoolSpec:
         return spec.pool(name)
     except KeyError:
         known = ", ".join(p.name for p in spec.pools)
-        raise refuse(f"cluster {spec.name} has no pool {name!r} (pools: {known})", "UnknownPool") from None
+        raise refuse(
+            f"cluster {spec.name} has no pool {name!r} (pools: {known})", ErrorType.UNKNOWN_POOL
+        ) from None
 
 
 def not_deleting(deleting: bool, spec: ClusterSpec) -> None:
     if deleting:
-        raise refuse(f"cluster {spec.name} is being deleted", "Deleting")
+        raise refuse(f"cluster {spec.name} is being deleted", ErrorType.DELETING)
 
 
 def scale(spec: ClusterSpec, request: ScaleRequest, deleting: bool) -> None:
@@ -70,7 +73,7 @@ def add_pool(spec: ClusterSpec, request: AddPoolRequest, deleting: bool) -> None
     if request.pool.role is NodeRole.MASTER:
         raise refuse("a cluster has exactly one master pool; add worker pools only")
     if any(p.name == request.pool.name for p in spec.pools):
-        raise refuse(f"cluster {spec.name} already has a pool {request.pool.name!r}", "PoolExists")
+        raise refuse(f"cluster {spec.name} already has a pool {request.pool.name!r}", ErrorType.POOL_EXISTS)
     candidate = spec.model_copy(update={"pools": [*spec.pools, request.pool]})
     try:  # the spec's own rules hold for the result too
         ClusterSpec.model_validate(candidate.model_dump())

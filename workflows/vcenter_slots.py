@@ -18,18 +18,14 @@ from datetime import datetime, timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from pke_vsphere.contracts.slots import SlotGrant, SlotRelease, SlotRequest, SlotsState
+    from pke_vsphere.contracts.protocol import Query, Signal, Update, WorkflowType
+    from pke_vsphere.contracts.slots import LONG_POLL, SlotGrant, SlotRelease, SlotRequest, SlotsState
 
-ACQUIRE_UPDATE = "acquire_slot"
-RELEASE_SIGNAL = "release_slot"
-# An acquire waits at most this long before answering "not yet" (the asking
-# activity heartbeats between its asks, so this stays under its heartbeat timeout).
-LONG_POLL = timedelta(seconds=4)
 # A waiter that has not asked again for this long has gone away: it loses its turn.
 WAITER_GONE = timedelta(seconds=30)
 
 
-@workflow.defn(name="VCenterSlotsWorkflow")
+@workflow.defn(name=WorkflowType.VCENTER_SLOTS)
 class VCenterSlotsWorkflow:
     def __init__(self) -> None:
         self._capacity = 1
@@ -50,7 +46,7 @@ class VCenterSlotsWorkflow:
         ahead = [h for h, seen in self._waiting.items() if now - seen < WAITER_GONE]
         return holder in ahead[:free]
 
-    @workflow.update(name=ACQUIRE_UPDATE)
+    @workflow.update(name=Update.ACQUIRE_SLOT)
     async def acquire(self, request: SlotRequest) -> SlotGrant:
         now = workflow.now()
         self._capacity = request.capacity
@@ -75,11 +71,11 @@ class VCenterSlotsWorkflow:
         self._most_in_use = max(self._most_in_use, len(self._leases))
         return SlotGrant(granted=True, in_use=len(self._leases))
 
-    @workflow.signal(name=RELEASE_SIGNAL)
+    @workflow.signal(name=Signal.RELEASE_SLOT)
     def release(self, release: SlotRelease) -> None:
         self._leases.pop(release.holder, None)
 
-    @workflow.query(name="slots")
+    @workflow.query(name=Query.SLOTS)
     def slots(self) -> SlotsState:
         return SlotsState(capacity=self._capacity, leases=self._leases, most_in_use=self._most_in_use)
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from activities.vms import VSphereActivities
     from pke_vsphere.contracts.messages import (
         DestroyVmInput,
         DestroyVmResult,
@@ -26,10 +27,9 @@ VM_STEP_TIMEOUT = timedelta(minutes=15)
 
 
 async def power_on(vm_ref: str, name: str, steps: Timeouts) -> PowerOnResult:
-    result: PowerOnResult = await workflow.execute_activity(
-        "power_on_vm",
+    result: PowerOnResult = await workflow.execute_activity_method(
+        VSphereActivities.power_on_vm,
         PowerOnInput(vm_ref=vm_ref, name=name),
-        result_type=PowerOnResult,
         schedule_to_close_timeout=steps.as_timedelta("power_on"),
         heartbeat_timeout=VSPHERE_HEARTBEAT,
         retry_policy=VSPHERE_RETRY,
@@ -39,10 +39,9 @@ async def power_on(vm_ref: str, name: str, steps: Timeouts) -> PowerOnResult:
 
 async def wait_for_ip(vm_ref: str, name: str, steps: Timeouts, network: str | None) -> str:
     """The node's address on ``network`` (the spec's port group; None: the VM's first NIC)."""
-    result: WaitForIpResult = await workflow.execute_activity(
-        "wait_for_vm_ip",
+    result: WaitForIpResult = await workflow.execute_activity_method(
+        VSphereActivities.wait_for_vm_ip,
         WaitForIpInput(vm_ref=vm_ref, name=name, timeout_seconds=steps.ip, network=network),
-        result_type=WaitForIpResult,
         # A retry after a crash gets the rest of the step's deadline, not a new one.
         schedule_to_close_timeout=steps.as_timedelta("ip") + timedelta(seconds=30),
         heartbeat_timeout=VSPHERE_HEARTBEAT,
@@ -53,10 +52,9 @@ async def wait_for_ip(vm_ref: str, name: str, steps: Timeouts, network: str | No
 
 async def find_cluster_vms(cluster: str, datacenter: str | None) -> FindClusterVmsResult:
     """Every VM carrying the cluster's marker (datacenter None: all of vCenter)."""
-    found: FindClusterVmsResult = await workflow.execute_activity(
-        "find_cluster_vms",
+    found: FindClusterVmsResult = await workflow.execute_activity_method(
+        VSphereActivities.find_cluster_vms,
         FindClusterVmsInput(cluster=cluster, datacenter=datacenter),
-        result_type=FindClusterVmsResult,
         start_to_close_timeout=timedelta(minutes=5),
         retry_policy=VSPHERE_RETRY,
     )
@@ -74,8 +72,8 @@ async def destroy_vm(
     """Power off and destroy one of the cluster's VMs; False if it was already gone.
     With the node's ``placement``, a clone of it still running in vCenter is
     cancelled first (and what it made destroyed)."""
-    result: DestroyVmResult = await workflow.execute_activity(
-        "destroy_vm",
+    result: DestroyVmResult = await workflow.execute_activity_method(
+        VSphereActivities.destroy_vm,
         DestroyVmInput(
             cluster=cluster,
             name=name,
@@ -84,7 +82,6 @@ async def destroy_vm(
             vm_ref=vm_ref,
             placement=placement,
         ),
-        result_type=DestroyVmResult,
         schedule_to_close_timeout=VM_STEP_TIMEOUT,
         heartbeat_timeout=VSPHERE_HEARTBEAT,
         retry_policy=VSPHERE_RETRY,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from pke_vsphere.contracts.protocol import Update
 from pke_vsphere.contracts.spec import MAX_POOL_SIZE, NodePoolSpec
 
 
@@ -87,6 +88,6 @@ class ClusterUpdateCall(BaseModel):
     (the update id makes a retried activity attach to the same update)."""
 
     cluster: str
-    update: str
+    update: Update
     update_id: str
     argument: dict[str, object]

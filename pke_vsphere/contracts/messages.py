@@ -9,7 +9,7 @@ from typing import Self
 
 from pydantic import BaseModel, Field, model_validator
 
-from pke_vsphere.contracts.pki import BootstrapToken, ClusterPKI
+from pke_vsphere.contracts.pki import ClusterPKI
 from pke_vsphere.contracts.protocol import NodeCall
 from pke_vsphere.contracts.secret import Secret
 from pke_vsphere.contracts.spec import (
@@ -39,36 +39,54 @@ class VCenterTarget(BaseModel):
 
 
 class ClusterState(BaseModel):
-    """What the cluster workflow carries across continue-as-new."""
+    """Everything a cluster's workflow knows: the workflow holds one of these, its
+    planning decisions (workflows/planning.py) are functions of it, and it is
+    carried across continue-as-new as it is."""
 
+    spec: ClusterSpec
+    """The desired spec: as created, with every command since applied."""
     cluster_uid: str
-    phase: ClusterPhase
-    pki: ClusterPKI
-    nodes: list[NodeState]
-    join_token: BootstrapToken | None = None
-    """Clusters from before per-node join tokens; no longer handed out."""
-    join_access: KubeAccess | None = None
-    """The short-lived credential node workflows install and delete join tokens with."""
+    """This incarnation of the cluster's name: in every node's identity and token."""
+    phase: ClusterPhase = ClusterPhase.PENDING
     created_at: datetime
     ready_at: datetime | None = None
     error: str | None = None
+    pki: ClusterPKI | None = None
+    nodes: dict[str, NodeState] = Field(default_factory=dict)
+    """Every node the cluster owns, by name."""
     generations: dict[str, int] = Field(default_factory=dict)
+    """Per node name, how many VMs had it before: a new VM of a name gets the next one,
+    and with it a new instance UUID and token id."""
+    join_access: KubeAccess | None = None
+    """The short-lived credential node workflows install and delete join tokens with."""
     orphans_seen: dict[str, datetime] = Field(default_factory=dict)
+    """VMs marked with the cluster that it does not own, and when each was first seen."""
     last_reconcile: ReconcileReport | None = None
     vrrp_router_id: int | None = None
+    """Chosen at preflight, unique among the clusters on the network (None: no VIP)."""
     storage_target: VCenterTarget | None = None
-    """Named for its first user, the CSI driver; the name stays for running clusters' state."""
-    cloud_provider: str | None = "vsphere"
-    """PKE's --kubernetes-cloud-provider of the cluster's nodes (absent: an older cluster, in-tree)."""
+    """Where the vSphere add-ons connect, found at preflight (no secrets)."""
+    cloud_provider: str | None = None
+    """PKE's --kubernetes-cloud-provider of every node: 'external' (the vSphere CPI
+    add-on) or None, fixed at create."""
 
 
 class ClusterWorkflowInput(BaseModel):
-    """Input of ``ClusterWorkflow``. Start a cluster with only ``spec`` set."""
+    """Input of ``ClusterWorkflow``: start a cluster with ``spec``; ``state`` is what the
+    workflow hands itself when it continues as new."""
 
-    spec: ClusterSpec
+    spec: ClusterSpec | None = None
     state: ClusterState | None = Field(
         default=None, description="Set by the workflow itself when it continues as new."
     )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Self:
+        if (self.spec is None) == (self.state is None):
+            raise ValueError(
+                "give the cluster's spec (state is the workflow's own, when it continues as new)"
+            )
+        return self
 
 
 class ClusterResult(BaseModel):
@@ -84,6 +102,8 @@ class NodeBootstrapSettings(BaseModel):
     kubernetes_version: str
     api_endpoint: str | None
     """host:port followers and workers join; None for the leader of a 1-master cluster."""
+    api_port: int = Field(default=6443, ge=1, le=65535)
+    """The port the API servers listen on (``control_plane.port``)."""
     master_mode: str
     """PKE ``--kubernetes-master-mode``: 'default' (1 master) or 'ha'."""
     pod_cidr: str
@@ -93,9 +113,8 @@ class NodeBootstrapSettings(BaseModel):
     """Extra names of the API server certificate: the VIP and the DNS name."""
     schedulable_masters: bool = False
     """The shared topology: masters run workloads too (no NoSchedule taint)."""
-    cloud_provider: str | None = "vsphere"
-    """PKE ``--kubernetes-cloud-provider``: 'external' with the vSphere CPI, None for none;
-    absent (a node workflow started by an older version) is the in-tree 'vsphere' it had."""
+    cloud_provider: str | None = None
+    """PKE ``--kubernetes-cloud-provider``: 'external' with the vSphere CPI, None for none."""
     etcd_endpoints: list[str] = Field(default_factory=list)
     """The external_etcd topology: the etcd the API servers use (empty: they run their own)."""
     etcd_prefix: str | None = None
@@ -194,14 +213,7 @@ class IssueKubeCredentialInput(BaseModel):
     validity_seconds: int = Field(ge=60, le=7 * 24 * 3600)
 
 
-# --- node API <-> cluster workflow (before node calls went to the node workflow) ---
-class JoinRequest(BaseModel):
-    """Update ``request_join``: a follower or worker asks how to join. Kept so that
-    histories of clusters created before per-node join tokens replay."""
-
-    node: str
-
-
+# --- node API <-> node and cluster workflows ---------------------------------------
 class JoinInfo(BaseModel):
     token: str
     """kubeadm bootstrap token; the payload codec keeps it out of plain history."""
@@ -222,7 +234,9 @@ class BootstrapMaterial(BaseModel):
     pki: ClusterPKI
     api_endpoint: str | None
     vip: str | None
-    vrrp_router_id: int
+    api_port: int = 6443
+    vrrp_router_id: int | None = None
+    """None: the cluster has no VIP, and its masters run no keepalived."""
     vrrp_interface: str | None  # None: the node finds it at boot
     vrrp_priority: int
     kind: str
@@ -245,11 +259,6 @@ class GeneratePkiInput(BaseModel):
     cluster_uid: str
     etcd_ca: bool = True
     """False for an external etcd: the cluster runs no etcd of its own to sign for."""
-
-
-class MintTokenInput(BaseModel):
-    cluster: str
-    ttl_seconds: int = 3600
 
 
 class EnsureVmInput(BaseModel):

@@ -1,11 +1,16 @@
-"""Names of the protocol between booting nodes, the node API and a node's workflow.
+"""The protocol's names, in one place: every workflow type, query, update and
+signal, every error type a workflow or activity raises, and the node calls.
 
-A booting node calls the node API with two credentials: its token (a JWT from its
-guestinfo, naming cluster, node, role and incarnation) and its node key (random
-bytes the node drew at boot and never wrote outside its own memory and /run).
-The node API checks the token's signature and expiry itself, then asks the node's
-own workflow, with the update :data:`NODE_CALL_UPDATE`, whether this call may be
-served. The workflow is the one authority on whether the node is bootstrapping.
+Workflows, activities, the node API, the starter and the tests import these;
+no such name is spelled as a literal anywhere else (tests/test_protocol.py).
+A rename here renames it everywhere, or fails type checking.
+
+**Node calls.** A booting node calls the node API with two credentials: its token
+(a JWT from its guestinfo, naming cluster, node, role and incarnation) and its node
+key (random bytes the node drew at boot and never wrote outside its own memory and
+/run). The node API checks the token's signature and expiry itself, then asks the
+node's own workflow, with the update :attr:`Update.NODE_CALL`, whether this call may
+be served. The workflow is the one authority on whether the node is bootstrapping.
 """
 
 from __future__ import annotations
@@ -13,8 +18,88 @@ from __future__ import annotations
 from datetime import timedelta
 from enum import StrEnum
 
-NODE_CALL_UPDATE = "node_call"
-"""Update on a node's workflow: may this call of the node be served?"""
+
+class WorkflowType(StrEnum):
+    """What the Web UI, the ``temporal`` CLI and schedules start."""
+
+    CLUSTER = "ClusterWorkflow"
+    """One per cluster (id ``pke-cluster-NAME``), for its whole life."""
+    NODE = "NodeWorkflow"
+    """A child of the cluster's: one VM from clone to joined."""
+    SCALE = "ScaleClusterWorkflow"
+    """Runs :attr:`Update.SCALE_POOL` on a cluster (schedules start it)."""
+    DELETE = "DeleteClusterWorkflow"
+    """Runs :attr:`Update.DELETE`, then sweeps vCenter for the cluster's VMs."""
+    VCENTER_SLOTS = "VCenterSlotsWorkflow"
+    """The vCenter task cap shared by every worker."""
+
+
+class Query(StrEnum):
+    STATUS = "status"
+    """Cluster workflow: its :class:`~pke_vsphere.contracts.state.ClusterStatus`."""
+    BOOTSTRAP_MATERIAL = "bootstrap_material"
+    """Cluster workflow: a master's CAs and keys (the node API, after the node's own
+    workflow granted the call)."""
+    NODE_PHASE = "phase"
+    """Node workflow: where the node is."""
+    SLOTS = "slots"
+    """vCenter slots workflow: who holds a task slot."""
+
+
+class Update(StrEnum):
+    SCALE_POOL = "scale_pool"
+    ADD_POOL = "add_pool"
+    REMOVE_POOL = "remove_pool"
+    RECONCILE = "reconcile"
+    DELETE = "delete"
+    NODE_CALL = "node_call"
+    """Node workflow: may this call of the node be served?"""
+    ACQUIRE_SLOT = "acquire_slot"
+    """vCenter slots workflow: wait for a task slot."""
+
+
+class Signal(StrEnum):
+    NODE_PROGRESS = "node_progress"
+    """Node workflow → cluster workflow: the node's phase changed."""
+    RELEASE_SLOT = "release_slot"
+    """→ vCenter slots workflow: a task slot is free again."""
+
+
+class ErrorType(StrEnum):
+    """The ``type`` of every ``ApplicationError`` raised on purpose (besides
+    :class:`Refusal`, the node call's); what the CLI and the node API match on."""
+
+    # Starting and validating
+    INVALID_SPEC = "InvalidSpec"
+    INVALID_WORKFLOW_ID = "InvalidWorkflowId"
+    INVALID_COMMAND = "InvalidCommand"
+    UNKNOWN_POOL = "UnknownPool"
+    POOL_EXISTS = "PoolExists"
+    NOT_READY_YET = "NotYet"
+    """The cluster's workflow cannot answer yet (starting, or no PKI yet): retry."""
+    DELETING = "Deleting"
+    NO_SUCH_CLUSTER = "NoSuchCluster"
+    NOT_A_MASTER = "NotAMaster"
+    # Creating
+    PREFLIGHT_FAILED = "PreflightFailed"
+    LEADER_FAILED = "LeaderFailed"
+    # A node
+    ADDRESS_CONFLICT = "AddressConflict"
+    ADDRESS_MISMATCH = "AddressMismatch"
+    NODE_REPORT_TIMEOUT = "NodeReportTimeout"
+    NODE_BOOTSTRAP_FAILED = "NodeBootstrapFailed"
+    IP_TIMEOUT = "IpTimeout"
+    # Commands
+    COMMAND_FAILED = "CommandFailed"
+    COMMAND_REFUSED = "CommandRefused"
+    SCALE_INCOMPLETE = "ScaleIncomplete"
+    # The cluster's API and etcd
+    KUBE_API_ERROR = "KubeApiError"
+    KUBE_API_UNREACHABLE = "KubeApiUnreachable"
+    NODE_NOT_READY = "NodeNotReady"
+    ETCD_CREDENTIAL = "EtcdCredential"
+    ETCD_UNAVAILABLE = "EtcdUnavailable"
+
 
 NODE_KEY_HEADER = "X-PKE-Node-Key"
 """The node key: the first call binds the node's bootstrap to it; every later call

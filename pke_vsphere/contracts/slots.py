@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
+
+LONG_POLL = timedelta(seconds=4)
+"""An acquire waits at most this long before answering "not yet" (the asking
+activity heartbeats between its asks, so this stays under its heartbeat timeout)."""
 
 
 class SlotRequest(BaseModel):

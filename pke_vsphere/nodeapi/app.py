@@ -17,6 +17,7 @@ from temporalio.client import Client, RPCTimeoutOrCancelledError, WorkflowQueryF
 from temporalio.service import RPCError
 
 from pke_vsphere.config.credentials import EtcdCredentials, StorageCredentials
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.messages import (
     BootstrapMaterial,
     BootstrapMaterialRequest,
@@ -24,7 +25,7 @@ from pke_vsphere.contracts.messages import (
     NodeReport,
 )
 from pke_vsphere.contracts.pki import ClusterPKI, ExternalEtcdClient
-from pke_vsphere.contracts.protocol import NodeCall
+from pke_vsphere.contracts.protocol import NodeCall, Query
 from pke_vsphere.etcd import material as etcd_material
 from pke_vsphere.etcd import users as etcd_users
 from pke_vsphere.nodeapi.auth import (
@@ -40,8 +41,6 @@ from pke_vsphere.pki.node_tokens import NodeTokenVerifier
 from pke_vsphere.render import keepalived
 from pke_vsphere.render.addons import bundle as addon_bundle
 from pke_vsphere.render.addons.bundle import AddonBundle
-from workflows import ids
-from workflows.cluster import BOOTSTRAP_QUERY
 
 log = structlog.get_logger(__name__)
 
@@ -197,7 +196,7 @@ def create_app(
         for attempt in range(1, MATERIAL_ATTEMPTS + 1):
             try:
                 material: BootstrapMaterial = await handle.query(
-                    BOOTSTRAP_QUERY,
+                    Query.BOOTSTRAP_MATERIAL,
                     BootstrapMaterialRequest(node=node.claims.node),
                     result_type=BootstrapMaterial,
                 )
@@ -241,6 +240,7 @@ def create_app(
             return material
         conf = None
         if material.vip:
+            assert material.vrrp_router_id is not None  # chosen at preflight for every VIP
             conf = keepalived.render(
                 cluster=node.claims.cluster,
                 vip=material.vip,

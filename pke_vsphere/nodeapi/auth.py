@@ -28,16 +28,10 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.messages import NodeCallGrant, NodeCallRequest, NodeReport
-from pke_vsphere.contracts.protocol import (
-    NODE_CALL_UPDATE,
-    NODE_KEY_HEADER,
-    NODE_KEY_PATTERN,
-    NodeCall,
-    Refusal,
-)
+from pke_vsphere.contracts.protocol import NODE_KEY_HEADER, NODE_KEY_PATTERN, NodeCall, Refusal, Update
 from pke_vsphere.pki.node_tokens import InvalidNodeToken, NodeClaims, NodeTokenVerifier
-from workflows import ids
 
 log = structlog.get_logger(__name__)
 
@@ -137,7 +131,7 @@ async def authorize(
     )
     try:
         grant: NodeCallGrant = await handle.execute_update(
-            NODE_CALL_UPDATE, request, result_type=NodeCallGrant, rpc_timeout=UPDATE_TIMEOUT
+            Update.NODE_CALL, request, result_type=NodeCallGrant, rpc_timeout=UPDATE_TIMEOUT
         )
     except WorkflowUpdateFailedError as exc:
         raise _refused(call, exc) from None

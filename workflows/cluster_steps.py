@@ -1,0 +1,194 @@
+"""The steps every command of a cluster's workflow shares: launching a node's
+workflow, reaching the cluster's API, running one command at a time, and the
+vCenter activities of more than one command.
+
+``ClusterWorkflow`` (workflows/cluster.py) is this plus the scaling, reconcile
+and deletion steps; the Temporal handlers live there. What the cluster knows is
+one :class:`ClusterState` (``self.state``), and what to do with it is decided in
+workflows/planning.py; the steps here carry the decisions out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from activities import pki as pki_activities
+    from pke_vsphere.contracts import ids
+    from pke_vsphere.contracts.messages import (
+        ClusterState,
+        FindClusterVmsResult,
+        IssueKubeCredentialInput,
+        KubeAccess,
+        NodeBootstrapSettings,
+        NodeJoinContext,
+        NodeWorkflowInput,
+    )
+    from pke_vsphere.contracts.protocol import ErrorType
+    from pke_vsphere.contracts.spec import ClusterSpec, Topology
+    from pke_vsphere.contracts.state import NodeKind, NodePhase, NodeState
+    from workflows import planning, vm_steps
+    from workflows.failures import failure_reason
+    from workflows.node import NodeWorkflow, bootstrap_window
+    from workflows.policies import JOIN_ACCESS_SLACK, LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
+
+T = TypeVar("T")
+
+
+class ClusterSteps:
+    def __init__(self) -> None:
+        self._state: ClusterState | None = None
+        # One command at a time; delete cancels the one running.
+        self._op_lock = asyncio.Lock()
+        self._operation: str | None = None
+        self._op_task: asyncio.Task[Any] | None = None
+        self._access_lock = asyncio.Lock()
+        self._deleting = False
+        self._deleted = False
+
+    @property
+    def state(self) -> ClusterState:
+        assert self._state is not None
+        return self._state
+
+    @property
+    def spec(self) -> ClusterSpec:
+        return self.state.spec
+
+    # --- the cluster's API ----------------------------------------------------------
+    def _kube_access(self) -> KubeAccess:
+        access = planning.admin_access(self.state)
+        if access is None:
+            raise ApplicationError("the cluster has no reachable API endpoint yet", non_retryable=True)
+        return access
+
+    async def _join_context(self) -> NodeJoinContext:
+        """What a joining node's workflow needs to mint its node's own join token: a
+        client credential issued for the bootstrap window (reused while it covers a
+        whole window), never the CA key."""
+        state = self.state
+        window = bootstrap_window(self.spec.timeouts, NodeKind.WORKER)
+        async with self._access_lock:
+            if not planning.join_access_reusable(state.join_access, window, workflow.now()):
+                state.join_access = await workflow.execute_activity(
+                    pki_activities.issue_kube_credential,
+                    IssueKubeCredentialInput(
+                        cluster=self.spec.name,
+                        access=self._kube_access(),
+                        validity_seconds=int((window + JOIN_ACCESS_SLACK).total_seconds()),
+                    ),
+                    start_to_close_timeout=LOCAL_WORK_TIMEOUT,
+                    retry_policy=LOCAL_WORK_RETRY,
+                )
+        endpoint = planning.api_endpoint(state)
+        assert state.pki is not None and endpoint is not None and state.join_access is not None
+        return NodeJoinContext(
+            api_endpoint=endpoint, ca_cert_hash=state.pki.ca_cert_hash, access=state.join_access
+        )
+
+    # --- launching a node -------------------------------------------------------
+    def _bootstrap_settings(self) -> NodeBootstrapSettings:
+        spec = self.spec
+        return NodeBootstrapSettings(
+            kubernetes_version=spec.kubernetes_version,
+            api_endpoint=planning.api_endpoint(self.state),
+            api_port=spec.control_plane.port,
+            # With a VIP the control plane can grow later, so it starts in HA mode.
+            master_mode="ha" if spec.control_plane.vip is not None else "default",
+            pod_cidr=str(spec.network.pod_cidr),
+            service_cidr=str(spec.network.service_cidr),
+            ssh_authorized_keys=spec.ssh_authorized_keys,
+            api_server_cert_sans=spec.control_plane.cert_sans,
+            schedulable_masters=spec.control_plane.topology is Topology.SHARED,
+            cloud_provider=self.state.cloud_provider,
+            etcd_endpoints=etcd.endpoints if (etcd := spec.control_plane.external_etcd) else [],
+            etcd_prefix=spec.etcd_prefix,
+        )
+
+    async def _launch(self, node: NodeState) -> bool:
+        """Run the node's workflow to completion; on failure mark the node Failed,
+        destroy its VM, and return False."""
+        spec = self.spec
+        pool = spec.pool(node.identity.pool)
+        join = await self._join_context() if node.identity.kind is not NodeKind.LEADER else None
+        try:
+            result = await workflow.execute_child_workflow(
+                NodeWorkflow.run,
+                NodeWorkflowInput(
+                    identity=node.identity,
+                    placement=spec.vsphere,
+                    cpus=pool.cpus,
+                    memory_mb=pool.memory_mb,
+                    bootstrap=self._bootstrap_settings(),
+                    timeouts=spec.timeouts,
+                    load_balancer=spec.load_balancer,
+                    join=join,
+                ),
+                id=ids.node_workflow_id(spec.name, node.name),
+            )
+        except ChildWorkflowError as err:
+            if self._deleting:  # the node was cancelled because the cluster is going
+                raise asyncio.CancelledError from err
+            node.phase = NodePhase.FAILED
+            node.last_error = failure_reason(err)
+            node.updated_at = workflow.now()
+            workflow.logger.warning("node %s failed: %s", node.name, node.last_error)
+            await self._remove_given_up(node)
+            return False
+        node.vm_ref, node.ip = result.vm_ref, result.ip
+        if node.phase is not NodePhase.READY:  # progress signal not yet processed
+            node.phase = NodePhase.READY
+            node.ready_at = node.updated_at = workflow.now()
+        return True
+
+    async def _remove_given_up(self, node: NodeState) -> None:
+        """A node given up on leaves no VM behind (its reason stays in the status)."""
+        try:
+            await self._destroy_vm(node.name, node.identity.instance_uuid, node.vm_ref)
+        except ActivityError as err:
+            node.last_error = f"{node.last_error}; and its VM could not be removed: {failure_reason(err)}"
+            return
+        node.vm_ref = None
+
+    # --- one command at a time ------------------------------------------------------
+    async def _run_op(self, description: str, body: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run a command under the cluster's lock. Commands queue in arrival order;
+        a delete cancels the running one and every queued one is then refused."""
+        async with self._op_lock:
+            if self._deleting:
+                raise ApplicationError(
+                    f"cannot {description}: the cluster is being deleted",
+                    type=ErrorType.DELETING,
+                    non_retryable=True,
+                )
+            self._operation = description
+            task: asyncio.Task[T] = asyncio.create_task(body())
+            self._op_task = task
+            try:
+                return await task
+            except asyncio.CancelledError:
+                if self._deleting:
+                    raise ApplicationError(
+                        f"{description} stopped: the cluster is being deleted",
+                        type=ErrorType.DELETING,
+                        non_retryable=True,
+                    ) from None
+                raise
+            finally:
+                self._operation = None
+                self._op_task = None
+
+    # --- vCenter activities shared by commands ----------------------------------------
+    async def _find_vms(self) -> FindClusterVmsResult:
+        return await vm_steps.find_cluster_vms(self.spec.name, self.spec.vsphere.datacenter)
+
+    async def _destroy_vm(self, name: str, instance_uuid: str | None, vm_ref: str | None) -> bool:
+        """Destroy one of the cluster's VMs, and a clone of it still running in vCenter."""
+        return await vm_steps.destroy_vm(
+            self.spec.name, name, self.spec.vsphere.datacenter, instance_uuid, vm_ref, self.spec.vsphere
+        )
