@@ -26,7 +26,7 @@ class ClusterCommandActivities:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    @activity.defn(name="run_cluster_update")
+    @activity.defn
     async def run_cluster_update(self, call: ClusterUpdateCall) -> dict[str, Any] | None:
         """Run an update on the cluster's workflow and return its result; None if
         the cluster's workflow is not running. The update id makes a retry of this
@@ -57,7 +57,7 @@ class ClusterCommandActivities:
         finally:
             update.cancel()
 
-    @activity.defn(name="delete_cluster_schedules")
+    @activity.defn
     async def delete_cluster_schedules(self, cluster: str) -> list[str]:
         removed = []
         async for schedule in await self._client.list_schedules():

@@ -23,7 +23,7 @@ class EtcdActivities:
     def __init__(self, credentials: EtcdCredentials | None = None) -> None:
         self._credentials = credentials or EtcdCredentials()
 
-    @activity.defn(name="clear_etcd_prefix")
+    @activity.defn
     def clear_etcd_prefix(self, input: ClearEtcdPrefixInput) -> ClearEtcdPrefixResult:
         """Through the first endpoint that answers; a retry after a crash finds the
         prefix already cleared (no owner key) and deletes nothing."""

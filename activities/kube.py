@@ -53,7 +53,7 @@ async def api(access: KubeAccess, action: str) -> AsyncIterator[AsyncClient]:
         ) from exc
 
 
-@activity.defn(name="create_bootstrap_token")
+@activity.defn
 async def create_bootstrap_token(input: CreateTokenInput) -> BootstrapToken:
     """Mint a kubeadm token and install it in the cluster, so it is valid there. A
     retry mints another; the one an earlier attempt installed expires unused."""
@@ -71,7 +71,7 @@ async def create_bootstrap_token(input: CreateTokenInput) -> BootstrapToken:
     return token
 
 
-@activity.defn(name="delete_bootstrap_token")
+@activity.defn
 async def delete_bootstrap_token(input: DeleteTokenInput) -> bool:
     """Delete a node's bootstrap token from the cluster (its node joined or is gone)."""
     async with api(input.access, f"delete bootstrap token {input.token_id}") as client:
@@ -80,7 +80,7 @@ async def delete_bootstrap_token(input: DeleteTokenInput) -> bool:
     return deleted
 
 
-@activity.defn(name="drain_node")
+@activity.defn
 async def drain_node(input: DrainInput) -> DrainResult:
     """Cordon the node and evict its pods; after the timeout, report what is left."""
     async with api(input.access, f"drain {input.node}") as client:
@@ -97,7 +97,7 @@ async def drain_node(input: DrainInput) -> DrainResult:
     return result
 
 
-@activity.defn(name="delete_kube_node")
+@activity.defn
 async def delete_kube_node(input: DeleteKubeNodeInput) -> bool:
     async with api(input.access, f"delete node {input.node}") as client:
         deleted = await nodes.delete(client, input.node)
@@ -106,7 +106,7 @@ async def delete_kube_node(input: DeleteKubeNodeInput) -> bool:
     return deleted
 
 
-@activity.defn(name="wait_for_kube_node_ready")
+@activity.defn
 async def wait_for_kube_node_ready(input: WaitNodeReadyInput) -> None:
     """Wait for a restarted node's kubelet to report Ready again."""
     async with api(input.access, f"wait for {input.node} to be Ready") as client:

@@ -20,7 +20,7 @@ from pke_vsphere.runtime import crashpoints
 log = structlog.get_logger(__name__)
 
 
-@activity.defn(name="generate_pki")
+@activity.defn
 def generate_pki(input: GeneratePkiInput) -> ClusterPKI:
     """Generate the cluster's CAs and keys (a retry simply generates new ones;
     nothing has used the earlier ones until the workflow records a result)."""
@@ -30,7 +30,7 @@ def generate_pki(input: GeneratePkiInput) -> ClusterPKI:
     return pki
 
 
-@activity.defn(name="issue_kube_credential")
+@activity.defn
 def issue_kube_credential(input: IssueKubeCredentialInput) -> KubeAccess:
     """A client certificate for the cluster's API, valid ``validity_seconds``: what
     node workflows install and delete their nodes' join tokens with, so that they

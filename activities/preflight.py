@@ -45,7 +45,7 @@ class PreflightActivities:
         self._credentials = credentials or StorageCredentials()
         self._etcd_credentials = etcd_credentials or EtcdCredentials()
 
-    @activity.defn(name="preflight")
+    @activity.defn
     def preflight(self, input: PreflightInput) -> PreflightResult:
         problems: list[str] = []
 

@@ -110,7 +110,7 @@ class VSphereActivities:
                 return wait(task)
             return wait_for_task(si, task, timeout=deadline.left(), on_wake=progress)
 
-    @activity.defn(name="ensure_vm")
+    @activity.defn
     def ensure_vm(self, input: EnsureVmInput) -> EnsureVmResult:
         """Find the node's VM by its instance UUID, or the clone an earlier attempt
         started, or clone it from the template."""
@@ -239,7 +239,7 @@ class VSphereActivities:
                 f"({deadline.total.total_seconds():.0f}s) and was cancelled in vCenter"
             ) from None
 
-    @activity.defn(name="configure_vm")
+    @activity.defn
     def configure_vm(self, input: ConfigureVmInput) -> None:
         """Make CPUs and memory match the pool (before power-on)."""
         progress = Progress()
@@ -283,7 +283,7 @@ class VSphereActivities:
             return self._node_token_ttl
         return max(input.token_expires_at - datetime.now(UTC), timedelta(seconds=1))
 
-    @activity.defn(name="remove_node_token")
+    @activity.defn
     def remove_node_token(self, input: RemoveNodeTokenInput) -> bool:
         """Take the node's token out of its VM's guestinfo (the node bootstrapped);
         False when there is none (a retry, or a VM cloned without one)."""
@@ -318,7 +318,7 @@ class VSphereActivities:
         with as_activity_errors(f"remove the token from VM {input.name}"):
             return self._session.run(run)
 
-    @activity.defn(name="power_on_vm")
+    @activity.defn
     def power_on_vm(self, input: PowerOnInput) -> PowerOnResult:
         progress = Progress()
         deadline = Deadline.of_activity(timedelta(minutes=5))
@@ -335,7 +335,7 @@ class VSphereActivities:
         with as_activity_errors(f"power on VM {input.name}"):
             return self._session.run(run)
 
-    @activity.defn(name="wait_for_vm_ip")
+    @activity.defn
     def wait_for_vm_ip(self, input: WaitForIpInput) -> WaitForIpResult:
         """Wait for VMware Tools to report a usable IPv4 address."""
         progress = Progress(VCenterStep.WAITING)
@@ -365,7 +365,7 @@ class VSphereActivities:
                     non_retryable=True,
                 ) from exc
 
-    @activity.defn(name="find_cluster_vms")
+    @activity.defn
     def find_cluster_vms(self, input: FindClusterVmsInput) -> FindClusterVmsResult:
         """Every VM in the datacenter marked as belonging to the cluster."""
 
@@ -393,7 +393,7 @@ class VSphereActivities:
         with as_activity_errors(f"find the VMs of cluster {input.cluster}"):
             return self._session.run(run)
 
-    @activity.defn(name="destroy_vm")
+    @activity.defn
     def destroy_vm(self, input: DestroyVmInput) -> DestroyVmResult:
         """Power off and destroy a VM, found by reference or instance UUID; a VM that
         is already gone is success. Never touches a VM without the cluster's marker.

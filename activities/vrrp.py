@@ -34,7 +34,7 @@ class VrrpActivities:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    @activity.defn(name="vrrp_router_ids_in_use")
+    @activity.defn
     async def vrrp_router_ids_in_use(self, input: RouterIdsInput) -> RouterIdsInUse:
         others = [
             execution

@@ -2,7 +2,7 @@
 
 A stand-in because no real API server can run here. It serves HTTPS with a
 certificate signed by the cluster CA the leader fetched from the node API, on
-the leader's address and the VIP, port 6443, and requires a client
+the leader's address and the VIP, on the control plane's port, and requires a client
 certificate signed by that CA. It implements only what the orchestrator's
 real client (lightkube) uses, in the shapes the real API answers with:
 
@@ -35,8 +35,6 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from pke_vsphere.pki import authority
-
-PORT = 6443
 
 
 @dataclass
@@ -184,12 +182,13 @@ class StandInKubeAPI:
         self._ca_cert_pem = ca_cert_pem
         self._ca = authority.load(ca_cert_pem, ca_key_pem)
         self._dir = tempfile.TemporaryDirectory(prefix="pke-standin-api-")
-        self._servers: dict[str, tuple[uvicorn.Server, asyncio.Task[None]]] = {}
+        self._servers: dict[tuple[str, int], tuple[uvicorn.Server, asyncio.Task[None]]] = {}
         self._app = create_app(self.objects)
 
     @property
     def addresses(self) -> list[str]:
-        return list(self._servers)
+        """Every ``host:port`` it serves on."""
+        return [f"{host}:{port}" for host, port in self._servers]
 
     def apply(self, manifest: str) -> list[tuple[str, str]]:
         """``kubectl apply -f -`` of the leader's add-on manifests, in process: each
@@ -210,11 +209,11 @@ class StandInKubeAPI:
             stored.append(key)
         return stored
 
-    async def serve(self, host: str) -> None:
-        """Serve on ``host:6443`` (idempotent), with a certificate naming every address."""
-        if host in self._servers:
+    async def serve(self, host: str, port: int) -> None:
+        """Serve on ``host:port`` (idempotent), with a certificate naming every address."""
+        if (host, port) in self._servers:
             return
-        hosts = [*self._servers, host]
+        hosts = list(dict.fromkeys([*(h for h, _ in self._servers), host]))
         leaf = authority.issue(
             self._ca,
             "kube-apiserver",
@@ -222,7 +221,7 @@ class StandInKubeAPI:
             ip_addresses=tuple(hosts),
             server=True,
         )
-        cert, key = Path(self._dir.name, f"{host}.crt"), Path(self._dir.name, f"{host}.key")
+        cert, key = Path(self._dir.name, f"{host}-{port}.crt"), Path(self._dir.name, f"{host}-{port}.key")
         ca = Path(self._dir.name, "ca.crt")
         cert.write_text(leaf.cert_pem())
         key.write_text(leaf.key_pem())
@@ -230,7 +229,7 @@ class StandInKubeAPI:
         config = uvicorn.Config(
             self._app,
             host=host,
-            port=PORT,
+            port=port,
             ssl_certfile=str(cert),
             ssl_keyfile=str(key),
             ssl_ca_certs=str(ca),
@@ -244,9 +243,9 @@ class StandInKubeAPI:
         while not server.started:
             if task.done():
                 task.result()  # raises the bind error
-                raise RuntimeError(f"stand-in API on {host}:{PORT} stopped at start")
+                raise RuntimeError(f"stand-in API on {host}:{port} stopped at start")
             await asyncio.sleep(0.02)
-        self._servers[host] = (server, task)
+        self._servers[(host, port)] = (server, task)
 
     async def stop(self) -> None:
         for server, task in self._servers.values():

@@ -1,43 +1,55 @@
 """Simulated booting nodes.
 
-A stand-in for real VMs running cloud-init and PKE, because no VM boots here.
-It watches the simulator for powered-on VMs carrying pke-vsphere's markers,
-decodes each VM's real ``guestinfo.userdata``, waits a boot delay, reports an
-address the way VMware Tools would (``SET.guest.ipAddress``, a distinct
-127.x.y.z per VM), then follows the bootstrap protocol of the rendered
-script using only what the cloud-config gave it (node API URL and token):
-masters fetch their material, the leader reports ready, the others fetch
-join information until the leader is ready and then report joined.
+A stand-in for real VMs, because no VM boots here. It watches the simulator for
+powered-on VMs carrying pke-vsphere's markers, decodes each VM's real
+``guestinfo.userdata``, waits a boot delay, and reports an address the way
+VMware Tools would (``SET.guest.nic.MAC.ipAddress``, a distinct 127.x.y.z per
+VM). Then it does what cloud-init does: it writes the cloud-config's files
+under a directory of the node's own and runs its ``runcmd``, the rendered
+bootstrap script itself, unprivileged (``PKE_VSPHERE_ROOT``). The script calls
+the node API with real curl; its ``pke``, ``kubectl``, ``systemctl`` and ``ip``
+are the stand-ins of sim/standin_tool.py, which ask this agent to do to the
+simulated world what the real tools would: the leader's ``pke install`` starts
+a stand-in API server (sim/kubeapi.py) on its address and VIP, a joining
+node's is accepted only with a bootstrap token that API holds, a master of an
+external etcd writes its lease to the real etcd with the files it was given.
 
 It never reaches into Temporal or the orchestrator's memory. Per-node
-behaviours let tests make a node silent, fail, or never get an address.
+behaviours let tests make a node silent, fail, never get an address, or run a
+bootstrap of its own that reports another address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
+import json
+import os
 import random
+import re
 import secrets
 import shlex
-import ssl
+import shutil
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import httpx
 import structlog
 from pyVmomi import vim
 
-from pke_vsphere.contracts.pki import ExternalEtcdClient
+from pke_vsphere.contracts.pki import EtcdClientCertificate, ExternalEtcdClient
 from pke_vsphere.contracts.protocol import NODE_KEY_HEADER
 from pke_vsphere.etcd.client import EtcdUnavailable, first_answer
 from pke_vsphere.pki.bootstrap_tokens import TOKEN_PATTERN
 from pke_vsphere.render import cloudinit, guestinfo
 from pke_vsphere.vsphere import properties
 from sim import vcenter
-from sim.kubeapi import PORT, StandInKubeAPI
+from sim.kubeapi import StandInKubeAPI
 
 log = structlog.get_logger(__name__)
 
@@ -49,9 +61,10 @@ class Behaviour(StrEnum):
     NO_IP = "no-ip"
     """VMware Tools never reports an address."""
     FAIL = "fail"
-    """Reports a bootstrap failure."""
+    """Its ``pke install`` fails: the script reports the failure."""
     OTHER_ADDRESS = "other-address"
-    """Runs Kubernetes on its other NIC's address and reports that one."""
+    """Runs a bootstrap of its own instead of the script: Kubernetes on its other
+    NIC's address, and reports that one."""
 
 
 @dataclass
@@ -63,9 +76,39 @@ class BootedNode:
     install_command: str
     token: str = field(repr=False, default="")
     """The token as guestinfo carried it at this node's first boot (attacker tests replay it)."""
+    cluster: str = ""
+    pool: str = ""
+    uuid: str = ""
     external_etcd: dict[str, Any] | None = field(repr=False, default=None)
     """What a master of an external etcd got to reach it (tests try it outside its prefix)."""
+    root: Path | None = None
+    """The node's file system: where cloud-init wrote its files and its script writes."""
+    vip: str | None = None
+    """The VIP, once the node started keepalived."""
     events: list[tuple[float, str]] = field(default_factory=list)
+    output: list[str] = field(default_factory=list, repr=False)
+    """What the bootstrap script printed (cloud-init-output.log)."""
+
+
+# The script's progress lines (``say`` in script.sh) and the events they are.
+_EVENTS = {
+    "pke-vsphere: fetched the bootstrap material": "material-fetched",
+    "pke-vsphere: fetched the join information": "join-info",
+    "pke-vsphere: pke install finished": "installed",
+    "pke-vsphere: reported ready": "reported-ready",
+    "pke-vsphere: reported joined": "reported-joined",
+    "pke-vsphere: reported failed": "reported-failed",
+}
+_ADDON = re.compile(r"^pke-vsphere: applied add-on (\S+)$")
+
+
+def script_event(line: str) -> str | None:
+    """The event a line of the bootstrap script's output stands for, if any."""
+    if line in _EVENTS:
+        return _EVENTS[line]
+    if match := _ADDON.match(line):
+        return f"addon-applied:{match[1]}"
+    return None
 
 
 _PREFIXES_TAKEN: set[str] = set()
@@ -120,6 +163,10 @@ class SimulatedNodes:
         # cloud-init runs once per instance: a VM that booted before only restarts its kubelet.
         self._bootstrapped: set[str] = set()
         self._node_of: dict[str, str] = {}
+        # Each node's file system, the stand-in tools and the socket they ask this agent on.
+        self._work = Path(tempfile.mkdtemp(prefix="pke-sim-nodes-"))
+        self._bin = self._work / "bin"
+        self._control_path = self._work / "control.sock"
 
     def behaviour(self, name: str) -> Behaviour:
         for pattern, behaviour in self.behaviours.items():
@@ -161,8 +208,18 @@ class SimulatedNodes:
                 found.append((vm, extra, props.get("config.instanceUuid", vm._moId)))
         return found
 
+    def _install_tools(self) -> None:
+        tool = Path(__file__).with_name("standin_tool.py")
+        self._bin.mkdir(exist_ok=True)
+        for name in ("pke", "kubectl", "systemctl", "ip"):
+            wrapper = self._bin / name
+            wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S -E "{tool}" {name} "$@"\n')
+            wrapper.chmod(0o755)
+
     async def run(self) -> None:
         """Scan until cancelled; boot each VM once per power-on."""
+        self._install_tools()
+        control = await asyncio.start_unix_server(self._serve_tool, path=str(self._control_path))
         try:
             while True:
                 try:
@@ -184,7 +241,10 @@ class SimulatedNodes:
         finally:
             for task in self._tasks.values():
                 task.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            control.close()
             await self.stop_apis()
+            shutil.rmtree(self._work, ignore_errors=True)
 
     async def _boot(self, vm: Any, extra: dict[str, str], uuid: str) -> None:
         name = extra.get(guestinfo.MARKER_NODE, vm._moId)
@@ -217,8 +277,17 @@ class SimulatedNodes:
         token = cloudinit.written_file(config, cloudinit.TOKEN_FILE).strip()
         script = cloudinit.written_file(config, cloudinit.SCRIPT_FILE)
         install = next(line for line in script.splitlines() if line.startswith("pke install "))
-        kind = env["PKE_VSPHERE_KIND"]
-        node = BootedNode(name=name, vm_ref=vm._moId, kind=kind, ip=ip, install_command=install, token=token)
+        node = BootedNode(
+            name=name,
+            vm_ref=vm._moId,
+            kind=env["PKE_VSPHERE_KIND"],
+            ip=ip,
+            install_command=install,
+            token=token,
+            cluster=env["PKE_VSPHERE_CLUSTER"],
+            pool=env["PKE_VSPHERE_POOL"],
+            uuid=uuid,
+        )
         self.nodes[name] = node
         self._node_of[uuid] = name
         node.events.append((time.time(), "powered-on"))
@@ -231,103 +300,224 @@ class SimulatedNodes:
         node.events.append((time.time(), "ip-reported"))
         if behaviour is Behaviour.SILENT:
             return
+        if behaviour is Behaviour.OTHER_ADDRESS:
+            await self._own_bootstrap(node, env, token)
+            return
+        await self._cloud_init(node, config)
 
-        # As the bootstrap script: a node key drawn at boot, sent with the token on every call.
-        headers = {"Authorization": f"Bearer {token}", NODE_KEY_HEADER: secrets.token_urlsafe(32)}
-        verify: ssl.SSLContext | bool = True
-        if "PKE_VSPHERE_NODE_API_CA" in env:  # like curl --cacert in the bootstrap script
-            verify = ssl.create_default_context(
-                cadata=cloudinit.written_file(config, env["PKE_VSPHERE_NODE_API_CA"])
+    # --- cloud-init and the bootstrap script ------------------------------------------
+    async def _cloud_init(self, node: BootedNode, config: dict[str, object]) -> None:
+        """What cloud-init does with the node's cloud-config: write its files (under the
+        node's own root) and run its runcmd, the rendered bootstrap script itself."""
+        root = node.root = self._work / f"{node.name}-{node.uuid[:8]}"
+        files = config.get("write_files")
+        assert isinstance(files, list)
+        for entry in files:
+            path = root / str(entry["path"]).lstrip("/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(str(entry["content"]))
+            path.chmod(int(str(entry.get("permissions", "0644")), 8))
+        commands = config.get("runcmd")
+        assert isinstance(commands, list)
+        for command in commands:
+            argv = [str(root / str(command[0]).lstrip("/")), *map(str, command[1:])]
+            await self._run_script(node, argv)
+
+    def _script_env(self, node: BootedNode) -> dict[str, str]:
+        other = self.other_network_ip(node.ip)
+        return {
+            "PATH": f"{self._bin}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
+            "HOME": str(node.root),
+            "TMPDIR": str(node.root),
+            "LANG": "C.UTF-8",
+            "PKE_VSPHERE_ROOT": str(node.root),
+            "PKE_VSPHERE_RETRY_SECONDS": str(self.join_poll_seconds),
+            "PKE_VSPHERE_SIM_NODE": node.name,
+            "PKE_VSPHERE_SIM_CONTROL": str(self._control_path),
+            # The guest lists its other NIC first (see _report_ip).
+            "PKE_VSPHERE_SIM_ADDRESSES": f"ens224={other}/16 ens192={node.ip}/16",
+        }
+
+    async def _run_script(self, node: BootedNode, argv: list[str]) -> None:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            env=self._script_env(node),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        assert process.stdout is not None
+        try:
+            async for raw in process.stdout:
+                line = raw.decode(errors="replace").rstrip("\n")
+                node.output.append(line)
+                event = script_event(line)
+                if event is not None:
+                    node.events.append((time.time(), event))
+            code = await process.wait()
+        except asyncio.CancelledError:
+            if process.returncode is None:
+                process.kill()
+            raise
+        node.events.append((time.time(), f"script-exited:{code}"))
+        if code != 0:
+            log.info("simnodes.script_failed", node=node.name, exit=code, last=node.output[-3:])
+
+    # --- the stand-in tools (sim/standin_tool.py) ---------------------------------------
+    async def _serve_tool(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = json.loads(await reader.readline())
+            node = self.nodes[request["node"]]
+            try:
+                code, out, err = await self._tool(node, request["tool"], request["args"], request["stdin"])
+            except Exception as exc:  # a bug here must fail the node's step, not hang its script
+                log.warning("simnodes.tool_failed", node=node.name, tool=request["tool"], error=repr(exc))
+                code, out, err = 1, "", f"{request['tool']} (stand-in): {exc!r}\n"
+            writer.write(json.dumps({"exit": code, "stdout": out, "stderr": err}).encode() + b"\n")
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def _tool(self, node: BootedNode, tool: str, args: list[str], stdin: str) -> tuple[int, str, str]:
+        if tool == "pke":
+            return await self._pke(node, args)
+        if tool == "kubectl":
+            return self._kubectl(node, args, stdin)
+        if tool == "systemctl":
+            return self._systemctl(node, args)
+        return 127, "", f"{tool}: no stand-in\n"
+
+    def _systemctl(self, node: BootedNode, args: list[str]) -> tuple[int, str, str]:
+        """``systemctl enable --now keepalived``: the VIP is the node's from now on
+        (the leader holds it: its priority is the highest)."""
+        if args == ["enable", "--now", "keepalived"]:
+            assert node.root is not None
+            conf = (node.root / "etc/keepalived/keepalived.conf").read_text()
+            match = re.search(r"virtual_ipaddress \{\s*([0-9.]+)", conf)
+            if match is None:
+                return 1, "", "keepalived: no virtual_ipaddress in /etc/keepalived/keepalived.conf\n"
+            node.vip = match[1]
+            node.events.append((time.time(), "keepalived-started"))
+            return 0, "", ""
+        return 0, "", ""
+
+    async def _pke(self, node: BootedNode, args: list[str]) -> tuple[int, str, str]:
+        """``pke install master|worker FLAGS``: what PKE would do to the simulated world."""
+        if args[:1] != ["install"] or len(args) < 2:
+            return 2, "", f"pke (stand-in): only 'pke install' is simulated, not {args!r}\n"
+        flags: dict[str, str] = {}
+        for arg in args[2:]:
+            key, _, value = arg.partition("=")
+            flags.setdefault(key, value)
+        if self.behaviour(node.name) is Behaviour.FAIL:
+            return 1, "", "simulated: pke install exited 1\n"
+        if args[1] == "master":
+            problem = await self._start_api_server_storage(node, flags)
+            if problem is not None:
+                return 1, "", problem + "\n"
+        if node.kind == "leader":
+            assert node.root is not None
+            pki = node.root / "etc/kubernetes/pki"
+            host, _, port = flags["--kubernetes-advertise-address"].rpartition(":")
+            kube = await self._start_api(
+                node.cluster,
+                host,
+                int(port),
+                node.vip,
+                flags.get("--kubernetes-api-server"),
+                (pki / "ca.crt").read_text(),
+                (pki / "ca.key").read_text(),
             )
-        async with httpx.AsyncClient(
-            base_url=env["PKE_VSPHERE_NODE_API"], headers=headers, timeout=30, verify=verify
-        ) as api:
-            if behaviour is Behaviour.FAIL:
-                await self._post(api, {"kind": "failed", "message": "simulated: pke install exited 1"})
-                node.events.append((time.time(), "reported-failed"))
-                return
-            material: dict[str, Any] = {}
-            own = {ip, self.other_network_ip(ip)}  # the addresses on this guest's NICs
-            if kind != "worker":
-                material = await self._fetch(api, "/v1/nodes/self/bootstrap")
-                if "BEGIN CERTIFICATE" not in material["pki"]["kubernetes_ca"]["cert_pem"]:
-                    raise RuntimeError("bootstrap material has no Kubernetes CA")
-                node.events.append((time.time(), "material-fetched"))
-                node.external_etcd = material.get("external_etcd")
-                # As the bootstrap script: the orchestrator's address for this node, if it is ours.
-                ip = material["node_address"]
-                if ip not in own:
-                    await self._post(api, {"kind": "failed", "message": f"{ip} is on none of my interfaces"})
-                    return
-                node.ip = ip
-                problem = await self._start_api_server_storage(install, ip, material)
-                if problem is not None:
-                    await self._post(api, {"kind": "failed", "message": problem})
-                    node.events.append((time.time(), "reported-failed"))
-                    return
-            pool = env["PKE_VSPHERE_POOL"]
-            if kind == "leader":
-                kube = await self._start_api(env["PKE_VSPHERE_CLUSTER"], ip, material)
-                kube.register_node(name, pool, kind, pods=0)
-                await self._apply_addons(api, kube, node)
-                self._bootstrapped.add(uuid)
-                await self._post(api, {"kind": "ready", "address": ip})
-                node.events.append((time.time(), "reported-ready"))
-                return
-            join = await self._fetch(api, "/v1/nodes/self/join")
-            if not TOKEN_PATTERN.match(join["token"]) or not join["ca_cert_hash"].startswith("sha256:"):
-                await self._post(api, {"kind": "failed", "message": "malformed join information"})
-                return
-            node.events.append((time.time(), "join-info"))
-            ip = join["node_address"]
-            if ip not in own:
-                await self._post(api, {"kind": "failed", "message": f"{ip} is on none of my interfaces"})
-                return
-            node.ip = ip
-            serving = self.kube_apis.get(join["api_endpoint"])
-            if serving is None or not serving.accepts_token(join["token"]):
-                node.events.append((time.time(), "token-rejected"))
-                message = (
-                    f"kubeadm join: the API server at {join['api_endpoint']} rejected the bootstrap token"
-                )
-                await self._post(api, {"kind": "failed", "message": message})
-                return
-            serving.register_node(name, pool, kind, pods=self.pods_per_worker if kind == "worker" else 0)
-            self._bootstrapped.add(uuid)
-            if behaviour is Behaviour.OTHER_ADDRESS:
-                ip = self.other_network_ip(ip)
-            await self._post(api, {"kind": "joined", "address": ip})
-            node.events.append((time.time(), "reported-joined"))
+            kube.register_node(node.name, node.pool, node.kind, pods=0)
+            (node.root / "etc/kubernetes/admin.conf").write_text(f"# stand-in for {host}:{port}\n")
+            self._bootstrapped.add(node.uuid)
+            return 0, f"[init] control plane of {node.cluster} serving on {host}:{port}\n", ""
+        endpoint, token = flags["--kubernetes-api-server"], flags["--kubernetes-node-token"]
+        ca_hash = flags.get("--kubernetes-api-server-ca-cert-hash", "")
+        if not TOKEN_PATTERN.match(token) or not ca_hash.startswith("sha256:"):
+            return 1, "", "kubeadm join: malformed bootstrap token or CA hash\n"
+        serving = self.kube_apis.get(endpoint)
+        if serving is None or not serving.accepts_token(token):
+            node.events.append((time.time(), "token-rejected"))
+            return 1, "", f"kubeadm join: the API server at {endpoint} rejected the bootstrap token\n"
+        serving.register_node(
+            node.name, node.pool, node.kind, pods=self.pods_per_worker if node.kind == "worker" else 0
+        )
+        self._bootstrapped.add(node.uuid)
+        return 0, f"[join] {node.name} joined {endpoint}\n", ""
 
-    @staticmethod
-    async def _start_api_server_storage(install: str, ip: str, material: dict[str, Any]) -> str | None:
+    def _kubectl(self, node: BootedNode, args: list[str], stdin: str) -> tuple[int, str, str]:
+        """``kubectl apply -f -|URL [-l SELECTOR]`` and ``kubectl wait ...`` on the leader."""
+        kube = self.cluster_apis.get(node.cluster)
+        if kube is None:
+            return 1, "", "kubectl: the connection to the server was refused\n"
+        words = [a for a in args if not a.startswith("--request-timeout")]
+        if words[:1] == ["apply"] and "-f" in words:
+            source = words[words.index("-f") + 1]
+            if source == "-":
+                kube.apply(stdin)
+            else:
+                kube.objects.installed.append(source)
+        return 0, "", ""
+
+    async def _start_api_server_storage(self, node: BootedNode, flags: dict[str, str]) -> str | None:
         """What a master's kube-apiserver needs of etcd, or why it would not start.
-        With ``--etcd-endpoints`` it is the external etcd in the install flags, reached
-        with the client certificate the bootstrap material carries: the stand-in
-        writes its master lease (``PREFIX/masterleases/IP``, as kube-apiserver does)
-        to the real etcd. Without, the master runs etcd itself and needs the etcd CA."""
-        flags = dict(arg.split("=", 1) for arg in shlex.split(install) if arg.startswith("--etcd-"))
+        With ``--etcd-endpoints`` it is the external etcd of the flags, reached with the
+        certificate files the script wrote: the stand-in writes its master lease
+        (``PREFIX/masterleases/IP``, as kube-apiserver does) to the real etcd. Without,
+        the master runs etcd itself and needs the etcd CA the script wrote."""
+        assert node.root is not None
+        root = node.root
+
+        def read(path: str) -> str | None:
+            file = root / path.lstrip("/")
+            return file.read_text() if path and file.is_file() else None
+
         if "--etcd-endpoints" not in flags:
-            if material["pki"].get("etcd_ca") is None:
-                return "etcd: no etcd CA in the bootstrap material, and no external etcd in the flags"
+            if read("/etc/kubernetes/pki/etcd/ca.crt") is None:
+                return (
+                    "etcd: no etcd CA at /etc/kubernetes/pki/etcd/ca.crt, and no external etcd in the flags"
+                )
             return None
-        if material.get("external_etcd") is None:
-            return "kube-apiserver: --etcd-endpoints given but the bootstrap material has no etcd certificate"
-        etcd = ExternalEtcdClient.model_validate(material["external_etcd"])
-        endpoints = flags["--etcd-endpoints"].split(",")
-        if endpoints != etcd.endpoints or flags.get("--etcd-prefix") != etcd.prefix:
-            return "kube-apiserver: the install flags and the bootstrap material name different etcds"
+        files = {f: read(flags.get(f"--etcd-{f}-file", "")) for f in ("ca", "cert", "key")}
+        if None in files.values():
+            return "kube-apiserver: --etcd-endpoints given but its certificate files are missing"
+        pems = {"ca_cert_pem": files["ca"], "cert_pem": files["cert"], "key_pem": files["key"]}
+        etcd = ExternalEtcdClient(
+            endpoints=flags["--etcd-endpoints"].split(","),
+            prefix=flags.get("--etcd-prefix", ""),
+            certificate=EtcdClientCertificate.model_validate(pems),
+        )
+        node.external_etcd = etcd.model_dump(mode="json") | {"certificate": pems}
+        ip = flags["--kubernetes-advertise-address"].rpartition(":")[0]
 
         def write_lease() -> str | None:
             try:
                 first_answer(
-                    endpoints, etcd.certificate, lambda g: g.put(f"{etcd.prefix}/masterleases/{ip}", ip)
+                    etcd.endpoints, etcd.certificate, lambda g: g.put(f"{etcd.prefix}/masterleases/{ip}", ip)
                 )
             except EtcdUnavailable as exc:
                 return f"kube-apiserver: cannot reach etcd: {exc}"
             return None
 
         return await asyncio.to_thread(write_lease)
+
+    async def _own_bootstrap(self, node: BootedNode, env: dict[str, str], token: str) -> None:
+        """A node whose image does not run our script: it joins, but runs Kubernetes on
+        its other NIC and reports that address (the orchestrator must notice)."""
+        headers = {"Authorization": f"Bearer {token}", NODE_KEY_HEADER: secrets.token_urlsafe(32)}
+        async with httpx.AsyncClient(
+            base_url=env["PKE_VSPHERE_NODE_API"], headers=headers, timeout=30
+        ) as api:
+            join = await self._fetch(api, "/v1/nodes/self/join")
+            serving = self.kube_apis.get(join["api_endpoint"])
+            if serving is None or not serving.accepts_token(join["token"]):
+                await self._post(api, {"kind": "failed", "message": "the API server rejected the token"})
+                return
+            serving.register_node(node.name, node.pool, node.kind, pods=0)
+            self._bootstrapped.add(node.uuid)
+            await self._post(api, {"kind": "joined", "address": self.other_network_ip(join["node_address"])})
+            node.events.append((time.time(), "reported-joined"))
 
     async def _reboot(self, vm: Any, uuid: str, name: str, ip: str) -> None:
         """A second boot of the same instance: VMware Tools reports the address again
@@ -346,20 +536,22 @@ class SimulatedNodes:
             for kube in self.cluster_apis.values():
                 kube.set_ready(name, False)
 
-    async def _start_api(self, cluster: str, ip: str, material: dict[str, Any]) -> StandInKubeAPI:
-        """The leader's API server, on its own address and on the VIP, signed by the cluster CA."""
-        ca = material["pki"]["kubernetes_ca"]
-        kube = self.kube_apis.get(f"{ip}:{PORT}")
-        if kube is None:
-            kube = StandInKubeAPI(ca["cert_pem"], ca["key_pem"])
-        hosts = [ip]
-        vip = material.get("vip")
-        if vip and vip != ip:
-            hosts.append(vip)
-        for host in hosts:
-            await kube.serve(host)
-            self.kube_apis[f"{host}:{PORT}"] = kube
-        endpoint = material.get("api_endpoint")
+    async def _start_api(
+        self,
+        cluster: str,
+        ip: str,
+        port: int,
+        vip: str | None,
+        endpoint: str | None,
+        ca_cert_pem: str,
+        ca_key_pem: str,
+    ) -> StandInKubeAPI:
+        """The leader's API server, on its own address and the VIP it holds, on the
+        control plane's port, signed by the cluster CA."""
+        kube = self.kube_apis.get(f"{ip}:{port}") or StandInKubeAPI(ca_cert_pem, ca_key_pem)
+        for host in dict.fromkeys([ip, *([vip] if vip else [])]):
+            await kube.serve(host, port)
+            self.kube_apis[f"{host}:{port}"] = kube
         if endpoint and endpoint not in self.kube_apis:
             # A DNS name: the simulated network resolves it to the VIP (or the leader).
             self.kube_apis[endpoint] = kube
@@ -376,15 +568,6 @@ class SimulatedNodes:
     def ip_prefix(self) -> str:
         """The 127.N prefix this agent's guests get their addresses from."""
         return self._ip_prefix
-
-    async def _apply_addons(self, api: httpx.AsyncClient, kube: StandInKubeAPI, node: BootedNode) -> None:
-        """What the bootstrap script does after `pke install` on the leader: install each
-        add-on's release, then apply the objects the node API made for this cluster."""
-        bundle = await self._fetch(api, "/v1/nodes/self/addons")
-        for addon in bundle["addons"]:
-            kube.objects.installed.append(addon["install_url"])
-            kube.apply(addon["manifest"])
-            node.events.append((time.time(), f"addon-applied:{addon['name']}@{addon['version']}"))
 
     async def _fetch(self, api: httpx.AsyncClient, path: str) -> dict[str, Any]:
         """GET ``path``, retrying "not now" answers (409, 503) as the bootstrap script does."""

@@ -25,20 +25,20 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from pke_vsphere.config import TemporalSettings, load
-from pke_vsphere.contracts.spec import validation_problems
+from pke_vsphere.contracts.spec import ClusterSpec, validation_problems
 from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus
 from pke_vsphere.runtime import temporal
-from starter import clusters, schedules, vcenter_steps
+from starter import clusters, schedules, spec_file, vcenter_steps
 from starter.progress import console, render, watch
 
 
-def _fail(message: str) -> int:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return 1
+def _fail(message: str, code: int = 1) -> int:
+    """One line, whatever the message held, and a non-zero exit code."""
+    console.print(f"error: {' '.join(message.split())}", highlight=False, markup=False, soft_wrap=True)
+    return code
 
 
-async def _create(client: Client, args: argparse.Namespace, task_queue: str) -> int:
-    spec = clusters.load_spec(Path(args.file))
+async def _create(client: Client, spec: ClusterSpec, args: argparse.Namespace, task_queue: str) -> int:
     handle = await clusters.create(client, spec, task_queue)
     console.print(f"cluster [bold]{spec.name}[/] creating: workflow {handle.id}")
     if not args.wait:
@@ -194,10 +194,17 @@ async def run(argv: Sequence[str] | None = None, client: Client | None = None) -
     settings = load(TemporalSettings, args.settings)
     queue = settings.temporal_task_queue
     try:
-        client = client or await temporal.connect(settings)
+        # A spec file is checked before anything else: its problems need no Temporal.
+        spec = spec_file.load(Path(args.file)) if args.command == "create" else None
+        if client is None:
+            try:
+                client = await temporal.connect(settings)
+            except RuntimeError as exc:  # the SDK's "Failed client connect: ..."
+                return _fail(f"cannot reach Temporal at {settings.temporal_address}: {exc}")
         match args.command:
             case "create":
-                return await _create(client, args, queue)
+                assert spec is not None
+                return await _create(client, spec, args, queue)
             case "status":
                 return await _status(client, args)
             case "list":
@@ -208,13 +215,11 @@ async def run(argv: Sequence[str] | None = None, client: Client | None = None) -
                 return await _delete(client, args, queue)
             case _:
                 return await _schedule(client, args, queue)
+    except spec_file.SpecFileError as exc:
+        return _fail(str(exc), 2)
     except ValidationError as exc:
-        what = "cluster spec" if args.command == "create" else "input"
-        console.print(f"[bold red]invalid {what}[/] ({exc.error_count()} problem(s)):")
-        for problem in validation_problems(exc):
-            console.print(f"  {problem}", markup=False)
-        return 2
-    except (clusters.ClusterExists, schedules.ScheduleExists, FileNotFoundError) as exc:
+        return _fail(f"invalid input: {'; '.join(validation_problems(exc))}", 2)
+    except (clusters.ClusterExists, clusters.NoSuchCluster, schedules.ScheduleExists) as exc:
         return _fail(str(exc))
     except RPCError as exc:
         return _fail(f"Temporal: {exc.message}")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Any
 
-import yaml
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.commands import DeleteClusterInput, DeleteOutcome, ScaleClusterInput, ScaleOutcome
@@ -23,12 +22,11 @@ class ClusterExists(Exception):
     """A cluster of this name is already being created or running."""
 
 
-def load_spec(path: Path) -> ClusterSpec:
-    """Read and validate a YAML or JSON spec; pydantic's errors name the field."""
-    data = yaml.safe_load(path.read_text())
-    if isinstance(data, dict) and "spec" in data and "name" not in data:
-        data = data["spec"]  # a workflow input file ({"spec": ...}) works too
-    return ClusterSpec.model_validate(data)
+class NoSuchCluster(Exception):
+    """No workflow of this cluster name exists (never created, or long gone)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no cluster named {name!r} (no workflow {ids.cluster_workflow_id(name)})")
 
 
 async def create(client: Client, spec: ClusterSpec, task_queue: str) -> WorkflowHandle[Any, ClusterResult]:
@@ -50,8 +48,24 @@ async def create(client: Client, spec: ClusterSpec, task_queue: str) -> Workflow
 
 async def status(client: Client, name: str) -> ClusterStatus:
     handle = client.get_workflow_handle(ids.cluster_workflow_id(name))
-    result: ClusterStatus = await handle.query(Query.STATUS, result_type=ClusterStatus)
+    try:
+        result: ClusterStatus = await handle.query(Query.STATUS, result_type=ClusterStatus)
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            raise NoSuchCluster(name) from None
+        raise
     return result
+
+
+async def exists(client: Client, name: str) -> bool:
+    """Whether the cluster's workflow exists (running or closed, within retention)."""
+    try:
+        await client.get_workflow_handle(ids.cluster_workflow_id(name)).describe()
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
 
 
 async def list_clusters(client: Client) -> list[tuple[str, WorkflowExecutionStatus | None]]:
@@ -80,6 +94,8 @@ async def scale(
 
 async def delete(client: Client, cluster: str, task_queue: str) -> WorkflowHandle[Any, DeleteOutcome]:
     """Start (or join the running) DeleteClusterWorkflow for the cluster."""
+    if not await exists(client, cluster):
+        raise NoSuchCluster(cluster)
     return await client.start_workflow(
         WorkflowType.DELETE,
         DeleteClusterInput(cluster=cluster).model_dump(mode="json"),

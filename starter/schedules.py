@@ -25,6 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.commands import ScaleClusterInput
+from pke_vsphere.contracts.protocol import WorkflowType
 
 
 class ScheduleExists(Exception):
@@ -63,7 +64,7 @@ async def add(
     schedule_id = ids.schedule_id(cluster, pool, suffix or default_suffix(size, cron, timezone))
     schedule = Schedule(
         action=ScheduleActionStartWorkflow(
-            "ScaleClusterWorkflow",
+            WorkflowType.SCALE,
             request.model_dump(mode="json"),
             id=f"pke-scale-{cluster}-{pool}-scheduled",
             task_queue=task_queue,

@@ -43,6 +43,29 @@ pytest_plugins = ["tests.workers"]
 # The installation the test workers are (in-process and worker.py processes alike).
 INSTALLATION_ID = "tests"
 
+# Fixtures that start a real server (Temporal, the simulator, etcd, the node API) or
+# a worker. A test that uses none of them, directly or not, is in the fast tier:
+# ``make test-unit`` runs ``pytest -m unit``.
+SERVER_FIXTURES = {
+    "temporal_env",
+    "vcsim",
+    "etcd",
+    "node_api_url",
+    "sim_nodes",
+    "stack",
+    "codec_server",
+    "new_worker",
+    "dev_server",
+    "tls_sim",
+    "expiring_sim",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.unit)
+
 
 @pytest.fixture(scope="session")
 def payload_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -8,6 +8,7 @@ import json
 import pytest
 from temporalio.client import WorkflowFailureError
 
+from pke_vsphere.contracts.protocol import WorkflowType
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import vms_of_cluster
 
@@ -18,7 +19,7 @@ async def test_an_invalid_spec_fails_the_workflow_with_the_field_named(stack: St
     raw["pools"][1]["memory_mb"] = 1000
     raw["kubernetes_version"] = "1.2"
     handle = await stack.client.start_workflow(
-        "ClusterWorkflow",
+        WorkflowType.CLUSTER,
         json.loads(json.dumps({"spec": raw})),
         id=f"pke-cluster-{name}",
         task_queue=stack.task_queue,
@@ -35,7 +36,7 @@ async def test_an_invalid_spec_fails_the_workflow_with_the_field_named(stack: St
 async def test_a_workflow_id_that_does_not_match_the_cluster_is_refused(stack: Stack) -> None:
     name = unique("wrong-id")
     handle = await stack.client.start_workflow(
-        "ClusterWorkflow",
+        WorkflowType.CLUSTER,
         {"spec": cluster_spec(name).model_dump(mode="json")},
         id=f"some-other-id-{name}",
         task_queue=stack.task_queue,

@@ -109,12 +109,15 @@ def test_keepalived_gives_the_leader_the_highest_priority_and_a_cluster_router_i
         router=router,
         node_priority=150,
         password="abcd1234",
+        api_port=8443,
     )
     assert f"virtual_router_id {router}" in conf
     assert "state MASTER" in conf and "auth_pass abcd1234" in conf and "10.0.0.100" in conf
-    assert "https://127.0.0.1:6443/healthz" in conf
+    assert "https://127.0.0.1:8443/healthz" in conf  # the control plane's port
     with pytest.raises(ValueError):
-        keepalived.render(cluster="p", vip="v", interface="i", router=0, node_priority=1, password="p")
+        keepalived.render(
+            cluster="p", vip="v", interface="i", router=0, node_priority=1, password="p", api_port=6443
+        )
 
 
 @pytest.mark.parametrize(

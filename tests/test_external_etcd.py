@@ -18,6 +18,7 @@ from pke_vsphere.codec import keys
 from pke_vsphere.codec.encryption import EncryptionCodec
 from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.pki import EtcdClientCertificate
+from pke_vsphere.contracts.protocol import Query
 from pke_vsphere.contracts.spec import ExternalEtcd
 from pke_vsphere.contracts.state import ClusterPhase, NodePhase
 from pke_vsphere.etcd import checks as etcd_checks
@@ -93,7 +94,7 @@ async def test_two_api_servers_keep_the_cluster_in_the_shared_etcd_and_delete_cl
 
     # No etcd CA of the cluster's own: the external etcd's CA signs its members.
     material = await stack.client.get_workflow_handle(ids.cluster_workflow_id(name)).query(
-        "bootstrap_material", {"node": f"{name}-master-01"}, result_type=dict[str, Any]
+        Query.BOOTSTRAP_MATERIAL, {"node": f"{name}-master-01"}, result_type=dict[str, Any]
     )
     assert material["pki"]["etcd_ca"] is None
 

@@ -55,6 +55,7 @@ def masters_configs(count: int, interface: str | None) -> list[str]:
             router=router,
             node_priority=keepalived.priority(index),
             password=pki.vrrp_password.get_secret_value(),
+            api_port=6443,
         )
         for index in range(1, count + 1)
     ]
@@ -119,7 +120,13 @@ def test_router_ids_are_unique_on_a_network() -> None:
 def test_a_password_keepalived_would_truncate_or_reject_is_refused(password: str) -> None:
     with pytest.raises(ValueError, match="VRRP password"):
         keepalived.render(
-            cluster="c", vip=VIP, interface="eth0", router=1, node_priority=150, password=password
+            cluster="c",
+            vip=VIP,
+            interface="eth0",
+            router=1,
+            node_priority=150,
+            password=password,
+            api_port=6443,
         )
 
 

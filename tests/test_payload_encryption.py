@@ -19,6 +19,7 @@ from pke_vsphere.codec import keys
 from pke_vsphere.codec.encryption import ENCODING, KEY_ID, EncryptionCodec
 from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.pki import ClusterPKI
+from pke_vsphere.contracts.protocol import Query, Update
 from pke_vsphere.runtime.temporal import DATA_CONVERTER
 from sim.nodes import Behaviour
 from starter import clusters
@@ -124,9 +125,9 @@ async def test_raw_histories_hold_no_secret_in_plain_text(stack: Stack, key_file
     await clusters.create(stack.client, cluster_spec(name, masters=3, workers=1), stack.task_queue)
     assert (await wait_until_settled(stack, name)).phase.value == "Ready"
     handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
-    await handle.execute_update("scale_pool", {"pool": "workers", "size": 2})
+    await handle.execute_update(Update.SCALE_POOL, {"pool": "workers", "size": 2})
     material = await handle.query(
-        "bootstrap_material", {"node": f"{name}-master-01"}, result_type=dict[str, object]
+        Query.BOOTSTRAP_MATERIAL, {"node": f"{name}-master-01"}, result_type=dict[str, object]
     )
     pki = ClusterPKI.model_validate(material["pki"])
     assert pki.etcd_ca is not None  # the dedicated topology: the masters run etcd

@@ -21,6 +21,7 @@ from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.worker import Replayer
 
 from pke_vsphere.contracts import ids
+from pke_vsphere.contracts.protocol import Update
 from pke_vsphere.runtime.temporal import DATA_CONVERTER
 from starter import clusters
 from tests.clusters import external_etcd_control_plane, wait_until_settled
@@ -84,9 +85,9 @@ async def test_a_cluster_lifetime_replays_against_the_current_code(stack: Stack)
     await clusters.create(stack.client, spec, stack.task_queue)
     await wait_until_settled(stack, name)
     handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
-    await handle.execute_update("scale_pool", {"pool": "workers", "size": 2})
-    await handle.execute_update("scale_pool", {"pool": "workers", "size": 1})
-    await handle.execute_update("reconcile", {})
+    await handle.execute_update(Update.SCALE_POOL, {"pool": "workers", "size": 2})
+    await handle.execute_update(Update.SCALE_POOL, {"pool": "workers", "size": 1})
+    await handle.execute_update(Update.RECONCILE, {})
     await (await clusters.delete(stack.client, name, stack.task_queue)).result()
     await replay_and_record(
         stack,
@@ -107,8 +108,8 @@ async def test_an_external_etcd_cluster_lifetime_replays_against_the_current_cod
     await clusters.create(stack.client, spec, stack.task_queue)
     await wait_until_settled(stack, name)
     handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
-    await handle.execute_update("scale_pool", {"pool": "master", "size": 3})
-    await handle.execute_update("scale_pool", {"pool": "master", "size": 2})
+    await handle.execute_update(Update.SCALE_POOL, {"pool": "master", "size": 3})
+    await handle.execute_update(Update.SCALE_POOL, {"pool": "master", "size": 2})
     await (await clusters.delete(stack.client, name, stack.task_queue)).result()
     await replay_and_record(
         stack,

@@ -342,7 +342,7 @@ def test_single_master_may_omit_the_vip() -> None:
 def test_the_example_specs_are_valid() -> None:
     from pathlib import Path
 
-    from starter.clusters import load_spec
+    from starter.spec_file import load as load_spec
 
     root = Path(__file__).parent.parent / "examples"
     assert load_spec(root / "demo-cluster.yaml").name == "demo"

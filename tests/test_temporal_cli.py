@@ -10,7 +10,7 @@ import re
 import shlex
 
 from pke_vsphere.contracts.state import ClusterPhase
-from starter import clusters, schedules
+from starter import clusters, schedules, spec_file
 from tests.clusters import wait_until_settled
 from tests.conftest import CodecServer, Stack
 from tests.harness import ROOT, temporal_cli, vms_of_cluster
@@ -65,7 +65,7 @@ async def test_the_readme_temporal_commands_drive_a_cluster_from_create_to_delet
     stack: Stack, codec_server: CodecServer
 ) -> None:
     commands = iter(readme_commands())
-    cluster = clusters.load_spec(ROOT / "examples" / "cluster-input.json").name
+    cluster = spec_file.load(ROOT / "examples" / "cluster-input.json").name
 
     start = next(commands)
     assert start[:3] == ["temporal", "workflow", "start"]

@@ -75,9 +75,9 @@ class ErrorType(StrEnum):
     INVALID_COMMAND = "InvalidCommand"
     UNKNOWN_POOL = "UnknownPool"
     POOL_EXISTS = "PoolExists"
-    NOT_READY_YET = "NotYet"
+    NOT_READY_YET = "ClusterNotReadyYet"
     """The cluster's workflow cannot answer yet (starting, or no PKI yet): retry."""
-    DELETING = "Deleting"
+    DELETING = "ClusterDeleting"
     NO_SUCH_CLUSTER = "NoSuchCluster"
     NOT_A_MASTER = "NotAMaster"
     # Creating

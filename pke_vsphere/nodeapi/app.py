@@ -247,6 +247,7 @@ def create_app(
                 interface=material.vrrp_interface,
                 router=material.vrrp_router_id,
                 node_priority=material.vrrp_priority,
+                api_port=material.api_port,
                 password=material.pki.vrrp_password.get_secret_value(),
             )
         try:

@@ -50,6 +50,7 @@ def node_env(
         "PKE_VSPHERE_NODE": identity.name,
         "PKE_VSPHERE_POOL": identity.pool,
         "PKE_VSPHERE_KIND": identity.kind.value,
+        "PKE_VSPHERE_API_PORT": str(settings.api_port),
     }
     if settings.api_endpoint:
         values["PKE_VSPHERE_API_ENDPOINT"] = settings.api_endpoint

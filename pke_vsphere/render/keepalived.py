@@ -65,7 +65,7 @@ def render(
     router: int,
     node_priority: int,
     password: str,
-    api_port: int = 6443,
+    api_port: int,
 ) -> str:
     if not 1 <= router <= 255:
         raise ValueError(f"VRRP router id {router} outside 1..255")

@@ -3,6 +3,8 @@
 Values a node only learns at boot (its address, the join token and the CA hash)
 are shell variables that the bootstrap script fills in: ``$ADVERTISE_ADDRESS``,
 ``$JOIN_TOKEN``, ``$CA_CERT_HASH`` and ``$API_ENDPOINT``, each in double quotes.
+A master's API server listens on ``control_plane.port``: PKE takes the port of
+``--kubernetes-advertise-address=HOST:PORT`` (``$API_PORT``, from node.env).
 Every other value is shell-quoted as a whole argument, so no spec value can
 break out of its flag.
 """
@@ -27,9 +29,9 @@ def _flag(name: str, value: object) -> str:
     return shlex.quote(f"--{name}={value}")
 
 
-def _from_boot(name: str, variable: str) -> str:
-    """``--name="$VARIABLE"``: a value the script learns at boot."""
-    return f'--{name}="${variable}"'
+def _from_boot(name: str, *variables: str) -> str:
+    """``--name="$VARIABLE"``: a value the script learns at boot (``$A:$B`` for two)."""
+    return f'--{name}="' + ":".join(f"${v}" for v in variables) + '"'
 
 
 def install_args(identity: NodeIdentity, settings: NodeBootstrapSettings) -> list[str]:
@@ -51,7 +53,7 @@ def install_args(identity: NodeIdentity, settings: NodeBootstrapSettings) -> lis
         *common,
         _flag("kubernetes-cluster-name", identity.cluster),
         _flag("kubernetes-master-mode", settings.master_mode),
-        _from_boot("kubernetes-advertise-address", "ADVERTISE_ADDRESS"),
+        _from_boot("kubernetes-advertise-address", "ADVERTISE_ADDRESS", "API_PORT"),
         _from_boot("kubernetes-api-server", "API_ENDPOINT"),
         _flag("kubernetes-pod-network-cidr", settings.pod_cidr),
         _flag("kubernetes-service-cidr", settings.service_cidr),

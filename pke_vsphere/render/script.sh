@@ -1,40 +1,53 @@
 #!/bin/bash
 # pke-vsphere node bootstrap: rendered into every node's cloud-config.
 # Talks to the pke-vsphere node API with this node's token, then runs `pke install`.
+# Its progress goes to stdout (cloud-init-output.log), one "pke-vsphere: ..." line a step.
 set -euo pipefail
-. /etc/pke-vsphere/node.env
-TOKEN_FILE=/etc/pke-vsphere/token
+# Every path is under $PKE_VSPHERE_ROOT: empty on a node; the simulated nodes run
+# this very script, unprivileged, each under a directory of its own.
+ROOT="${PKE_VSPHERE_ROOT:-}"
+# The base of the pause between asking again (seconds; each pause is 1-3 times it).
+RETRY_SECONDS="${PKE_VSPHERE_RETRY_SECONDS:-5}"
+. "$ROOT/etc/pke-vsphere/node.env"
+TOKEN_FILE="$ROOT/etc/pke-vsphere/token"
+INSTALL_LOG="$ROOT/var/log/pke-vsphere-install.log"
 
 # The credentials of every call, in a file curl reads (-H @file): never on a command
 # line. The node key is drawn here and kept only in /run (memory): the first call
 # binds this node's bootstrap to it, so a token read from guestinfo by anyone else
 # gets nothing. Both end with the report.
-install -d -m 0700 /run/pke-vsphere
-HEADERS=/run/pke-vsphere/api-headers
+install -d -m 0700 "$ROOT/run/pke-vsphere"
+HEADERS="$ROOT/run/pke-vsphere/api-headers"
 (
   umask 077
   printf 'Authorization: Bearer %s\n' "$(tr -d '\n' < "$TOKEN_FILE")" > "$HEADERS"
   printf 'X-PKE-Node-Key: %s\n' "$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')" >> "$HEADERS"
 )
 forget_credentials() { rm -f "$TOKEN_FILE" "$HEADERS"; }
+say() { echo "pke-vsphere: $*"; }
+pause() { awk -v b="$RETRY_SECONDS" -v r="$RANDOM" 'BEGIN { printf "%.2f", b * (1 + 2 * r / 32767) }'; }
 
 api() { # METHOD PATH [JSON]
   curl --fail-with-body --silent --show-error --max-time 30 \
-    ${PKE_VSPHERE_NODE_API_CA:+--cacert "$PKE_VSPHERE_NODE_API_CA"} \
+    ${PKE_VSPHERE_NODE_API_CA:+--cacert "$ROOT$PKE_VSPHERE_NODE_API_CA"} \
     -X "$1" -H @"$HEADERS" -H "Content-Type: application/json" \
     ${3:+--data "$3"} "$PKE_VSPHERE_NODE_API$2"
 }
-report() { # JSON: the one report of this bootstrap; retried while the orchestrator is busy
+report() { # KIND [ADDRESS|MESSAGE]: the one report of this bootstrap; retried while the orchestrator is busy
+  local body
+  body="$(python3 -c 'import json,sys; k, v = sys.argv[1], sys.argv[2]; print(json.dumps({"kind": k, ("message" if k == "failed" else "address"): v}))' "$1" "${2:-}")"
   for _ in $(seq 20); do
-    if api POST /v1/nodes/self/report "$1" > /dev/null; then break; fi
-    sleep 3
+    if api POST /v1/nodes/self/report "$body" > /dev/null; then say "reported $1"; break; fi
+    sleep "$(pause)"
   done
   forget_credentials
 }
-report_failure() {
+report_failure() { # LINE EXIT: the failure, with the last line pke install wrote
   trap - ERR
-  msg=$(printf 'bootstrap failed at line %s (exit %s)' "$1" "$2")
-  report "{\"kind\":\"failed\",\"message\":\"$msg\"}" || true
+  local msg detail
+  msg="$(printf 'bootstrap failed at line %s (exit %s)' "$1" "$2")"
+  detail="$(tail -n 1 "$INSTALL_LOG" 2>/dev/null | cut -c1-300 || true)"
+  report failed "$msg${detail:+: $detail}" || true
 }
 trap 'report_failure $LINENO $?' ERR
 json() { # KEY.PATH: print one string of the JSON document on stdin; fails if it is absent or null
@@ -47,7 +60,7 @@ fetch() { # PATH: GET it, retrying while the orchestrator answers "not now" (409
   local body
   for _ in $(seq 60); do
     if body="$(api GET "$1")"; then printf '%s\n' "$body"; return 0; fi
-    sleep $((5 + RANDOM % 10))
+    sleep "$(pause)"
   done
   return 1
 }
@@ -63,51 +76,58 @@ own_address() { # ADDRESS: fail unless one of this node's interfaces holds it
 # default route would pick on a multi-NIC node or a network without one.
 if [ "$PKE_VSPHERE_KIND" != worker ]; then
   material="$(fetch /v1/nodes/self/bootstrap)"
+  say "fetched the bootstrap material"
   ADVERTISE_ADDRESS="$(echo "$material" | json node_address)"
   own_address "$ADVERTISE_ADDRESS"
-  install -d -m 0700 /etc/kubernetes/pki /etc/kubernetes/pki/etcd
+  PKI="$ROOT/etc/kubernetes/pki"
+  install -d -m 0700 "$PKI" "$PKI/etcd"
   umask 077
-  echo "$material" | json pki.kubernetes_ca.cert_pem > /etc/kubernetes/pki/ca.crt
-  echo "$material" | json pki.kubernetes_ca.key_pem > /etc/kubernetes/pki/ca.key
+  echo "$material" | json pki.kubernetes_ca.cert_pem > "$PKI/ca.crt"
+  echo "$material" | json pki.kubernetes_ca.key_pem > "$PKI/ca.key"
   if echo "$material" | has pki.etcd_ca; then # the masters run etcd
-    echo "$material" | json pki.etcd_ca.cert_pem > /etc/kubernetes/pki/etcd/ca.crt
-    echo "$material" | json pki.etcd_ca.key_pem > /etc/kubernetes/pki/etcd/ca.key
+    echo "$material" | json pki.etcd_ca.cert_pem > "$PKI/etcd/ca.crt"
+    echo "$material" | json pki.etcd_ca.key_pem > "$PKI/etcd/ca.key"
   fi
   if echo "$material" | has external_etcd; then # pke install --etcd-*-file
-    echo "$material" | json external_etcd.certificate.ca_cert_pem > /etc/kubernetes/pki/etcd/external-ca.crt
-    echo "$material" | json external_etcd.certificate.cert_pem > /etc/kubernetes/pki/apiserver-etcd-client.crt
-    echo "$material" | json external_etcd.certificate.key_pem > /etc/kubernetes/pki/apiserver-etcd-client.key
+    echo "$material" | json external_etcd.certificate.ca_cert_pem > "$PKI/etcd/external-ca.crt"
+    echo "$material" | json external_etcd.certificate.cert_pem > "$PKI/apiserver-etcd-client.crt"
+    echo "$material" | json external_etcd.certificate.key_pem > "$PKI/apiserver-etcd-client.key"
   fi
-  echo "$material" | json pki.front_proxy_ca.cert_pem > /etc/kubernetes/pki/front-proxy-ca.crt
-  echo "$material" | json pki.front_proxy_ca.key_pem > /etc/kubernetes/pki/front-proxy-ca.key
-  echo "$material" | json pki.service_account_key_pem > /etc/kubernetes/pki/sa.key
-  echo "$material" | json pki.service_account_public_pem > /etc/kubernetes/pki/sa.pub
+  echo "$material" | json pki.front_proxy_ca.cert_pem > "$PKI/front-proxy-ca.crt"
+  echo "$material" | json pki.front_proxy_ca.key_pem > "$PKI/front-proxy-ca.key"
+  echo "$material" | json pki.service_account_key_pem > "$PKI/sa.key"
+  echo "$material" | json pki.service_account_public_pem > "$PKI/sa.pub"
   if echo "$material" | has keepalived_conf; then
     keepalived_conf="$(echo "$material" | json keepalived_conf)"
     # The interface holding this node's address, unless the spec named one.
     VRRP_INTERFACE="$(ip -o -4 addr show | awk -v a="$ADVERTISE_ADDRESS/" 'index($4, a) == 1 {print $2; exit}')"
-    install -d -m 0755 /etc/keepalived
-    echo "$keepalived_conf" | sed "s/@VRRP_INTERFACE@/$VRRP_INTERFACE/" > /etc/keepalived/keepalived.conf
+    install -d -m 0755 "$ROOT/etc/keepalived"
+    echo "$keepalived_conf" | sed "s/@VRRP_INTERFACE@/$VRRP_INTERFACE/" > "$ROOT/etc/keepalived/keepalived.conf"
     systemctl enable --now keepalived
+    say "started keepalived on $VRRP_INTERFACE"
   fi
 fi
 
 if [ "$PKE_VSPHERE_KIND" != leader ]; then
   join="$(fetch /v1/nodes/self/join)"
+  say "fetched the join information"
   JOIN_TOKEN="$(echo "$join" | json token)"
   CA_CERT_HASH="$(echo "$join" | json ca_cert_hash)"
   API_ENDPOINT="$(echo "$join" | json api_endpoint)"
   ADVERTISE_ADDRESS="$(echo "$join" | json node_address)"
   own_address "$ADVERTISE_ADDRESS"
 fi
-API_ENDPOINT="${API_ENDPOINT:-${PKE_VSPHERE_API_ENDPOINT:-$ADVERTISE_ADDRESS:6443}}"
+API_PORT="$PKE_VSPHERE_API_PORT"
+API_ENDPOINT="${API_ENDPOINT:-${PKE_VSPHERE_API_ENDPOINT:-$ADVERTISE_ADDRESS:$API_PORT}}"
 
-pke install __PKE_INSTALL_ARGS__
+install -d -m 0755 "$(dirname "$INSTALL_LOG")"
+pke install __PKE_INSTALL_ARGS__ 2>&1 | tee -a "$INSTALL_LOG"
+say "pke install finished"
 
 if [ "$PKE_VSPHERE_KIND" = leader ]; then
   # Add-ons (MetalLB, the vSphere CSI driver): each release's own manifests, then
   # the objects the node API made for this cluster (the CSI Secret among them).
-  export KUBECONFIG=/etc/kubernetes/admin.conf
+  export KUBECONFIG="$ROOT/etc/kubernetes/admin.conf"
   addons_file="$(umask 077; mktemp)"
   fetch /v1/nodes/self/addons > "$addons_file"
   python3 - "$addons_file" <<'PY'
@@ -126,9 +146,10 @@ for addon in json.load(open(sys.argv[1]))["addons"]:
                         "deployment", "--all", "--timeout=600s"], check=True)
     if not addon.get("objects_first"):
         apply_objects()
+    print(f"pke-vsphere: applied add-on {addon['name']}@{addon['version']}", flush=True)
 PY
   rm -f "$addons_file"
-  report "{\"kind\":\"ready\",\"address\":\"$ADVERTISE_ADDRESS\"}"
+  report ready "$ADVERTISE_ADDRESS"
 else
-  report "{\"kind\":\"joined\",\"address\":\"$ADVERTISE_ADDRESS\"}"
+  report joined "$ADVERTISE_ADDRESS"
 fi

@@ -97,15 +97,21 @@ def refuse_to_start(program: str, exc: Exception) -> NoReturn:
 
 def run_client_process(main: Callable[[], int]) -> NoReturn:
     """Run a client process's ``main`` and end it with ``exit_client_process``, on an
-    exception too (a refusal to start as one line, anything else as Python shows it)."""
+    exception too: a refusal to start, or anything unexpected, as one line."""
     try:
         code = main()
     except KeyboardInterrupt:
         code = 130
     except (RefusedToStart, ValidationError) as exc:
         refuse_to_start("pke-vsphere", exc)
-    except Exception:
-        traceback.print_exc()
+    except Exception as exc:
+        # One line; where it came from only when asked for.
+        if os.environ.get("PKE_VSPHERE_TRACEBACK"):
+            traceback.print_exc()
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(
+            f"error: {message} ({type(exc).__name__}; PKE_VSPHERE_TRACEBACK=1 shows where)", file=sys.stderr
+        )
         code = 1
     exit_client_process(code)
 
