@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo down test lint typecheck pytest reliability venv system-deps simulator cloud-init-schema clean
+.PHONY: demo down test test-unit lint imports typecheck pytest reliability venv system-deps simulator cloud-init-schema clean
 
 demo: venv system-deps simulator
 	$(BIN)/python -m sim.demo up
@@ -12,11 +12,20 @@ demo: venv system-deps simulator
 down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m sim.demo down; fi
 
-test: lint typecheck pytest
+test: lint imports typecheck pytest
+
+# The fast tier: every test that needs no server (planning, validation, rendering,
+# protocol, ...), in seconds. `make test` runs these too.
+test-unit: venv system-deps cloud-init-schema
+	$(BIN)/pytest -q -m unit
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The layers (pyproject.toml, [tool.importlinter]): each imports only from those below it.
+imports: venv
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy

@@ -85,6 +85,8 @@ class BootedNode:
     """The node's file system: where cloud-init wrote its files and its script writes."""
     vip: str | None = None
     """The VIP, once the node started keepalived."""
+    pke_args: list[str] = field(default_factory=list)
+    """What ``pke`` was called with, as the script expanded it."""
     events: list[tuple[float, str]] = field(default_factory=list)
     output: list[str] = field(default_factory=list, repr=False)
     """What the bootstrap script printed (cloud-init-output.log)."""
@@ -403,6 +405,7 @@ class SimulatedNodes:
 
     async def _pke(self, node: BootedNode, args: list[str]) -> tuple[int, str, str]:
         """``pke install master|worker FLAGS``: what PKE would do to the simulated world."""
+        node.pke_args = list(args)
         if args[:1] != ["install"] or len(args) < 2:
             return 2, "", f"pke (stand-in): only 'pke install' is simulated, not {args!r}\n"
         flags: dict[str, str] = {}

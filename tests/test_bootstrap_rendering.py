@@ -38,7 +38,8 @@ def test_leader_installs_the_first_master_without_join_flags() -> None:
     assert args[:3] == ["pke", "install", "master"]
     assert "--kubernetes-master-mode=ha" in args
     assert "--kubernetes-cluster-name=prod" in args
-    assert "--kubernetes-advertise-address=$ADVERTISE_ADDRESS" in args
+    # PKE binds the API server to the port of the advertise address: control_plane.port.
+    assert "--kubernetes-advertise-address=$ADVERTISE_ADDRESS:$API_PORT" in args
     assert "--kubernetes-pod-network-cidr=10.20.0.0/16" in args
     assert not any(a.startswith("--kubernetes-join-control-plane") for a in args)
     assert not any(a.startswith("--kubernetes-node-token") for a in args)
@@ -162,8 +163,9 @@ def test_api_servers_of_an_external_etcd_get_its_endpoints_prefix_and_certificat
             "--etcd-prefix=/clusters/prod",
         ]
     # The bootstrap script writes the certificate where the flags say.
+    assert 'PKI="$ROOT/etc/kubernetes/pki"' in script
     for path in (pke.ETCD_CA_FILE, pke.ETCD_CERT_FILE, pke.ETCD_KEY_FILE):
-        assert f"> {path}" in script
+        assert f'> "$PKI/{path.removeprefix("/etc/kubernetes/pki/")}"' in script
 
 
 def test_masters_that_run_etcd_get_no_etcd_flags() -> None:
@@ -232,18 +234,24 @@ def test_the_leader_applies_each_addons_objects_before_or_after_its_release_as_a
     kubectl.chmod(0o755)
     bundle = {
         "addons": [
-            {"install_url": "https://cpi", "install_selector": "vsphere-cpi-infra notin (secret,config)",
+            {"name": "vsphere-cpi", "version": "v1.30.1", "install_url": "https://cpi",
+             "install_selector": "vsphere-cpi-infra notin (secret,config)",
              "namespace": "kube-system", "objects_first": True, "wait_for_release": False, "manifest": "a"},
-            {"install_url": "https://metallb", "namespace": "metallb-system", "wait_for_release": True,
-             "manifest": "b"},
+            {"name": "metallb", "version": "v0.14.9", "install_url": "https://metallb",
+             "namespace": "metallb-system", "wait_for_release": True, "manifest": "b"},
         ]
     }  # fmt: skip
     (tmp_path / "addons.json").write_text(json.dumps(bundle))
     calls = tmp_path / "calls"
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CALLS": str(calls)}
-    subprocess.run(
-        ["python3", "-", str(tmp_path / "addons.json")], input=program, text=True, env=env, check=True
-    )
+    done = subprocess.run(
+        ["python3", "-", str(tmp_path / "addons.json")],
+        input=program, text=True, env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    assert done.stdout.splitlines() == [  # the progress lines the simulated nodes read too
+        "pke-vsphere: applied add-on vsphere-cpi@v1.30.1",
+        "pke-vsphere: applied add-on metallb@v0.14.9",
+    ]
     assert calls.read_text().splitlines() == [
         "--request-timeout=60s apply -f -",
         "--request-timeout=60s apply -f https://cpi -l vsphere-cpi-infra notin (secret,config)",
@@ -297,7 +305,7 @@ def test_the_node_takes_its_address_from_the_node_api_and_checks_it_is_its_own()
     script = cloudinit.written_file(render(NodeKind.MASTER, 2), cloudinit.SCRIPT_FILE)
     assert "route get" not in script
     assert script.count("json node_address)") == 2  # from the bootstrap material and the join answer
-    assert '"address\\":\\"$ADVERTISE_ADDRESS\\"' in script  # reported back for the orchestrator to compare
+    assert 'report joined "$ADVERTISE_ADDRESS"' in script  # reported back for the orchestrator to compare
     assert run_helpers("own_address 127.0.0.1").returncode == 0
     refused = run_helpers("own_address 192.0.2.1")
     assert refused.returncode == 1 and "192.0.2.1, is on none of its interfaces" in refused.stderr
@@ -335,12 +343,14 @@ def test_pke_install_gets_each_spec_value_as_one_word(tmp_path: Path) -> None:
 
 
 def test_the_token_reaches_curl_only_in_a_private_file_and_is_gone_after_the_report(tmp_path: Path) -> None:
-    """The script's credential handling, with a curl on PATH that records what it is given."""
+    """The script's credential handling, under a root of its own (PKE_VSPHERE_ROOT, as
+    the simulated nodes run it), with a curl on PATH that records what it is given."""
     script = cloudinit.written_file(render(NodeKind.WORKER), cloudinit.SCRIPT_FILE)
-    part = script[script.index("TOKEN_FILE=") : script.index("\n# --- the bootstrap ---")]
-    part = part.replace("/etc/pke-vsphere/token", str(tmp_path / "token"))
-    part = part.replace("/run/pke-vsphere", str(tmp_path / "run"))
-    (tmp_path / "token").write_text("header.payload.signature\n")
+    part = script[script.index('ROOT="${PKE_VSPHERE_ROOT:-}"') : script.index("\n# --- the bootstrap ---")]
+    (tmp_path / "etc/pke-vsphere").mkdir(parents=True)
+    (tmp_path / "etc/pke-vsphere/node.env").write_text("PKE_VSPHERE_NODE_API=https://o\n")
+    token = tmp_path / "etc/pke-vsphere/token"
+    token.write_text("header.payload.signature\n")
     curl = tmp_path / "bin" / "curl"
     curl.parent.mkdir()
     curl.write_text(
@@ -351,17 +361,19 @@ def test_the_token_reaches_curl_only_in_a_private_file_and_is_gone_after_the_rep
         "echo '{\"accepted\": true}'\n"
     )
     curl.chmod(0o755)
-    env = {"PATH": f"{curl.parent}:/usr/bin:/bin", "LOG": str(tmp_path), "PKE_VSPHERE_NODE_API": "https://o"}
-    subprocess.run(
-        ["bash", "-c", f'set -euo pipefail\n{part}\nreport \'{{"kind":"joined"}}\''],
+    env = {"PATH": f"{curl.parent}:/usr/bin:/bin", "LOG": str(tmp_path), "PKE_VSPHERE_ROOT": str(tmp_path)}
+    reported = subprocess.run(
+        ["bash", "-c", f"set -euo pipefail\n{part}\nreport joined 10.0.0.7"],
         env=env, cwd=tmp_path, capture_output=True, text=True, check=True,
     )  # fmt: skip
+    assert reported.stdout == "pke-vsphere: reported joined\n"
     argv = (tmp_path / "argv").read_text()
     assert "header.payload.signature" not in argv and "-H\n@" in argv
+    assert '{"kind": "joined", "address": "10.0.0.7"}' in argv.splitlines()
     headers = (tmp_path / "headers").read_text().splitlines()
     assert headers[0] == "Authorization: Bearer header.payload.signature"
     name, _, key = headers[1].partition(": ")
     assert name == "X-PKE-Node-Key" and len(key) == 43 and key.replace("-", "").replace("_", "").isalnum()
     assert (tmp_path / "modes").read_text().split() == ["600"]
-    assert not (tmp_path / "token").exists()
-    assert not (tmp_path / "run" / "api-headers").exists()
+    assert not token.exists()
+    assert not (tmp_path / "run" / "pke-vsphere" / "api-headers").exists()

@@ -123,3 +123,32 @@ async def test_a_shared_control_plane_runs_workloads_on_its_three_nodes_without_
     for node in status.nodes:
         args = install_args(stack, name, node.name)
         assert [a for a in args if a.startswith("--taints")] == ["--taints="]  # no NoSchedule
+
+
+async def test_a_control_plane_on_port_8443_is_installed_checked_and_joined_on_8443(stack: Stack) -> None:
+    name = unique("port")
+    vip = unique_vip()
+    spec = cluster_spec(name, masters=3, workers=1, control_plane={"vip": vip, "port": 8443})
+    await clusters.create(stack.client, spec, stack.task_queue)
+    status = await wait_until_settled(stack, name)
+    assert status.phase is ClusterPhase.READY, status.error
+    assert all(n.phase is NodePhase.READY for n in status.nodes), status.nodes
+
+    # pke install, as the script ran it: every master's API server binds 8443.
+    for index in (1, 2, 3):
+        master = stack.nodes.nodes[f"{name}-master-0{index}"]
+        assert f"--kubernetes-advertise-address={master.ip}:8443" in master.pke_args, master.pke_args
+        assert f"--kubernetes-api-server={vip}:8443" in master.pke_args
+        # keepalived checks the API server on that port.
+        assert master.root is not None
+        conf = (master.root / "etc/keepalived/keepalived.conf").read_text()
+        assert "https://127.0.0.1:8443/healthz" in conf and ":6443" not in conf
+    worker = stack.nodes.nodes[f"{name}-workers-01"]
+    assert f"--kubernetes-api-server={vip}:8443" in worker.pke_args
+
+    # The endpoint: the leader's API answers on the VIP at 8443, and the orchestrator and
+    # every node used it there (the join tokens were installed through it).
+    assert status.services is not None and status.services.api_endpoint == f"{vip}:8443"
+    kube = stack.nodes.cluster_apis[name]
+    assert f"{vip}:8443" in kube.addresses and not any(a.endswith(":6443") for a in kube.addresses)
+    assert len(kube.objects.secrets_created) == 3  # one join token per joining node

@@ -1,8 +1,10 @@
 """Determinism: recorded histories replay against the current workflow code.
 
-``tests/histories/*.json`` hold histories of earlier versions (key material
-redacted); a change that breaks replay of a running cluster fails here. To
-record new ones: ``PKE_VSPHERE_RECORD_HISTORIES=v4 pytest tests/test_replay.py``.
+``tests/histories/*.json`` hold histories recorded by released versions (key
+material redacted), from the 0.2.0 baseline on: a change to a workflow that
+alters its commands fails here unless it is guarded by ``workflow.patched``.
+Stored histories are only ever added, never rewritten (tests/test_history_files.py).
+To record a version's set: ``PKE_VSPHERE_RECORD_HISTORIES=0.3.0 pytest tests/test_replay.py``.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ async def test_a_cluster_lifetime_replays_against_the_current_code(stack: Stack)
     await clusters.create(stack.client, spec, stack.task_queue)
     await wait_until_settled(stack, name)
     handle = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
-    await handle.execute_update(Update.SCALE_POOL, {"pool": "workers", "size": 2})
+    scale = await clusters.scale(stack.client, name, "workers", 2, stack.task_queue)  # as schedules do
+    await scale.result()
     await handle.execute_update(Update.SCALE_POOL, {"pool": "workers", "size": 1})
     await handle.execute_update(Update.RECONCILE, {})
     await (await clusters.delete(stack.client, name, stack.task_queue)).result()
@@ -95,6 +98,7 @@ async def test_a_cluster_lifetime_replays_against_the_current_code(stack: Stack)
             "cluster": ids.cluster_workflow_id(name),
             "master": ids.node_workflow_id(name, f"{name}-master-01"),
             "workers": ids.node_workflow_id(name, f"{name}-workers-01"),
+            "scale": scale.id,
             "delete": ids.delete_workflow_id(name),
         },
     )
@@ -128,6 +132,7 @@ async def replay_and_record(stack: Stack, workflow_ids: dict[str, str]) -> None:
         version = os.environ.get("PKE_VSPHERE_RECORD_HISTORIES")
         if version:
             target = HISTORIES / f"{kind}-{version}.json"
+            assert not target.exists(), f"{target.name} exists: stored histories are never rewritten"
             plain = await redact(history.to_json_dict(), converter.payload_codec)
             record = {"workflow_id": workflow_id, "history": plain}
             target.write_text(json.dumps(record, indent=1) + "\n")
