@@ -34,7 +34,15 @@ from workflows.node import NodeWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 _PEM = re.compile(r"-----BEGIN [A-Z ]+-----[^-]+-----END [A-Z ]+-----")
-_SECRET_FIELDS = re.compile(r'"(token|encryption_secret|vrrp_password)":"[^"]*"')
+_SECRET_FIELDS = re.compile(r'"(token|encryption_secret|vrrp_password)":"([^"]*)"')
+_BOOTSTRAP_TOKEN = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
+
+
+def _redacted(match: re.Match[str]) -> str:
+    """A secret field's value replaced; a kubeadm token by one of the same shape, since
+    the workflow derives the token id it deletes from it."""
+    value = "redact.0000000000000000" if _BOOTSTRAP_TOKEN.match(match[2]) else "REDACTED"
+    return f'"{match[1]}":"{value}"'
 
 
 def replayer(converter: DataConverter = DATA_CONVERTER) -> Replayer:
@@ -65,7 +73,7 @@ async def redact(history_json: dict[str, object], codec: PayloadCodec | None) ->
         if codec is not None:
             (payload,) = await codec.decode([payload])
         text = payload.data.decode(errors="replace")
-        text = _SECRET_FIELDS.sub(r'"\1":"REDACTED"', _PEM.sub("REDACTED", text))
+        text = _SECRET_FIELDS.sub(_redacted, _PEM.sub("REDACTED", text))
         payload.data = text.encode()
         node.clear()
         node.update(json_format.MessageToDict(payload))
