@@ -44,8 +44,9 @@ pytest_plugins = ["tests.workers"]
 INSTALLATION_ID = "tests"
 
 # Fixtures that start a real server (Temporal, the simulator, etcd, the node API) or
-# a worker. A test that uses none of them, directly or not, is in the fast tier:
-# ``make test-unit`` runs ``pytest -m unit``.
+# a worker. A test that uses none of them, directly or not, and starts no process of
+# the product (marked ``processes``), is in the fast tier: ``make test-unit`` runs
+# ``pytest -m unit``.
 SERVER_FIXTURES = {
     "temporal_env",
     "vcsim",
@@ -63,7 +64,8 @@ SERVER_FIXTURES = {
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if not SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        starts_processes = item.get_closest_marker("processes") is not None
+        if not starts_processes and not SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.unit)
 
 

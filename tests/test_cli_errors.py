@@ -71,6 +71,7 @@ def _without_root_file_access() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
+@pytest.mark.processes
 def test_an_unreadable_spec_file_is_one_line_from_the_real_command(tmp_path: Path) -> None:
     """The ``pke-vsphere`` entry point in its own process, as a user runs it."""
     path = tmp_path / "cluster.yaml"

@@ -258,6 +258,7 @@ async def test_each_clusters_masters_reach_only_its_own_prefix_and_its_etcd_user
     await (await clusters.delete(stack.client, b, stack.task_queue)).result()
 
 
+@pytest.mark.processes  # an etcd of its own, without authentication
 def test_preflight_refuses_an_etcd_without_authentication(tmp_path: Path) -> None:
     """Without it any client certificate of the CA reads every cluster's keys."""
     server = EtcdServer(tmp_path, auth=False)

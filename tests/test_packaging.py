@@ -7,10 +7,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 IMPORT_NAMES = {"pke_vsphere", "workflows", "activities", "starter", "worker"}
 
 
+@pytest.mark.processes  # pip builds the wheel
 def test_the_wheel_installs_only_the_products_import_names(tmp_path: Path) -> None:
     subprocess.run(
         [

@@ -19,6 +19,8 @@ from pke_vsphere.codec.server import create_app
 from pke_vsphere.pki.node_tokens import create_signing_key, write_public_key
 from tests.harness import ROOT, serve_app
 
+pytestmark = pytest.mark.processes  # each test runs the real entry points
+
 # Nothing listens here: a process that got past its checks fails to connect instead.
 NOWHERE = "127.0.0.1:9"
 # A listen address off loopback (documentation range): refused before anything binds it.
