@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,12 @@ from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus
 from pke_vsphere.runtime import temporal
 from starter import clusters, schedules, spec_file, vcenter_steps
 from starter.progress import console, render, watch
+
+
+def _connect_problem(exc: Exception) -> str:
+    """The operating system's words in the SDK's connect error (``Connection refused``), if any."""
+    found = re.search(r'message: "([^"]+)"', str(exc))
+    return found[1].lower() if found else str(exc)
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -200,7 +207,7 @@ async def run(argv: Sequence[str] | None = None, client: Client | None = None) -
             try:
                 client = await temporal.connect(settings)
             except RuntimeError as exc:  # the SDK's "Failed client connect: ..."
-                return _fail(f"cannot reach Temporal at {settings.temporal_address}: {exc}")
+                return _fail(f"cannot reach Temporal at {settings.temporal_address}: {_connect_problem(exc)}")
         match args.command:
             case "create":
                 assert spec is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,17 @@ async def test_a_cluster_that_does_not_exist_is_one_line_for_every_command(
     handle = stack.client.get_workflow_handle(f"pke-delete-{name}")
     with pytest.raises(Exception, match="not found"):  # the delete started nothing
         await handle.describe()
+
+
+async def test_an_unreachable_temporal_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("PKE_VSPHERE_TEMPORAL_ADDRESS", f"127.0.0.1:{port}")
+    monkeypatch.setenv("PKE_VSPHERE_ALLOW_UNENCRYPTED_PAYLOADS", "true")
+    assert await cli.run(["status", "demo"]) == 1
+    assert (
+        capsys.readouterr().out == f"error: cannot reach Temporal at 127.0.0.1:{port}: connection refused\n"
+    )

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
+from temporalio import workflow
 from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHistory
 from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.worker import Replayer
 
 from pke_vsphere.contracts import ids
-from pke_vsphere.contracts.protocol import Update
+from pke_vsphere.contracts.messages import NodeReportKind, NodeResult, NodeWorkflowInput
+from pke_vsphere.contracts.protocol import Update, WorkflowType
 from pke_vsphere.runtime.temporal import DATA_CONVERTER
 from starter import clusters
 from tests.clusters import external_etcd_control_plane, wait_until_settled
@@ -154,3 +156,39 @@ async def test_stored_histories_replay(path: Path) -> None:
     history = WorkflowHistory.from_json(record["workflow_id"], record["history"])
     result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
+
+
+# NodeWorkflow with one change to its commands: the node's credentials are not taken
+# back after its report, as is and behind workflow.patched.
+@workflow.defn(name=WorkflowType.NODE, sandboxed=False)
+class _UnguardedChange(NodeWorkflow):
+    @workflow.run
+    async def run(self, input: NodeWorkflowInput) -> NodeResult:
+        return await super().run(input)
+
+    async def _take_credentials_back(self, vm_ref: str, report: NodeReportKind) -> None:
+        return None
+
+
+@workflow.defn(name=WorkflowType.NODE, sandboxed=False)
+class _GuardedChange(NodeWorkflow):
+    @workflow.run
+    async def run(self, input: NodeWorkflowInput) -> NodeResult:
+        return await super().run(input)
+
+    async def _take_credentials_back(self, vm_ref: str, report: NodeReportKind) -> None:
+        if not workflow.patched("credentials-kept"):
+            await super()._take_credentials_back(vm_ref, report)
+
+
+@pytest.mark.parametrize("changed", [_UnguardedChange, _GuardedChange], ids=["unguarded", "guarded"])
+async def test_a_change_to_a_workflows_commands_replays_the_baseline_only_when_guarded(changed: type) -> None:
+    record = json.loads((HISTORIES / "workers-0.2.0.json").read_text())
+    history = WorkflowHistory.from_json(record["workflow_id"], record["history"])
+    replayer = Replayer(workflows=[changed], data_converter=DATA_CONVERTER)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    if changed is _GuardedChange:
+        assert result.replay_failure is None, result.replay_failure
+    else:
+        assert result.replay_failure is not None
+        assert "nondetermin" in str(result.replay_failure).lower(), result.replay_failure
