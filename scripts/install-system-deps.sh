@@ -2,11 +2,11 @@
 # Debian packages the project needs: Go, govmomi's source and patch (the vCenter
 # simulator build) and keepalived (the tests check every rendered configuration
 # with `keepalived --config-test`) and etcd (the external-etcd topology is tested
-# against a real etcd server with client-certificate authentication) and curl (the
-# simulated nodes run the real bootstrap script, which calls the node API with it).
+# against a real etcd server with client-certificate authentication), and curl and
+# python3 (the simulated nodes run the real bootstrap script, which uses both).
 # Installs only what is missing; runs apt-get update once first.
 set -euo pipefail
-packages=(golang-go golang-github-vmware-govmomi-dev patch keepalived etcd-server curl)
+packages=(golang-go golang-github-vmware-govmomi-dev patch keepalived etcd-server curl python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

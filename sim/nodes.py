@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
-import os
 import random
 import re
 import secrets
@@ -91,6 +90,8 @@ class BootedNode:
     output: list[str] = field(default_factory=list, repr=False)
     """What the bootstrap script printed (cloud-init-output.log)."""
 
+
+NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # The script's progress lines (``say`` in script.sh) and the events they are.
 _EVENTS = {
@@ -328,7 +329,8 @@ class SimulatedNodes:
     def _script_env(self, node: BootedNode) -> dict[str, str]:
         other = self.other_network_ip(node.ip)
         return {
-            "PATH": f"{self._bin}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
+            # A node's own PATH (not this process's: a VM has no virtualenv or pyenv shims).
+            "PATH": f"{self._bin}:{NODE_PATH}",
             "HOME": str(node.root),
             "TMPDIR": str(node.root),
             "LANG": "C.UTF-8",

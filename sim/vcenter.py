@@ -203,7 +203,7 @@ class Simulator:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=3)  # it may wait for idle connections; nothing to keep
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

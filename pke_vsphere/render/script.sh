@@ -6,7 +6,7 @@ set -euo pipefail
 # Every path is under $PKE_VSPHERE_ROOT: empty on a node; the simulated nodes run
 # this very script, unprivileged, each under a directory of its own.
 ROOT="${PKE_VSPHERE_ROOT:-}"
-# The base of the pause between asking again (seconds; each pause is 1-3 times it).
+# The base of the pause between asking again (seconds; each pause is 1-2 times it).
 RETRY_SECONDS="${PKE_VSPHERE_RETRY_SECONDS:-5}"
 . "$ROOT/etc/pke-vsphere/node.env"
 TOKEN_FILE="$ROOT/etc/pke-vsphere/token"
@@ -25,7 +25,7 @@ HEADERS="$ROOT/run/pke-vsphere/api-headers"
 )
 forget_credentials() { rm -f "$TOKEN_FILE" "$HEADERS"; }
 say() { echo "pke-vsphere: $*"; }
-pause() { awk -v b="$RETRY_SECONDS" -v r="$RANDOM" 'BEGIN { printf "%.2f", b * (1 + 2 * r / 32767) }'; }
+pause() { awk -v b="$RETRY_SECONDS" -v r="$RANDOM" 'BEGIN { printf "%.2f", b * (1 + r / 32767) }'; }
 
 api() { # METHOD PATH [JSON]
   curl --fail-with-body --silent --show-error --max-time 30 \
