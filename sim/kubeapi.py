@@ -248,9 +248,9 @@ class StandInKubeAPI:
         self._servers[(host, port)] = (server, task)
 
     async def stop(self) -> None:
-        for server, task in self._servers.values():
+        for server, _ in self._servers.values():
             server.should_exit = True
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*(task for _, task in self._servers.values()), return_exceptions=True)
         self._servers.clear()
         self._dir.cleanup()
 

@@ -564,8 +564,9 @@ class SimulatedNodes:
         return kube
 
     async def stop_apis(self) -> None:
-        for kube in {id(k): k for k in self.kube_apis.values()}.values():
-            await kube.stop()
+        """Stop every stand-in API server at once (each takes a few tenths of a second)."""
+        apis = {id(k): k for k in [*self.kube_apis.values(), *self.cluster_apis.values()]}
+        await asyncio.gather(*(kube.stop() for kube in apis.values()))
         self.kube_apis.clear()
         self.cluster_apis.clear()
 
