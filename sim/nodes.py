@@ -22,6 +22,7 @@ bootstrap of its own that reports another address.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import json
 import random
@@ -646,7 +647,18 @@ def main() -> None:
         join_poll_seconds=2.0,
         behaviours=behaviours,
     )
-    asyncio.run(agent.run())
+    asyncio.run(_until_terminated(agent))
+
+
+async def _until_terminated(agent: SimulatedNodes) -> None:
+    """Run the agent until SIGTERM (``make down``), then let it stop its scripts, its
+    stand-in APIs and remove the nodes' files."""
+    import signal
+
+    task = asyncio.create_task(agent.run())
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 if __name__ == "__main__":
