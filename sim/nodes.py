@@ -247,8 +247,8 @@ class SimulatedNodes:
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
             control.close()
-            await self.stop_apis()
             shutil.rmtree(self._work, ignore_errors=True)
+            await self.stop_apis()
 
     async def _boot(self, vm: Any, extra: dict[str, str], uuid: str) -> None:
         name = extra.get(guestinfo.MARKER_NODE, vm._moId)
