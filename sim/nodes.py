@@ -442,15 +442,21 @@ class SimulatedNodes:
         ca_hash = flags.get("--kubernetes-api-server-ca-cert-hash", "")
         if not TOKEN_PATTERN.match(token) or not ca_hash.startswith("sha256:"):
             return 1, "", "kubeadm join: malformed bootstrap token or CA hash\n"
+        if not self._join(node, endpoint, token):
+            return 1, "", f"kubeadm join: the API server at {endpoint} rejected the bootstrap token\n"
+        return 0, f"[join] {node.name} joined {endpoint}\n", ""
+
+    def _join(self, node: BootedNode, endpoint: str, token: str) -> bool:
+        """What kubeadm join does: the API server at ``endpoint`` must hold the token;
+        then the kubelet registers its Node (a worker's pods with it)."""
         serving = self.kube_apis.get(endpoint)
         if serving is None or not serving.accepts_token(token):
             node.events.append((time.time(), "token-rejected"))
-            return 1, "", f"kubeadm join: the API server at {endpoint} rejected the bootstrap token\n"
-        serving.register_node(
-            node.name, node.pool, node.kind, pods=self.pods_per_worker if node.kind == "worker" else 0
-        )
+            return False
+        pods = self.pods_per_worker if node.kind == "worker" else 0
+        serving.register_node(node.name, node.pool, node.kind, pods=pods)
         self._bootstrapped.add(node.uuid)
-        return 0, f"[join] {node.name} joined {endpoint}\n", ""
+        return True
 
     def _kubectl(self, node: BootedNode, args: list[str], stdin: str) -> tuple[int, str, str]:
         """``kubectl apply -f -|URL [-l SELECTOR]`` and ``kubectl wait ...`` on the leader."""
@@ -516,12 +522,9 @@ class SimulatedNodes:
             base_url=env["PKE_VSPHERE_NODE_API"], headers=headers, timeout=30
         ) as api:
             join = await self._fetch(api, "/v1/nodes/self/join")
-            serving = self.kube_apis.get(join["api_endpoint"])
-            if serving is None or not serving.accepts_token(join["token"]):
+            if not self._join(node, join["api_endpoint"], join["token"]):
                 await self._post(api, {"kind": "failed", "message": "the API server rejected the token"})
                 return
-            serving.register_node(node.name, node.pool, node.kind, pods=0)
-            self._bootstrapped.add(node.uuid)
             await self._post(api, {"kind": "joined", "address": self.other_network_ip(join["node_address"])})
             node.events.append((time.time(), "reported-joined"))
 
