@@ -30,8 +30,12 @@ imports: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Every test, in PYTEST_WORKERS processes (pytest-xdist), each with a stack of its own
+# (Temporal, the simulator, etcd, the node API, simulated nodes); a file's tests stay
+# in one process, as its module fixtures expect.
+PYTEST_WORKERS ?= 2
 pytest: venv system-deps simulator cloud-init-schema
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 # The fault-injection tests, RUNS times with a different fault seed each, and their figures.
 RUNS ?= 3

@@ -116,12 +116,15 @@ def script_event(line: str) -> str | None:
 
 
 _PREFIXES_TAKEN: set[str] = set()
+# Where an agent given no prefix draws one (the demo); the tests hand out the
+# prefixes below, a share to each of their processes.
+DEFAULT_PREFIXES = range(150, 251)
 
 
 def _free_prefix() -> str:
     """A 127.N prefix no other agent of this process has; drawn from the OS's
     randomness, which test frameworks that seed ``random`` do not repeat."""
-    choices = [f"127.{n}" for n in range(64, 251) if f"127.{n}" not in _PREFIXES_TAKEN]
+    choices = [f"127.{n}" for n in DEFAULT_PREFIXES if f"127.{n}" not in _PREFIXES_TAKEN]
     prefix = random.SystemRandom().choice(choices)
     _PREFIXES_TAKEN.add(prefix)
     return prefix

@@ -30,6 +30,7 @@ from pke_vsphere.pki.node_tokens import NodeTokenSigner, create_signing_key, loa
 from pke_vsphere.runtime import logs
 from pke_vsphere.runtime.temporal import data_converter
 from pke_vsphere.vsphere.session import VCenterSession
+from sim import nodes as sim_nodes_module
 from sim import vcenter
 from sim.nodes import SimulatedNodes
 from tests.etcd_server import EtcdServer
@@ -125,7 +126,9 @@ async def node_api_url(client: Client, key_file: Path, etcd: EtcdServer) -> Asyn
 
 @pytest.fixture(scope="session")
 async def sim_nodes(vcsim: vcenter.Simulator) -> AsyncIterator[SimulatedNodes]:
-    agent = SimulatedNodes(vcsim.connect, boot_seconds=0.3, join_poll_seconds=0.3, scan_seconds=0.2)
+    agent = SimulatedNodes(
+        vcsim.connect, boot_seconds=0.3, join_poll_seconds=0.3, scan_seconds=0.2, ip_prefix=node_prefix()
+    )
     task = asyncio.create_task(agent.run())
     yield agent
     task.cancel()
@@ -203,13 +206,26 @@ async def stack(
             yield Stack(client, task_queue, vsphere, vcsim, sim_nodes, node_api_url, etcd)
 
 
+# pytest-xdist runs the suite in several processes ("gw0", "gw1", ...), each with a
+# stack of its own; each takes its own share of the loopback addresses.
+WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 _vips = itertools.count(2)
+_node_prefixes = itertools.count(64 + 20 * WORKER_INDEX)
 
 
 def unique_vip() -> str:
-    """Every test cluster gets its own VIP: its stand-in API server binds it."""
+    """Every test cluster gets its own VIP: its stand-in API server binds it.
+    Worker K's are under 127.0.(11 + 20K).0, 5000 of them."""
     n = next(_vips)
-    return f"127.0.{11 + n // 250}.{n % 250 + 1}"
+    return f"127.0.{11 + 20 * WORKER_INDEX + n // 250}.{n % 250 + 1}"
+
+
+def node_prefix() -> str:
+    """A 127.N prefix for one agent of simulated nodes: worker K takes 127.(64 + 20K)
+    and up, below the range an agent draws from when it is given none (the demo)."""
+    n = next(_node_prefixes)
+    assert n < 64 + 20 * (WORKER_INDEX + 1) and n < sim_nodes_module.DEFAULT_PREFIXES.start, n
+    return f"127.{n}"
 
 
 def cluster_spec(name: str, *, masters: int = 3, workers: int = 2, **overrides: Any) -> ClusterSpec:

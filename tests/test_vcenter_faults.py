@@ -23,7 +23,7 @@ from sim.faultproxy import FaultProxy, FaultRates
 from sim.nodes import SimulatedNodes
 from starter import clusters
 from tests.clusters import wait_until_settled
-from tests.conftest import Stack, cluster_spec, unique, vcenter_settings, vsphere_activities
+from tests.conftest import Stack, cluster_spec, node_prefix, unique, vcenter_settings, vsphere_activities
 from tests.harness import STATE_DIR, vms_of_cluster
 from tests.reliability import Run
 
@@ -48,7 +48,9 @@ class FaultyStack:
 @pytest.fixture(scope="module")
 async def faulty(stack: Stack, key_file: Path) -> AsyncIterator[FaultyStack]:
     sim = vcenter.start(STATE_DIR, session_idle_timeout=SESSION_IDLE)
-    nodes = SimulatedNodes(sim.connect, boot_seconds=0.3, join_poll_seconds=0.3, scan_seconds=0.2)
+    nodes = SimulatedNodes(
+        sim.connect, boot_seconds=0.3, join_poll_seconds=0.3, scan_seconds=0.2, ip_prefix=node_prefix()
+    )
     agent = asyncio.create_task(nodes.run())
     try:
         async with FaultProxy(sim.url, FaultRates(), seed=SEED) as proxy:
