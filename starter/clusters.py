@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
@@ -46,10 +47,13 @@ async def create(client: Client, spec: ClusterSpec, task_queue: str) -> Workflow
         ) from None
 
 
-async def status(client: Client, name: str) -> ClusterStatus:
+async def status(client: Client, name: str, rpc_timeout: timedelta | None = None) -> ClusterStatus:
+    """The cluster's status query; ``rpc_timeout`` bounds the call (None: the SDK's default)."""
     handle = client.get_workflow_handle(ids.cluster_workflow_id(name))
     try:
-        result: ClusterStatus = await handle.query(Query.STATUS, result_type=ClusterStatus)
+        result: ClusterStatus = await handle.query(
+            Query.STATUS, result_type=ClusterStatus, rpc_timeout=rpc_timeout
+        )
     except RPCError as exc:
         if exc.status is RPCStatusCode.NOT_FOUND:
             raise NoSuchCluster(name) from None
@@ -66,6 +70,18 @@ async def exists(client: Client, name: str) -> bool:
             return False
         raise
     return True
+
+
+async def closed(client: Client, name: str) -> bool:
+    """Whether the cluster's workflow has ended (or never was). Raises RPCError when
+    Temporal cannot tell."""
+    try:
+        description = await client.get_workflow_handle(ids.cluster_workflow_id(name)).describe()
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            return True
+        raise
+    return description.status is not WorkflowExecutionStatus.RUNNING
 
 
 async def list_clusters(client: Client) -> list[tuple[str, WorkflowExecutionStatus | None]]:

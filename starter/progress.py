@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from pke_vsphere.contracts.messages import VCenterProgress
@@ -121,12 +122,39 @@ def transitions(before: ClusterStatus | None, after: ClusterStatus) -> list[str]
     return lines
 
 
-async def _poll(client: Client, name: str) -> ClusterStatus | None:
-    """The cluster's status, or None once its workflow answers no more."""
-    try:
-        return await clusters.status(client, name)
-    except RPCError:
-        return None
+# How long one status query may take while watching, and the waits between
+# attempts when Temporal or the cluster's worker does not answer.
+POLL_TIMEOUT = timedelta(seconds=5)
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 15.0
+
+
+async def _poll(client: Client, name: str, say: Callable[[str], None]) -> ClusterStatus | None:
+    """The cluster's status, or None once its workflow has ended (or is gone).
+
+    An answer that fails for another reason (Temporal restarting, no worker polling,
+    a query refused while the workflow starts or is busy) is transient: say so and
+    ask again, waiting longer each time, up to BACKOFF_MAX seconds."""
+    delay = BACKOFF_FIRST
+    while True:
+        try:
+            return await clusters.status(client, name, rpc_timeout=POLL_TIMEOUT)
+        except clusters.NoSuchCluster:
+            return None
+        except (RPCError, WorkflowQueryFailedError) as exc:
+            problem = exc
+        try:
+            if await clusters.closed(client, name):
+                return None
+        except RPCError as exc:
+            problem = exc
+        say(f"status of {name} unavailable ({_first_line(problem)}); retrying in {delay:.0f} s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, BACKOFF_MAX)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:160]
 
 
 async def watch(
@@ -135,8 +163,13 @@ async def watch(
     until: Callable[[ClusterStatus], bool] = settled,
     interval: float = 1.0,
 ) -> ClusterStatus | None:
-    """Show progress until ``until(status)`` holds or the cluster's workflow stops answering."""
-    current = await _poll(client, name)
+    """Show progress until ``until(status)`` holds or the cluster's workflow has ended.
+    Status that cannot be had for a while is reported and asked for again."""
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, style="yellow")
+
+    current = await _poll(client, name, say)
     if current is None:
         return None
     if not console.is_terminal:
@@ -147,7 +180,7 @@ async def watch(
             if until(current):
                 break
             await asyncio.sleep(interval)
-            latest = await _poll(client, name)
+            latest = await _poll(client, name, say)
             if latest is None:
                 break
             previous, current = current, latest
@@ -156,7 +189,7 @@ async def watch(
     with Live(render(current), console=console, refresh_per_second=4) as live:
         while not until(current):
             await asyncio.sleep(interval)
-            latest = await _poll(client, name)
+            latest = await _poll(client, name, live.console.print)
             if latest is None:
                 break
             current = latest

@@ -34,7 +34,7 @@ from sim import nodes as sim_nodes_module
 from sim import vcenter
 from sim.nodes import SimulatedNodes
 from tests.etcd_server import EtcdServer
-from tests.harness import STATE_DIR, STORAGE_ACCOUNTS, serve_node_api, temporal_cli
+from tests.harness import STATE_DIR, STORAGE_ACCOUNTS, WORKER_INDEX, free_port, serve_node_api, temporal_cli
 
 logs.configure(level=os.environ.get("PKE_VSPHERE_LOG_LEVEL", "WARNING"))
 
@@ -84,6 +84,7 @@ async def temporal_env(payload_keys: Path) -> AsyncIterator[WorkflowEnvironment]
         dev_server_existing_path=temporal_cli(),
         data_converter=data_converter(keys.load(payload_keys)),
         ip="127.0.0.1",
+        port=free_port(),
         ui=False,
         dev_server_log_level="error",
     )
@@ -206,9 +207,6 @@ async def stack(
             yield Stack(client, task_queue, vsphere, vcsim, sim_nodes, node_api_url, etcd)
 
 
-# pytest-xdist runs the suite in several processes ("gw0", "gw1", ...), each with a
-# stack of its own; each takes its own share of the loopback addresses.
-WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 _vips = itertools.count(2)
 _node_prefixes = itertools.count(64 + 20 * WORKER_INDEX)
 

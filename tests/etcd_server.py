@@ -7,7 +7,6 @@ it to the orchestrator: a certificate of the root user and the client CA."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,16 +18,10 @@ from pke_vsphere.contracts.pki import EtcdClientCertificate
 from pke_vsphere.etcd import material
 from pke_vsphere.etcd.client import EtcdClient, EtcdUnavailable
 from pke_vsphere.pki.authority import KeyPair, issue, new_ca
+from tests.harness import free_port
 
 CREDENTIAL = "shared-etcd"
 HOSTS = ("127.0.0.1", "127.0.0.2")
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> Path:

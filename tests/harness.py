@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import itertools
 import json
+import os
 import shlex
 import socket
 from collections import Counter
@@ -38,6 +40,28 @@ STORAGE_ACCOUNTS = StorageCredentials(
     {"csi-test": StorageCredential(username="k8s-csi@vsphere.local", password=SecretStr(STORAGE_PASSWORD))}
 )
 STATE_DIR = ROOT / ".state"
+
+# pytest-xdist runs the suite in several processes ("gw0", "gw1", ...), each with a
+# stack of its own and its own share of loopback addresses and ports.
+WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+# Ports for servers a test starts by number (etcd, a Temporal dev server): each
+# process takes its own block, below the kernel's ephemeral range, so neither the
+# other process nor an outgoing connection takes a port between the check and the bind.
+PORT_BLOCK = 1000
+_ports = itertools.count(20000 + PORT_BLOCK * WORKER_INDEX)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, from this process's block."""
+    for port in _ports:
+        assert port < 20000 + PORT_BLOCK * (WORKER_INDEX + 1), "this process used its whole port block"
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("unreachable")
 
 
 def temporal_cli() -> str:

@@ -67,7 +67,7 @@ async def test_delete_during_create_leaves_nothing(stack: Stack) -> None:
     async def workers_cloned() -> bool:
         return sum("-workers-" in vm for vm in vms_of_cluster(stack.sim, name)) == 3
 
-    await wait_for(workers_cloned)
+    await wait_for(workers_cloned, within=60)
     outcome = await (await clusters.delete(stack.client, name, stack.task_queue)).result()
 
     assert len(outcome.destroyed) == 4

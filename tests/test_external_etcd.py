@@ -28,9 +28,10 @@ from starter import clusters
 from tests.clusters import external_etcd_control_plane as external
 from tests.clusters import removal_times, scale, wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
-from tests.etcd_server import CREDENTIAL, EtcdServer, free_port
+from tests.etcd_server import CREDENTIAL, EtcdServer
 from tests.harness import (
     clone_counts,
+    free_port,
     guestinfo_text,
     pke_install_args,
     plain_history,

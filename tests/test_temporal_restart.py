@@ -9,7 +9,6 @@ are the session's.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,17 +27,10 @@ from pke_vsphere.vsphere.session import VCenterSession
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, vcenter_settings, vsphere_activities
-from tests.harness import serve_node_api, vms_of_cluster
+from tests.harness import free_port, serve_node_api, vms_of_cluster
 from tests.reliability import Run
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class DevServer:
