@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from temporalio.exceptions import ApplicationError
 
+from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.commands import AddPoolRequest, RemovePoolRequest, ScaleRequest
 from pke_vsphere.contracts.spec import NodePoolSpec
 from tests.conftest import cluster_spec
@@ -36,7 +37,20 @@ def test_every_command_is_refused_while_the_cluster_is_being_deleted() -> None:
 
 def test_worker_pools_scale_freely_within_bounds() -> None:
     validation.scale(HA, ScaleRequest(pool="workers", size=0), deleting=False)
-    validation.scale(HA, ScaleRequest(pool="workers", size=99), deleting=False)
+    validation.scale(HA, ScaleRequest(pool="workers", size=997), deleting=False)  # 3 + 997 = 1000
+    assert refused(lambda: validation.scale(HA, ScaleRequest(pool="workers", size=998), deleting=False)) == (
+        "pool workers: 998 nodes would make 1001 in the cluster, more than 1000"
+    )
+
+
+def test_node_names_keep_two_digits_up_to_99_and_count_on_to_999() -> None:
+    assert [ids.node_name("c", "w", i) for i in (1, 9, 99, 100, 999)] == [
+        "c-w-01",
+        "c-w-09",
+        "c-w-99",
+        "c-w-100",
+        "c-w-999",
+    ]
 
 
 def test_master_pool_rules() -> None:
@@ -84,10 +98,10 @@ def test_unknown_pools_are_named_with_the_known_ones() -> None:
 
 
 def test_parse_names_each_field_and_rule() -> None:
-    message = refused(lambda: validation.parse(ScaleRequest, {"pool": "", "size": 100}))
+    message = refused(lambda: validation.parse(ScaleRequest, {"pool": "", "size": 1000}))
     assert message.startswith("invalid ScaleRequest: ")
     assert "pool: String should have at least 1 character" in message
-    assert "size: Input should be less than or equal to 99" in message
+    assert "size: Input should be less than or equal to 999" in message
 
 
 def test_an_added_pool_must_keep_the_spec_valid() -> None:

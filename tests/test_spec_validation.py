@@ -60,6 +60,13 @@ BAD_SPECS = [
     ("even masters", pools({**MASTER, "count": 2}, WORKER), "", "1, 3 or 5 nodes"),
     ("zero masters", pools({**MASTER, "count": 0}, WORKER), "", "1, 3 or 5 nodes"),
     ("duplicate pool", pools(MASTER, WORKER, WORKER), "", "repeated: workers"),
+    ("pool of 1000", pools(MASTER, {**WORKER, "count": 1000}), "pools.1.count", "less than or equal to 999"),
+    (
+        "1001 nodes in all",
+        pools(MASTER, {**WORKER, "count": 999}, {**WORKER, "name": "more", "count": 2}),
+        "",
+        "pools: 1004 nodes in all, more than a cluster's 1000",
+    ),
     (
         "pool name upper-case",
         pools(MASTER, {**WORKER, "name": "Workers"}),

@@ -14,7 +14,13 @@ from temporalio.exceptions import ApplicationError
 
 from pke_vsphere.contracts.commands import AddPoolRequest, RemovePoolRequest, ScaleRequest
 from pke_vsphere.contracts.protocol import ErrorType
-from pke_vsphere.contracts.spec import ClusterSpec, NodePoolSpec, NodeRole, validation_problems
+from pke_vsphere.contracts.spec import (
+    MAX_CLUSTER_NODES,
+    ClusterSpec,
+    NodePoolSpec,
+    NodeRole,
+    validation_problems,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -49,6 +55,12 @@ def not_deleting(deleting: bool, spec: ClusterSpec) -> None:
 def scale(spec: ClusterSpec, request: ScaleRequest, deleting: bool) -> None:
     not_deleting(deleting, spec)
     pool = _pool(spec, request.pool)
+    total = sum(p.count for p in spec.pools) - pool.count + request.size
+    if total > MAX_CLUSTER_NODES:
+        raise refuse(
+            f"pool {pool.name}: {request.size} nodes would make {total} in the cluster, "
+            f"more than {MAX_CLUSTER_NODES}"
+        )
     if pool.role is not NodeRole.MASTER:
         return
     topology = spec.control_plane.topology

@@ -19,6 +19,9 @@ def node_workflow_id(cluster: str, node: str) -> str:
 
 
 def node_name(cluster: str, pool: str, index: int) -> str:
+    """``CLUSTER-POOL-NN``: the index (1 to 999) of at least two digits, so the
+    first 99 nodes of a pool keep the names of 0.2.0 (``-01``) and the rest
+    count on (``-100``)."""
     return f"{cluster}-{pool}-{index:02d}"
 
 

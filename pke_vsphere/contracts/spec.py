@@ -21,13 +21,15 @@ _K8S_VERSION = re.compile(r"^1\.(2[6-9]|3[0-9])\.[0-9]{1,2}$")
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*$")
 
-# Node names are "<cluster>-<pool>-NN" and must stay a valid host name label (63).
+# Node names are "<cluster>-<pool>-<index>", the index of at least two digits
+# (01..999; see contracts/ids.py), and must stay a valid host name label (63).
 MAX_CLUSTER_NAME = 30
 MAX_POOL_NAME = 20
 MASTER_COUNTS = (1, 3, 5)
 """Masters that run etcd: an odd number, so that a majority survives a failure."""
 MAX_MASTERS = 5
-MAX_POOL_SIZE = 99
+MAX_POOL_SIZE = 999
+MAX_CLUSTER_NODES = 1000
 
 
 def _rfc1123_label(value: str, what: str, max_len: int) -> str:
@@ -489,6 +491,9 @@ class ClusterSpec(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"pools: names must be unique, repeated: {', '.join(duplicates)}")
+        total = sum(p.count for p in self.pools)
+        if total > MAX_CLUSTER_NODES:
+            raise ValueError(f"pools: {total} nodes in all, more than a cluster's {MAX_CLUSTER_NODES}")
         masters = [p for p in self.pools if p.role is NodeRole.MASTER]
         if len(masters) != 1:
             raise ValueError(f"pools: need exactly one master pool, found {len(masters)}")
