@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo down test test-unit lint imports typecheck pytest reliability venv system-deps simulator cloud-init-schema clean
+.PHONY: demo down test test-unit lint imports typecheck pytest reliability bench venv system-deps simulator cloud-init-schema clean
 
 demo: venv system-deps simulator
 	$(BIN)/python -m sim.demo up
@@ -48,6 +48,13 @@ reliability: venv system-deps simulator
 			$(BIN)/pytest -q -o addopts= $(FAULT_TESTS) || exit 1; \
 	done
 	$(BIN)/python scripts/reliability_report.py .state/reliability.jsonl
+
+# Create and delete clusters of 3 + 20 and 3 + 200 nodes on a stack of their own,
+# with realistic simulator durations, and print the figures (sim/bench.py).
+# BENCH_ARGS="--thousand" adds 3 + 997; "--kill-worker 200" a create whose worker is killed.
+BENCH_ARGS ?=
+bench: venv system-deps simulator
+	$(BIN)/python -m sim.bench $(BENCH_ARGS)
 
 venv: $(STAMP)
 

@@ -113,11 +113,12 @@ def _installation_id() -> str:
     return path.read_text().strip()
 
 
-def _node_api_certificate() -> tuple[Path, Path, Path]:
-    """A demo CA and the node API's serving certificate (127.0.0.1); nodes get the CA."""
+def node_api_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """A demo CA and the node API's serving certificate (127.0.0.1) in ``directory``:
+    certificate, key and CA files; nodes get the CA."""
     ca = authority.new_ca("pke-vsphere demo node API CA")
     leaf = authority.issue(ca, "node-api", ip_addresses=("127.0.0.1",), server=True)
-    paths = (STATE / "node-api.crt", STATE / "node-api.key", STATE / "node-api-ca.crt")
+    paths = (directory / "node-api.crt", directory / "node-api.key", directory / "node-api-ca.crt")
     paths[0].write_text(leaf.cert_pem())
     paths[1].write_text(leaf.key_pem())
     paths[1].chmod(0o600)
@@ -179,7 +180,7 @@ def up() -> int:
         payload_keys = STATE / "payload-keys"
         if not payload_keys.exists():
             keys.create(payload_keys, "demo-1")
-        node_api_tls = _node_api_certificate()
+        node_api_tls = node_api_certificate(STATE)
         # The CSI driver's own vCenter account (the simulator accepts any login).
         storage_accounts = STATE / "storage-accounts.yaml"
         storage_accounts.write_text(

@@ -6,6 +6,7 @@ scheme on every ``/v1`` operation and every status code a route answers with;
 ``tests/test_node_api_fuzz.py`` runs schemathesis against it."""
 
 import asyncio
+import time
 from typing import Annotated, Any
 
 import structlog
@@ -176,6 +177,22 @@ def create_app(
         "another node, cluster or incarnation, an expired one, or one whose node is done gets 401 "
         "and changes nothing.",
     )
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: Any) -> Any:
+        """One line per request: its route (never a token), status and duration, for
+        operators and for ``make bench``'s latency figures."""
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        log.info(
+            "nodeapi.request",
+            method=request.method,
+            route=getattr(route, "path", "unmatched"),
+            status=response.status_code,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return response
 
     async def current_node(
         request: Request,

@@ -1,0 +1,554 @@
+"""``make bench``: how fast, and at what cost, a cluster is created and deleted.
+
+For each size (3 masters + 20 and + 200 workers; + 1000 with ``--thousand``) it
+starts a stack of its own on this machine: the embedded Temporal server, the
+vCenter simulator with realistic task durations (clone 5 s, power-on 1 s; the
+simulated guests boot in 20 s), a counting proxy in front of the simulator for
+the worker's traffic, the node API, one ``worker.py`` and the simulated nodes.
+It creates the cluster with ``pke-vsphere create --wait``, then deletes it, and
+reports:
+
+- spec -> Ready, the critical path measured in the same run (the leader's path,
+  from the create's start to its Ready, plus the fastest other node's own path)
+  and their ratio;
+- history events per node of the cluster workflow (all its runs) and of the
+  node workflows;
+- SOAP requests per node by method, the worker's traffic only;
+- CPU seconds and peak RSS of the worker, the Temporal server and the node API;
+- the node API's p50 and p99 latency and its count of 5xx answers;
+- the delete's duration.
+
+``--kill-worker`` SIGKILLs the worker when half the nodes are Ready and starts
+it again, then checks that no VM was cloned twice and no node was given up.
+The figures go to the terminal and to ``.state/bench/latest.json``; the README
+shows the latest. A benchmark, not a test: it asserts only the budgets it prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pyVim import connect
+from pyVmomi import vim
+from temporalio.client import Client
+
+from pke_vsphere.codec import keys
+from pke_vsphere.contracts import ids
+from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodeKind, NodePhase
+from pke_vsphere.pki.node_tokens import create_signing_key, load_signing_key, write_public_key
+from pke_vsphere.runtime.binaries import temporal_binary
+from pke_vsphere.runtime.temporal import data_converter
+from pke_vsphere.vsphere import properties
+from sim import vcenter
+from sim.demo import node_api_certificate
+from sim.faultproxy import FaultProxy, FaultRates
+from starter import clusters
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / ".state" / "bench"
+CLUSTER = "bench"
+VIP = "127.0.200.100"
+TASK_SECONDS = {"CloneVM_Task": 5.0, "PowerOnVM_Task": 1.0, "PowerOffVM_Task": 1.0, "Destroy_Task": 1.0}
+BOOT_SECONDS = 20.0
+CLI = str(Path(sys.executable).parent / "pke-vsphere")
+# The budgets of the scale issue, printed next to each figure.
+RATIO_BUDGET = {20: None, 200: 1.25, 1000: 2.0}
+CLUSTER_EVENTS_BUDGET, NODE_EVENTS_BUDGET, SOAP_BUDGET = 6, 25, 10
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Proc:
+    """A process of the stack, with its log."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def usage(self) -> tuple[float, float]:
+        """CPU seconds (user + system) and peak RSS in MB so far."""
+        pid = self.process.pid
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(stat[11]) + int(stat[12])) / ticks
+        peak = 0.0
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+        return cpu, peak
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class Figures:
+    masters: int
+    workers: int
+    spec_to_ready_s: float = 0.0
+    critical_path_s: float = 0.0
+    ratio: float = 0.0
+    nodes_ready: int = 0
+    nodes_failed: int = 0
+    cli_exit: int | None = None
+    cluster_events_per_node: float = 0.0
+    node_events_per_node: float = 0.0
+    soap_per_node: float = 0.0
+    soap_per_node_by_method: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    node_api_p50_ms: float = 0.0
+    node_api_p99_ms: float = 0.0
+    node_api_requests: int = 0
+    node_api_5xx: int = 0
+    delete_s: float = 0.0
+    vcenter_task_cap: int = 0
+    worker_killed: bool = False
+    clones_per_node_max: int = 0
+    vms_after_create: int = 0
+    vms_after_delete: int = 0
+
+
+class Stack:
+    """One benchmark's processes; ``stop()`` ends them all."""
+
+    def __init__(self, workdir: Path, task_seconds: dict[str, float], boot_seconds: float) -> None:
+        self.dir = workdir
+        self.task_seconds = task_seconds
+        self.boot_seconds = boot_seconds
+        self.procs: dict[str, Proc] = {}
+        self.sim: vcenter.Simulator | None = None
+        self.proxy: FaultProxy | None = None
+        self.temporal_address = f"127.0.0.1:{_free_port()}"
+        self.node_api_port = _free_port()
+        self.payload_keys = workdir / "payload-keys"
+        self.worker_settings = workdir / "worker.env"
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        log = self.dir / f"{name}.log"
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env={**os.environ, **(env or {})},
+            )
+        self.procs[name] = Proc(name, process, log)
+        return self.procs[name]
+
+    async def start(self) -> None:
+        host, port = self.temporal_address.split(":")
+        self._spawn(
+            "temporal",
+            [
+                temporal_binary(),
+                "server",
+                "start-dev",
+                "--ip",
+                host,
+                "--port",
+                port,
+                "--headless",
+                "--log-level",
+                "error",
+                *_recommended_dynamic_config(),
+            ],
+        )
+        self.sim = vcenter.start(
+            ROOT / ".state", task_seconds=self.task_seconds, log_file=self.dir / "vcsim.log"
+        )
+        self.proxy = FaultProxy(self.sim.url, FaultRates())
+        await self.proxy.__aenter__()
+
+        key_file, public_key = self.dir / "node-token.pem", self.dir / "node-token.pub"
+        create_signing_key(key_file)
+        write_public_key(load_signing_key(key_file), public_key)
+        keys.create(self.payload_keys, "bench-1")
+        cert, key, ca = node_api_certificate(self.dir)
+        common = [
+            f"PKE_VSPHERE_TEMPORAL_ADDRESS={self.temporal_address}",
+            "PKE_VSPHERE_VCENTER_INSECURE=true",  # the simulator serves plain HTTP on loopback
+            f"PKE_VSPHERE_VCENTER_USERNAME={self.sim.username}",
+            f"PKE_VSPHERE_VCENTER_PASSWORD={self.sim.password}",
+            f"PKE_VSPHERE_INSTALLATION_ID=bench-{secrets.token_hex(3)}",
+            f"PKE_VSPHERE_NODE_API_URL=https://127.0.0.1:{self.node_api_port}",
+            f"PKE_VSPHERE_NODE_API_TLS_CERT_FILE={cert}",
+            f"PKE_VSPHERE_NODE_API_TLS_KEY_FILE={key}",
+            f"PKE_VSPHERE_NODE_API_CA_FILE={ca}",
+            f"PKE_VSPHERE_NODE_API_LISTEN_PORT={self.node_api_port}",
+            f"PKE_VSPHERE_NODE_TOKEN_KEY_FILE={key_file}",
+            f"PKE_VSPHERE_NODE_TOKEN_PUBLIC_KEY_FILE={public_key}",
+            f"PKE_VSPHERE_PAYLOAD_KEYS_FILE={self.payload_keys}",
+        ]
+        # The worker reaches vCenter through the counting proxy; the simulated
+        # nodes (standing in for VMware Tools) go straight to the simulator.
+        self.worker_settings.write_text("\n".join([*common, f"PKE_VSPHERE_VCENTER_URL={self.proxy.url}", ""]))
+        nodes_settings = self.dir / "nodes.env"
+        nodes_settings.write_text("\n".join([*common, f"PKE_VSPHERE_VCENTER_URL={self.sim.url}", ""]))
+        await self._wait_temporal()
+        python = sys.executable
+        self.start_worker()
+        self._spawn(
+            "node-api",
+            [python, "-m", "pke_vsphere.nodeapi", "--settings", str(self.worker_settings)],
+            {"PKE_VSPHERE_LOG_FORMAT": "json", "PKE_VSPHERE_LOG_LEVEL": "INFO"},
+        )
+        self._spawn(
+            "nodes",
+            [
+                python,
+                "-m",
+                "sim.nodes",
+                "--settings",
+                str(nodes_settings),
+                "--boot-seconds",
+                str(self.boot_seconds),
+            ],
+        )
+        await _until(lambda: _listening(self.node_api_port), "the node API", 60)
+
+    def start_worker(self) -> None:
+        self._spawn(
+            "worker", [sys.executable, str(ROOT / "worker.py"), "--settings", str(self.worker_settings)]
+        )
+
+    async def _wait_temporal(self) -> None:
+        async def healthy() -> bool:
+            try:
+                await Client.connect(self.temporal_address)
+            except Exception:
+                return False
+            return True
+
+        deadline = time.monotonic() + 60
+        while not await healthy():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"Temporal did not come up; see {self.dir}/temporal.log")
+            await asyncio.sleep(0.3)
+
+    async def client(self) -> Client:
+        return await Client.connect(
+            self.temporal_address, data_converter=data_converter(keys.load(self.payload_keys))
+        )
+
+    async def stop(self) -> None:
+        for name in ("nodes", "node-api", "worker", "temporal"):
+            if name in self.procs:
+                self.procs[name].stop()
+        if self.proxy is not None:
+            await self.proxy.__aexit__(None, None, None)
+        if self.sim is not None:
+            self.sim.stop()
+
+
+def _recommended_dynamic_config() -> list[str]:
+    """The dynamic configuration the README recommends, as dev-server flags."""
+    path = ROOT / "deploy" / "temporal" / "dynamicconfig.yaml"
+    if not path.exists():
+        return []
+    args = []
+    for key, entries in (yaml.safe_load(path.read_text()) or {}).items():
+        for entry in entries:
+            if not entry.get("constraints"):
+                args += ["--dynamic-config-value", f"{key}={json.dumps(entry['value'])}"]
+    return args
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def _until(check: Any, what: str, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not come up within {within:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+def spec(workers: int) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "demo-cluster.yaml").read_text())
+    data["name"] = CLUSTER
+    data["control_plane"]["vip"] = VIP
+    data.pop("storage", None)  # the bench stack holds no storage account
+    data["pools"][1]["count"] = workers
+    return data
+
+
+async def _events(client: Client, workflow_id: str) -> int:
+    """History events over every run of a workflow (continue-as-new included)."""
+    total = 0
+    async for run in client.list_workflows(f"WorkflowId = '{workflow_id}'"):
+        history = await client.get_workflow_handle(workflow_id, run_id=run.run_id).fetch_history()
+        total += len(history.events)
+    return total
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _node_api_latency(log: Path) -> tuple[list[float], int]:
+    durations, errors = [], 0
+    for line in log.read_text(errors="replace").splitlines():
+        if '"nodeapi.request"' not in line:
+            continue
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            durations.append(float(entry["ms"]))
+            errors += int(entry["status"]) >= 500
+    return durations, errors
+
+
+async def run_one(masters: int, workers: int, kill_worker: bool, boot_seconds: float) -> Figures:
+    figures = Figures(masters=masters, workers=workers, worker_killed=kill_worker)
+    workdir = Path(tempfile.mkdtemp(prefix=f"pke-bench-{workers}-"))
+    stack = Stack(workdir, TASK_SECONDS, boot_seconds)
+    try:
+        await stack.start()
+        client = await stack.client()
+        assert stack.sim is not None and stack.proxy is not None
+        spec_file = workdir / "cluster.yaml"
+        data = spec(workers)
+        data["pools"][0]["count"] = masters
+        spec_file.write_text(yaml.safe_dump(data))
+        nodes = masters + workers
+        print(f"\n== {masters} + {workers}: creating (logs in {workdir})", flush=True)
+        with (workdir / "cli.log").open("wb") as cli_log:
+            cli = await asyncio.create_subprocess_exec(
+                *[CLI, "--settings", str(stack.worker_settings), "create", "-f", str(spec_file), "--wait"],
+                stdout=cli_log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        status = await _follow(client, nodes, stack if kill_worker else None)
+        figures.cli_exit = await asyncio.wait_for(cli.wait(), 600)
+        await _create_figures(client, status, figures)
+        figures.vms_after_create = len(_cluster_vms(stack.sim))
+        calls = stack.sim.clone_calls()
+        figures.clones_per_node_max = max(
+            (n for name, n in calls.items() if name.startswith(f"{CLUSTER}-")), default=0
+        )
+        figures.soap_per_node_by_method = {
+            method: round(count / nodes, 2) for method, count in sorted(stack.proxy.stats.requests.items())
+        }
+        figures.soap_per_node = round(sum(stack.proxy.stats.requests.values()) / nodes, 1)
+        for name in ("worker", "temporal", "node-api"):
+            cpu, peak = stack.procs[name].usage()
+            figures.cpu_s[name], figures.peak_rss_mb[name] = round(cpu, 1), round(peak)
+        durations, errors = _node_api_latency(stack.procs["node-api"].log)
+        figures.node_api_requests, figures.node_api_5xx = len(durations), errors
+        figures.node_api_p50_ms = round(_percentile(durations, 0.5), 1)
+        figures.node_api_p99_ms = round(_percentile(durations, 0.99), 1)
+
+        print(f"== {masters} + {workers}: deleting", flush=True)
+        started = time.monotonic()
+        handle = await clusters.delete(client, CLUSTER, _task_queue(stack))
+        await handle.result()
+        figures.delete_s = round(time.monotonic() - started, 1)
+        figures.vms_after_delete = len(_cluster_vms(stack.sim))
+    finally:
+        await stack.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+    return figures
+
+
+def _task_queue(stack: Stack) -> str:
+    from pke_vsphere.config import TemporalSettings, load
+
+    return load(TemporalSettings, str(stack.worker_settings)).temporal_task_queue
+
+
+def _cluster_vms(sim: vcenter.Simulator) -> list[str]:
+    si = sim.connect()
+    try:
+        found = properties.find_all(si, vim.VirtualMachine, ["name"])
+        return [props["name"] for _, props in found if props["name"].startswith(f"{CLUSTER}-")]
+    finally:
+        connect.Disconnect(si)
+
+
+async def _follow(client: Client, nodes: int, kill: Stack | None) -> ClusterStatus:
+    """The cluster's status until it settles; with ``kill``, SIGKILL its worker once
+    half the nodes are Ready and start it again."""
+    deadline = time.monotonic() + 3600
+    last = ""
+    while True:
+        await asyncio.sleep(2)
+        try:
+            status = await clusters.status(client, CLUSTER, rpc_timeout=timedelta(seconds=10))
+        except Exception as exc:
+            print(f"   status unavailable: {str(exc).splitlines()[0][:120]}", flush=True)
+            continue
+        ready = sum(n.phase is NodePhase.READY for n in status.nodes)
+        line = f"   {status.phase.value}: {ready}/{nodes} Ready"
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if kill is not None and ready >= nodes // 2:
+            print("   SIGKILL the worker, start it again", flush=True)
+            kill.procs["worker"].process.kill()
+            kill.procs["worker"].process.wait()
+            kill.start_worker()
+            kill = None
+        if status.phase in (ClusterPhase.READY, ClusterPhase.FAILED) or time.monotonic() > deadline:
+            return status
+
+
+async def _create_figures(client: Client, status: ClusterStatus, figures: Figures) -> None:
+    figures.nodes_ready = sum(n.phase is NodePhase.READY for n in status.nodes)
+    figures.nodes_failed = len(status.failed_nodes)
+    cluster_id = ids.cluster_workflow_id(CLUSTER)
+    cluster = await client.get_workflow_handle(cluster_id).describe()
+    started = cluster.start_time
+    # The first run's start: the describe above is of the latest run.
+    async for run in client.list_workflows(f"WorkflowId = '{cluster_id}'"):
+        started = min(started, run.start_time)
+    ends, paths, leader_end = [], [], None
+    for node in status.nodes:
+        description = await client.get_workflow_handle(ids.node_workflow_id(CLUSTER, node.name)).describe()
+        if description.close_time is None:
+            continue
+        ends.append(description.close_time)
+        if node.identity.kind is NodeKind.LEADER:
+            leader_end = description.close_time
+        else:
+            paths.append((description.close_time - description.start_time).total_seconds())
+    if leader_end is None or not ends:
+        return
+    figures.spec_to_ready_s = round((max(ends) - started).total_seconds(), 1)
+    figures.critical_path_s = round((leader_end - started).total_seconds() + min(paths, default=0.0), 1)
+    figures.ratio = (
+        round(figures.spec_to_ready_s / figures.critical_path_s, 2) if figures.critical_path_s else 0.0
+    )
+    figures.cluster_events_per_node = round(await _events(client, cluster_id) / len(status.nodes), 1)
+    sample = status.nodes if len(status.nodes) <= 250 else status.nodes[:: math.ceil(len(status.nodes) / 200)]
+    counts = [await _events(client, ids.node_workflow_id(CLUSTER, n.name)) for n in sample]
+    figures.node_events_per_node = round(statistics.mean(counts), 1)
+
+
+def report(all_figures: list[Figures]) -> str:
+    """The figures as a Markdown table, budgets in brackets where the issue sets one."""
+    rows = [
+        ("create", lambda f: f"{f.masters} + {f.workers}" + (" (worker killed)" if f.worker_killed else "")),
+        ("nodes Ready / failed", lambda f: f"{f.nodes_ready} / {f.nodes_failed}"),
+        ("`create --wait` exit", lambda f: str(f.cli_exit)),
+        ("spec -> Ready", lambda f: f"{f.spec_to_ready_s} s"),
+        ("critical path", lambda f: f"{f.critical_path_s} s"),
+        (
+            "ratio",
+            lambda f: (
+                f"{f.ratio}" + (f" [<= {RATIO_BUDGET.get(f.workers)}]" if RATIO_BUDGET.get(f.workers) else "")
+            ),
+        ),
+        (
+            "cluster-workflow events / node",
+            lambda f: f"{f.cluster_events_per_node} [<= {CLUSTER_EVENTS_BUDGET}]",
+        ),
+        ("node-workflow events / node", lambda f: f"{f.node_events_per_node} [<= {NODE_EVENTS_BUDGET}]"),
+        ("SOAP requests / node (worker)", lambda f: f"{f.soap_per_node} [<= {SOAP_BUDGET}]"),
+        (
+            "  by method",
+            lambda f: ", ".join(
+                f"{m} {n}" for m, n in sorted(f.soap_per_node_by_method.items(), key=lambda i: -i[1])[:6]
+            ),
+        ),
+        (
+            "CPU s: worker / Temporal / node API",
+            lambda f: " / ".join(str(f.cpu_s.get(p, "-")) for p in ("worker", "temporal", "node-api")),
+        ),
+        (
+            "peak RSS MB: worker / Temporal / node API",
+            lambda f: " / ".join(str(f.peak_rss_mb.get(p, "-")) for p in ("worker", "temporal", "node-api")),
+        ),
+        (
+            "node API p50 / p99",
+            lambda f: f"{f.node_api_p50_ms} / {f.node_api_p99_ms} ms ({f.node_api_requests} requests)",
+        ),
+        ("node API 5xx", lambda f: str(f.node_api_5xx)),
+        ("max clone calls per node", lambda f: str(f.clones_per_node_max)),
+        ("VMs after create / after delete", lambda f: f"{f.vms_after_create} / {f.vms_after_delete}"),
+        ("delete", lambda f: f"{f.delete_s} s"),
+    ]
+    lines = ["| | " + " | ".join(render(f) for f in all_figures for _, render in rows[:1]) + " |"]
+    lines.append("| --- |" + " --- |" * len(all_figures))
+    for label, render in rows[1:]:
+        lines.append(f"| {label} | " + " | ".join(render(f) for f in all_figures) + " |")
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    sizes = [int(n) for n in args.workers]
+    if args.thousand:
+        sizes.append(997)  # 3 + 997: a 1000-node cluster
+    results = []
+    for workers in sizes:
+        results.append(await run_one(3, workers, kill_worker=False, boot_seconds=args.boot_seconds))
+    if args.kill_worker:
+        results.append(await run_one(3, args.kill_worker, kill_worker=True, boot_seconds=args.boot_seconds))
+    table = report(results)
+    print("\n" + table, flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps([asdict(f) for f in results], indent=2, default=str))
+    (RESULTS / "latest.md").write_text(table + "\n")
+    failed = [
+        f for f in results if f.nodes_failed or f.nodes_ready != f.masters + f.workers or f.vms_after_delete
+    ]
+    return 1 if failed else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="benchmark cluster creation and deletion on the simulator")
+    parser.add_argument("--workers", nargs="*", default=["20", "200"], help="worker counts, 3 masters each")
+    parser.add_argument("--thousand", action="store_true", help="also a 1000-node cluster (3 + 997)")
+    parser.add_argument(
+        "--kill-worker",
+        type=int,
+        default=0,
+        metavar="WORKERS",
+        help="also a 3 + WORKERS create whose worker is SIGKILLed when half the nodes are Ready",
+    )
+    parser.add_argument("--boot-seconds", type=float, default=BOOT_SECONDS)
+    args = parser.parse_args()
+    sys.exit(asyncio.run(main_async(args)))
+
+
+if __name__ == "__main__":
+    main()
