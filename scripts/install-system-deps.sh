@@ -3,10 +3,12 @@
 # simulator build) and keepalived (the tests check every rendered configuration
 # with `keepalived --config-test`) and etcd (the external-etcd topology is tested
 # against a real etcd server with client-certificate authentication), and curl and
-# python3 (the simulated nodes run the real bootstrap script, which uses both).
+# python3 (the simulated nodes run the real bootstrap script, which uses both), and
+# docker-compose (the tests validate docker-compose.temporal.yml with `docker-compose
+# config`, which needs no Docker engine).
 # Installs only what is missing; runs apt-get update once first.
 set -euo pipefail
-packages=(golang-go golang-github-vmware-govmomi-dev patch keepalived etcd-server curl python3)
+packages=(golang-go golang-github-vmware-govmomi-dev patch keepalived etcd-server curl python3 docker-compose)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

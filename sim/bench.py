@@ -58,7 +58,7 @@ from pke_vsphere.pki.node_tokens import create_signing_key, load_signing_key, wr
 from pke_vsphere.runtime.binaries import temporal_binary
 from pke_vsphere.runtime.temporal import data_converter
 from pke_vsphere.vsphere import properties
-from sim import vcenter
+from sim import temporal_config, vcenter
 from sim.demo import node_api_certificate
 from sim.faultproxy import FaultProxy, FaultRates
 from starter import clusters
@@ -184,7 +184,7 @@ class Stack:
                 "--headless",
                 "--log-level",
                 "error",
-                *_recommended_dynamic_config(),
+                *temporal_config.dev_server_args(),
             ],
         )
         self.sim = vcenter.start(
@@ -272,19 +272,6 @@ class Stack:
             await self.proxy.__aexit__(None, None, None)
         if self.sim is not None:
             self.sim.stop()
-
-
-def _recommended_dynamic_config() -> list[str]:
-    """The dynamic configuration the README recommends, as dev-server flags."""
-    path = ROOT / "deploy" / "temporal" / "dynamicconfig.yaml"
-    if not path.exists():
-        return []
-    args = []
-    for key, entries in (yaml.safe_load(path.read_text()) or {}).items():
-        for entry in entries:
-            if not entry.get("constraints"):
-                args += ["--dynamic-config-value", f"{key}={json.dumps(entry['value'])}"]
-    return args
 
 
 def _listening(port: int) -> bool:

@@ -31,7 +31,7 @@ from pke_vsphere.runtime import logs
 from pke_vsphere.runtime.temporal import data_converter
 from pke_vsphere.vsphere.session import VCenterSession
 from sim import nodes as sim_nodes_module
-from sim import vcenter
+from sim import temporal_config, vcenter
 from sim.nodes import SimulatedNodes
 from tests.etcd_server import EtcdServer
 from tests.harness import STATE_DIR, STORAGE_ACCOUNTS, WORKER_INDEX, free_port, serve_node_api, temporal_cli
@@ -86,6 +86,8 @@ async def temporal_env(payload_keys: Path) -> AsyncIterator[WorkflowEnvironment]
         ip="127.0.0.1",
         port=free_port(),
         ui=False,
+        # The dynamic configuration the README recommends (deploy/temporal/dynamicconfig.yaml).
+        dev_server_extra_args=temporal_config.dev_server_args(),
         dev_server_log_level="error",
     )
     yield env

@@ -24,6 +24,7 @@ from pke_vsphere.contracts.state import ClusterPhase, NodePhase
 from pke_vsphere.runtime.binaries import temporal_binary
 from pke_vsphere.runtime.temporal import data_converter
 from pke_vsphere.vsphere.session import VCenterSession
+from sim import temporal_config
 from starter import clusters
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique, vcenter_settings, vsphere_activities
@@ -65,6 +66,7 @@ class DevServer:
                     str(self.db),
                     "--log-level",
                     "error",
+                    *temporal_config.dev_server_args(),
                 ],
                 stdout=out,
                 stderr=out,
