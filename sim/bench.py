@@ -20,8 +20,9 @@ reports:
 
 ``--kill-worker`` SIGKILLs the worker when half the nodes are Ready and starts
 it again, then checks that no VM was cloned twice and no node was given up.
-The figures go to the terminal and to ``.state/bench/latest.json``; the README
-shows the latest. A benchmark, not a test: it asserts only the budgets it prints.
+The figures go to the terminal and to ``.state/bench/latest.json`` (each run's
+logs to ``.state/bench/3+N/``); the README shows the latest. A benchmark, not a
+test: it asserts only the budgets it prints.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -326,7 +326,10 @@ def _node_api_latency(log: Path) -> tuple[list[float], int]:
 
 async def run_one(masters: int, workers: int, kill_worker: bool, boot_seconds: float) -> Figures:
     figures = Figures(masters=masters, workers=workers, worker_killed=kill_worker)
-    workdir = Path(tempfile.mkdtemp(prefix=f"pke-bench-{workers}-"))
+    # Kept after the run (logs of every process), replaced by the next run of this size.
+    workdir = RESULTS / f"{masters}+{workers}{'-killed' if kill_worker else ''}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
     stack = Stack(workdir, TASK_SECONDS, boot_seconds)
     try:
         await stack.start()
@@ -373,7 +376,6 @@ async def run_one(masters: int, workers: int, kill_worker: bool, boot_seconds: f
         figures.vms_after_delete = len(_cluster_vms(stack.sim))
     finally:
         await stack.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
     return figures
 
 

@@ -88,6 +88,21 @@ def pinned_context(thumbprint: str) -> PinnedContext:
     return ctx
 
 
+class ServiceInstance:
+    """A ServiceInstance whose ``content`` is read once, at login: pyvmomi sends a
+    SOAP ``Fetch`` for every ``si.content`` otherwise, which was a third of the
+    worker's requests. The content's references (search index, property
+    collector, ...) stay valid across a re-login on the same connection."""
+
+    def __init__(self, si: Any) -> None:
+        self.raw = si
+        self.content = si.RetrieveContent()
+        self._stub = si._stub
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
 class VCenterSession:
     """Owns the connection; ``run`` calls a function with a live ServiceInstance."""
 
@@ -145,7 +160,7 @@ class VCenterSession:
         retries.retry_reads(si._stub, relogin=self._relogin, generation=lambda: self._generation)
         self.logins += 1
         log.info("vcenter.login", url=s.vcenter_url, user=s.vcenter_username, logins=self.logins)
-        return si
+        return ServiceInstance(si)
 
     def service_instance(self) -> Any:
         with self._lock:
@@ -175,7 +190,7 @@ class VCenterSession:
         with self._lock:
             if self._si is not None:
                 try:
-                    connect.Disconnect(self._si)
+                    connect.Disconnect(self._si.raw)
                     log.info("vcenter.logout", url=self._settings.vcenter_url)
                 except Exception as exc:  # logging out of a dead session is best effort
                     log.debug("vcenter.logout_failed", error=str(exc))
