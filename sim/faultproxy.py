@@ -105,6 +105,8 @@ class FaultProxy:
             await self._exchange(client_r, client_w)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:  # the proxy is closing under a long poll: drop it
+            pass
         finally:
             client_w.close()
 

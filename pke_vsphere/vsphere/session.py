@@ -28,6 +28,7 @@ from pyVim import connect
 from pke_vsphere.config import VCenterSettings
 from pke_vsphere.vsphere import retries
 from pke_vsphere.vsphere.errors import PermanentError
+from pke_vsphere.vsphere.watcher import Watcher
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -92,12 +93,14 @@ class ServiceInstance:
     """A ServiceInstance whose ``content`` is read once, at login: pyvmomi sends a
     SOAP ``Fetch`` for every ``si.content`` otherwise, which was a third of the
     worker's requests. The content's references (search index, property
-    collector, ...) stay valid across a re-login on the same connection."""
+    collector, ...) stay valid across a re-login on the same connection. It
+    carries the session's shared property collector (``watcher``)."""
 
     def __init__(self, si: Any) -> None:
         self.raw = si
         self.content = si.RetrieveContent()
         self._stub = si._stub
+        self.watcher = Watcher(self.content)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)
@@ -190,6 +193,7 @@ class VCenterSession:
         with self._lock:
             if self._si is not None:
                 try:
+                    self._si.watcher.close()
                     connect.Disconnect(self._si.raw)
                     log.info("vcenter.logout", url=self._settings.vcenter_url)
                 except Exception as exc:  # logging out of a dead session is best effort

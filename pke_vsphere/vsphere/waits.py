@@ -1,7 +1,8 @@
-"""Waiting on vCenter without polling: a private PropertyCollector, a filter on
-the properties of interest, and ``WaitForUpdatesEx`` with a short maximum wait so
-the caller can heartbeat between updates. The filter and the collector are
-always destroyed."""
+"""Waiting on vCenter without polling: ``WaitForUpdatesEx`` with a short maximum
+wait so the caller can heartbeat between updates. Waits on tasks and VM
+addresses go through the session's one shared collector (vsphere/watcher.py);
+others (and callers with a bare ServiceInstance, like the simulator's set-up)
+get a private PropertyCollector and filter, always destroyed."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 
 from pyVmomi import vim, vmodl
 
+from pke_vsphere.vsphere import watcher
 from pke_vsphere.vsphere.errors import TransientError
 
 T = TypeVar("T")
@@ -28,10 +30,16 @@ def wait_for_properties(
     what: str = "update",
 ) -> T:
     """Wait until ``done(properties)`` returns something other than None, and return it.
+    Through the session's shared collector (vsphere/watcher.py) when it watches
+    these properties; else through a private one.
 
     Raises:
         TimeoutError: ``timeout`` seconds passed first.
     """
+    shared = getattr(si, "watcher", None)
+    if shared is not None and watcher.watches(obj, paths):
+        answer: T = shared.wait(obj, done, timeout=timeout, on_wake=on_wake, what=what)
+        return answer
     spec = vmodl.query.PropertyCollector.FilterSpec(
         objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=obj, skip=False)],
         propSet=[vmodl.query.PropertyCollector.PropertySpec(type=type(obj), pathSet=list(paths))],

@@ -1,0 +1,332 @@
+"""Where the worker waits on vCenter: one PropertyCollector per session for every
+task and VM anyone waits on.
+
+A private collector and filter per wait cost five requests of their own
+(create the collector and the filter, wait, destroy both) and a session object
+each. Here the session keeps one collector with one filter on a ``ListView``;
+a wait adds its object to the view and removes it when done, and one thread
+runs the ``WaitForUpdatesEx`` loop for all of them. Adds and removes that pile
+up while the loop waits go to vCenter in one ``ModifyListView``; a new wait
+interrupts the loop's wait (``CancelWaitForUpdates``) at most once per round,
+so it is seen at once rather than after ``POLL_SECONDS``.
+
+Only the properties in ``WATCHED`` are watched; :func:`waits.wait_for_properties`
+sends any other wait to a private collector. The view and the collector belong
+to the login session: when vCenter no longer knows them (the session expired
+and the connection logged in again) the loop makes new ones and every wait
+starts over from the objects' current state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from pyVmomi import vim, vmodl
+
+log = structlog.get_logger(__name__)
+
+# Properties the shared filter carries, by managed object type.
+WATCHED: dict[type, tuple[str, ...]] = {
+    vim.Task: ("info.state", "info.result", "info.error"),
+    vim.VirtualMachine: ("guest.net", "guest.ipAddress"),
+}
+# The longest a round of the loop waits for changes.
+POLL_SECONDS = 5
+# How often a waiter wakes to heartbeat when nothing changes.
+WAKE_SECONDS = 3.0
+# Objects watched once that the collector may still report; past this many, the
+# loop starts over with a new collector (a long-running worker's memory stays flat).
+MAX_SEEN = 50_000
+
+
+@dataclass(eq=False)
+class _Waiter:
+    obj: Any
+    done: Callable[[dict[str, Any]], Any]
+    event: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+def watches(obj: Any, paths: Sequence[str]) -> bool:
+    """Whether a wait on ``paths`` of ``obj`` can go through the shared watcher."""
+    watched = next((p for kind, p in WATCHED.items() if isinstance(obj, kind)), ())
+    return bool(paths) and set(paths) <= set(watched)
+
+
+class Watcher:
+    """The shared collector of one vCenter session (see the module's docstring)."""
+
+    def __init__(self, content: Any) -> None:
+        self._content = content
+        self._lock = threading.Condition()
+        self._waiters: dict[str, set[_Waiter]] = {}
+        self._objects: dict[str, Any] = {}
+        self._state: dict[str, dict[str, Any]] = {}
+        self._seen: set[str] = set()
+        self._to_add: dict[str, Any] = {}
+        self._to_remove: dict[str, Any] = {}
+        self._thread: threading.Thread | None = None
+        self._collector: Any = None
+        self._view: Any = None
+        self._waiting = False
+        self._interrupted = False
+        self.rounds = 0
+
+    # --- the waiters' side -----------------------------------------------------
+    def wait(
+        self,
+        obj: Any,
+        done: Callable[[dict[str, Any]], Any],
+        *,
+        timeout: float,
+        on_wake: Callable[[], None],
+        what: str,
+    ) -> Any:
+        """Block until ``done(properties)`` is not None and return it.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        waiter = _Waiter(obj, done)
+        self._register(waiter)
+        deadline = time.monotonic() + timeout
+        try:
+            while not waiter.event.wait(min(WAKE_SECONDS, max(0.0, deadline - time.monotonic()))):
+                on_wake()
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"no {what} within {timeout:.0f}s")
+            on_wake()
+            if waiter.error is not None:
+                raise waiter.error
+            return waiter.result
+        finally:
+            self._unregister(waiter)
+
+    def _register(self, waiter: _Waiter) -> None:
+        key = waiter.obj._moId
+        with self._lock:
+            known = key in self._objects
+            # An object watched before (a retry waiting again on a task) may get no
+            # "enter" from the view again: the simulator keeps it in the filter.
+            seed = not known and key in self._seen
+            self._waiters.setdefault(key, set()).add(waiter)
+            if not known:
+                self._objects[key] = waiter.obj
+                self._seen.add(key)
+                self._to_remove.pop(key, None)
+                self._to_add[key] = waiter.obj
+            elif key in self._state:
+                self._offer(waiter, self._state[key])
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="vcenter-watcher", daemon=True)
+                self._thread.start()
+            interrupt = not known and self._waiting and not self._interrupted
+            if interrupt:
+                self._interrupted = True
+            self._lock.notify_all()
+        if interrupt:
+            self._interrupt()
+        if seed:
+            self._seed(waiter.obj)
+
+    def _seed(self, obj: Any) -> None:
+        """Read the object's watched properties once, as the view's "enter" would."""
+        paths = next(p for kind, p in WATCHED.items() if isinstance(obj, kind))
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=obj, skip=False)],
+            propSet=[vmodl.query.PropertyCollector.PropertySpec(type=type(obj), pathSet=list(paths))],
+        )
+        try:
+            found = self._content.propertyCollector.RetrievePropertiesEx(
+                [spec], vmodl.query.PropertyCollector.RetrieveOptions()
+            )
+        except vmodl.fault.ManagedObjectNotFound as exc:
+            self._fail(obj._moId, exc)
+            return
+        seen = {prop.name: prop.val for result in (found.objects if found else []) for prop in result.propSet}
+        with self._lock:
+            key = obj._moId
+            if key not in self._objects:
+                return
+            state = self._state[key] = {**seen, **self._state.get(key, {})}
+            for waiter in list(self._waiters.get(key, ())):
+                self._offer(waiter, state)
+
+    def _unregister(self, waiter: _Waiter) -> None:
+        key = waiter.obj._moId
+        with self._lock:
+            waiters = self._waiters.get(key, set())
+            waiters.discard(waiter)
+            if waiters:
+                return
+            self._waiters.pop(key, None)
+            obj = self._objects.pop(key, None)
+            self._state.pop(key, None)
+            if self._to_add.pop(key, None) is None and obj is not None:
+                self._to_remove[key] = obj
+
+    @staticmethod
+    def _offer(waiter: _Waiter, state: dict[str, Any]) -> None:
+        if waiter.event.is_set():
+            return
+        try:
+            result = waiter.done(state)
+        except Exception as exc:  # done() raising is the waiter's answer
+            waiter.error = exc
+            waiter.event.set()
+            return
+        if result is not None:
+            waiter.result = result
+            waiter.event.set()
+
+    def _interrupt(self) -> None:
+        collector = self._collector
+        if collector is None:
+            return
+        try:
+            collector.CancelWaitForUpdates()
+        except Exception as exc:  # the round ends by itself within POLL_SECONDS
+            log.debug("vcenter.watcher_interrupt_failed", error=str(exc))
+
+    # --- the loop ----------------------------------------------------------------
+    def _loop(self) -> None:
+        version = ""
+        while True:
+            with self._lock:
+                while not self._objects and not self._to_remove:
+                    if not self._lock.wait(timeout=60):
+                        self._thread = None
+                        self._teardown()
+                        self._seen = set()
+                        return
+                adds, removes = list(self._to_add.values()), list(self._to_remove.values())
+                self._to_add.clear()
+                self._to_remove.clear()
+            if len(self._seen) > MAX_SEEN:  # a fresh collector forgets them all
+                self._restart()
+            try:
+                if self._collector is None:
+                    self._setup()
+                    version = ""
+                if adds or removes:
+                    # vCenter answers the objects it does not know; the simulator faults.
+                    for obj in self._view.ModifyListView(add=adds, remove=removes) or []:
+                        self._fail(obj._moId, vmodl.fault.ManagedObjectNotFound(obj=obj))
+                with self._lock:
+                    self._waiting, self._interrupted = True, False
+                options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=POLL_SECONDS)
+                try:
+                    update = self._collector.WaitForUpdatesEx(version, options)
+                finally:
+                    with self._lock:
+                        self._waiting = False
+                self.rounds += 1
+            except vmodl.fault.RequestCanceled:
+                continue  # a new wait interrupted the round
+            except vmodl.fault.ManagedObjectNotFound as exc:
+                missing = getattr(exc.obj, "_moId", None)
+                if missing in self._objects:  # a waited object is gone: its waiters learn why
+                    self._fail(missing, exc)
+                else:
+                    log.info("vcenter.watcher_restarted", reason="the session's collector or view is gone")
+                self._restart()
+                continue
+            except Exception as exc:  # a connection problem the retries gave up on
+                log.warning("vcenter.watcher_failed", error=str(exc))
+                self._restart()
+                time.sleep(1)
+                continue
+            if update is None:
+                continue
+            version = update.version
+            self._apply(update)
+
+    def _fail(self, key: str, error: BaseException) -> None:
+        """End every wait on ``key`` with ``error`` and stop watching it."""
+        with self._lock:
+            for waiter in self._waiters.get(key, ()):
+                if not waiter.event.is_set():
+                    waiter.error = error
+                    waiter.event.set()
+            self._objects.pop(key, None)
+            self._state.pop(key, None)
+            self._to_add.pop(key, None)
+
+    def _setup(self) -> None:
+        """A collector with one filter over the list view of every waited object."""
+        content = self._content
+        with self._lock:
+            objects = list(self._objects.values())
+            self._to_add.clear()
+            self._to_remove.clear()
+        self._view = content.viewManager.CreateListView(obj=objects)
+        collector = content.propertyCollector.CreatePropertyCollector()
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[
+                vmodl.query.PropertyCollector.ObjectSpec(
+                    obj=self._view,
+                    skip=True,
+                    selectSet=[
+                        vmodl.query.PropertyCollector.TraversalSpec(
+                            name="view", path="view", skip=False, type=vim.view.ListView
+                        )
+                    ],
+                )
+            ],
+            propSet=[
+                vmodl.query.PropertyCollector.PropertySpec(type=kind, pathSet=list(paths))
+                for kind, paths in WATCHED.items()
+            ],
+        )
+        collector.CreateFilter(spec, partialUpdates=False)
+        self._collector = collector
+
+    def _restart(self) -> None:
+        """Forget the session's objects and every state seen; the next round makes
+        new ones with every waited object, whose first update is its whole state."""
+        self._teardown()
+        with self._lock:
+            self._state.clear()
+            self._seen = set(self._objects)
+
+    def _teardown(self) -> None:
+        collector, view = self._collector, self._view
+        self._collector = self._view = None
+        for destroy in (getattr(collector, "Destroy", None), getattr(view, "DestroyView", None)):
+            if destroy is None:
+                continue
+            try:
+                destroy()
+            except Exception as exc:  # the session may be gone; nothing to free then
+                log.debug("vcenter.watcher_teardown_failed", error=str(exc))
+
+    def _apply(self, update: Any) -> None:
+        with self._lock:
+            for filter_update in update.filterSet or []:
+                for change in filter_update.objectSet or []:
+                    key = change.obj._moId
+                    if change.kind == "leave":
+                        self._state.pop(key, None)
+                        continue
+                    if key not in self._objects:
+                        continue  # done with (a view may keep reporting it)
+                    state = self._state.setdefault(key, {})
+                    for prop in change.changeSet or []:
+                        state[prop.name] = prop.val if prop.op != "remove" else None
+                    for waiter in list(self._waiters.get(key, ())):
+                        self._offer(waiter, state)
+
+    def watching(self) -> list[str]:
+        """The references of the objects waited on now."""
+        with self._lock:
+            return sorted(self._objects)
+
+    def close(self) -> None:
+        """Free the session's collector and view (at logout)."""
+        self._teardown()

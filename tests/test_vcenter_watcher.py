@@ -1,0 +1,142 @@
+"""The session's shared property collector (vsphere/watcher.py) against the real
+simulator, its requests counted by a proxy in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from pyVmomi import vim, vmodl
+
+from pke_vsphere.config import VCenterSettings
+from pke_vsphere.vsphere import properties
+from pke_vsphere.vsphere.session import VCenterSession
+from pke_vsphere.vsphere.waits import wait_for_task
+from sim import vcenter
+from sim.faultproxy import FaultProxy, FaultRates
+from tests.harness import STATE_DIR
+
+pytestmark = pytest.mark.processes  # a simulator of its own
+
+
+@dataclass
+class Counted:
+    sim: vcenter.Simulator
+    proxy: FaultProxy
+    session: VCenterSession
+
+    def requests(self, method: str) -> int:
+        return self.proxy.stats.requests[method]
+
+
+@pytest.fixture
+async def counted() -> AsyncIterator[Counted]:
+    """A simulator whose sessions expire after 2 s idle, its reconfigures taking 1 s."""
+    sim = vcenter.start(STATE_DIR, session_idle_timeout="2s", task_seconds={"ReconfigVM_Task": 1.0})
+    try:
+        async with FaultProxy(sim.url, FaultRates()) as proxy:
+            settings = VCenterSettings(
+                vcenter_url=proxy.url,
+                vcenter_username=sim.username,
+                vcenter_password=SecretStr(sim.password),
+                vcenter_insecure=True,  # the simulator serves plain HTTP on loopback
+                installation_id="tests",
+            )
+            session = VCenterSession(settings)
+            yield Counted(sim, proxy, session)
+            await asyncio.to_thread(session.close)
+    finally:
+        sim.stop()
+
+
+def _vms(si: Any) -> list[Any]:
+    return [
+        vm for vm, props in properties.find_all(si, vim.VirtualMachine, ["name"]) if "_VM" in props["name"]
+    ]
+
+
+def _reconfigure(si: Any, vm: Any, note: str) -> Any:
+    return vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(annotation=note))
+
+
+async def test_twenty_waits_at_once_share_one_collector_and_one_filter(counted: Counted) -> None:
+    si = await asyncio.to_thread(counted.session.service_instance)
+    vms = await asyncio.to_thread(_vms, si)
+    assert vms
+    tasks = [await asyncio.to_thread(_reconfigure, si, vms[i % len(vms)], f"n{i}") for i in range(20)]
+    waits_before = counted.requests("WaitForUpdatesEx")
+
+    with ThreadPoolExecutor(20) as pool:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(loop.run_in_executor(pool, partial(wait_for_task, si, t, timeout=30)) for t in tasks)
+        )
+        elapsed = time.monotonic() - started
+
+    assert len(results) == 20
+    assert elapsed < 10, elapsed  # 1 s tasks, seen as they end (not after a 5 s poll each)
+    assert counted.requests("CreatePropertyCollector") == 1
+    assert counted.requests("CreateFilter") == 1
+    assert counted.requests("CreateListView") == 1
+    assert counted.requests("DestroyPropertyCollector") == 0  # kept for the next waits
+    # Far fewer rounds than the twenty private collectors' two waits each.
+    assert counted.requests("WaitForUpdatesEx") - waits_before <= 15
+
+
+async def test_a_wait_on_a_task_vcenter_does_not_know_fails_and_the_others_go_on(counted: Counted) -> None:
+    si = await asyncio.to_thread(counted.session.service_instance)
+    vm = (await asyncio.to_thread(_vms, si))[0]
+    with pytest.raises(vmodl.fault.ManagedObjectNotFound):
+        await asyncio.to_thread(wait_for_task, si, vim.Task("task-999999", si._stub), timeout=10)
+    task = await asyncio.to_thread(_reconfigure, si, vm, "after")
+    await asyncio.to_thread(wait_for_task, si, task, timeout=10)
+
+
+async def test_a_wait_past_its_timeout_ends_and_stops_watching(counted: Counted) -> None:
+    si = await asyncio.to_thread(counted.session.service_instance)
+    vm = (await asyncio.to_thread(_vms, si))[0]
+    counted.sim.set_task_seconds("ReconfigVM_Task", 20)
+    task = await asyncio.to_thread(_reconfigure, si, vm, "slow")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="no task completion within 1s"):
+        await asyncio.to_thread(wait_for_task, si, task, timeout=1)
+    assert time.monotonic() - started < 5
+    assert not si.watcher.watching()  # nothing left to watch
+
+
+async def test_after_the_session_expired_the_watcher_starts_over_with_a_new_collector(
+    counted: Counted,
+) -> None:
+    si = await asyncio.to_thread(counted.session.service_instance)
+    vm = (await asyncio.to_thread(_vms, si))[0]
+    await asyncio.to_thread(
+        wait_for_task, si, await asyncio.to_thread(_reconfigure, si, vm, "one"), timeout=10
+    )
+    await asyncio.sleep(9)  # idle past the simulator's 2 s: the session and its collector are gone
+    await asyncio.to_thread(_vms, si)  # a read logs in again (a write would be refused unsent)
+    task = await asyncio.to_thread(_reconfigure, si, vm, "two")
+    await asyncio.to_thread(wait_for_task, si, task, timeout=20)
+    assert counted.session.logins == 2
+    assert counted.requests("CreatePropertyCollector") == 2
+
+
+async def test_a_second_wait_on_a_task_that_ended_is_answered_at_once(counted: Counted) -> None:
+    """A retry waits again on the task its heartbeat names, after an earlier wait on
+    it ended: the simulator sends no second "enter" for it, so the state is read."""
+    si = await asyncio.to_thread(counted.session.service_instance)
+    vm = (await asyncio.to_thread(_vms, si))[0]
+    task = await asyncio.to_thread(_reconfigure, si, vm, "again")
+    await asyncio.to_thread(wait_for_task, si, task, timeout=10)
+    for _ in range(2):  # right after (its removal not yet sent) and after a round
+        started = time.monotonic()
+        await asyncio.to_thread(wait_for_task, si, task, timeout=10)
+        assert time.monotonic() - started < 2
+        await asyncio.sleep(1)
