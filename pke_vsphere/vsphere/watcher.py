@@ -5,10 +5,13 @@ A private collector and filter per wait cost five requests of their own
 (create the collector and the filter, wait, destroy both) and a session object
 each. Here the session keeps one collector with one filter on a ``ListView``;
 a wait adds its object to the view and removes it when done, and one thread
-runs the ``WaitForUpdatesEx`` loop for all of them. Adds and removes that pile
-up while the loop waits go to vCenter in one ``ModifyListView``; a new wait
-interrupts the loop's wait (``CancelWaitForUpdates``) at most once per round,
-so it is seen at once rather than after ``POLL_SECONDS``.
+runs the ``WaitForUpdatesEx`` loop for all of them, in rounds of at most
+``POLL_SECONDS``. Adds and removes that pile up during a round go to vCenter in
+one ``ModifyListView`` before the next. (Interrupting a round for a new wait
+with ``CancelWaitForUpdates`` lost updates in the simulator: objects it had
+just entered into the filter were never reported. A short round is simpler and
+costs one request a second per session, whatever the number of waits.) A wait
+that has had no answer for ``REREAD_SECONDS`` reads its object once itself.
 
 Only the properties in ``WATCHED`` are watched; :func:`waits.wait_for_properties`
 sends any other wait to a private collector. The view and the collector belong
@@ -35,10 +38,13 @@ WATCHED: dict[type, tuple[str, ...]] = {
     vim.Task: ("info.state", "info.result", "info.error"),
     vim.VirtualMachine: ("guest.net", "guest.ipAddress"),
 }
-# The longest a round of the loop waits for changes.
-POLL_SECONDS = 5
+# The longest a round of the loop waits for changes; a new wait joins at the next.
+POLL_SECONDS = 1
 # How often a waiter wakes to heartbeat when nothing changes.
 WAKE_SECONDS = 3.0
+# A waiter without an answer reads its object's properties itself this often: an
+# update the loop missed (a round lost to a connection error) costs seconds, not the step.
+REREAD_SECONDS = 30.0
 # Objects watched once that the collector may still report; past this many, the
 # loop starts over with a new collector (a long-running worker's memory stays flat).
 MAX_SEEN = 50_000
@@ -74,8 +80,6 @@ class Watcher:
         self._thread: threading.Thread | None = None
         self._collector: Any = None
         self._view: Any = None
-        self._waiting = False
-        self._interrupted = False
         self.rounds = 0
 
     # --- the waiters' side -----------------------------------------------------
@@ -96,11 +100,17 @@ class Watcher:
         waiter = _Waiter(obj, done)
         self._register(waiter)
         deadline = time.monotonic() + timeout
+        reread = time.monotonic() + REREAD_SECONDS
         try:
             while not waiter.event.wait(min(WAKE_SECONDS, max(0.0, deadline - time.monotonic()))):
                 on_wake()
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"no {what} within {timeout:.0f}s")
+                if time.monotonic() >= reread:  # an update missed would otherwise be waited for in vain
+                    self._ensure_loop()
+                    if self._seed(obj) and waiter.event.is_set():
+                        log.info("vcenter.watcher_reread_answered", obj=obj._moId)
+                    reread = time.monotonic() + REREAD_SECONDS
             on_wake()
             if waiter.error is not None:
                 raise waiter.error
@@ -123,20 +133,28 @@ class Watcher:
                 self._to_add[key] = waiter.obj
             elif key in self._state:
                 self._offer(waiter, self._state[key])
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="vcenter-watcher", daemon=True)
-                self._thread.start()
-            interrupt = not known and self._waiting and not self._interrupted
-            if interrupt:
-                self._interrupted = True
+            self._ensure_loop()
             self._lock.notify_all()
-        if interrupt:
-            self._interrupt()
         if seed:
             self._seed(waiter.obj)
 
-    def _seed(self, obj: Any) -> None:
-        """Read the object's watched properties once, as the view's "enter" would."""
+    def _ensure_loop(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="vcenter-watcher", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the next wait or re-read starts a new loop
+            log.warning("vcenter.watcher_stopped", error=repr(exc))
+            self._restart()
+            raise
+
+    def _seed(self, obj: Any) -> bool:
+        """Read the object's watched properties once, as the view's "enter" would;
+        False if it is no longer watched or gone."""
         paths = next(p for kind, p in WATCHED.items() if isinstance(obj, kind))
         spec = vmodl.query.PropertyCollector.FilterSpec(
             objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=obj, skip=False)],
@@ -148,15 +166,16 @@ class Watcher:
             )
         except vmodl.fault.ManagedObjectNotFound as exc:
             self._fail(obj._moId, exc)
-            return
+            return False
         seen = {prop.name: prop.val for result in (found.objects if found else []) for prop in result.propSet}
         with self._lock:
             key = obj._moId
             if key not in self._objects:
-                return
-            state = self._state[key] = {**seen, **self._state.get(key, {})}
+                return False
+            state = self._state[key] = {**self._state.get(key, {}), **seen}
             for waiter in list(self._waiters.get(key, ())):
                 self._offer(waiter, state)
+        return True
 
     def _unregister(self, waiter: _Waiter) -> None:
         key = waiter.obj._moId
@@ -185,15 +204,6 @@ class Watcher:
             waiter.result = result
             waiter.event.set()
 
-    def _interrupt(self) -> None:
-        collector = self._collector
-        if collector is None:
-            return
-        try:
-            collector.CancelWaitForUpdates()
-        except Exception as exc:  # the round ends by itself within POLL_SECONDS
-            log.debug("vcenter.watcher_interrupt_failed", error=str(exc))
-
     # --- the loop ----------------------------------------------------------------
     def _loop(self) -> None:
         version = ""
@@ -218,17 +228,9 @@ class Watcher:
                     # vCenter answers the objects it does not know; the simulator faults.
                     for obj in self._view.ModifyListView(add=adds, remove=removes) or []:
                         self._fail(obj._moId, vmodl.fault.ManagedObjectNotFound(obj=obj))
-                with self._lock:
-                    self._waiting, self._interrupted = True, False
                 options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=POLL_SECONDS)
-                try:
-                    update = self._collector.WaitForUpdatesEx(version, options)
-                finally:
-                    with self._lock:
-                        self._waiting = False
+                update = self._collector.WaitForUpdatesEx(version, options)
                 self.rounds += 1
-            except vmodl.fault.RequestCanceled:
-                continue  # a new wait interrupted the round
             except vmodl.fault.ManagedObjectNotFound as exc:
                 missing = getattr(exc.obj, "_moId", None)
                 if missing in self._objects:  # a waited object is gone: its waiters learn why
