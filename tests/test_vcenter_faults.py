@@ -17,6 +17,7 @@ import pytest
 
 import worker as worker_module
 from pke_vsphere.contracts.state import ClusterPhase, NodePhase
+from pke_vsphere.vsphere import watcher
 from pke_vsphere.vsphere.session import VCenterSession
 from sim import vcenter
 from sim.faultproxy import FaultProxy, FaultRates
@@ -99,11 +100,16 @@ async def test_a_cluster_reaches_ready_through_dropped_connections_503s_and_slow
     assert injected.total() - before >= 10
 
 
-async def test_expired_sessions_are_renewed_and_the_create_carries_on(faulty: FaultyStack) -> None:
+async def test_expired_sessions_are_renewed_and_the_create_carries_on(
+    faulty: FaultyStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stack = faulty.stack
     run = Run("session-expiry", "create", f"idle {SESSION_IDLE}", unique("expiry"))
     logins = faulty.session.logins
-    faulty.stack.nodes.boot_seconds = 2.5  # the worker sits idle while nodes boot
+    # The session's watcher asks vCenter every round; rounds longer than the idle
+    # timeout let the session expire while nodes boot (a vCenter restart, say).
+    monkeypatch.setattr(watcher, "POLL_SECONDS", 3)
+    faulty.stack.nodes.boot_seconds = 2.5  # the worker only waits while nodes boot
     try:
         await clusters.create(stack.client, cluster_spec(run.cluster, masters=1, workers=2), stack.task_queue)
         status = await wait_until_settled(stack, run.cluster, within=120)
