@@ -424,10 +424,18 @@ class VSphereActivities:
                     f"cluster {input.cluster!r} of installation {self.installation_id!r}"
                 )
             with activity.shield_thread_cancel_exception():
-                if props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn:
-                    off = lambda: vms.start_power_off(vm)  # noqa: E731
-                    self._run_task(si, off, "power_off", POWER_OFF, progress, deadline)
-                self._run_task(si, lambda: vms.start_destroy(vm), "destroy", DESTROY, progress, deadline)
+                try:
+                    if props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn:
+                        off = lambda: vms.start_power_off(vm)  # noqa: E731
+                        self._run_task(si, off, "power_off", POWER_OFF, progress, deadline)
+                    self._run_task(si, lambda: vms.start_destroy(vm), "destroy", DESTROY, progress, deadline)
+                except vmodl.fault.ManagedObjectNotFound as gone:
+                    # Another destroy of this VM (a give-up destroy and a delete at
+                    # once) finished first: it is gone, which is what was asked.
+                    if getattr(gone.obj, "_moId", None) != vm._moId:
+                        raise
+                    log.info("vm.already_destroyed", cluster=input.cluster, node=input.name, vm=vm._moId)
+                    return DestroyVmResult(destroyed=False)
             crashpoints.reach("destroy.finished")
             log.info("vm.destroyed", cluster=input.cluster, node=input.name, vm=vm._moId)
             return DestroyVmResult(destroyed=True)
