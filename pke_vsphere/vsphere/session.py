@@ -100,7 +100,7 @@ class ServiceInstance:
         self.raw = si
         self.content = si.RetrieveContent()
         self._stub = si._stub
-        self.watcher = Watcher(self.content)
+        self.watcher = Watcher(self)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)

@@ -31,6 +31,8 @@ from typing import Any
 import structlog
 from pyVmomi import vim, vmodl
 
+from pke_vsphere.vsphere import properties
+
 log = structlog.get_logger(__name__)
 
 # Properties the shared filter carries, by managed object type.
@@ -68,8 +70,8 @@ def watches(obj: Any, paths: Sequence[str]) -> bool:
 class Watcher:
     """The shared collector of one vCenter session (see the module's docstring)."""
 
-    def __init__(self, content: Any) -> None:
-        self._content = content
+    def __init__(self, si: Any) -> None:
+        self._si = si
         self._lock = threading.Condition()
         self._waiters: dict[str, set[_Waiter]] = {}
         self._objects: dict[str, Any] = {}
@@ -156,18 +158,10 @@ class Watcher:
         """Read the object's watched properties once, as the view's "enter" would;
         False if it is no longer watched or gone."""
         paths = next(p for kind, p in WATCHED.items() if isinstance(obj, kind))
-        spec = vmodl.query.PropertyCollector.FilterSpec(
-            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=obj, skip=False)],
-            propSet=[vmodl.query.PropertyCollector.PropertySpec(type=type(obj), pathSet=list(paths))],
-        )
-        try:
-            found = self._content.propertyCollector.RetrievePropertiesEx(
-                [spec], vmodl.query.PropertyCollector.RetrieveOptions()
-            )
-        except vmodl.fault.ManagedObjectNotFound as exc:
-            self._fail(obj._moId, exc)
+        seen = properties.read(self._si, obj, paths)
+        if not seen:  # every watched object has these set: it is gone
+            self._fail(obj._moId, vmodl.fault.ManagedObjectNotFound(obj=obj))
             return False
-        seen = {prop.name: prop.val for result in (found.objects if found else []) for prop in result.propSet}
         with self._lock:
             key = obj._moId
             if key not in self._objects:
@@ -262,7 +256,7 @@ class Watcher:
 
     def _setup(self) -> None:
         """A collector with one filter over the list view of every waited object."""
-        content = self._content
+        content = self._si.content
         with self._lock:
             objects = list(self._objects.values())
             self._to_add.clear()
