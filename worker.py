@@ -33,6 +33,7 @@ from pke_vsphere.vsphere.session import VCenterSession
 from workflows.cluster import ClusterWorkflow
 from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
 from workflows.node import NodeWorkflow
+from workflows.node_v1 import NodeWorkflowV1
 from workflows.vcenter_slots import VCenterSlotsWorkflow
 
 log = structlog.get_logger(__name__)
@@ -62,6 +63,7 @@ def build_worker(
         workflows=[
             ClusterWorkflow,
             NodeWorkflow,
+            NodeWorkflowV1,
             ScaleClusterWorkflow,
             DeleteClusterWorkflow,
             VCenterSlotsWorkflow,
@@ -78,6 +80,8 @@ def build_worker(
             commands.delete_cluster_schedules,
             vrrp.vrrp_router_ids_in_use,
             etcd.clear_etcd_prefix,
+            vsphere.provision_vm,
+            # The steps of the node workflows of 0.2 (workflows/node_v1.py).
             vsphere.ensure_vm,
             vsphere.configure_vm,
             vsphere.power_on_vm,

@@ -13,7 +13,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from pke_vsphere.config.credentials import EtcdCredentials, StorageCredentials
-from pke_vsphere.contracts.messages import PreflightInput, PreflightResult, VCenterTarget
+from pke_vsphere.contracts.messages import PlacementRefs, PreflightInput, PreflightResult, VCenterTarget
 from pke_vsphere.contracts.protocol import ErrorType
 from pke_vsphere.etcd import checks as etcd_checks
 from pke_vsphere.etcd import prefixes, users
@@ -50,11 +50,13 @@ class PreflightActivities:
         problems: list[str] = []
 
         target: VCenterTarget | None = None
+        refs: PlacementRefs | None = None
 
         def placement(si: Any) -> None:
-            nonlocal target
+            nonlocal target, refs
             try:
                 resolved = inventory.resolve(si, input.placement)
+                refs = inventory.refs(si, resolved)
             except PermanentError as exc:
                 problems.extend(str(exc).split("; "))
             else:
@@ -96,7 +98,7 @@ class PreflightActivities:
         checked += ["storage credential"] if input.storage else []
         checked += ["cloud provider credential"] if input.cloud_provider_credential else []
         checked += ["external etcd"] if input.external_etcd else []
-        return PreflightResult(checked=checked, storage_target=target)
+        return PreflightResult(checked=checked, storage_target=target, refs=refs)
 
     def check_vsphere_addons(self, si: Any, input: PreflightInput, problems: list[str]) -> VCenterTarget:
         """The CSI driver's and the cloud provider's accounts exist and are not ours;

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from temporalio import activity
 
 from pke_vsphere.contracts.messages import VCenterProgress, VCenterStep
+from pke_vsphere.contracts.state import NodePhase
 
 # Before the step's deadline, a task still running is cancelled in vCenter and
 # waited for; this much of the step is kept for that.
@@ -24,8 +25,8 @@ CANCEL_MARGIN = timedelta(seconds=30)
 class Progress:
     """The activity's progress; calling it heartbeats with all of it."""
 
-    def __init__(self, step: VCenterStep = VCenterStep.LOOKING) -> None:
-        self._details = VCenterProgress(step=step)
+    def __init__(self, step: VCenterStep = VCenterStep.LOOKING, phase: NodePhase | None = None) -> None:
+        self._details = VCenterProgress(step=step, phase=phase)
 
     @property
     def details(self) -> VCenterProgress:
@@ -33,7 +34,12 @@ class Progress:
 
     def at(self, step: VCenterStep, task: str | None = None, method: str | None = None) -> None:
         """Record a new step and heartbeat it at once."""
-        self._details = VCenterProgress(step=step, task=task, method=method)
+        self._details = VCenterProgress(step=step, task=task, method=method, phase=self._details.phase)
+        self()
+
+    def enter(self, phase: NodePhase, step: VCenterStep = VCenterStep.LOOKING) -> None:
+        """A node's provisioning moves on to ``phase``; heartbeat it at once."""
+        self._details = VCenterProgress(step=step, phase=phase)
         self()
 
     def __call__(self) -> None:
@@ -68,6 +74,11 @@ class Deadline:
             return cls(info.scheduled_time + info.schedule_to_close_timeout, info.schedule_to_close_timeout)
         total = info.start_to_close_timeout or default
         return cls(info.started_time + total, total)
+
+    def part(self, ends_after: timedelta, length: timedelta) -> Deadline:
+        """A part of this step that ends ``ends_after`` its start and lasts ``length``
+        (a node's clone within its whole provisioning)."""
+        return Deadline(min(self.end, self.started + ends_after), length)
 
     @property
     def started(self) -> datetime:

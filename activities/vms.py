@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,14 +30,20 @@ from pke_vsphere.contracts.messages import (
     EnsureVmResult,
     FindClusterVmsInput,
     FindClusterVmsResult,
+    NodeBootstrapSettings,
+    PlacementRefs,
     PowerOnInput,
     PowerOnResult,
+    ProvisionVmInput,
+    ProvisionVmResult,
     RemoveNodeTokenInput,
     VCenterStep,
     WaitForIpInput,
     WaitForIpResult,
 )
 from pke_vsphere.contracts.protocol import ErrorType
+from pke_vsphere.contracts.spec import VSpherePlacement
+from pke_vsphere.contracts.state import NodeIdentity, NodePhase
 from pke_vsphere.pki.node_tokens import NodeTokenSigner
 from pke_vsphere.render import cloudinit, guestinfo
 from pke_vsphere.runtime import crashpoints
@@ -113,85 +120,194 @@ class VSphereActivities:
     @activity.defn
     def ensure_vm(self, input: EnsureVmInput) -> EnsureVmResult:
         """Find the node's VM by its instance UUID, or the clone an earlier attempt
-        started, or clone it from the template."""
-        node = input.identity
-        logger = log.bind(cluster=node.cluster, node=node.name, instance_uuid=node.instance_uuid)
+        started, or clone it from the template (powered off: the workflows of 0.2
+        configure and power on in steps of their own)."""
         progress = Progress()
         deadline = Deadline.of_activity()
+        clone = Clone(
+            identity=input.identity,
+            placement=input.placement,
+            cpus=input.cpus,
+            memory_mb=input.memory_mb,
+            bootstrap=input.bootstrap,
+            token_ttl=self._token_ttl(input.token_expires_at),
+            power_on=False,
+        )
 
         def run(si: Any) -> EnsureVmResult:
             placement = inventory.resolve(si, input.placement)
             progress()
+            vm, created = self._ensure(
+                si, placement, inventory.refs(si, placement), clone, progress, deadline
+            )
+            return EnsureVmResult(vm_ref=vm._moId, created=created)
+
+        with as_activity_errors(f"ensure VM {input.identity.name}"):
+            return self._session.run(run)
+
+    @activity.defn
+    def provision_vm(self, input: ProvisionVmInput) -> ProvisionVmResult:
+        """A node's VM from nothing to its address, in one activity: found by its
+        instance UUID (or the clone an earlier attempt started), else cloned and
+        powered on by the clone's own task; a VM found otherwise gets its hardware
+        matched and is powered on; then VMware Tools' address. Each part has its
+        deadline within the step (clone, then configure and power-on, then IP, from
+        the step's first attempt) and every heartbeat names the part, so a retry
+        after a crash resumes there. A first attempt looks nothing up: no earlier
+        attempt can have started anything for this node's instance UUID."""
+        node, steps = input.identity, input.timeouts
+        step = Deadline.of_activity()
+        clone_deadline = step.part(steps.as_timedelta("clone"), steps.as_timedelta("clone"))
+        powered_by = (
+            steps.as_timedelta("clone") + steps.as_timedelta("configure") + steps.as_timedelta("power_on")
+        )
+        power_deadline = step.part(
+            powered_by, steps.as_timedelta("configure") + steps.as_timedelta("power_on")
+        )
+        progress = Progress(phase=NodePhase.CLONING)
+        first_attempt = activity.info().attempt == 1 and previous() is None
+        clone = Clone(
+            identity=node,
+            placement=input.placement,
+            cpus=input.cpus,
+            memory_mb=input.memory_mb,
+            bootstrap=input.bootstrap,
+            token_ttl=self._token_ttl(input.token_expires_at),
+            power_on=True,
+        )
+
+        def place(si: Any) -> tuple[inventory.Placement, PlacementRefs]:
+            if input.refs is not None:
+                return inventory.from_refs(si, input.refs), input.refs
+            placement = inventory.resolve(si, input.placement)
+            return placement, inventory.refs(si, placement)
+
+        def run(si: Any) -> ProvisionVmResult:
+            placement, refs = place(si)
+            try:
+                vm, created = self._ensure(
+                    si, placement, refs, clone, progress, clone_deadline, look_first=not first_attempt
+                )
+            except vmodl.fault.ManagedObjectNotFound as gone:
+                if (
+                    input.refs is None
+                    or getattr(gone.obj, "_moId", None) not in input.refs.model_dump().values()
+                ):
+                    raise
+                # The preflight's references went stale (a template replaced): by path.
+                log.info("vm.placement_refs_stale", node=node.name, gone=gone.obj._moId)
+                placement = inventory.resolve(si, input.placement)
+                refs = inventory.refs(si, placement)
+                vm, created = self._ensure(si, placement, refs, clone, progress, clone_deadline)
+            if not created:
+                progress.enter(NodePhase.CONFIGURING)
+                self._match_hardware(si, vm, node.name, input.cpus, input.memory_mb, progress, power_deadline)
+                progress.enter(NodePhase.POWERING_ON)
+                self._power_on(si, vm, node.name, progress, power_deadline)
+            powered_on_at = datetime.now(UTC)
+            progress.enter(NodePhase.WAITING_FOR_IP, VCenterStep.WAITING)
+            try:
+                ip = vms.wait_for_ip(
+                    si,
+                    vm,
+                    timeout=step.left(),
+                    on_wake=progress,
+                    network=vms.portgroup_name(input.placement.network),
+                    nic_key=refs.nic_key,
+                )
+            except TimeoutError as exc:
+                raise _ip_timeout(node.name, steps.ip) from exc
+            crashpoints.reach("ip.reported")
+            log.info("vm.ip_reported", node=node.name, vm=vm._moId, ip=ip)
+            return ProvisionVmResult(vm_ref=vm._moId, ip=ip, created=created, powered_on_at=powered_on_at)
+
+        with as_activity_errors(f"provision VM {node.name}"):
+            return self._session.run(run)
+
+    def _ensure(
+        self,
+        si: Any,
+        placement: inventory.Placement,
+        refs: PlacementRefs,
+        clone: Clone,
+        progress: Progress,
+        deadline: Deadline,
+        look_first: bool = True,
+    ) -> tuple[Any, bool]:
+        """The node's VM and whether this call cloned it: found (``look_first``) by
+        instance UUID or as the clone an earlier attempt started, else cloned."""
+        node = clone.identity
+        logger = log.bind(cluster=node.cluster, node=node.name, instance_uuid=node.instance_uuid)
+        if look_first:
             earlier = earlier_task(tasks.CLONE)
-            existing = self._find_or_resume(si, placement, input, progress, deadline, earlier)
+            existing = self._find_or_resume(si, placement, clone, progress, deadline, earlier)
             if existing is not None:
                 logger.info("vm.found", vm=existing._moId)
-                return EnsureVmResult(vm_ref=existing._moId, created=False)
-            token = self._signer.sign(node, self._token_ttl(input))
-            userdata = cloudinit.render(
-                node,
-                input.bootstrap,
-                node_api_url=self._node_api_url,
-                node_token=token,
-                node_api_ca_pem=self._node_api_ca_pem,
-            )
-            extra_config = guestinfo.extra_config(node, userdata, self.installation_id)
+                return existing, False
+        token = self._signer.sign(node, clone.token_ttl)
+        userdata = cloudinit.render(
+            node,
+            clone.bootstrap,
+            node_api_url=self._node_api_url,
+            node_token=token,
+            node_api_ca_pem=self._node_api_ca_pem,
+        )
+        extra_config = guestinfo.extra_config(node, userdata, self.installation_id)
+        try:
+            guestinfo.check_limits(extra_config, cloudinit.spec_sources(clone.bootstrap))
+        except guestinfo.TooLarge as exc:
+            raise PermanentError(str(exc)) from None
+        logger.info("vm.cloning", template=clone.placement.template, folder=clone.placement.folder)
+        # A clone, once started, is waited for even if the activity is cancelled
+        # (a cluster deleted mid-create): the VM must exist before the sweep.
+        with activity.shield_thread_cancel_exception():
             try:
-                guestinfo.check_limits(extra_config, cloudinit.spec_sources(input.bootstrap))
-            except guestinfo.TooLarge as exc:
-                raise PermanentError(str(exc)) from None
-            logger.info("vm.cloning", template=input.placement.template, folder=input.placement.folder)
-            # A clone, once started, is waited for even if the activity is cancelled
-            # (a cluster deleted mid-create): the VM must exist before the sweep.
-            with activity.shield_thread_cancel_exception():
-                try:
-                    vm = self._run_task(
+                vm = self._run_task(
+                    si,
+                    lambda: vms.start_clone(
                         si,
-                        lambda: vms.start_clone(
-                            si,
-                            placement,
-                            name=node.name,
-                            instance_uuid=node.instance_uuid,
-                            cpus=input.cpus,
-                            memory_mb=input.memory_mb,
-                            extra_config=extra_config,
-                        ),
-                        "clone",
-                        tasks.CLONE,
-                        progress,
-                        deadline,
-                        wait=lambda task: self._wait_for_clone(si, task, input, progress, deadline),
-                    )
-                except vim.fault.DuplicateName:
-                    # Something of that name appeared since the lookup: an earlier
-                    # attempt's clone, most likely. Look again; never give up here.
-                    logger.info("vm.clone_name_taken")
-                    found = self._find_or_resume(si, placement, input, progress, deadline, None)
-                    if found is None:
-                        raise TransientError(
-                            f"vCenter reports {node.name!r} as taken in folder {input.placement.folder!r} "
-                            "but neither a VM nor a clone of this node is there yet"
-                        ) from None
-                    return EnsureVmResult(vm_ref=found._moId, created=False)
-            crashpoints.reach("clone.finished")
-            logger.info("vm.cloned", vm=vm._moId)
-            return EnsureVmResult(vm_ref=vm._moId, created=True)
-
-        with as_activity_errors(f"ensure VM {node.name}"):
-            return self._session.run(run)
+                        placement,
+                        refs,
+                        name=node.name,
+                        instance_uuid=node.instance_uuid,
+                        cpus=clone.cpus,
+                        memory_mb=clone.memory_mb,
+                        extra_config=extra_config,
+                        power_on=clone.power_on,
+                    ),
+                    "clone",
+                    tasks.CLONE,
+                    progress,
+                    deadline,
+                    wait=lambda task: self._wait_for_clone(si, task, clone, progress, deadline),
+                )
+            except vim.fault.DuplicateName:
+                # Something of that name appeared since the lookup: an earlier
+                # attempt's clone, most likely. Look again; never give up here.
+                logger.info("vm.clone_name_taken")
+                found = self._find_or_resume(si, placement, clone, progress, deadline, None)
+                if found is None:
+                    raise TransientError(
+                        f"vCenter reports {node.name!r} as taken in folder {clone.placement.folder!r} "
+                        "but neither a VM nor a clone of this node is there yet"
+                    ) from None
+                return found, False
+        crashpoints.reach("clone.finished")
+        logger.info("vm.cloned", vm=vm._moId, powered_on=clone.power_on)
+        return vm, True
 
     def _find_or_resume(
         self,
         si: Any,
         placement: inventory.Placement,
-        input: EnsureVmInput,
+        clone: Clone,
         progress: Progress,
         deadline: Deadline,
         task_id: str | None,
     ) -> Any | None:
         """This node's VM if it exists; else the clone an earlier attempt started
         (named in its heartbeat, or found in vCenter), waited for. None: clone."""
-        node = input.identity
+        node = clone.identity
         vm = vms.find_by_instance_uuid(si, placement.datacenter, node.instance_uuid)
         if vm is not None:
             return vm
@@ -204,7 +320,7 @@ class VSphereActivities:
             with activity.shield_thread_cancel_exception(), self.task_slots.hold(progress, lease):
                 progress.at(VCenterStep.TASK, task._moId, tasks.CLONE)
                 try:
-                    self._wait_for_clone(si, task, input, progress, deadline)
+                    self._wait_for_clone(si, task, clone, progress, deadline)
                 except vmodl.fault.ManagedObjectNotFound:
                     log.info("vm.clone_task_forgotten", node=node.name, task=task._moId)
                 except vim.fault.DuplicateName:
@@ -218,13 +334,13 @@ class VSphereActivities:
         same_name = vms.find_in_folder(si, placement.folder, node.name)
         if same_name is not None:
             raise PermanentError(
-                f"a VM named {node.name!r} already exists in folder {input.placement.folder!r} "
+                f"a VM named {node.name!r} already exists in folder {clone.placement.folder!r} "
                 "and is not this node (its instance UUID differs); remove or rename it"
             )
         return None
 
     def _wait_for_clone(
-        self, si: Any, task: Any, input: EnsureVmInput, progress: Progress, deadline: Deadline
+        self, si: Any, task: Any, clone: Clone, progress: Progress, deadline: Deadline
     ) -> Any:
         """Wait for the clone until shortly before the step's deadline; then cancel
         it in vCenter and wait for it to end, so that no VM appears after the node
@@ -235,7 +351,7 @@ class VSphereActivities:
             with contextlib.suppress(TimeoutError):  # the step is over either way
                 _cancel_clone(si, task, progress, timeout=max(1.0, deadline.left()))
             raise CloneTimeout(
-                f"the clone of {input.identity.name} did not finish within the clone step "
+                f"the clone of {clone.identity.name} did not finish within the clone step "
                 f"({deadline.total.total_seconds():.0f}s) and was cancelled in vCenter"
             ) from None
 
@@ -247,41 +363,40 @@ class VSphereActivities:
 
         def run(si: Any) -> None:
             vm = vms.vm_by_ref(si, input.vm_ref)
-            self._finish_earlier(si, RECONFIGURE, progress, deadline)
-            current = vms.facts(si, vm)
-            if current.cpus == input.cpus and current.memory_mb == input.memory_mb:
-                return
-            if current.powered_on:
-                raise PermanentError(
-                    f"VM {input.name} is on with {current.cpus} CPUs/{current.memory_mb} MiB; "
-                    f"power it off to apply {input.cpus} CPUs/{input.memory_mb} MiB"
-                )
-            cores = vms.cores_per_socket(input.cpus, current.cores_per_socket)
-            self._run_task(
-                si,
-                lambda: vms.start_reconfigure(vm, cpus=input.cpus, cores=cores, memory_mb=input.memory_mb),
-                "reconfigure",
-                RECONFIGURE,
-                progress,
-                deadline,
-            )
-            crashpoints.reach("reconfigure.finished")
-            log.info(
-                "vm.configured",
-                node=input.name,
-                vm=input.vm_ref,
-                cpus=input.cpus,
-                memory_mb=input.memory_mb,
-            )
+            self._match_hardware(si, vm, input.name, input.cpus, input.memory_mb, progress, deadline)
 
         with as_activity_errors(f"configure VM {input.name}"):
             self._session.run(run)
 
-    def _token_ttl(self, input: EnsureVmInput) -> timedelta:
+    def _match_hardware(
+        self, si: Any, vm: Any, name: str, cpus: int, memory_mb: int, progress: Progress, deadline: Deadline
+    ) -> None:
+        self._finish_earlier(si, RECONFIGURE, progress, deadline)
+        current = vms.facts(si, vm)
+        if current.cpus == cpus and current.memory_mb == memory_mb:
+            return
+        if current.powered_on:
+            raise PermanentError(
+                f"VM {name} is on with {current.cpus} CPUs/{current.memory_mb} MiB; "
+                f"power it off to apply {cpus} CPUs/{memory_mb} MiB"
+            )
+        cores = vms.cores_per_socket(cpus, current.cores_per_socket)
+        self._run_task(
+            si,
+            lambda: vms.start_reconfigure(vm, cpus=cpus, cores=cores, memory_mb=memory_mb),
+            "reconfigure",
+            RECONFIGURE,
+            progress,
+            deadline,
+        )
+        crashpoints.reach("reconfigure.finished")
+        log.info("vm.configured", node=name, vm=vm._moId, cpus=cpus, memory_mb=memory_mb)
+
+    def _token_ttl(self, expires_at: datetime | None) -> timedelta:
         """Until the node's bootstrap deadline (the default TTL for older workflows)."""
-        if input.token_expires_at is None:
+        if expires_at is None:
             return self._node_token_ttl
-        return max(input.token_expires_at - datetime.now(UTC), timedelta(seconds=1))
+        return max(expires_at - datetime.now(UTC), timedelta(seconds=1))
 
     @activity.defn
     def remove_node_token(self, input: RemoveNodeTokenInput) -> bool:
@@ -325,15 +440,20 @@ class VSphereActivities:
 
         def run(si: Any) -> PowerOnResult:
             vm = vms.vm_by_ref(si, input.vm_ref)
-            self._finish_earlier(si, POWER_ON, progress, deadline)
-            if vms.facts(si, vm).powered_on:
-                return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=True)
-            self._run_task(si, vm.PowerOnVM_Task, "power_on", POWER_ON, progress, deadline)
-            log.info("vm.powered_on", node=input.name, vm=input.vm_ref)
-            return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=False)
+            started = self._power_on(si, vm, input.name, progress, deadline)
+            return PowerOnResult(powered_on_at=datetime.now(UTC), already_on=not started)
 
         with as_activity_errors(f"power on VM {input.name}"):
             return self._session.run(run)
+
+    def _power_on(self, si: Any, vm: Any, name: str, progress: Progress, deadline: Deadline) -> bool:
+        """Power the VM on; False if it already was."""
+        self._finish_earlier(si, POWER_ON, progress, deadline)
+        if vms.facts(si, vm).powered_on:
+            return False
+        self._run_task(si, vm.PowerOnVM_Task, "power_on", POWER_ON, progress, deadline)
+        log.info("vm.powered_on", node=name, vm=vm._moId)
+        return True
 
     @activity.defn
     def wait_for_vm_ip(self, input: WaitForIpInput) -> WaitForIpResult:
@@ -357,13 +477,7 @@ class VSphereActivities:
             try:
                 return self._session.run(run)
             except TimeoutError as exc:
-                raise ApplicationError(
-                    f"VMware Tools reported no IP address for {input.name} within "
-                    f"{input.timeout_seconds}s: check that the template runs open-vm-tools "
-                    "and that the network hands out addresses",
-                    type=ErrorType.IP_TIMEOUT,
-                    non_retryable=True,
-                ) from exc
+                raise _ip_timeout(input.name, input.timeout_seconds) from exc
 
     @activity.defn
     def find_cluster_vms(self, input: FindClusterVmsInput) -> FindClusterVmsResult:
@@ -473,6 +587,28 @@ class VSphereActivities:
             with activity.shield_thread_cancel_exception():
                 _cancel_clone(si, task, progress, timeout=deadline.left())
         return vms.find_by_instance_uuid(si, placement.datacenter, input.instance_uuid)
+
+
+@dataclass(frozen=True)
+class Clone:
+    """What a node's clone is made of."""
+
+    identity: NodeIdentity
+    placement: VSpherePlacement
+    cpus: int
+    memory_mb: int
+    bootstrap: NodeBootstrapSettings
+    token_ttl: timedelta
+    power_on: bool
+
+
+def _ip_timeout(name: str, seconds: int) -> ApplicationError:
+    return ApplicationError(
+        f"VMware Tools reported no IP address for {name} within {seconds}s: check that the "
+        "template runs open-vm-tools and that the network hands out addresses",
+        type=ErrorType.IP_TIMEOUT,
+        non_retryable=True,
+    )
 
 
 def _cancel_clone(si: Any, task: Any, progress: Progress, timeout: float) -> None:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from pyVim import connect
 from pyVmomi import vim
 
-from pke_vsphere.vsphere import properties, vms
+from pke_vsphere.vsphere import properties
 from pke_vsphere.vsphere.waits import wait_for_task
 
 GO_SOURCE = Path(__file__).parent / "vcsim"
@@ -293,10 +293,13 @@ def prepare_inventory(sim: Simulator) -> None:
             # Templates are often made with several cores per socket (vCenter then
             # refuses a CPU count that is not a multiple of it) and a second NIC on
             # another network (whose address must not become the node's).
+            group = index.FindByInventoryPath(f"{DATACENTER}/network/{OTHER_NETWORK}")
+            switch = properties.read(si, group, ["config.distributedVirtualSwitch"])
+            uuid = properties.read(si, switch["config.distributedVirtualSwitch"], ["uuid"])["uuid"]
             second = vim.vm.device.VirtualVmxnet3(
                 key=-1,
-                backing=vms.network_backing(
-                    si, index.FindByInventoryPath(f"{DATACENTER}/network/{OTHER_NETWORK}")
+                backing=vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
+                    port=vim.dvs.PortConnection(portgroupKey=group.key, switchUuid=uuid)
                 ),
                 connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, connected=True),
             )

@@ -29,7 +29,7 @@ from pke_vsphere.config import TemporalSettings, load
 from pke_vsphere.contracts.spec import ClusterSpec, validation_problems
 from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus
 from pke_vsphere.runtime import temporal
-from starter import clusters, schedules, spec_file, vcenter_steps
+from starter import clusters, node_detail, schedules, spec_file
 from starter.progress import console, render, watch
 
 
@@ -60,7 +60,7 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
         final = await watch(client, args.name)
     else:
         final = await clusters.status(client, args.name)
-        console.print(render(final, await vcenter_steps.node_progress(client, final)))
+        console.print(render(*await node_detail.refine(client, final)))
     return 0 if final and final.phase is not ClusterPhase.FAILED else 1
 
 

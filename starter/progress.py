@@ -17,7 +17,7 @@ from temporalio.service import RPCError
 
 from pke_vsphere.contracts.messages import VCenterProgress
 from pke_vsphere.contracts.state import ClusterPhase, ClusterServices, ClusterStatus, NodePhase
-from starter import clusters, vcenter_steps
+from starter import clusters, node_detail
 
 # Pipes and CI logs get long lines rather than tables folded at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -72,7 +72,7 @@ def render(status: ClusterStatus, vcenter: Mapping[str, VCenterProgress] | None 
 
 
 def _phase(phase: NodePhase, progress: VCenterProgress | None) -> str:
-    detail = vcenter_steps.describe(progress) if progress else ""
+    detail = node_detail.describe(progress) if progress else ""
     return f"{phase.value} ({detail})" if detail else phase.value
 
 
@@ -193,5 +193,5 @@ async def watch(
             if latest is None:
                 break
             current = latest
-            live.update(render(current, await vcenter_steps.node_progress(client, current)))
+            live.update(render(*await node_detail.refine(client, current)))
     return current

@@ -172,11 +172,13 @@ def plant_marked_vm(sim: Simulator, cluster: str, name: str, installation: str =
         task = start_clone(
             si,
             placement,
+            inventory.refs(si, placement),
             name=name,
             instance_uuid=str(uuid.uuid4()),
             cpus=1,
             memory_mb=2048,
             extra_config=extra,
+            power_on=False,
         )
         ref: str = wait_for_task(si, task, timeout=30)._moId
         return ref

@@ -37,7 +37,7 @@ CREATE_POINTS = [
     "clone.started",
     "clone.finished@2",
     "clone.started@2",
-    "power_on.started@2",
+    "ip.reported@2",
     "ip.reported",
     "join_token.installed",
 ]

@@ -35,7 +35,7 @@ from pke_vsphere.contracts.protocol import NODE_KEY_HEADER
 from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodeIdentity, NodeKind, NodePhase
 from pke_vsphere.pki.node_tokens import NodeTokenSigner, load_signing_key
 from sim.nodes import Behaviour
-from starter import clusters
+from starter import clusters, node_detail
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
 
@@ -168,7 +168,7 @@ async def leader_waits_for_its_report(stack: Stack, name: str) -> ClusterStatus:
     deadline = loop.time() + 60
     while loop.time() < deadline:
         try:
-            status = await clusters.status(stack.client, name)
+            status, _ = await node_detail.refine(stack.client, await clusters.status(stack.client, name))
             leader = next((n for n in status.nodes if n.identity.kind is NodeKind.LEADER), None)
             if leader is not None and leader.phase is NodePhase.BOOTSTRAPPING:
                 return status

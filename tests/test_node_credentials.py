@@ -17,7 +17,7 @@ from pke_vsphere.contracts.protocol import MAX_REPEATS, NODE_KEY_HEADER, REPEAT_
 from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodeKind, NodePhase
 from pke_vsphere.render import cloudinit
 from sim.nodes import Behaviour
-from starter import clusters
+from starter import clusters, node_detail
 from tests.clusters import create_ready, scale
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import userdata_config, vms_of_cluster
@@ -55,7 +55,8 @@ async def booting(stack: Stack, node: str, within: float = 60) -> None:
         booted = stack.nodes.nodes.get(node)
         if booted is not None and any(event == "ip-reported" for _, event in booted.events):
             try:
-                status = await clusters.status(stack.client, node.rsplit("-", 2)[0])
+                cluster = await clusters.status(stack.client, node.rsplit("-", 2)[0])
+                status, _ = await node_detail.refine(stack.client, cluster)
             except Exception:  # noqa: S112 - not started yet
                 continue
             if any(n.name == node and n.phase is NodePhase.BOOTSTRAPPING for n in status.nodes):
@@ -206,7 +207,7 @@ async def test_while_a_node_boots_its_answers_go_to_one_node_key_a_bounded_numbe
         # A forged report from the attacker is refused while the node boots, too.
         forged = await api.post(REPORT, headers=as_holder(token), json={"kind": "failed"})
         assert forged.status_code == 401
-        status = await clusters.status(stack.client, name)
+        status, _ = await node_detail.refine(stack.client, await clusters.status(stack.client, name))
         assert next(n for n in status.nodes if n.name == follower).phase is NodePhase.BOOTSTRAPPING
         # The node's own report ends its bootstrap: no call of it is served after.
         done = await api.post(

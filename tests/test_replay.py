@@ -33,6 +33,7 @@ from tests.conftest import Stack, cluster_spec, unique, unique_vip
 from workflows.cluster import ClusterWorkflow
 from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
 from workflows.node import NodeWorkflow
+from workflows.node_v1 import NodeWorkflowV1
 
 HISTORIES = Path(__file__).parent / "histories"
 RECORDING = os.environ.get("PKE_VSPHERE_RECORD_HISTORIES")
@@ -54,7 +55,13 @@ def _redacted(match: re.Match[str]) -> str:
 
 def replayer(converter: DataConverter = DATA_CONVERTER) -> Replayer:
     return Replayer(
-        workflows=[ClusterWorkflow, NodeWorkflow, DeleteClusterWorkflow, ScaleClusterWorkflow],
+        workflows=[
+            ClusterWorkflow,
+            NodeWorkflow,
+            NodeWorkflowV1,
+            DeleteClusterWorkflow,
+            ScaleClusterWorkflow,
+        ],
         data_converter=converter,
     )
 
@@ -164,10 +171,10 @@ async def test_stored_histories_replay(path: Path) -> None:
     assert result.replay_failure is None, result.replay_failure
 
 
-# NodeWorkflow with one change to its commands: the node's credentials are not taken
-# back after its report, as is and behind workflow.patched.
-@workflow.defn(name=WorkflowType.NODE, sandboxed=False)
-class _UnguardedChange(NodeWorkflow):
+# The 0.2 node workflow with one change to its commands: the node's credentials are
+# not taken back after its report, as is and behind workflow.patched.
+@workflow.defn(name=WorkflowType.NODE_V1, sandboxed=False)
+class _UnguardedChange(NodeWorkflowV1):
     @workflow.run
     async def run(self, input: NodeWorkflowInput) -> NodeResult:
         return await super().run(input)
@@ -176,8 +183,8 @@ class _UnguardedChange(NodeWorkflow):
         return None
 
 
-@workflow.defn(name=WorkflowType.NODE, sandboxed=False)
-class _GuardedChange(NodeWorkflow):
+@workflow.defn(name=WorkflowType.NODE_V1, sandboxed=False)
+class _GuardedChange(NodeWorkflowV1):
     @workflow.run
     async def run(self, input: NodeWorkflowInput) -> NodeResult:
         return await super().run(input)

@@ -13,7 +13,7 @@ from temporalio.api.enums.v1 import EventType
 
 from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodePhase
-from starter import clusters, vcenter_steps
+from starter import clusters, node_detail
 from starter.progress import console, render
 from tests.clusters import wait_until_settled
 from tests.conftest import Stack, cluster_spec, unique
@@ -35,9 +35,8 @@ async def queued_as_shown(stack: Stack, name: str, settled: asyncio.Future[Clust
     lines: set[str] = set()
     while not settled.done():
         status = await clusters.status(stack.client, name)
-        progress = await vcenter_steps.node_progress(stack.client, status)
         with console.capture() as captured:
-            console.print(render(status, progress))
+            console.print(render(*await node_detail.refine(stack.client, status)))
         lines |= {line for line in captured.get().splitlines() if "queued" in line}
         await asyncio.sleep(1)
     return "\n".join(sorted(lines))

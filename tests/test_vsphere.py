@@ -146,11 +146,13 @@ def test_reading_a_deleted_vm_finds_nothing_and_leaves_the_others(vcsim: vcenter
     task = vms.start_clone(
         si,
         placement,
+        inventory.refs(si, placement),
         name=f"gone-{time.monotonic_ns()}",
         instance_uuid=str(uuid.uuid4()),
         cpus=1,
         memory_mb=64,
         extra_config={},
+        power_on=False,
     )
     wait_for_task(si, task, timeout=30, on_wake=lambda: None)
     doomed = task.info.result
@@ -273,11 +275,13 @@ def test_a_clone_with_a_cpu_count_the_template_topology_does_not_divide_works(
             task = vms.start_clone(
                 si,
                 placement,
+                inventory.refs(si, placement),
                 name=f"topology-{uuid.uuid4().hex[:6]}",
                 instance_uuid=str(uuid.uuid4()),
                 cpus=cpus,
                 memory_mb=2048,
                 extra_config={},
+                power_on=False,
             )
             vm = wait_for_task(si, task, timeout=30)
             made.append(vm)

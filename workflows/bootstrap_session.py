@@ -16,10 +16,11 @@ refusal there costs no history) and :meth:`claim` first thing in the handler
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pke_vsphere.contracts.messages import NodeCallRequest, NodeReportKind
 from pke_vsphere.contracts.protocol import MAX_REPEATS, REPEAT_SPACING, NodeCall, Refusal
+from pke_vsphere.contracts.spec import Timeouts
 from pke_vsphere.contracts.state import NodeIdentity, NodeKind
 
 # What each role asks for, and why not the rest (the node API's 403s).
@@ -38,6 +39,13 @@ REPORTS = {
     NodeKind.MASTER: {NodeReportKind.JOINED, NodeReportKind.FAILED},
     NodeKind.WORKER: {NodeReportKind.JOINED, NodeReportKind.FAILED},
 }
+
+
+def bootstrap_window(steps: Timeouts, kind: NodeKind) -> timedelta:
+    """From a node workflow's start to the node's last chance to report: every step's
+    deadline. The session's deadline, and the node token's lifetime."""
+    report = steps.leader_ready if kind is NodeKind.LEADER else steps.join
+    return timedelta(seconds=steps.clone + steps.configure + steps.power_on + steps.ip + report)
 
 
 class CallRefused(Exception):

@@ -206,6 +206,7 @@ class ClusterWorkflow(ScalingSteps, ReconcileSteps, DeletionSteps):
                 retry_policy=VSPHERE_RETRY,
             )
             self.state.storage_target = checked.storage_target
+            self.state.placement_refs = checked.refs
         except ActivityError as err:
             self._fail_preflight(failure_reason(err))
         if spec.control_plane.vip is not None:

@@ -29,12 +29,14 @@ with workflow.unsafe.imports_passed_through():
         NodeJoinContext,
         NodeWorkflowInput,
     )
-    from pke_vsphere.contracts.protocol import ErrorType
+    from pke_vsphere.contracts.protocol import ErrorType, Patch
     from pke_vsphere.contracts.spec import ClusterSpec, Topology
     from pke_vsphere.contracts.state import NodeKind, NodePhase, NodeState
     from workflows import planning, vm_steps
+    from workflows.bootstrap_session import bootstrap_window
     from workflows.failures import failure_reason
-    from workflows.node import NodeWorkflow, bootstrap_window
+    from workflows.node import NodeWorkflow
+    from workflows.node_v1 import NodeWorkflowV1
     from workflows.policies import JOIN_ACCESS_SLACK, LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
 
 T = TypeVar("T")
@@ -116,21 +118,26 @@ class ClusterSteps:
         spec = self.spec
         pool = spec.pool(node.identity.pool)
         join = await self._join_context() if node.identity.kind is not NodeKind.LEADER else None
+        input = NodeWorkflowInput(
+            identity=node.identity,
+            placement=spec.vsphere,
+            cpus=pool.cpus,
+            memory_mb=pool.memory_mb,
+            bootstrap=self._bootstrap_settings(),
+            timeouts=spec.timeouts,
+            load_balancer=spec.load_balancer,
+            join=join,
+        )
+        node_id = ids.node_workflow_id(spec.name, node.name)
         try:
-            result = await workflow.execute_child_workflow(
-                NodeWorkflow.run,
-                NodeWorkflowInput(
-                    identity=node.identity,
-                    placement=spec.vsphere,
-                    cpus=pool.cpus,
-                    memory_mb=pool.memory_mb,
-                    bootstrap=self._bootstrap_settings(),
-                    timeouts=spec.timeouts,
-                    load_balancer=spec.load_balancer,
-                    join=join,
-                ),
-                id=ids.node_workflow_id(spec.name, node.name),
-            )
+            if workflow.patched(Patch.NODE_WORKFLOW_V2):
+                # The node's workflow sends nothing until its result: where it is in
+                # between, its own progress query says (starter/node_detail.py).
+                node.phase, node.updated_at = NodePhase.CLONING, workflow.now()
+                input.placement_refs = self.state.placement_refs
+                result = await workflow.execute_child_workflow(NodeWorkflow.run, input, id=node_id)
+            else:
+                result = await workflow.execute_child_workflow(NodeWorkflowV1.run, input, id=node_id)
         except ChildWorkflowError as err:
             if self._deleting:  # the node was cancelled because the cluster is going
                 raise asyncio.CancelledError from err
@@ -141,6 +148,9 @@ class ClusterSteps:
             await self._remove_given_up(node)
             return False
         node.vm_ref, node.ip = result.vm_ref, result.ip
+        if result.powered_on_at is not None:
+            node.powered_on_at = result.powered_on_at
+            node.created_at = node.created_at or result.powered_on_at
         if node.phase is not NodePhase.READY:  # progress signal not yet processed
             node.phase = NodePhase.READY
             node.ready_at = node.updated_at = workflow.now()

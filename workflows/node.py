@@ -1,17 +1,20 @@
 """NodeWorkflow: one VM from clone to joined, one child workflow per node.
 
-Steps, each with its own deadline from the spec: ensure the VM exists (found
-by its instance UUID, else cloned), configure it, power it on, wait for its IP,
-then wait for the node's own report (``ready`` from the leader, ``joined`` from
-the others). Every phase change is signalled to the cluster workflow, which
-serves the status query.
+Its history is kept short, because a cluster has up to a thousand of them: one
+activity does the node's whole VM step (find or clone it powered on, match its
+hardware, wait for its address: ``provision_vm``), then the workflow waits for
+the node's own report (``ready`` from the leader, ``joined`` from the others).
+The cluster's workflow hears from it twice, when it starts and when it ends (its
+result); where the node is in between, ``status`` reads from the ``progress``
+query and the provisioning activity's heartbeat (starter/node_detail.py).
 
 This workflow is also the authority on the node's credentials: every call the
 node makes to the node API is the ``node_call`` update here, checked by the
 node's :class:`~workflows.bootstrap_session.BootstrapSession`, so a token works
-only from power-on until the report, and never after this workflow ends. It
-mints the node's own join token when asked, deletes it from the cluster once
-the node reported, and takes the node's token out of its guestinfo.
+only from the moment its VM has an address until the report, and never after
+this workflow ends. It mints the node's own join token when asked, deletes it
+from the cluster once the node reported, and takes the node's token out of its
+guestinfo: each of these a local activity, a marker in history.
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from activities.vms import VSphereActivities
     from pke_vsphere.contracts.messages import (
-        ConfigureVmInput,
-        EnsureVmInput,
         JoinInfo,
         NodeCallGrant,
         NodeCallRequest,
@@ -35,29 +36,19 @@ with workflow.unsafe.imports_passed_through():
         NodeReportKind,
         NodeResult,
         NodeWorkflowInput,
+        ProvisionVmInput,
+        ProvisionVmResult,
     )
     from pke_vsphere.contracts.pki import BootstrapToken
-    from pke_vsphere.contracts.protocol import (
-        ErrorType,
-        NodeCall,
-        Query,
-        Refusal,
-        Signal,
-        Update,
-        WorkflowType,
-    )
-    from pke_vsphere.contracts.spec import Timeouts
+    from pke_vsphere.contracts.protocol import ErrorType, NodeCall, Query, Refusal, Update, WorkflowType
     from pke_vsphere.contracts.state import NodeKind, NodePhase, NodeProgress
     from pke_vsphere.pki.bootstrap_tokens import usable
-    from workflows import node_credentials, vm_steps
-    from workflows.bootstrap_session import BootstrapSession, CallRefused
+    from workflows import node_credentials
+    from workflows.bootstrap_session import BootstrapSession, CallRefused, bootstrap_window
     from workflows.policies import JOIN_TOKEN_MARGIN, VSPHERE_HEARTBEAT, VSPHERE_RETRY
 
-
-def bootstrap_window(steps: Timeouts, kind: NodeKind) -> timedelta:
-    """From this workflow's start to the node's last chance to report: every step's deadline."""
-    report = steps.leader_ready if kind is NodeKind.LEADER else steps.join
-    return timedelta(seconds=steps.clone + steps.configure + steps.power_on + steps.ip + report)
+# A retry after a worker crash gets what is left of the step, plus this to say why.
+PROVISION_SLACK = timedelta(seconds=30)
 
 
 def _cancel_requested() -> bool:
@@ -72,8 +63,7 @@ def _cancel_requested() -> bool:
 class NodeWorkflow:
     def __init__(self) -> None:
         self._report: NodeReport | None = None
-        self._phase = NodePhase.PENDING
-        self._signals: list[asyncio.Task[None]] = []
+        self._progress: NodeProgress | None = None
         self._session: BootstrapSession | None = None
         self._input: NodeWorkflowInput | None = None
         self._join_tokens: list[BootstrapToken] = []
@@ -119,7 +109,7 @@ class NodeWorkflow:
         async with self._join_lock:
             token = self._join_tokens[-1] if self._join_tokens else None
             if not usable(token, workflow.now(), JOIN_TOKEN_MARGIN):
-                token = await node_credentials.mint_join_token(node.cluster, node.name, join)
+                token = await node_credentials.mint_join_token(node.cluster, node.name, join, local=True)
                 self._join_tokens.append(token)
         assert token is not None
         return JoinInfo(
@@ -130,38 +120,30 @@ class NodeWorkflow:
             node_address=address,
         )
 
-    @workflow.query(name=Query.NODE_PHASE)
-    def phase(self) -> NodePhase:
-        return self._phase
+    @workflow.query(name=Query.NODE_PROGRESS)
+    def progress(self) -> NodeProgress | None:
+        """Where the node is (None: the workflow has not started its run yet)."""
+        return self._progress
 
-    def _progress(self, phase: NodePhase, **fields: str | None) -> None:
-        """Tell the cluster's workflow, without waiting: a cancellation that arrives
-        while a signal is in flight must reach the step this workflow is on (an
-        awaited external signal absorbs it)."""
-        self._phase = phase
-        parent = workflow.info().parent
-        if parent is None:
-            return
-        progress = NodeProgress(name=self._name, phase=phase, at=workflow.now(), **fields)
-        signal = workflow.get_external_workflow_handle(parent.workflow_id).signal(
-            Signal.NODE_PROGRESS, progress
-        )
-        self._signals.append(asyncio.create_task(signal))
+    def _at(self, phase: NodePhase, **fields: str | None) -> None:
+        assert self._progress is not None
+        self._progress = self._progress.model_copy(update={"phase": phase, "at": workflow.now(), **fields})
 
     @workflow.run
     async def run(self, input: NodeWorkflowInput) -> NodeResult:
         node = input.identity
-        self._name = node.name
         self._input = input
-        steps = input.timeouts
-        deadline = workflow.now() + bootstrap_window(steps, node.kind)
+        self._progress = NodeProgress(name=node.name, phase=NodePhase.CLONING, at=workflow.now())
+        deadline = workflow.now() + bootstrap_window(input.timeouts, node.kind)
         self._session = BootstrapSession(identity=node, deadline=deadline)
         try:
             return await self._run(input, deadline)
         except BaseException as exc:
             self._session.close(f"its workflow ended: {type(exc).__name__}")
             if self._join_tokens and input.join and not isinstance(exc, asyncio.CancelledError):
-                await node_credentials.delete_join_tokens(node.cluster, input.join, self._join_tokens)
+                await node_credentials.delete_join_tokens(
+                    node.cluster, input.join, self._join_tokens, local=True
+                )
             raise
 
     async def _run(self, input: NodeWorkflowInput, deadline: datetime) -> NodeResult:
@@ -170,43 +152,30 @@ class NodeWorkflow:
         session = self._session
         assert session is not None
 
-        self._progress(NodePhase.CLONING)
-        vm = await workflow.execute_activity_method(
-            VSphereActivities.ensure_vm,
-            EnsureVmInput(
+        window = sum((steps.as_timedelta(s) for s in ("clone", "configure", "power_on", "ip")), timedelta())
+        vm: ProvisionVmResult = await workflow.execute_activity_method(
+            VSphereActivities.provision_vm,
+            ProvisionVmInput(
                 identity=node,
                 placement=input.placement,
+                refs=input.placement_refs,
                 cpus=input.cpus,
                 memory_mb=input.memory_mb,
                 bootstrap=input.bootstrap,
+                timeouts=steps,
                 token_expires_at=deadline,
             ),
-            schedule_to_close_timeout=steps.as_timedelta("clone"),
+            schedule_to_close_timeout=window + PROVISION_SLACK,
             heartbeat_timeout=VSPHERE_HEARTBEAT,
             retry_policy=VSPHERE_RETRY,
             # If the cluster is deleted mid-clone, the clone finishes before this
             # workflow ends, so the deletion's sweep finds the VM.
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
-
         if _cancel_requested():  # the cluster is being deleted: its sweep takes the VM
             raise asyncio.CancelledError
 
-        self._progress(NodePhase.CONFIGURING, vm_ref=vm.vm_ref)
-        await workflow.execute_activity_method(
-            VSphereActivities.configure_vm,
-            ConfigureVmInput(vm_ref=vm.vm_ref, name=node.name, cpus=input.cpus, memory_mb=input.memory_mb),
-            schedule_to_close_timeout=steps.as_timedelta("configure"),
-            heartbeat_timeout=VSPHERE_HEARTBEAT,
-            retry_policy=VSPHERE_RETRY,
-        )
-
-        self._progress(NodePhase.POWERING_ON)
-        await vm_steps.power_on(vm.vm_ref, node.name, steps)
-        session.open()
-
-        self._progress(NodePhase.WAITING_FOR_IP)
-        ip = await vm_steps.wait_for_ip(vm.vm_ref, node.name, steps, input.placement.network)
+        ip = vm.ip
         if input.load_balancer is not None and (entry := input.load_balancer.containing(ip)):
             raise ApplicationError(
                 f"{node.name} got the address {ip}, inside load_balancer.addresses {entry!r}: "
@@ -214,9 +183,9 @@ class NodeWorkflow:
                 type=ErrorType.ADDRESS_CONFLICT,
                 non_retryable=True,
             )
-
+        session.open()
         session.address = ip
-        self._progress(NodePhase.BOOTSTRAPPING, ip=ip)
+        self._at(NodePhase.BOOTSTRAPPING, vm_ref=vm.vm_ref, ip=ip)
         leader = node.kind is NodeKind.LEADER
         expected = NodeReportKind.READY if leader else NodeReportKind.JOINED
         wait = steps.leader_ready if leader else steps.join
@@ -245,9 +214,8 @@ class NodeWorkflow:
                 type=ErrorType.ADDRESS_MISMATCH,
                 non_retryable=True,
             )
-        self._progress(NodePhase.READY)
-        await asyncio.gather(*self._signals)
-        return NodeResult(name=node.name, vm_ref=vm.vm_ref, ip=ip)
+        self._at(NodePhase.READY)
+        return NodeResult(name=node.name, vm_ref=vm.vm_ref, ip=ip, powered_on_at=vm.powered_on_at)
 
     async def _take_credentials_back(self, vm_ref: str, report: NodeReportKind) -> None:
         """The node reported: its join token leaves the cluster, and (unless it failed,
@@ -256,8 +224,10 @@ class NodeWorkflow:
         node, join = self._input.identity, self._input.join
         steps = []
         if join is not None and self._join_tokens:
-            steps.append(node_credentials.delete_join_tokens(node.cluster, join, self._join_tokens))
+            steps.append(
+                node_credentials.delete_join_tokens(node.cluster, join, self._join_tokens, local=True)
+            )
             self._join_tokens = []
         if report is not NodeReportKind.FAILED:
-            steps.append(node_credentials.remove_node_token(vm_ref, node.name))
+            steps.append(node_credentials.remove_node_token(vm_ref, node.name, local=True))
         await asyncio.gather(*steps)  # both at once: the node's Ready waits for them

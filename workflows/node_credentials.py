@@ -1,7 +1,11 @@
 """The credentials a node's workflow hands out and takes back: the node's own
 kubeadm bootstrap token (minted when the node first asks to join, deleted from
 the cluster once the node reported or its workflow ends) and the node token in
-its VM's guestinfo (taken out once the node reported)."""
+its VM's guestinfo (taken out once the node reported).
+
+``local=True`` runs each step as a local activity (a marker in the node's
+history instead of an activity's three events and a workflow task); the node
+workflow of 0.2 (workflows/node_v1.py) calls them without, as it always did."""
 
 from __future__ import annotations
 
@@ -35,28 +39,39 @@ with workflow.unsafe.imports_passed_through():
 CLEANUP_DEADLINE = timedelta(minutes=2)
 
 
-async def mint_join_token(cluster: str, node: str, join: NodeJoinContext) -> BootstrapToken:
+async def mint_join_token(
+    cluster: str, node: str, join: NodeJoinContext, local: bool = False
+) -> BootstrapToken:
+    request = CreateTokenInput(
+        cluster=cluster, access=join.access, ttl_seconds=int(JOIN_TOKEN_TTL.total_seconds()), node=node
+    )
+    if local:
+        return await workflow.execute_local_activity(
+            kube_activities.create_bootstrap_token,
+            request,
+            schedule_to_close_timeout=timedelta(minutes=2),
+            start_to_close_timeout=KUBE_CALL_TIMEOUT,
+            retry_policy=KUBE_RETRY,
+        )
     return await workflow.execute_activity(
         kube_activities.create_bootstrap_token,
-        CreateTokenInput(
-            cluster=cluster,
-            access=join.access,
-            ttl_seconds=int(JOIN_TOKEN_TTL.total_seconds()),
-            node=node,
-        ),
+        request,
         schedule_to_close_timeout=timedelta(minutes=2),
         start_to_close_timeout=KUBE_CALL_TIMEOUT,
         retry_policy=KUBE_RETRY,
     )
 
 
-async def delete_join_tokens(cluster: str, join: NodeJoinContext, tokens: list[BootstrapToken]) -> None:
+async def delete_join_tokens(
+    cluster: str, join: NodeJoinContext, tokens: list[BootstrapToken], local: bool = False
+) -> None:
     """Delete the node's bootstrap tokens from the cluster; one that cannot be deleted
     is logged and left to expire."""
+    run = workflow.execute_local_activity if local else workflow.execute_activity
     for token in tokens:
         token_id = token.token.get_secret_value().partition(".")[0]
         try:
-            await workflow.execute_activity(
+            await run(
                 kube_activities.delete_bootstrap_token,
                 DeleteTokenInput(cluster=cluster, access=join.access, token_id=token_id),
                 schedule_to_close_timeout=CLEANUP_DEADLINE,
@@ -69,15 +84,25 @@ async def delete_join_tokens(cluster: str, join: NodeJoinContext, tokens: list[B
             )
 
 
-async def remove_node_token(vm_ref: str, name: str) -> None:
+async def remove_node_token(vm_ref: str, name: str, local: bool = False) -> None:
     """Take the node's token out of its VM's guestinfo."""
+    request = RemoveNodeTokenInput(vm_ref=vm_ref, name=name)
     try:
-        await workflow.execute_activity_method(
-            VSphereActivities.remove_node_token,
-            RemoveNodeTokenInput(vm_ref=vm_ref, name=name),
-            schedule_to_close_timeout=CLEANUP_DEADLINE,
-            heartbeat_timeout=VSPHERE_HEARTBEAT,
-            retry_policy=VSPHERE_RETRY,
-        )
+        if local:  # local activities do not heartbeat: a start-to-close bounds each try
+            await workflow.execute_local_activity_method(
+                VSphereActivities.remove_node_token,
+                request,
+                schedule_to_close_timeout=CLEANUP_DEADLINE,
+                start_to_close_timeout=CLEANUP_DEADLINE / 2,
+                retry_policy=VSPHERE_RETRY,
+            )
+        else:
+            await workflow.execute_activity_method(
+                VSphereActivities.remove_node_token,
+                request,
+                schedule_to_close_timeout=CLEANUP_DEADLINE,
+                heartbeat_timeout=VSPHERE_HEARTBEAT,
+                retry_policy=VSPHERE_RETRY,
+            )
     except ActivityError as err:
         workflow.logger.warning("the token of %s stays in its guestinfo: %s", name, failure_reason(err))

@@ -20,7 +20,14 @@ from pke_vsphere.contracts.spec import (
     Timeouts,
     VSpherePlacement,
 )
-from pke_vsphere.contracts.state import ClusterPhase, NodeIdentity, NodeKind, NodeState, ReconcileReport
+from pke_vsphere.contracts.state import (
+    ClusterPhase,
+    NodeIdentity,
+    NodeKind,
+    NodePhase,
+    NodeState,
+    ReconcileReport,
+)
 
 
 # --- cluster workflow -------------------------------------------------------
@@ -69,6 +76,8 @@ class ClusterState(BaseModel):
     cloud_provider: str | None = None
     """PKE's --kubernetes-cloud-provider of every node: 'external' (the vSphere CPI
     add-on) or None, fixed at create."""
+    placement_refs: PlacementRefs | None = None
+    """The placement as the create's preflight resolved it (None: before 0.3)."""
 
 
 class ClusterWorkflowInput(BaseModel):
@@ -131,12 +140,16 @@ class NodeWorkflowInput(BaseModel):
     """MetalLB's addresses: a node must not get one of them."""
     join: NodeJoinContext | None = None
     """Followers and workers: how their workflow gives them a join token of their own."""
+    placement_refs: PlacementRefs | None = None
+    """The placement as the create's preflight resolved it (None: resolve the paths)."""
 
 
 class NodeResult(BaseModel):
     name: str
     vm_ref: str
     ip: str
+    powered_on_at: datetime | None = None
+    """None from the node workflow of 0.2 (it signalled it)."""
 
 
 class NodeReportKind(StrEnum):
@@ -271,6 +284,60 @@ class EnsureVmInput(BaseModel):
     """The node's bootstrap deadline: its token expires then (None: the worker's default)."""
 
 
+class PlacementRefs(BaseModel):
+    """A placement's managed objects, resolved once per create by the preflight and
+    handed to every node's workflow, so a clone looks nothing up by path. With them
+    go the template's facts a clone needs (its cores per socket, its first NIC) and
+    the NIC backing of the spec's network. A reference vCenter no longer knows (a
+    template replaced since) sends the clone back to the paths."""
+
+    datacenter: str
+    template: str
+    folder: str
+    pool: str
+    datastore: str | None = None
+    datastore_cluster: str | None = None
+    network: str | None = None
+    network_type: str | None = None
+    """``Network`` or ``DistributedVirtualPortgroup``."""
+    network_name: str | None = None
+    """A standard port group's name (its NIC backing's device name)."""
+    portgroup_key: str | None = None
+    switch_uuid: str | None = None
+    """A distributed port group's key and its switch's UUID."""
+    template_cores: int | None = None
+    nic_key: int | None = None
+    """The device key of the template's first NIC (kept by its clones)."""
+    nic_type: str | None = None
+    """Its vSphere type (``vim.vm.device.VirtualVmxnet3``)."""
+    nic_label: str | None = None
+    """Its label (``Network adapter 1``)."""
+
+
+class ProvisionVmInput(BaseModel):
+    """A node's whole VM step: find or clone (powered on), make its hardware match,
+    power it on if it is not, wait for its address."""
+
+    identity: NodeIdentity
+    placement: VSpherePlacement
+    refs: PlacementRefs | None = None
+    """None: resolve the placement's paths."""
+    cpus: int
+    memory_mb: int
+    bootstrap: NodeBootstrapSettings
+    timeouts: Timeouts
+    token_expires_at: datetime
+
+
+class ProvisionVmResult(BaseModel):
+    vm_ref: str
+    ip: str
+    created: bool
+    """False when the VM already existed (a retry after a crash)."""
+    powered_on_at: datetime
+    """When the worker saw the VM on (its clone's end, or its power-on's)."""
+
+
 class VCenterStep(StrEnum):
     """What a long vCenter activity is doing, as its heartbeats say."""
 
@@ -295,6 +362,9 @@ class VCenterProgress(BaseModel):
     """The vCenter task in flight (``task-123``)."""
     method: str | None = None
     """Its vSphere method (``CloneVM_Task``)."""
+    phase: NodePhase | None = None
+    """Where a node's provisioning is (cloning, configuring, powering on, waiting for
+    its IP); None for activities of one step."""
 
 
 class EnsureVmResult(BaseModel):
@@ -485,3 +555,5 @@ class RouterIdsInUse(BaseModel):
 class PreflightResult(BaseModel):
     checked: list[str] = Field(default_factory=list)
     storage_target: VCenterTarget | None = None
+    refs: PlacementRefs | None = None
+    """The placement as resolved (None from a worker older than 0.3)."""

@@ -24,8 +24,10 @@ class WorkflowType(StrEnum):
 
     CLUSTER = "ClusterWorkflow"
     """One per cluster (id ``pke-cluster-NAME``), for its whole life."""
-    NODE = "NodeWorkflow"
+    NODE = "NodeWorkflowV2"
     """A child of the cluster's: one VM from clone to joined."""
+    NODE_V1 = "NodeWorkflow"
+    """The node workflow of 0.2, for the node workflows a 0.2 worker started."""
     SCALE = "ScaleClusterWorkflow"
     """Runs :attr:`Update.SCALE_POOL` on a cluster (schedules start it)."""
     DELETE = "DeleteClusterWorkflow"
@@ -41,9 +43,20 @@ class Query(StrEnum):
     """Cluster workflow: a master's CAs and keys (the node API, after the node's own
     workflow granted the call)."""
     NODE_PHASE = "phase"
-    """Node workflow: where the node is."""
+    """Node workflow of 0.2: where the node is."""
+    NODE_PROGRESS = "progress"
+    """Node workflow: where the node is, with its VM and address once known."""
     SLOTS = "slots"
     """vCenter slots workflow: who holds a task slot."""
+
+
+class Patch(StrEnum):
+    """``workflow.patched`` ids: each marks a change to what a workflow does, so
+    that histories recorded before it replay as they ran."""
+
+    NODE_WORKFLOW_V2 = "node-workflow-v2"
+    """The cluster starts :attr:`WorkflowType.NODE` children (0.3) instead of
+    :attr:`WorkflowType.NODE_V1`, with the placement as its preflight resolved it."""
 
 
 class Update(StrEnum):

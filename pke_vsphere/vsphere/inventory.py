@@ -9,6 +9,7 @@ from typing import Any
 
 from pyVmomi import vim
 
+from pke_vsphere.contracts.messages import PlacementRefs
 from pke_vsphere.contracts.spec import VSpherePlacement
 from pke_vsphere.vsphere import properties
 from pke_vsphere.vsphere.errors import PermanentError
@@ -73,3 +74,67 @@ def resolve(si: Any, spec: VSpherePlacement) -> Placement:
     if problems:
         raise PermanentError("; ".join(problems))
     return Placement(datacenter, template, folder, pool, datastore, datastore_cluster, network)
+
+
+def refs(si: Any, placement: Placement) -> PlacementRefs:
+    """The references of a resolved placement, with what a clone needs of the
+    template (one read) and of the network (one or two)."""
+    template = properties.read(
+        si, placement.template, ["config.hardware.numCoresPerSocket", "config.hardware.device"]
+    )
+    devices = template.get("config.hardware.device") or []
+    nic = next((d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)), None)
+    found = PlacementRefs(
+        datacenter=placement.datacenter._moId,
+        template=placement.template._moId,
+        folder=placement.folder._moId,
+        pool=placement.pool._moId,
+        datastore=placement.datastore._moId if placement.datastore is not None else None,
+        datastore_cluster=(
+            placement.datastore_cluster._moId if placement.datastore_cluster is not None else None
+        ),
+        template_cores=template.get("config.hardware.numCoresPerSocket"),
+        nic_key=nic.key if nic is not None else None,
+        nic_type=type(nic).__name__ if nic is not None else None,
+        nic_label=nic.deviceInfo.label if nic is not None and nic.deviceInfo else None,
+    )
+    network = placement.network
+    if network is None:
+        return found
+    if isinstance(network, vim.dvs.DistributedVirtualPortgroup):
+        group = properties.read(si, network, ["key", "config.distributedVirtualSwitch"])
+        switch = properties.read(si, group["config.distributedVirtualSwitch"], ["uuid"])
+        return found.model_copy(
+            update={
+                "network": network._moId,
+                "network_type": "DistributedVirtualPortgroup",
+                "portgroup_key": group["key"],
+                "switch_uuid": switch["uuid"],
+            }
+        )
+    name = properties.read(si, network, ["name"])["name"]
+    return found.model_copy(
+        update={"network": network._moId, "network_type": "Network", "network_name": name}
+    )
+
+
+def from_refs(si: Any, refs: PlacementRefs) -> Placement:
+    """The placement's objects by reference, without a call to vCenter."""
+
+    def obj(kind: Any, ref: str | None) -> Any | None:
+        return kind(ref, si._stub) if ref is not None else None
+
+    network_kind = (
+        vim.dvs.DistributedVirtualPortgroup
+        if refs.network_type == "DistributedVirtualPortgroup"
+        else vim.Network
+    )
+    return Placement(
+        datacenter=obj(vim.Datacenter, refs.datacenter),
+        template=obj(vim.VirtualMachine, refs.template),
+        folder=obj(vim.Folder, refs.folder),
+        pool=obj(vim.ResourcePool, refs.pool),
+        datastore=obj(vim.Datastore, refs.datastore),
+        datastore_cluster=obj(vim.StoragePod, refs.datastore_cluster),
+        network=obj(network_kind, refs.network),
+    )

@@ -10,8 +10,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pyVmomi import vim
+from pyVmomi import VmomiSupport, vim
 
+from pke_vsphere.contracts.messages import PlacementRefs
 from pke_vsphere.vsphere import properties
 from pke_vsphere.vsphere.errors import PermanentError
 from pke_vsphere.vsphere.inventory import Placement
@@ -72,26 +73,25 @@ def find_in_folder(si: Any, folder: Any, name: str) -> Any | None:
     return si.content.searchIndex.FindChild(folder, name)
 
 
-def network_backing(si: Any, network: Any) -> Any:
-    """A NIC's backing for a standard or distributed port group."""
-    if isinstance(network, vim.dvs.DistributedVirtualPortgroup):
-        props = properties.read(si, network, ["key", "config.distributedVirtualSwitch"])
-        dvs = props["config.distributedVirtualSwitch"]
-        uuid = properties.read(si, dvs, ["uuid"])["uuid"]
+def network_backing(refs: PlacementRefs, network: Any) -> Any:
+    """A NIC's backing for the spec's standard or distributed port group."""
+    if refs.network_type == "DistributedVirtualPortgroup":
         return vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
-            port=vim.dvs.PortConnection(portgroupKey=props["key"], switchUuid=uuid)
+            port=vim.dvs.PortConnection(portgroupKey=refs.portgroup_key, switchUuid=refs.switch_uuid)
         )
-    name = properties.read(si, network, ["name"])["name"]
-    return vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=name, network=network)
+    return vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=refs.network_name, network=network)
 
 
-def _nic_change(si: Any, template: Any, network: Any) -> list[Any]:
-    devices = properties.read(si, template, ["config.hardware.device"]).get("config.hardware.device", [])
-    nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
-    if not nics:
+def _nic_change(refs: PlacementRefs, network: Any) -> list[Any]:
+    """Connect the clone's first NIC (the template's, same key and type) to the network."""
+    if refs.nic_key is None or refs.nic_type is None:
         raise PermanentError("vsphere.network: the template has no network adapter to connect")
-    nic = nics[0]
-    nic.backing = network_backing(si, network)
+    # The device as the template has it, as far as an edit needs: its key, type and
+    # label; what is not set stays as the template has it.
+    nic = VmomiSupport.GetVmodlType(refs.nic_type)(
+        key=refs.nic_key, deviceInfo=vim.Description(label=refs.nic_label or "", summary="")
+    )
+    nic.backing = network_backing(refs, network)
     nic.connectable = vim.vm.device.VirtualDevice.ConnectInfo(
         startConnected=True, allowGuestControl=True, connected=True
     )
@@ -131,33 +131,31 @@ def cores_per_socket(cpus: int, template_cores: int | None) -> int:
     return math.gcd(cpus, max(1, template_cores or 1))
 
 
-def template_cores(si: Any, template: Any) -> int | None:
-    cores = properties.read(si, template, ["config.hardware.numCoresPerSocket"])
-    return cores.get("config.hardware.numCoresPerSocket")
-
-
 def start_clone(
     si: Any,
     placement: Placement,
+    refs: PlacementRefs,
     *,
     name: str,
     instance_uuid: str,
     cpus: int,
     memory_mb: int,
     extra_config: Mapping[str, str],
+    power_on: bool,
 ) -> Any:
-    """Start cloning the template; returns the vCenter task."""
+    """Start cloning the template (``power_on``: vCenter powers the clone on as the
+    last part of the same task); returns the vCenter task."""
     config = vim.vm.ConfigSpec(
         instanceUuid=instance_uuid,
         numCPUs=cpus,
-        numCoresPerSocket=cores_per_socket(cpus, template_cores(si, placement.template)),
+        numCoresPerSocket=cores_per_socket(cpus, refs.template_cores),
         memoryMB=memory_mb,
         extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in extra_config.items()],
     )
     location = vim.vm.RelocateSpec(pool=placement.pool)
     if placement.network is not None:
-        location.deviceChange = _nic_change(si, placement.template, placement.network)
-    spec = vim.vm.CloneSpec(location=location, config=config, powerOn=False, template=False)
+        location.deviceChange = _nic_change(refs, placement.network)
+    spec = vim.vm.CloneSpec(location=location, config=config, powerOn=power_on, template=False)
     location.datastore = placement.datastore or _recommend_datastore(si, placement, spec, name)
     return placement.template.CloneVM_Task(folder=placement.folder, name=name, spec=spec)
 
@@ -220,10 +218,18 @@ def first_nic_key(si: Any, vm: Any) -> int | None:
 
 
 def wait_for_ip(
-    si: Any, vm: Any, *, timeout: float, on_wake: Callable[[], None], network: str | None = None
+    si: Any,
+    vm: Any,
+    *,
+    timeout: float,
+    on_wake: Callable[[], None],
+    network: str | None = None,
+    nic_key: int | None = None,
 ) -> str:
-    """The node's address (see ``pick_ip``): on ``network``, or without one on the VM's first NIC."""
-    nic_key = first_nic_key(si, vm) if network is None else None
+    """The node's address (see ``pick_ip``): on ``network``, or without one on the VM's
+    first NIC (``nic_key``, the template's; None: read from the VM)."""
+    if network is None and nic_key is None:
+        nic_key = first_nic_key(si, vm)
     return wait_for_properties(
         si,
         vm,

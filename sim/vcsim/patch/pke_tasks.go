@@ -54,6 +54,7 @@ type pkeTask struct {
 	cancel   chan struct{}
 	canceled bool
 	done     func() // run once the task has finished, however it finished
+	powerOn  bool   // a clone that powers its VM on as the task's last part
 }
 
 var (
@@ -91,10 +92,18 @@ func SetTaskJitter(fraction float64) {
 func (p *pkeTask) duration() time.Duration {
 	pkeMu.Lock()
 	defer pkeMu.Unlock()
+	d := pkeSeconds(p.method, p.target)
+	if p.powerOn {
+		d += pkeSeconds("PowerOnVM_Task", p.target)
+	}
+	return time.Duration(d * (1 + pkeJitter*(2*pkeRand.Float64()-1)) * float64(time.Second))
+}
+
+// pkeSeconds is how long a task of method on target takes (pkeMu held).
+func pkeSeconds(method, target string) float64 {
 	for _, d := range pkeDurations {
-		if d.method == p.method && strings.HasPrefix(p.target, d.prefix) {
-			s := d.seconds * (1 + pkeJitter*(2*pkeRand.Float64()-1))
-			return time.Duration(s * float64(time.Second))
+		if d.method == method && strings.HasPrefix(target, d.prefix) {
+			return d.seconds
 		}
 	}
 	return 0
@@ -450,4 +459,21 @@ func pkeNicAddress(vm *VirtualMachine, val *types.OptionValue) ([]types.Property
 		break
 	}
 	return changes, true
+}
+
+// pkeClonePowersOn marks a clone whose spec asks for the VM to be powered on
+// (CloneSpec.powerOn): its task then lasts a clone and a power-on.
+func pkeClonePowersOn(task *Task, on bool) {
+	p := pkeTaskOf(task)
+	pkeMu.Lock()
+	p.powerOn = on
+	pkeMu.Unlock()
+}
+
+// pkeClonePowerOn powers a new clone on as the last part of its clone task, as
+// vCenter does when CloneSpec.powerOn is set; Debian's simulator ignored it and
+// left the clone off.
+func pkeClonePowerOn(ctx *Context, clone *VirtualMachine) {
+	runner := &powerVMTask{clone, types.VirtualMachinePowerStatePoweredOn, ctx}
+	_, _ = runner.Run(nil)
 }
