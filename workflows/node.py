@@ -189,16 +189,17 @@ class NodeWorkflow:
         leader = node.kind is NodeKind.LEADER
         expected = NodeReportKind.READY if leader else NodeReportKind.JOINED
         wait = steps.leader_ready if leader else steps.join
-        try:
-            await workflow.wait_condition(lambda: self._report is not None, timeout=wait)
-        except TimeoutError:
+        # The deadline's timer is not cancelled when the report comes: it ends with
+        # the workflow, which spares the history a TimerCanceled event per node.
+        deadline_passed = asyncio.create_task(asyncio.sleep(wait))
+        await workflow.wait_condition(lambda: self._report is not None or deadline_passed.done())
+        if self._report is None:
             raise ApplicationError(
                 f"{node.name} ({ip}) did not report {expected.value} within {wait}s; "
                 "see the node's cloud-init log (/var/log/cloud-init-output.log)",
                 type=ErrorType.NODE_REPORT_TIMEOUT,
                 non_retryable=True,
-            ) from None
-        assert self._report is not None
+            )
         session.close(f"reported {self._report.kind.value}")
         await self._take_credentials_back(vm.vm_ref, self._report.kind)
         if self._report.kind is NodeReportKind.FAILED:
