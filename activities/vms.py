@@ -106,10 +106,14 @@ class VSphereActivities:
         progress: Progress,
         deadline: Deadline,
         wait: Callable[[Any], Any] | None = None,
+        governed: bool = True,
     ) -> Any:
         """Start a vCenter task under the cap (held until the task ends) and wait for
-        it until the step's deadline; every heartbeat from its start on names it."""
-        with self.task_slots.hold(progress, timedelta(seconds=deadline.left())):
+        it until the step's deadline; every heartbeat from its start on names it.
+        ``governed=False``: a metadata-only task (an extraConfig edit) that does not
+        queue for the cap, which is for the work hosts and datastores do."""
+        slot = self.task_slots.hold(progress, timedelta(seconds=deadline.left()))
+        with slot if governed else contextlib.nullcontext():
             task = start()
             progress.at(VCenterStep.TASK, task._moId, method)
             crashpoints.reach(f"{name}.started")
@@ -426,6 +430,9 @@ class VSphereActivities:
                 RECONFIGURE,
                 progress,
                 deadline,
+                # Taking the token out must not wait behind clones: the node's Ready
+                # waits for it (in a local activity, holding its workflow task).
+                governed=False,
             )
             log.info("vm.node_token_removed", node=input.name, vm=input.vm_ref)
             return True

@@ -88,7 +88,10 @@ class VCenterSettings(BaseSettings):
         description="Skip TLS verification (logged as a warning; never in production).",
     )
     vcenter_max_concurrent_tasks: int = Field(
-        default=8, ge=1, le=256, description="vCenter tasks (clone, reconfigure, power) in flight."
+        default=64,
+        ge=1,
+        le=512,
+        description="vCenter tasks (clone, reconfigure, power, destroy) in flight, all workers together.",
     )
 
     @model_validator(mode="after")
