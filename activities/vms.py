@@ -158,7 +158,8 @@ class VSphereActivities:
         deadline within the step (clone, then configure and power-on, then IP, from
         the step's first attempt) and every heartbeat names the part, so a retry
         after a crash resumes there. A first attempt looks nothing up: no earlier
-        attempt can have started anything for this node's instance UUID."""
+        attempt can have started anything for this node's instance UUID. Once the
+        VM has its address, its token is taken out of its guestinfo."""
         node, steps = input.identity, input.timeouts
         step = Deadline.of_activity()
         clone_deadline = step.part(steps.as_timedelta("clone"), steps.as_timedelta("clone"))
@@ -223,6 +224,10 @@ class VSphereActivities:
                 raise _ip_timeout(node.name, steps.ip) from exc
             crashpoints.reach("ip.reported")
             log.info("vm.ip_reported", node=node.name, vm=vm._moId, ip=ip)
+            # The guest is up and on the network: cloud-init read its user data
+            # before that (its VMware datasource runs before networking), so the
+            # token leaves guestinfo now; the node keeps it in a file until its report.
+            self._remove_token(si, vm, node.name, progress, step)
             return ProvisionVmResult(vm_ref=vm._moId, ip=ip, created=created, powered_on_at=powered_on_at)
 
         with as_activity_errors(f"provision VM {node.name}"):
@@ -352,6 +357,9 @@ class VSphereActivities:
         try:
             return wait_for_task(si, task, timeout=deadline.left_for_task(), on_wake=progress)
         except TimeoutError:
+            log.info(
+                "vm.clone_cancelled", node=clone.identity.name, task=task._moId, why="past the clone step"
+            )
             with contextlib.suppress(TimeoutError):  # the step is over either way
                 _cancel_clone(si, task, progress, timeout=max(1.0, deadline.left()))
             raise CloneTimeout(
@@ -410,35 +418,36 @@ class VSphereActivities:
         deadline = Deadline.of_activity(timedelta(minutes=2))
 
         def run(si: Any) -> bool:
-            vm = vms.vm_by_ref(si, input.vm_ref)
-            self._finish_earlier(si, RECONFIGURE, progress, deadline)
-            props = properties.read(si, vm, ["config.extraConfig"])
-            if not props:
-                raise PermanentError(f"VM {input.name} no longer exists")
-            extra = properties.extra_config(props.get("config.extraConfig"))
-            encoded = extra.get(guestinfo.USERDATA)
-            if not encoded:
-                return False
-            userdata = guestinfo.decode(encoded, extra.get(f"{guestinfo.USERDATA}.encoding", ""))
-            kept = cloudinit.without_token(userdata)
-            if kept == userdata:
-                return False
-            self._run_task(
-                si,
-                lambda: vms.start_set_extra_config(vm, guestinfo.userdata_config(kept)),
-                "reconfigure",
-                RECONFIGURE,
-                progress,
-                deadline,
-                # Taking the token out must not wait behind clones: the node's Ready
-                # waits for it (in a local activity, holding its workflow task).
-                governed=False,
-            )
-            log.info("vm.node_token_removed", node=input.name, vm=input.vm_ref)
-            return True
+            return self._remove_token(si, vms.vm_by_ref(si, input.vm_ref), input.name, progress, deadline)
 
         with as_activity_errors(f"remove the token from VM {input.name}"):
             return self._session.run(run)
+
+    def _remove_token(self, si: Any, vm: Any, name: str, progress: Progress, deadline: Deadline) -> bool:
+        self._finish_earlier(si, RECONFIGURE, progress, deadline)
+        props = properties.read(si, vm, ["config.extraConfig"])
+        if not props:
+            raise PermanentError(f"VM {name} no longer exists")
+        extra = properties.extra_config(props.get("config.extraConfig"))
+        encoded = extra.get(guestinfo.USERDATA)
+        if not encoded:
+            return False
+        userdata = guestinfo.decode(encoded, extra.get(f"{guestinfo.USERDATA}.encoding", ""))
+        kept = cloudinit.without_token(userdata)
+        if kept == userdata:
+            return False
+        self._run_task(
+            si,
+            lambda: vms.start_set_extra_config(vm, guestinfo.userdata_config(kept)),
+            "reconfigure",
+            RECONFIGURE,
+            progress,
+            deadline,
+            # An extraConfig edit: it does not wait behind clones for the cap.
+            governed=False,
+        )
+        log.info("vm.node_token_removed", node=name, vm=vm._moId)
+        return True
 
     @activity.defn
     def power_on_vm(self, input: PowerOnInput) -> PowerOnResult:

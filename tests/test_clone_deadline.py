@@ -78,8 +78,9 @@ async def test_a_clone_left_running_by_a_dead_worker_is_cancelled_when_its_node_
     stack: Stack, new_worker: WorkerFactory
 ) -> None:
     """The worker dies right after starting the clone and no worker runs until the
-    clone step is over: the attempt that would have cancelled it never runs, so the
-    give-up destroy finds the clone still running in vCenter and cancels it."""
+    clone step is over: what runs first then (the provisioning's retry, past its
+    clone deadline, or the give-up destroy) finds the clone still running in
+    vCenter and cancels it."""
     name = unique("late-k")
     late = f"{name}-workers-01"
     stack.sim.set_task_seconds("CloneVM_Task", CLONE_SECONDS, prefix=late)

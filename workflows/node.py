@@ -12,9 +12,10 @@ This workflow is also the authority on the node's credentials: every call the
 node makes to the node API is the ``node_call`` update here, checked by the
 node's :class:`~workflows.bootstrap_session.BootstrapSession`, so a token works
 only from the moment its VM has an address until the report, and never after
-this workflow ends. It mints the node's own join token when asked, deletes it
-from the cluster once the node reported, and takes the node's token out of its
-guestinfo: each of these a local activity, a marker in history.
+this workflow ends. It mints the node's own join token when asked and deletes it
+from the cluster once the node reported, each a local activity (a marker in
+history). The node's token leaves its VM's guestinfo as soon as the VM has its
+address, within ``provision_vm``: cloud-init has read it by then.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ class NodeWorkflow:
                 non_retryable=True,
             )
         session.close(f"reported {self._report.kind.value}")
-        await self._take_credentials_back(vm.vm_ref, self._report.kind)
+        await self._take_join_tokens_back()
         if self._report.kind is NodeReportKind.FAILED:
             raise ApplicationError(
                 f"{node.name} reported a bootstrap failure: {self._report.message or 'no message'}",
@@ -218,17 +219,11 @@ class NodeWorkflow:
         self._at(NodePhase.READY)
         return NodeResult(name=node.name, vm_ref=vm.vm_ref, ip=ip, powered_on_at=vm.powered_on_at)
 
-    async def _take_credentials_back(self, vm_ref: str, report: NodeReportKind) -> None:
-        """The node reported: its join token leaves the cluster, and (unless it failed,
-        and its VM goes anyway) its token leaves the VM's guestinfo."""
+    async def _take_join_tokens_back(self) -> None:
+        """The node reported: its join token leaves the cluster. (Its token left its
+        VM's guestinfo when the VM got its address: ``provision_vm``.)"""
         assert self._input is not None
         node, join = self._input.identity, self._input.join
-        steps = []
         if join is not None and self._join_tokens:
-            steps.append(
-                node_credentials.delete_join_tokens(node.cluster, join, self._join_tokens, local=True)
-            )
-            self._join_tokens = []
-        if report is not NodeReportKind.FAILED:
-            steps.append(node_credentials.remove_node_token(vm_ref, node.name, local=True))
-        await asyncio.gather(*steps)  # both at once: the node's Ready waits for them
+            tokens, self._join_tokens = self._join_tokens, []
+            await node_credentials.delete_join_tokens(node.cluster, join, tokens, local=True)
