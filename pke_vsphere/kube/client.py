@@ -1,13 +1,22 @@
-"""A lightkube client for one cluster, from its CA alone."""
+"""A lightkube client for one cluster, from its CA alone.
+
+Clients are kept and reused per credential (and event loop): building one costs
+a TLS context or two (lightkube loads the system's CA bundle for each, even when
+the transport brings its own), which at a thousand joining nodes was most of the
+worker's CPU, and a kept client keeps its connections to the API server."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import ssl
 import tempfile
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx2
@@ -69,17 +78,56 @@ def _config(server: str) -> KubeConfig:
     )
 
 
-@asynccontextmanager
-async def connect(access: KubeAccess, request_seconds: float = 15) -> AsyncIterator[AsyncClient]:
+# How many clients are kept, and for how long one minted from the CA key is used
+# (its certificate lives ADMIN_VALIDITY).
+MAX_CLIENTS = 32
+ADMIN_REUSE = ADMIN_VALIDITY / 2
+# A handed-over certificate closer than this to its expiry gets a new client.
+EXPIRY_MARGIN = timedelta(minutes=1)
+_clients: OrderedDict[tuple[int, str, float], tuple[AsyncClient, float]] = OrderedDict()
+
+
+def _credential_key(access: KubeAccess) -> str:
+    """Which credential a client is made from: a digest of the endpoint, the CA and
+    the client certificate (public parts only)."""
+    parts = [access.endpoint, access.ca_cert_pem, access.client_cert_pem or "minted from the CA key"]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _usable_until(access: KubeAccess) -> float:
+    """The monotonic time until which a client of this credential may be used."""
+    if access.client_cert_pem is None:
+        return time.monotonic() + ADMIN_REUSE.total_seconds()
+    if access.expires_at is None:
+        return float("inf")
+    left = access.expires_at - datetime.now(UTC) - EXPIRY_MARGIN
+    return time.monotonic() + max(0.0, left.total_seconds())
+
+
+def _new_client(access: KubeAccess, request_seconds: float) -> AsyncClient:
     transport = httpx2.AsyncHTTPTransport(verify=ssl_context(access))
-    client = AsyncClient(
+    return AsyncClient(
         _config(f"https://{access.endpoint}"),
         transport=transport,
         trust_env=False,
         field_manager=FIELD_MANAGER,
         timeout=httpx2.Timeout(request_seconds),
     )
-    try:
-        yield client
-    finally:
-        await client.close()
+
+
+@asynccontextmanager
+async def connect(access: KubeAccess, request_seconds: float = 15) -> AsyncIterator[AsyncClient]:
+    """A client for the cluster, kept for the next call with the same credential."""
+    key = (id(asyncio.get_running_loop()), _credential_key(access), request_seconds)
+    kept = _clients.get(key)
+    if kept is None or kept[1] <= time.monotonic():
+        _clients.pop(key, None)
+        if kept is not None:
+            await kept[0].close()
+        kept = (_new_client(access, request_seconds), _usable_until(access))
+        _clients[key] = kept
+        while len(_clients) > MAX_CLIENTS:
+            _, (oldest, _) = _clients.popitem(last=False)
+            await oldest.close()
+    _clients.move_to_end(key)
+    yield kept[0]
