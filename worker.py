@@ -72,6 +72,7 @@ def build_worker(
             pki_activities.generate_pki,
             pki_activities.issue_kube_credential,
             kube_activities.create_bootstrap_token,
+            kube_activities.create_bootstrap_tokens,
             kube_activities.delete_bootstrap_token,
             kube_activities.drain_node,
             kube_activities.delete_kube_node,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,10 +17,12 @@ from temporalio.exceptions import ApplicationError
 
 from pke_vsphere.contracts.messages import (
     CreateTokenInput,
+    CreateTokensInput,
     DeleteKubeNodeInput,
     DeleteTokenInput,
     DrainInput,
     DrainResult,
+    JoinTokens,
     KubeAccess,
     WaitNodeReadyInput,
 )
@@ -69,6 +72,30 @@ async def create_bootstrap_token(input: CreateTokenInput) -> BootstrapToken:
         expires_at=token.expires_at.isoformat(),
     )
     return token
+
+
+# Installs in flight at once when minting many tokens.
+CONCURRENT_INSTALLS = 16
+
+
+@activity.defn
+async def create_bootstrap_tokens(input: CreateTokensInput) -> JoinTokens:
+    """One kubeadm token for each joining node, installed before the nodes ask, so a
+    node's join call is served without a call to the API server. A retry mints
+    another set; the tokens an earlier attempt installed expire unused."""
+    ttl = timedelta(seconds=input.ttl_seconds)
+    limit = asyncio.Semaphore(CONCURRENT_INSTALLS)
+    async with api(input.access, "install bootstrap tokens") as client:
+
+        async def one(node: str) -> tuple[str, BootstrapToken]:
+            token = tokens.mint(ttl)
+            async with limit:
+                await bootstrap_tokens.install(client, token, node)
+            return node, token
+
+        made = dict(await asyncio.gather(*map(one, input.nodes)))
+    log.info("bootstrap_tokens.installed", cluster=input.cluster, count=len(made))
+    return JoinTokens(tokens=made)
 
 
 @activity.defn

@@ -21,7 +21,6 @@ SDK suggests it.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -174,7 +173,7 @@ class ClusterWorkflow(ScalingSteps, ReconcileSteps, DeletionSteps):
 
         state.phase = ClusterPhase.STARTING_NODES
         others = [n for n in state.nodes.values() if n.identity.kind is not NodeKind.LEADER]
-        await asyncio.gather(*(self._launch(n) for n in others))
+        await self._launch_all(others)
         state.phase = ClusterPhase.READY
         state.ready_at = workflow.now()
         failed = [n.name for n in state.nodes.values() if n.phase is NodePhase.FAILED]

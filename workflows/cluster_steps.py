@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from activities import kube as kube_activities
     from activities import pki as pki_activities
     from pke_vsphere.contracts import ids
     from pke_vsphere.contracts.messages import (
         ClusterState,
+        CreateTokensInput,
         FindClusterVmsResult,
         IssueKubeCredentialInput,
         KubeAccess,
@@ -29,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         NodeJoinContext,
         NodeWorkflowInput,
     )
+    from pke_vsphere.contracts.pki import BootstrapToken
     from pke_vsphere.contracts.protocol import ErrorType, Patch
     from pke_vsphere.contracts.spec import ClusterSpec, Topology
     from pke_vsphere.contracts.state import NodeKind, NodePhase, NodeState
@@ -37,7 +41,14 @@ with workflow.unsafe.imports_passed_through():
     from workflows.failures import failure_reason
     from workflows.node import NodeWorkflow
     from workflows.node_v1 import NodeWorkflowV1
-    from workflows.policies import JOIN_ACCESS_SLACK, LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
+    from workflows.policies import (
+        JOIN_ACCESS_SLACK,
+        JOIN_TOKEN_TTL,
+        KUBE_CALL_TIMEOUT,
+        KUBE_RETRY,
+        LOCAL_WORK_RETRY,
+        LOCAL_WORK_TIMEOUT,
+    )
 
 T = TypeVar("T")
 
@@ -112,7 +123,34 @@ class ClusterSteps:
             etcd_prefix=spec.etcd_prefix,
         )
 
-    async def _launch(self, node: NodeState) -> bool:
+    async def _launch_all(self, nodes: list[NodeState]) -> list[bool]:
+        """Run the workflows of ``nodes`` at once (see :meth:`_launch`). Their join
+        tokens are minted together first, one per joining node, so no node's join
+        call waits for the API server; if that fails, each node's workflow mints
+        its own when asked."""
+        tokens: dict[str, BootstrapToken] = {}
+        joiners = [n.name for n in nodes if n.identity.kind is not NodeKind.LEADER]
+        if joiners and workflow.patched(Patch.NODE_WORKFLOW_V2):
+            join = await self._join_context()
+            try:
+                minted = await workflow.execute_activity(
+                    kube_activities.create_bootstrap_tokens,
+                    CreateTokensInput(
+                        cluster=self.spec.name,
+                        access=join.access,
+                        ttl_seconds=int(JOIN_TOKEN_TTL.total_seconds()),
+                        nodes=joiners,
+                    ),
+                    start_to_close_timeout=KUBE_CALL_TIMEOUT * 4,
+                    schedule_to_close_timeout=timedelta(minutes=2),
+                    retry_policy=KUBE_RETRY,
+                )
+                tokens = minted.tokens
+            except ActivityError as err:
+                workflow.logger.warning("join tokens not minted ahead: %s", failure_reason(err))
+        return list(await asyncio.gather(*(self._launch(n, tokens.get(n.name)) for n in nodes)))
+
+    async def _launch(self, node: NodeState, join_token: BootstrapToken | None = None) -> bool:
         """Run the node's workflow to completion; on failure mark the node Failed,
         destroy its VM, and return False."""
         spec = self.spec
@@ -127,6 +165,7 @@ class ClusterSteps:
             timeouts=spec.timeouts,
             load_balancer=spec.load_balancer,
             join=join,
+            join_token=join_token,
         )
         node_id = ids.node_workflow_id(spec.name, node.name)
         try:

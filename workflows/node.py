@@ -101,8 +101,9 @@ class NodeWorkflow:
             raise ApplicationError(refused.message, type=refused.refusal, non_retryable=True)
 
     async def _join_info(self, address: str) -> JoinInfo:
-        """The node's own bootstrap token, minted on its first join call and served
-        again to its repeats while it stays valid."""
+        """The node's own bootstrap token: the one it was launched with, else (or once
+        that is about to expire) one minted now; served again to its repeats while
+        it stays valid."""
         assert self._input is not None
         join, node = self._input.join, self._input.identity
         if join is None:
@@ -137,6 +138,8 @@ class NodeWorkflow:
         self._progress = NodeProgress(name=node.name, phase=NodePhase.CLONING, at=workflow.now())
         deadline = workflow.now() + bootstrap_window(input.timeouts, node.kind)
         self._session = BootstrapSession(identity=node, deadline=deadline)
+        if input.join_token is not None:
+            self._join_tokens = [input.join_token]
         try:
             return await self._run(input, deadline)
         except BaseException as exc:

@@ -34,7 +34,7 @@ class ScalingSteps(ClusterSteps):
         plan = planning.plan_scale(self.state, pool_name, size)
         outcome.added = [n.name for n in plan.add]
         await asyncio.gather(
-            *(self._launch(n) for n in plan.add), *(self._remove_node(n, outcome) for n in plan.remove)
+            self._launch_all(plan.add), *(self._remove_node(n, outcome) for n in plan.remove)
         )
         outcome.failed.update(
             {n.name: n.last_error or "failed" for n in plan.add if n.phase is NodePhase.FAILED}

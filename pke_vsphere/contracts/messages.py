@@ -9,7 +9,7 @@ from typing import Self
 
 from pydantic import BaseModel, Field, model_validator
 
-from pke_vsphere.contracts.pki import ClusterPKI
+from pke_vsphere.contracts.pki import BootstrapToken, ClusterPKI
 from pke_vsphere.contracts.protocol import NodeCall
 from pke_vsphere.contracts.secret import Secret
 from pke_vsphere.contracts.spec import (
@@ -142,6 +142,9 @@ class NodeWorkflowInput(BaseModel):
     """Followers and workers: how their workflow gives them a join token of their own."""
     placement_refs: PlacementRefs | None = None
     """The placement as the create's preflight resolved it (None: resolve the paths)."""
+    join_token: BootstrapToken | None = None
+    """The node's own join token, minted with those of the nodes launched with it
+    (None: the node's workflow mints it when the node first asks)."""
 
 
 class NodeResult(BaseModel):
@@ -432,6 +435,20 @@ class CreateTokenInput(BaseModel):
     ttl_seconds: int
     node: str | None = None
     """The one node the token is for (None: clusters from before per-node tokens)."""
+
+
+class CreateTokensInput(BaseModel):
+    """One join token for each of ``nodes``, minted ahead of their join calls."""
+
+    cluster: str
+    access: KubeAccess
+    ttl_seconds: int
+    nodes: list[str] = Field(max_length=1000)
+
+
+class JoinTokens(BaseModel):
+    tokens: dict[str, BootstrapToken] = Field(default_factory=dict)
+    """By node name; each token is for that node only."""
 
 
 class DrainInput(BaseModel):
