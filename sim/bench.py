@@ -91,11 +91,12 @@ class Proc:
     log: Path
 
     def usage(self) -> tuple[float, float]:
-        """CPU seconds (user + system) and peak RSS in MB so far."""
+        """CPU seconds (user + system, with its children that ended: the simulated
+        nodes' bootstrap scripts) and peak RSS in MB so far."""
         pid = self.process.pid
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
-        cpu = (int(stat[11]) + int(stat[12])) / ticks
+        cpu = sum(int(field) for field in stat[11:15]) / ticks
         peak = 0.0
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -360,7 +361,7 @@ async def run_one(masters: int, workers: int, kill_worker: bool, boot_seconds: f
             method: round(count / nodes, 2) for method, count in sorted(stack.proxy.stats.requests.items())
         }
         figures.soap_per_node = round(sum(stack.proxy.stats.requests.values()) / nodes, 1)
-        for name in ("worker", "temporal", "node-api"):
+        for name in ("worker", "temporal", "node-api", "nodes"):
             cpu, peak = stack.procs[name].usage()
             figures.cpu_s[name], figures.peak_rss_mb[name] = round(cpu, 1), round(peak)
         durations, errors = _node_api_latency(stack.procs["node-api"].log)
@@ -480,8 +481,10 @@ def report(all_figures: list[Figures]) -> str:
             ),
         ),
         (
-            "CPU s: worker / Temporal / node API",
-            lambda f: " / ".join(str(f.cpu_s.get(p, "-")) for p in ("worker", "temporal", "node-api")),
+            "CPU s: worker / Temporal / node API / simulated nodes",
+            lambda f: " / ".join(
+                str(f.cpu_s.get(p, "-")) for p in ("worker", "temporal", "node-api", "nodes")
+            ),
         ),
         (
             "peak RSS MB: worker / Temporal / node API",
