@@ -215,7 +215,8 @@ class VSphereActivities:
                 ip = vms.wait_for_ip(
                     si,
                     vm,
-                    timeout=step.left(),
+                    # The IP part's own deadline from the power-on, within the step's.
+                    timeout=min(step.left(), float(steps.ip)),
                     on_wake=progress,
                     network=vms.portgroup_name(input.placement.network),
                     nic_key=refs.nic_key,

@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from pke_vsphere.contracts.state import NodeKind, NodePhase, NodeState
     from workflows import planning, vm_steps
     from workflows.bootstrap_session import bootstrap_window
-    from workflows.failures import failure_reason
+    from workflows.failures import failed_node_vm, failure_reason
     from workflows.node import NodeWorkflow
     from workflows.node_v1 import NodeWorkflowV1
     from workflows.policies import (
@@ -183,6 +183,8 @@ class ClusterSteps:
             node.phase = NodePhase.FAILED
             node.last_error = failure_reason(err)
             node.updated_at = workflow.now()
+            if (vm := failed_node_vm(err)) is not None:
+                node.vm_ref, node.ip = vm.vm_ref, vm.ip or node.ip
             workflow.logger.warning("node %s failed: %s", node.name, node.last_error)
             await self._remove_given_up(node)
             return False

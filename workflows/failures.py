@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from temporalio.exceptions import ActivityError, ChildWorkflowError, FailureError, TimeoutError
+from pydantic import ValidationError
+from temporalio import workflow
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    FailureError,
+    TimeoutError,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from pke_vsphere.contracts.messages import NodeVm
 
 
 def failure_reason(err: BaseException) -> str:
@@ -12,3 +23,14 @@ def failure_reason(err: BaseException) -> str:
     while isinstance(err, ChildWorkflowError | ActivityError | TimeoutError) and err.cause is not None:
         err = err.cause
     return err.message if isinstance(err, FailureError) else str(err)
+
+
+def failed_node_vm(err: ChildWorkflowError) -> NodeVm | None:
+    """The VM a node workflow's failure names (a failure past its VM step), if any."""
+    cause = err.cause
+    if not isinstance(cause, ApplicationError) or not cause.details:
+        return None
+    try:
+        return NodeVm.model_validate(cause.details[0])
+    except ValidationError:
+        return None

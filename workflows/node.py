@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         NodeReport,
         NodeReportKind,
         NodeResult,
+        NodeVm,
         NodeWorkflowInput,
         ProvisionVmInput,
         ProvisionVmResult,
@@ -151,6 +152,21 @@ class NodeWorkflow:
             raise
 
     async def _run(self, input: NodeWorkflowInput, deadline: datetime) -> NodeResult:
+        try:
+            return await self._provision_and_wait(input, deadline)
+        except ApplicationError as err:
+            if self._progress is None or self._progress.vm_ref is None:
+                raise
+            # The cluster hears of the node only through this workflow's end: a
+            # failure past the VM step carries the VM and its address with it.
+            raise ApplicationError(
+                err.message,
+                NodeVm(vm_ref=self._progress.vm_ref, ip=self._progress.ip),
+                type=err.type,
+                non_retryable=True,
+            ) from None
+
+    async def _provision_and_wait(self, input: NodeWorkflowInput, deadline: datetime) -> NodeResult:
         node = input.identity
         steps = input.timeouts
         session = self._session

@@ -155,6 +155,13 @@ class NodeResult(BaseModel):
     """None from the node workflow of 0.2 (it signalled it)."""
 
 
+class NodeVm(BaseModel):
+    """The VM of a node whose workflow failed past its VM step: the failure's details."""
+
+    vm_ref: str
+    ip: str | None = None
+
+
 class NodeReportKind(StrEnum):
     READY = "ready"
     JOINED = "joined"
