@@ -94,6 +94,7 @@ async def create_bootstrap_tokens(input: CreateTokensInput) -> JoinTokens:
             return node, token
 
         made = dict(await asyncio.gather(*map(one, input.nodes)))
+    crashpoints.reach("join_token.installed")
     log.info("bootstrap_tokens.installed", cluster=input.cluster, count=len(made))
     return JoinTokens(tokens=made)
 

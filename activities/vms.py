@@ -254,6 +254,11 @@ class VSphereActivities:
             if existing is not None:
                 logger.info("vm.found", vm=existing._moId)
                 return existing, False
+        if deadline.left_for_task() <= 0:  # a retry after the clone step: no clone to start
+            raise CloneTimeout(
+                f"the clone of {node.name} did not finish within the clone step "
+                f"({deadline.total.total_seconds():.0f}s); no clone was started past it"
+            )
         token = self._signer.sign(node, clone.token_ttl)
         userdata = cloudinit.render(
             node,

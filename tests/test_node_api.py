@@ -25,7 +25,7 @@ from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodeIdentit
 from pke_vsphere.nodeapi.app import create_app
 from pke_vsphere.pki.node_tokens import NodeTokenSigner, NodeTokenVerifier, load_signing_key
 from sim.nodes import Behaviour
-from starter import clusters
+from starter import clusters, node_detail
 from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import serve_app
 
@@ -37,7 +37,7 @@ async def wait_for_node_identities(stack: Stack, name: str) -> ClusterStatus:
     """The cluster's status once its leader is booting (VMware Tools reported its address)."""
     for _ in range(100):
         try:
-            status = await clusters.status(stack.client, name)
+            status, _ = await node_detail.refine(stack.client, await clusters.status(stack.client, name))
             leader = next(n for n in status.nodes if n.identity.kind is NodeKind.LEADER)
             if status.phase is ClusterPhase.STARTING_LEADER and leader.ip is not None:
                 return status

@@ -30,7 +30,9 @@ from tests.reliability import Run
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-NETWORK_FAULTS = FaultRates(drop_before=0.01, drop_after=0.01, error=0.01, slow=0.05, slow_seconds=0.5)
+# A create makes about 5 requests per node now: rates high enough that each kind
+# of fault happens in one 3 + 2 create.
+NETWORK_FAULTS = FaultRates(drop_before=0.04, drop_after=0.04, error=0.04, slow=0.05, slow_seconds=0.5)
 # Sessions idle this long expire; a node's boot (no vCenter calls meanwhile) is longer.
 SESSION_IDLE = "1s"
 SEED = int(os.environ.get("PKE_VSPHERE_FAULT_SEED", "7"))
@@ -143,7 +145,7 @@ async def test_a_clone_task_failing_for_a_full_datastore_gives_the_node_up_at_on
     assert failed.name == doomed
     assert failed.last_error is not None
     assert failed.last_error.startswith(
-        f"ensure VM {doomed}: the datastore is full: NoDiskSpace (datastore LocalDS_0, file {doomed})"
+        f"provision VM {doomed}: the datastore is full: NoDiskSpace (datastore LocalDS_0, file {doomed})"
     ), failed.last_error
     # A full datastore is not retried: one clone task, and no VM for the node given up.
     assert stack.sim.failed_clones()[doomed] == 1
@@ -171,7 +173,7 @@ async def test_a_clone_task_failing_for_a_lost_host_is_retried_until_its_deadlin
     # waiting for its clone task when the step's deadline came and cancelled it.
     reasons = ("HostCommunication", f"the clone of {leader} did not finish within the clone step")
     assert any(
-        status.error.startswith(f"leader {leader} failed: ensure VM {leader}: {r}") for r in reasons
+        status.error.startswith(f"leader {leader} failed: provision VM {leader}: {r}") for r in reasons
     ), status.error
     # Retried with backoff (2 s, 4 s, 8 s) until the clone step's 12 s deadline.
     assert 2 <= stack.sim.failed_clones()[leader] <= 5, stack.sim.failed_clones()[leader]
