@@ -11,7 +11,8 @@ holding the cluster's :class:`ClusterState`, reconciling vCenter with it every
 - updates ``scale_pool``, ``add_pool``, ``remove_pool``, ``reconcile`` and
   ``delete`` (people, schedules), each with a validator that refuses bad input
   without a trace in history;
-- the ``node_progress`` signal from its node workflows.
+- the ``node_progress`` signal of 0.2's node workflows (0.3's send none: a
+  node workflow's result says how its node ended).
 
 Commands run one at a time in arrival order; a command sent during the create
 waits until the create is done. ``delete`` cancels whatever runs and refuses

@@ -79,7 +79,8 @@ class NodeState(BaseModel):
 
 
 class NodeProgress(BaseModel):
-    """Signal from a node's workflow to its cluster's workflow: a phase change."""
+    """Where a node is: the answer of a node workflow's ``progress`` query (and the
+    phase signal 0.2's node workflows sent their cluster's)."""
 
     name: str
     phase: NodePhase
