@@ -12,6 +12,7 @@ A cluster's data lives under its prefix (kube-apiserver's ``--etcd-prefix``):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -26,6 +27,11 @@ CONNECT_SECONDS = 5.0
 TIMEOUT_SECONDS = 30.0
 
 T = TypeVar("T")
+
+
+# etcd's ErrAuthOldRevision, and how often a call refused with it is sent.
+AUTH_REVISION_OLD = "revision of auth store is old"
+AUTH_REVISION_TRIES = 5
 
 
 class EtcdUnavailable(Exception):
@@ -90,14 +96,22 @@ class EtcdClient:
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=wire.message_class(response).FromString,
         )
-        try:
-            return stub(request, timeout=self._timeout)
-        except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
-            detail = exc.details()  # type: ignore[attr-defined]
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise EtcdUnavailable(f"{method}: {detail}") from None
-            raise EtcdRefused(f"{method}: {detail}", code) from None
+        for attempt in range(1, AUTH_REVISION_TRIES + 1):
+            try:
+                return stub(request, timeout=self._timeout)
+            except grpc.RpcError as exc:
+                code = exc.code()  # type: ignore[attr-defined]
+                detail = exc.details()  # type: ignore[attr-defined]
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise EtcdUnavailable(f"{method}: {detail}") from None
+                # Another client changed users or roles between etcd's permission check
+                # and the call's apply (two clusters' preflights at once): etcd's own
+                # client sends the call again, and so does this one.
+                if AUTH_REVISION_OLD in (detail or "") and attempt < AUTH_REVISION_TRIES:
+                    time.sleep(0.05 * attempt)
+                    continue
+                raise EtcdRefused(f"{method}: {detail}", code) from None
+        raise AssertionError("unreachable")
 
     # --- keys ----------------------------------------------------------------------
     def check_health(self) -> None:
