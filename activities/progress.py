@@ -43,8 +43,6 @@ class Progress:
         self()
 
     def __call__(self) -> None:
-        if activity.info().is_local:  # a local activity has no heartbeat to send
-            return
         activity.heartbeat(self._details.model_dump(mode="json"))
 
 

@@ -112,8 +112,8 @@ class VSphereActivities:
         it until the step's deadline; every heartbeat from its start on names it.
         ``governed=False``: a metadata-only task (an extraConfig edit) that does not
         queue for the cap, which is for the work hosts and datastores do."""
-        slot = self.task_slots.hold(progress, timedelta(seconds=deadline.left()))
-        with slot if governed else contextlib.nullcontext():
+        lease = timedelta(seconds=deadline.left())
+        with self.task_slots.hold(progress, lease) if governed else contextlib.nullcontext():
             task = start()
             progress.at(VCenterStep.TASK, task._moId, method)
             crashpoints.reach(f"{name}.started")
@@ -128,15 +128,7 @@ class VSphereActivities:
         configure and power on in steps of their own)."""
         progress = Progress()
         deadline = Deadline.of_activity()
-        clone = Clone(
-            identity=input.identity,
-            placement=input.placement,
-            cpus=input.cpus,
-            memory_mb=input.memory_mb,
-            bootstrap=input.bootstrap,
-            token_ttl=self._token_ttl(input.token_expires_at),
-            power_on=False,
-        )
+        clone = self._clone(input, power_on=False)
 
         def run(si: Any) -> EnsureVmResult:
             placement = inventory.resolve(si, input.placement)
@@ -171,15 +163,7 @@ class VSphereActivities:
         )
         progress = Progress(phase=NodePhase.CLONING)
         first_attempt = activity.info().attempt == 1 and previous() is None
-        clone = Clone(
-            identity=node,
-            placement=input.placement,
-            cpus=input.cpus,
-            memory_mb=input.memory_mb,
-            bootstrap=input.bootstrap,
-            token_ttl=self._token_ttl(input.token_expires_at),
-            power_on=True,
-        )
+        clone = self._clone(input, power_on=True)
 
         def place(si: Any) -> tuple[inventory.Placement, PlacementRefs]:
             if input.refs is not None:
@@ -410,6 +394,17 @@ class VSphereActivities:
         crashpoints.reach("reconfigure.finished")
         log.info("vm.configured", node=name, vm=vm._moId, cpus=cpus, memory_mb=memory_mb)
 
+    def _clone(self, input: EnsureVmInput | ProvisionVmInput, power_on: bool) -> Clone:
+        return Clone(
+            identity=input.identity,
+            placement=input.placement,
+            cpus=input.cpus,
+            memory_mb=input.memory_mb,
+            bootstrap=input.bootstrap,
+            token_ttl=self._token_ttl(input.token_expires_at),
+            power_on=power_on,
+        )
+
     def _token_ttl(self, expires_at: datetime | None) -> timedelta:
         """Until the node's bootstrap deadline (the default TTL for older workflows)."""
         if expires_at is None:
@@ -449,7 +444,8 @@ class VSphereActivities:
             RECONFIGURE,
             progress,
             deadline,
-            # An extraConfig edit: it does not wait behind clones for the cap.
+            # An extraConfig edit: it does not wait behind clones for the cap (the
+            # node's address is known, and its bootstrap waits for this).
             governed=False,
         )
         log.info("vm.node_token_removed", node=name, vm=vm._moId)

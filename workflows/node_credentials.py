@@ -3,9 +3,11 @@ kubeadm bootstrap token (minted when the node first asks to join, deleted from
 the cluster once the node reported or its workflow ends) and the node token in
 its VM's guestinfo (taken out once the node reported).
 
-``local=True`` runs each step as a local activity (a marker in the node's
-history instead of an activity's three events and a workflow task); the node
-workflow of 0.2 (workflows/node_v1.py) calls them without, as it always did."""
+``local=True`` runs a join-token step as a local activity (a marker in the
+node's history instead of an activity's three events and a workflow task); the
+node workflow of 0.2 (workflows/node_v1.py) calls them without, as it always
+did, and is the one caller of ``remove_node_token`` (0.3's ``provision_vm``
+takes the token out itself)."""
 
 from __future__ import annotations
 
@@ -45,15 +47,8 @@ async def mint_join_token(
     request = CreateTokenInput(
         cluster=cluster, access=join.access, ttl_seconds=int(JOIN_TOKEN_TTL.total_seconds()), node=node
     )
-    if local:
-        return await workflow.execute_local_activity(
-            kube_activities.create_bootstrap_token,
-            request,
-            schedule_to_close_timeout=timedelta(minutes=2),
-            start_to_close_timeout=KUBE_CALL_TIMEOUT,
-            retry_policy=KUBE_RETRY,
-        )
-    return await workflow.execute_activity(
+    run = workflow.execute_local_activity if local else workflow.execute_activity
+    return await run(
         kube_activities.create_bootstrap_token,
         request,
         schedule_to_close_timeout=timedelta(minutes=2),
@@ -84,25 +79,15 @@ async def delete_join_tokens(
             )
 
 
-async def remove_node_token(vm_ref: str, name: str, local: bool = False) -> None:
+async def remove_node_token(vm_ref: str, name: str) -> None:
     """Take the node's token out of its VM's guestinfo."""
-    request = RemoveNodeTokenInput(vm_ref=vm_ref, name=name)
     try:
-        if local:  # local activities do not heartbeat: a start-to-close bounds each try
-            await workflow.execute_local_activity_method(
-                VSphereActivities.remove_node_token,
-                request,
-                schedule_to_close_timeout=CLEANUP_DEADLINE,
-                start_to_close_timeout=CLEANUP_DEADLINE / 2,
-                retry_policy=VSPHERE_RETRY,
-            )
-        else:
-            await workflow.execute_activity_method(
-                VSphereActivities.remove_node_token,
-                request,
-                schedule_to_close_timeout=CLEANUP_DEADLINE,
-                heartbeat_timeout=VSPHERE_HEARTBEAT,
-                retry_policy=VSPHERE_RETRY,
-            )
+        await workflow.execute_activity_method(
+            VSphereActivities.remove_node_token,
+            RemoveNodeTokenInput(vm_ref=vm_ref, name=name),
+            schedule_to_close_timeout=CLEANUP_DEADLINE,
+            heartbeat_timeout=VSPHERE_HEARTBEAT,
+            retry_policy=VSPHERE_RETRY,
+        )
     except ActivityError as err:
         workflow.logger.warning("the token of %s stays in its guestinfo: %s", name, failure_reason(err))
