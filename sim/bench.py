@@ -5,8 +5,12 @@ starts a stack of its own on this machine: the embedded Temporal server, the
 vCenter simulator with realistic task durations (clone 5 s, power-on 1 s; the
 simulated guests boot in 20 s), a counting proxy in front of the simulator for
 the worker's traffic, the node API, one ``worker.py`` and the simulated nodes.
-It creates the cluster with ``pke-vsphere create --wait``, then deletes it, and
-reports:
+The simulated nodes run the bootstrap script's steps in their agent
+(sim/light_bootstrap.py: the same node API calls, retries and pauses), not 200
+copies of the script, whose processes would cost the two cores more than the
+orchestrator under test (on a site each runs on its own VM); ``--scripts`` runs
+the real scripts instead. It creates the cluster with ``pke-vsphere create
+--wait``, then deletes it, and reports:
 
 - spec -> Ready, the critical path measured in the same run (the leader's path,
   from the create's start to its Ready, plus the fastest other node's own path)
@@ -14,7 +18,8 @@ reports:
 - history events per node of the cluster workflow (all its runs) and of the
   node workflows;
 - SOAP requests per node by method, the worker's traffic only;
-- CPU seconds and peak RSS of the worker, the Temporal server and the node API;
+- CPU seconds and peak RSS of the worker, the Temporal server and the node API
+  (and the CPU of the simulated nodes, the simulator and the counting proxy);
 - the node API's p50 and p99 latency and its count of 5xx answers;
 - the delete's duration.
 
@@ -37,18 +42,19 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pyVim import connect
 from pyVmomi import vim
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from pke_vsphere.codec import keys
@@ -82,6 +88,19 @@ def _free_port() -> int:
         return port
 
 
+def process_usage(pid: int) -> tuple[float, float, float]:
+    """A process's own CPU seconds, its ended children's, and its peak RSS in MB."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = (int(stat[11]) + int(stat[12])) / ticks
+    children = (int(stat[13]) + int(stat[14])) / ticks
+    peak = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return own, children, peak
+
+
 @dataclass
 class Proc:
     """A process of the stack, with its log."""
@@ -90,18 +109,10 @@ class Proc:
     process: subprocess.Popen[bytes]
     log: Path
 
-    def usage(self) -> tuple[float, float]:
-        """CPU seconds (user + system, with its children that ended: the simulated
-        nodes' bootstrap scripts) and peak RSS in MB so far."""
-        pid = self.process.pid
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        cpu = sum(int(field) for field in stat[11:15]) / ticks
-        peak = 0.0
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) / 1024
-        return cpu, peak
+    def usage(self) -> tuple[float, float, float]:
+        """CPU seconds (user + system) of the process itself and of its children
+        that ended (the simulated nodes' bootstrap scripts), and peak RSS in MB so far."""
+        return process_usage(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -136,16 +147,23 @@ class Figures:
     delete_s: float = 0.0
     vcenter_task_cap: int = 0
     worker_killed: bool = False
+    scripts: bool = False
     clones_per_node_max: int = 0
     vms_after_create: int = 0
     vms_after_delete: int = 0
+    events_by_type: dict[str, dict[str, float]] = field(default_factory=dict)
+    others_start_s: tuple[float, float] = (0.0, 0.0)
+    others_duration_s: tuple[float, float] = (0.0, 0.0)
 
 
 class Stack:
     """One benchmark's processes; ``stop()`` ends them all."""
 
-    def __init__(self, workdir: Path, task_seconds: dict[str, float], boot_seconds: float) -> None:
+    def __init__(
+        self, workdir: Path, task_seconds: dict[str, float], boot_seconds: float, scripts: bool = False
+    ) -> None:
         self.dir = workdir
+        self.scripts = scripts
         self.task_seconds = task_seconds
         self.boot_seconds = boot_seconds
         self.procs: dict[str, Proc] = {}
@@ -237,6 +255,7 @@ class Stack:
                 str(nodes_settings),
                 "--boot-seconds",
                 str(self.boot_seconds),
+                *([] if self.scripts else ["--light"]),
             ],
         )
         await _until(lambda: _listening(self.node_api_port), "the node API", 60)
@@ -297,13 +316,13 @@ def spec(workers: int) -> dict[str, Any]:
     return data
 
 
-async def _events(client: Client, workflow_id: str) -> int:
-    """History events over every run of a workflow (continue-as-new included)."""
-    total = 0
+async def _events(client: Client, workflow_id: str) -> Counter[str]:
+    """History events by type over every run of a workflow (continue-as-new included)."""
+    types: Counter[str] = Counter()
     async for run in client.list_workflows(f"WorkflowId = '{workflow_id}'"):
         history = await client.get_workflow_handle(workflow_id, run_id=run.run_id).fetch_history()
-        total += len(history.events)
-    return total
+        types.update(EventType.Name(event.event_type).removeprefix("EVENT_TYPE_") for event in history.events)
+    return types
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -325,13 +344,15 @@ def _node_api_latency(log: Path) -> tuple[list[float], int]:
     return durations, errors
 
 
-async def run_one(masters: int, workers: int, kill_worker: bool, boot_seconds: float) -> Figures:
-    figures = Figures(masters=masters, workers=workers, worker_killed=kill_worker)
+async def run_one(
+    masters: int, workers: int, kill_worker: bool, boot_seconds: float, scripts: bool = False
+) -> Figures:
+    figures = Figures(masters=masters, workers=workers, worker_killed=kill_worker, scripts=scripts)
     # Kept after the run (logs of every process), replaced by the next run of this size.
     workdir = RESULTS / f"{masters}+{workers}{'-killed' if kill_worker else ''}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    stack = Stack(workdir, TASK_SECONDS, boot_seconds)
+    stack = Stack(workdir, TASK_SECONDS, boot_seconds, scripts)
     try:
         await stack.start()
         client = await stack.client()
@@ -362,8 +383,13 @@ async def run_one(masters: int, workers: int, kill_worker: bool, boot_seconds: f
         }
         figures.soap_per_node = round(sum(stack.proxy.stats.requests.values()) / nodes, 1)
         for name in ("worker", "temporal", "node-api", "nodes"):
-            cpu, peak = stack.procs[name].usage()
-            figures.cpu_s[name], figures.peak_rss_mb[name] = round(cpu, 1), round(peak)
+            own, children, peak = stack.procs[name].usage()
+            figures.cpu_s[name], figures.peak_rss_mb[name] = round(own + children, 1), round(peak)
+            if name == "nodes":
+                figures.cpu_s["node-agent"], figures.cpu_s["node-scripts"] = round(own, 1), round(children, 1)
+        own, _, _ = process_usage(stack.sim.process.pid)
+        figures.cpu_s["vcsim"] = round(own, 1)
+        figures.cpu_s["bench"] = round(sum(os.times()[:2]), 1)  # the counting vCenter proxy runs here
         durations, errors = _node_api_latency(stack.procs["node-api"].log)
         figures.node_api_requests, figures.node_api_5xx = len(durations), errors
         figures.node_api_p50_ms = round(_percentile(durations, 0.5), 1)
@@ -432,6 +458,7 @@ async def _create_figures(client: Client, status: ClusterStatus, figures: Figure
     async for run in client.list_workflows(f"WorkflowId = '{cluster_id}'"):
         started = min(started, run.start_time)
     ends, paths, leader_end = [], [], None
+    starts_of_others: list[datetime] = []
     for node in status.nodes:
         description = await client.get_workflow_handle(ids.node_workflow_id(CLUSTER, node.name)).describe()
         if description.close_time is None:
@@ -441,6 +468,7 @@ async def _create_figures(client: Client, status: ClusterStatus, figures: Figure
             leader_end = description.close_time
         else:
             paths.append((description.close_time - description.start_time).total_seconds())
+            starts_of_others.append(description.start_time)
     if leader_end is None or not ends:
         return
     figures.spec_to_ready_s = round((max(ends) - started).total_seconds(), 1)
@@ -448,16 +476,34 @@ async def _create_figures(client: Client, status: ClusterStatus, figures: Figure
     figures.ratio = (
         round(figures.spec_to_ready_s / figures.critical_path_s, 2) if figures.critical_path_s else 0.0
     )
-    figures.cluster_events_per_node = round(await _events(client, cluster_id) / len(status.nodes), 1)
+    cluster_events = await _events(client, cluster_id)
+    figures.cluster_events_per_node = round(cluster_events.total() / len(status.nodes), 1)
     sample = status.nodes if len(status.nodes) <= 250 else status.nodes[:: math.ceil(len(status.nodes) / 200)]
-    counts = [await _events(client, ids.node_workflow_id(CLUSTER, n.name)) for n in sample]
-    figures.node_events_per_node = round(statistics.mean(counts), 1)
+    node_events: Counter[str] = Counter()
+    for node in sample:
+        node_events += await _events(client, ids.node_workflow_id(CLUSTER, node.name))
+    figures.node_events_per_node = round(node_events.total() / len(sample), 1)
+    figures.events_by_type = {
+        "cluster": {t: round(n / len(status.nodes), 2) for t, n in cluster_events.most_common()},
+        "node": {t: round(n / len(sample), 2) for t, n in node_events.most_common()},
+    }
+    # When the other nodes' workflows started after the leader was Ready, and how long they took.
+    starts = sorted((s - leader_end).total_seconds() for s in starts_of_others)
+    figures.others_start_s = (round(_percentile(starts, 0.5), 1), round(max(starts, default=0.0), 1))
+    figures.others_duration_s = (round(_percentile(paths, 0.5), 1), round(max(paths, default=0.0), 1))
 
 
 def report(all_figures: list[Figures]) -> str:
     """The figures as a Markdown table, budgets in brackets where the issue sets one."""
     rows = [
-        ("create", lambda f: f"{f.masters} + {f.workers}" + (" (worker killed)" if f.worker_killed else "")),
+        (
+            "create",
+            lambda f: (
+                f"{f.masters} + {f.workers}"
+                + (" (worker killed)" if f.worker_killed else "")
+                + (" (scripts)" if f.scripts else "")
+            ),
+        ),
         ("nodes Ready / failed", lambda f: f"{f.nodes_ready} / {f.nodes_failed}"),
         ("`create --wait` exit", lambda f: str(f.cli_exit)),
         ("spec -> Ready", lambda f: f"{f.spec_to_ready_s} s"),
@@ -495,6 +541,21 @@ def report(all_figures: list[Figures]) -> str:
             lambda f: f"{f.node_api_p50_ms} / {f.node_api_p99_ms} ms ({f.node_api_requests} requests)",
         ),
         ("node API 5xx", lambda f: str(f.node_api_5xx)),
+        (
+            "other nodes' start after leader Ready p50 / max",
+            lambda f: f"{f.others_start_s[0]} / {f.others_start_s[1]} s",
+        ),
+        (
+            "other nodes' duration p50 / max",
+            lambda f: f"{f.others_duration_s[0]} / {f.others_duration_s[1]} s",
+        ),
+        (
+            "CPU s: simulated nodes' agent / scripts; vCenter simulator; bench (vCenter proxy)",
+            lambda f: (
+                " / ".join(str(f.cpu_s.get(p, "-")) for p in ("node-agent", "node-scripts"))
+                + f"; {f.cpu_s.get('vcsim', '-')}; {f.cpu_s.get('bench', '-')}"
+            ),
+        ),
         ("max clone calls per node", lambda f: str(f.clones_per_node_max)),
         ("VMs after create / after delete", lambda f: f"{f.vms_after_create} / {f.vms_after_delete}"),
         ("delete", lambda f: f"{f.delete_s} s"),
@@ -512,9 +573,15 @@ async def main_async(args: argparse.Namespace) -> int:
         sizes.append(997)  # 3 + 997: a 1000-node cluster
     results = []
     for workers in sizes:
-        results.append(await run_one(3, workers, kill_worker=False, boot_seconds=args.boot_seconds))
+        results.append(
+            await run_one(3, workers, kill_worker=False, boot_seconds=args.boot_seconds, scripts=args.scripts)
+        )
     if args.kill_worker:
-        results.append(await run_one(3, args.kill_worker, kill_worker=True, boot_seconds=args.boot_seconds))
+        results.append(
+            await run_one(
+                3, args.kill_worker, kill_worker=True, boot_seconds=args.boot_seconds, scripts=args.scripts
+            )
+        )
     table = report(results)
     print("\n" + table, flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -538,6 +605,11 @@ def main() -> None:
         help="also a 3 + WORKERS create whose worker is SIGKILLed when half the nodes are Ready",
     )
     parser.add_argument("--boot-seconds", type=float, default=BOOT_SECONDS)
+    parser.add_argument(
+        "--scripts",
+        action="store_true",
+        help="the simulated nodes run the real bootstrap script (a dozen processes a node)",
+    )
     args = parser.parse_args()
     sys.exit(asyncio.run(main_async(args)))
 

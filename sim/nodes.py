@@ -51,6 +51,7 @@ from pke_vsphere.render import cloudinit, guestinfo
 from pke_vsphere.vsphere import properties
 from sim import vcenter
 from sim.kubeapi import StandInKubeAPI
+from sim.light_bootstrap import LightBootstrap
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +115,14 @@ def script_event(line: str) -> str | None:
     if match := _ADDON.match(line):
         return f"addon-applied:{match[1]}"
     return None
+
+
+def sourced(env_file: str) -> dict[str, str]:
+    """The variables of node.env, as ``. node.env`` sets them (each value one shell word)."""
+    return {
+        key: shlex.split(value)[0] if value else ""
+        for key, _, value in (line.partition("=") for line in env_file.splitlines() if "=" in line)
+    }
 
 
 _PREFIXES_TAKEN: set[str] = set()
@@ -189,6 +198,7 @@ class SimulatedNodes:
         scan_seconds: float = 0.3,
         ip_prefix: str | None = None,
         cluster_network: str | None = vcenter.NETWORK,
+        light: bool = False,
     ) -> None:
         self._connect = connect
         self._si: Any = None
@@ -199,6 +209,10 @@ class SimulatedNodes:
         self.behaviours = behaviours or {}
         self.boot_delays = boot_delays or {}
         self.scan_seconds = scan_seconds
+        # The bootstrap script's steps run in this process (sim/light_bootstrap.py), not
+        # the script: for benchmarks, whose nodes would otherwise cost more CPU than
+        # the orchestrator they measure.
+        self.light = light
         # The port group whose DHCP hands out the nodes' addresses; the guests' other
         # NICs get addresses of another network, reported first (see _report_ip).
         self.cluster_network = cluster_network
@@ -324,14 +338,7 @@ class SimulatedNodes:
             await self._reboot(vm, uuid, name, ip)
             return
         config = cloudinit.parse(userdata)
-        env = {
-            key: shlex.split(value)[0] if value else ""
-            for key, _, value in (
-                line.partition("=")
-                for line in cloudinit.written_file(config, cloudinit.ENV_FILE).splitlines()
-                if "=" in line
-            )
-        }
+        env = sourced(cloudinit.written_file(config, cloudinit.ENV_FILE))
         token = cloudinit.written_file(config, cloudinit.TOKEN_FILE).strip()
         script = cloudinit.written_file(config, cloudinit.SCRIPT_FILE)
         install = next(line for line in script.splitlines() if line.startswith("pke install "))
@@ -377,12 +384,44 @@ class SimulatedNodes:
             path.chmod(int(str(entry.get("permissions", "0644")), 8))
         commands = config.get("runcmd")
         assert isinstance(commands, list)
+        if self.light:
+            await self._run_light(node, cloudinit.written_file(config, cloudinit.SCRIPT_FILE))
+            return
         for command in commands:
             argv = [str(root / str(command[0]).lstrip("/")), *map(str, command[1:])]
             await self._run_script(node, argv)
 
+    def _addresses(self, node: BootedNode) -> list[tuple[str, str]]:
+        """The guest's interfaces and addresses, as ``ip`` lists them (its other NIC
+        first: see _report_ip)."""
+        return [("ens224", f"{self.other_network_ip(node.ip)}/16"), ("ens192", f"{node.ip}/16")]
+
+    async def _run_light(self, node: BootedNode, script: str) -> None:
+        """The script's steps in this process (sim/light_bootstrap.py)."""
+        assert node.root is not None
+        env = sourced((node.root / cloudinit.ENV_FILE.lstrip("/")).read_text())
+
+        def say(line: str) -> None:
+            node.output.append(line)
+            if (event := script_event(line)) is not None:
+                node.events.append((time.time(), event))
+
+        async def tool(name: str, args: list[str], stdin: str) -> tuple[int, str, str]:
+            return await self._answer_tool(node, name, args, stdin)
+
+        bootstrap = LightBootstrap(
+            root=node.root,
+            script=script,
+            env=env,
+            tool=tool,
+            say=say,
+            addresses=self._addresses(node),
+            retry_seconds=self.join_poll_seconds,
+        )
+        code = await bootstrap.run()
+        node.events.append((time.time(), f"script-exited:{code}"))
+
     def _script_env(self, node: BootedNode) -> dict[str, str]:
-        other = self.other_network_ip(node.ip)
         return {
             # A node's own PATH (not this process's: a VM has no virtualenv or pyenv shims).
             "PATH": f"{self._bin}:{NODE_PATH}",
@@ -393,8 +432,7 @@ class SimulatedNodes:
             "PKE_VSPHERE_RETRY_SECONDS": str(self.join_poll_seconds),
             "PKE_VSPHERE_SIM_NODE": node.name,
             "PKE_VSPHERE_SIM_CONTROL": str(self._control_path),
-            # The guest lists its other NIC first (see _report_ip).
-            "PKE_VSPHERE_SIM_ADDRESSES": f"ens224={other}/16 ens192={node.ip}/16",
+            "PKE_VSPHERE_SIM_ADDRESSES": " ".join(f"{nic}={held}" for nic, held in self._addresses(node)),
         }
 
     async def _run_script(self, node: BootedNode, argv: list[str]) -> None:
@@ -427,15 +465,20 @@ class SimulatedNodes:
         try:
             request = json.loads(await reader.readline())
             node = self.nodes[request["node"]]
-            try:
-                code, out, err = await self._tool(node, request["tool"], request["args"], request["stdin"])
-            except Exception as exc:  # a bug here must fail the node's step, not hang its script
-                log.warning("simnodes.tool_failed", node=node.name, tool=request["tool"], error=repr(exc))
-                code, out, err = 1, "", f"{request['tool']} (stand-in): {exc!r}\n"
+            code, out, err = await self._answer_tool(node, request["tool"], request["args"], request["stdin"])
             writer.write(json.dumps({"exit": code, "stdout": out, "stderr": err}).encode() + b"\n")
             await writer.drain()
         finally:
             writer.close()
+
+    async def _answer_tool(
+        self, node: BootedNode, tool: str, args: list[str], stdin: str
+    ) -> tuple[int, str, str]:
+        try:
+            return await self._tool(node, tool, args, stdin)
+        except Exception as exc:  # a bug here must fail the node's step, not hang its script
+            log.warning("simnodes.tool_failed", node=node.name, tool=tool, error=repr(exc))
+            return 1, "", f"{tool} (stand-in): {exc!r}\n"
 
     async def _tool(self, node: BootedNode, tool: str, args: list[str], stdin: str) -> tuple[int, str, str]:
         if tool == "pke":
@@ -685,6 +728,11 @@ def main() -> None:
     parser.add_argument("--settings", help="dotenv-style settings file (vCenter URL and login)")
     parser.add_argument("--boot-seconds", type=float, default=2.0)
     parser.add_argument(
+        "--light",
+        action="store_true",
+        help="run the bootstrap script's steps in this process instead of the script (benchmarks)",
+    )
+    parser.add_argument(
         "--behaviour",
         action="append",
         default=[],
@@ -703,6 +751,7 @@ def main() -> None:
         boot_seconds=args.boot_seconds,
         join_poll_seconds=2.0,
         behaviours=behaviours,
+        light=args.light,
     )
     asyncio.run(_until_terminated(agent))
 

@@ -46,7 +46,9 @@ def ask_agent(tool: str, args: list[str]) -> int:
                 break
             answer += chunk
     reply = json.loads(answer)
+    # In the order the tool wrote them (a pipe buffers stdout, not stderr).
     sys.stdout.write(reply.get("stdout", ""))
+    sys.stdout.flush()
     sys.stderr.write(reply.get("stderr", ""))
     return int(reply["exit"])
 
