@@ -47,7 +47,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,7 @@ class Figures:
     events_by_type: dict[str, dict[str, float]] = field(default_factory=dict)
     others_start_s: tuple[float, float] = (0.0, 0.0)
     others_duration_s: tuple[float, float] = (0.0, 0.0)
+    others_steps_s: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class Stack:
@@ -316,12 +317,21 @@ def spec(workers: int) -> dict[str, Any]:
     return data
 
 
-async def _events(client: Client, workflow_id: str) -> Counter[str]:
-    """History events by type over every run of a workflow (continue-as-new included)."""
+async def _events(
+    client: Client, workflow_id: str, firsts: dict[str, list[datetime]] | None = None
+) -> Counter[str]:
+    """History events by type over every run of a workflow (continue-as-new included);
+    into ``firsts``, the time of each type's first event."""
     types: Counter[str] = Counter()
+    seen: set[str] = set()
     async for run in client.list_workflows(f"WorkflowId = '{workflow_id}'"):
         history = await client.get_workflow_handle(workflow_id, run_id=run.run_id).fetch_history()
-        types.update(EventType.Name(event.event_type).removeprefix("EVENT_TYPE_") for event in history.events)
+        for event in history.events:
+            name = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+            types[name] += 1
+            if firsts is not None and name not in seen:
+                seen.add(name)
+                firsts.setdefault(name, []).append(event.event_time.ToDatetime(tzinfo=UTC))
     return types
 
 
@@ -480,8 +490,30 @@ async def _create_figures(client: Client, status: ClusterStatus, figures: Figure
     figures.cluster_events_per_node = round(cluster_events.total() / len(status.nodes), 1)
     sample = status.nodes if len(status.nodes) <= 250 else status.nodes[:: math.ceil(len(status.nodes) / 200)]
     node_events: Counter[str] = Counter()
+    firsts: dict[str, list[datetime]] = {}
     for node in sample:
-        node_events += await _events(client, ids.node_workflow_id(CLUSTER, node.name))
+        if node.identity.kind is not NodeKind.LEADER:
+            node_events += await _events(client, ids.node_workflow_id(CLUSTER, node.name), firsts)
+        else:
+            node_events += await _events(client, ids.node_workflow_id(CLUSTER, node.name))
+    # When the other nodes' steps began, after the leader's Ready (p50 / max): where a create waits.
+    figures.others_steps_s = {
+        step: (
+            round(_percentile([(t - leader_end).total_seconds() for t in times], 0.5), 1),
+            round(max((t - leader_end).total_seconds() for t in times), 1),
+        )
+        for step, times in firsts.items()
+        if step
+        in (
+            "WORKFLOW_EXECUTION_STARTED",
+            "WORKFLOW_TASK_STARTED",
+            "ACTIVITY_TASK_SCHEDULED",
+            "ACTIVITY_TASK_STARTED",
+            "ACTIVITY_TASK_COMPLETED",
+            "WORKFLOW_EXECUTION_UPDATE_ACCEPTED",
+            "WORKFLOW_EXECUTION_COMPLETED",
+        )
+    }
     figures.node_events_per_node = round(node_events.total() / len(sample), 1)
     figures.events_by_type = {
         "cluster": {t: round(n / len(status.nodes), 2) for t, n in cluster_events.most_common()},
@@ -544,6 +576,12 @@ def report(all_figures: list[Figures]) -> str:
         (
             "other nodes' start after leader Ready p50 / max",
             lambda f: f"{f.others_start_s[0]} / {f.others_start_s[1]} s",
+        ),
+        (
+            "  their first events after it, p50 / max s",
+            lambda f: ", ".join(
+                f"{step.lower()} {p50}/{top}" for step, (p50, top) in f.others_steps_s.items()
+            ),
         ),
         (
             "other nodes' duration p50 / max",

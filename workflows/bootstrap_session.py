@@ -71,6 +71,11 @@ class BootstrapSession:
         """The VM is powered on: its node may call from now on."""
         self.opened = True
 
+    @property
+    def answers_calls(self) -> bool:
+        """Opened, with the node's address known: calls are judged on their merits."""
+        return self.opened and self.address is not None
+
     def close(self, why: str) -> None:
         if self.closed is None:
             self.closed = why
@@ -99,7 +104,7 @@ class BootstrapSession:
                     Refusal.REPORT_NOT_FOR_ROLE,
                     f"a {node.kind.value} reports one of: {', '.join(sorted(allowed))}",
                 )
-        if not self.opened or self.address is None:
+        if not self.answers_calls:
             return CallRefused(Refusal.NOT_YET, "not yet: VMware Tools has not reported this node's address")
         if self.node_key_sha256 is not None and request.node_key_sha256 != self.node_key_sha256:
             return CallRefused(Refusal.OTHER_KEY, "this node's bootstrap belongs to another node key")

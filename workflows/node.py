@@ -70,6 +70,7 @@ class NodeWorkflow:
         self._input: NodeWorkflowInput | None = None
         self._join_tokens: list[BootstrapToken] = []
         self._join_lock = asyncio.Lock()
+        self._held: set[NodeCall] = set()
 
     # --- the node's calls, from the node API --------------------------------------
     # A call still being answered when this workflow ends (a join token being minted
@@ -80,11 +81,21 @@ class NodeWorkflow:
         """Serve one call of the node: counted, bound to its node key, and for a
         join, with the node's own bootstrap token."""
         session = self._session
-        assert session is not None and session.address is not None
+        assert session is not None
+        if not session.answers_calls:
+            # Asked before VMware Tools reported the address (or before its token left
+            # guestinfo): held until the session opens or ends, so the node has its
+            # answer the moment it may, instead of at its next retry.
+            self._held.add(request.call)
+            try:
+                await workflow.wait_condition(lambda: session.answers_calls or session.closed is not None)
+            finally:
+                self._held.discard(request.call)
         try:
             served = session.claim(request, workflow.now())
         except CallRefused as refused:
             raise ApplicationError(refused.message, type=refused.refusal, non_retryable=True) from None
+        assert session.address is not None
         join = await self._join_info(session.address) if request.call is NodeCall.JOIN else None
         if request.call is NodeCall.REPORT and self._report is None:
             self._report = request.report
@@ -98,6 +109,11 @@ class NodeWorkflow:
             if self._session is not None
             else CallRefused(Refusal.NOT_YET, "not yet: the node's workflow is starting")
         )
+        # A call that comes early waits in the handler, one of each kind at a time:
+        # any other is refused here, and asks again later.
+        held = refused is not None and refused.refusal is Refusal.NOT_YET and self._session is not None
+        if held and request.call not in self._held:
+            return
         if refused is not None:
             raise ApplicationError(refused.message, type=refused.refusal, non_retryable=True)
 

@@ -88,7 +88,7 @@ class VCenterSettings(BaseSettings):
         description="Skip TLS verification (logged as a warning; never in production).",
     )
     vcenter_max_concurrent_tasks: int = Field(
-        default=64,
+        default=256,
         ge=1,
         le=512,
         description="vCenter tasks (clone, reconfigure, power, destroy) in flight, all workers together.",
