@@ -41,8 +41,10 @@ log = structlog.get_logger(__name__)
 HEARTBEAT_THROTTLE = timedelta(seconds=3)
 # A token for a node workflow from before tokens expired at the bootstrap deadline.
 DEFAULT_NODE_TOKEN_TTL = timedelta(hours=1)
-# One thread per concurrent activity: IP waits block a thread each.
-MAX_CONCURRENT_ACTIVITIES = 256
+# One thread per concurrent activity: a node's provision_vm holds one from its clone
+# to its address (tens of seconds), so a 1000-node create needs about a thousand.
+# Threads are started as needed; one waiting on vCenter costs little memory.
+MAX_CONCURRENT_ACTIVITIES = 1024
 
 
 def build_worker(
