@@ -20,6 +20,7 @@ from activities import kube as kube_activities
 from activities import pki as pki_activities
 from activities.commands import ClusterCommandActivities
 from activities.etcd import EtcdActivities
+from activities.node_workflows import NodeWorkflowActivities
 from activities.preflight import PreflightActivities
 from activities.task_slots import SharedSlots
 from activities.vms import VSphereActivities
@@ -57,6 +58,7 @@ def build_worker(
     etcd_credentials: EtcdCredentials | None = None,
 ) -> Worker:
     commands = ClusterCommandActivities(client)
+    node_workflows = NodeWorkflowActivities(client)
     vrrp = VrrpActivities(client)
     etcd = EtcdActivities(etcd_credentials)
     return Worker(
@@ -80,6 +82,9 @@ def build_worker(
             kube_activities.delete_kube_node,
             kube_activities.wait_for_kube_node_ready,
             commands.run_cluster_update,
+            node_workflows.start_node_workflows,
+            node_workflows.await_node_workflows,
+            node_workflows.cancel_node_workflows,
             commands.delete_cluster_schedules,
             vrrp.vrrp_router_ids_in_use,
             etcd.clear_etcd_prefix,

@@ -40,6 +40,7 @@ CREATE_POINTS = [
     "ip.reported@2",
     "ip.reported",
     "join_token.installed",
+    "node_workflows.started",
 ]
 SCALE_UP_POINTS = ["clone.started", "ip.reported"]
 SCALE_DOWN_POINTS = ["drain.finished", "kube_node.deleted", "power_off.started", "destroy.finished"]

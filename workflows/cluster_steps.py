@@ -21,8 +21,12 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from activities import kube as kube_activities
     from activities import pki as pki_activities
+    from activities.node_workflows import NodeWorkflowActivities
     from pke_vsphere.contracts import ids
     from pke_vsphere.contracts.messages import (
+        AwaitNodesInput,
+        AwaitNodesResult,
+        CancelNodesInput,
         ClusterState,
         CreateTokensInput,
         FindClusterVmsResult,
@@ -30,7 +34,9 @@ with workflow.unsafe.imports_passed_through():
         KubeAccess,
         NodeBootstrapSettings,
         NodeJoinContext,
+        NodeOutcome,
         NodeWorkflowInput,
+        StartNodesInput,
     )
     from pke_vsphere.contracts.pki import BootstrapToken
     from pke_vsphere.contracts.protocol import ErrorType, Patch
@@ -48,6 +54,10 @@ with workflow.unsafe.imports_passed_through():
         KUBE_RETRY,
         LOCAL_WORK_RETRY,
         LOCAL_WORK_TIMEOUT,
+        NODE_STARTS_PER_ACTIVITY,
+        NODE_STARTS_TIMEOUT,
+        NODE_WORKFLOWS_HEARTBEAT,
+        NODE_WORKFLOWS_SLACK,
     )
 
 T = TypeVar("T")
@@ -148,15 +158,76 @@ class ClusterSteps:
                 tokens = minted.tokens
             except ActivityError as err:
                 workflow.logger.warning("join tokens not minted ahead: %s", failure_reason(err))
+        if nodes and workflow.patched(Patch.NODE_WORKFLOWS_BY_ACTIVITY):
+            return await self._run_node_workflows(nodes, tokens)
         return list(await asyncio.gather(*(self._launch(n, tokens.get(n.name)) for n in nodes)))
 
-    async def _launch(self, node: NodeState, join_token: BootstrapToken | None = None) -> bool:
-        """Run the node's workflow to completion; on failure mark the node Failed,
-        destroy its VM, and return False."""
+    async def _run_node_workflows(
+        self, nodes: list[NodeState], tokens: dict[str, BootstrapToken]
+    ) -> list[bool]:
+        """Start the nodes' workflows by activity (activities/node_workflows.py: far
+        faster than children, which Temporal starts one by one) and settle each
+        node as its workflow ends. Cancelled (the cluster is being deleted), it
+        cancels them and waits until each has ended, so the deletion's sweep finds
+        every VM they cloned."""
+        inputs = []
+        for node in nodes:
+            input = await self._node_input(node, tokens.get(node.name))
+            input.placement_refs = self.state.placement_refs
+            inputs.append(input)
+            node.phase, node.updated_at = NodePhase.CLONING, workflow.now()
+        by_id = {ids.node_workflow_id(self.spec.name, n.name): n for n in nodes}
+        ok: dict[str, bool] = {}
+        pending = dict(by_id)
+        try:
+            for first in range(0, len(inputs), NODE_STARTS_PER_ACTIVITY):
+                await workflow.execute_activity_method(
+                    NodeWorkflowActivities.start_node_workflows,
+                    StartNodesInput(
+                        task_queue=workflow.info().task_queue,
+                        nodes=inputs[first : first + NODE_STARTS_PER_ACTIVITY],
+                    ),
+                    start_to_close_timeout=NODE_STARTS_TIMEOUT,
+                    heartbeat_timeout=NODE_WORKFLOWS_HEARTBEAT,
+                    retry_policy=LOCAL_WORK_RETRY,
+                )
+            while pending:
+                ended = await self._await_node_workflows(list(pending))
+                settled = [
+                    (pending.pop(o.workflow_id), o) for o in ended.outcomes if o.workflow_id in pending
+                ]
+                results = await asyncio.gather(*(self._settle(node, o) for node, o in settled))
+                ok.update((node.name, result) for (node, _), result in zip(settled, results, strict=True))
+        except asyncio.CancelledError:
+            if pending:
+                await workflow.execute_activity_method(
+                    NodeWorkflowActivities.cancel_node_workflows,
+                    CancelNodesInput(workflow_ids=list(pending)),
+                    start_to_close_timeout=NODE_STARTS_TIMEOUT,
+                    retry_policy=LOCAL_WORK_RETRY,
+                )
+                while pending:
+                    ended = await self._await_node_workflows(list(pending))
+                    for outcome in ended.outcomes:
+                        pending.pop(outcome.workflow_id, None)
+            raise
+        return [ok.get(node.name, False) for node in nodes]
+
+    async def _await_node_workflows(self, workflow_ids: list[str]) -> AwaitNodesResult:
+        window = bootstrap_window(self.spec.timeouts, NodeKind.MASTER)
+        return await workflow.execute_activity_method(
+            NodeWorkflowActivities.await_node_workflows,
+            AwaitNodesInput(workflow_ids=workflow_ids),
+            start_to_close_timeout=window + NODE_WORKFLOWS_SLACK,
+            heartbeat_timeout=NODE_WORKFLOWS_HEARTBEAT,
+            retry_policy=LOCAL_WORK_RETRY,
+        )
+
+    async def _node_input(self, node: NodeState, join_token: BootstrapToken | None) -> NodeWorkflowInput:
         spec = self.spec
         pool = spec.pool(node.identity.pool)
         join = await self._join_context() if node.identity.kind is not NodeKind.LEADER else None
-        input = NodeWorkflowInput(
+        return NodeWorkflowInput(
             identity=node.identity,
             placement=spec.vsphere,
             cpus=pool.cpus,
@@ -167,7 +238,12 @@ class ClusterSteps:
             join=join,
             join_token=join_token,
         )
-        node_id = ids.node_workflow_id(spec.name, node.name)
+
+    async def _launch(self, node: NodeState, join_token: BootstrapToken | None = None) -> bool:
+        """Run the node's workflow to completion, as a child; on failure mark the
+        node Failed, destroy its VM, and return False."""
+        input = await self._node_input(node, join_token)
+        node_id = ids.node_workflow_id(self.spec.name, node.name)
         try:
             if workflow.patched(Patch.NODE_WORKFLOW_V2):
                 # The node's workflow sends nothing until its result: where it is in
@@ -180,10 +256,21 @@ class ClusterSteps:
         except ChildWorkflowError as err:
             if self._deleting:  # the node was cancelled because the cluster is going
                 raise asyncio.CancelledError from err
+            vm = failed_node_vm(err)
+            return await self._settle(
+                node, NodeOutcome(workflow_id=node_id, error=failure_reason(err), vm=vm)
+            )
+        return await self._settle(node, NodeOutcome(workflow_id=node_id, result=result))
+
+    async def _settle(self, node: NodeState, outcome: NodeOutcome) -> bool:
+        """Record how the node's workflow ended: Ready with its VM and address, or
+        Failed with its reason, its VM destroyed."""
+        result = outcome.result
+        if result is None:
             node.phase = NodePhase.FAILED
-            node.last_error = failure_reason(err)
+            node.last_error = outcome.error or "its workflow ended without a result"
             node.updated_at = workflow.now()
-            if (vm := failed_node_vm(err)) is not None:
+            if (vm := outcome.vm) is not None:
                 node.vm_ref, node.ip = vm.vm_ref, vm.ip or node.ip
             workflow.logger.warning("node %s failed: %s", node.name, node.last_error)
             await self._remove_given_up(node)

@@ -42,3 +42,10 @@ KUBE_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=15),
 )
+
+# Node workflows started by activity: so many per activity (each input a few KB), each
+# start a quick call; their awaiting activity heartbeats and outlives a bootstrap window.
+NODE_STARTS_PER_ACTIVITY = 50
+NODE_STARTS_TIMEOUT = timedelta(minutes=2)
+NODE_WORKFLOWS_HEARTBEAT = timedelta(seconds=30)
+NODE_WORKFLOWS_SLACK = timedelta(minutes=5)

@@ -162,6 +162,37 @@ class NodeVm(BaseModel):
     ip: str | None = None
 
 
+class StartNodesInput(BaseModel):
+    """Node workflows to start together (activities/node_workflows.py)."""
+
+    task_queue: str
+    nodes: list[NodeWorkflowInput] = Field(max_length=100)
+
+
+class AwaitNodesInput(BaseModel):
+    workflow_ids: list[str] = Field(min_length=1, max_length=1000)
+    gather_seconds: float = Field(default=2.0, ge=0, le=60)
+    """Once one has ended, how long to wait for more before answering."""
+
+
+class CancelNodesInput(BaseModel):
+    workflow_ids: list[str] = Field(max_length=1000)
+
+
+class NodeOutcome(BaseModel):
+    """How one node workflow ended: its result, or why not (with its VM, if it had one)."""
+
+    workflow_id: str
+    result: NodeResult | None = None
+    error: str | None = None
+    vm: NodeVm | None = None
+    cancelled: bool = False
+
+
+class AwaitNodesResult(BaseModel):
+    outcomes: list[NodeOutcome]
+
+
 class NodeReportKind(StrEnum):
     READY = "ready"
     JOINED = "joined"

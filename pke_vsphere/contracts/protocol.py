@@ -57,6 +57,9 @@ class Patch(StrEnum):
     NODE_WORKFLOW_V2 = "node-workflow-v2"
     """The cluster starts :attr:`WorkflowType.NODE` children (0.3) instead of
     :attr:`WorkflowType.NODE_V1`, with the placement as its preflight resolved it."""
+    NODE_WORKFLOWS_BY_ACTIVITY = "node-workflows-by-activity"
+    """The nodes launched together (a create's followers and workers, a scale-up)
+    are started and awaited by activities, not as children of the cluster."""
 
 
 class Update(StrEnum):

@@ -30,6 +30,7 @@ POINTS = frozenset(
         "power_on.started",
         "ip.reported",
         "join_token.installed",
+        "node_workflows.started",
         "drain.finished",
         "kube_node.deleted",
         "power_off.started",
