@@ -198,20 +198,30 @@ class ClusterSteps:
                 ]
                 results = await asyncio.gather(*(self._settle(node, o) for node, o in settled))
                 ok.update((node.name, result) for (node, _), result in zip(settled, results, strict=True))
-        except asyncio.CancelledError:
-            if pending:
-                await workflow.execute_activity_method(
-                    NodeWorkflowActivities.cancel_node_workflows,
-                    CancelNodesInput(workflow_ids=list(pending)),
-                    start_to_close_timeout=NODE_STARTS_TIMEOUT,
-                    retry_policy=LOCAL_WORK_RETRY,
-                )
-                while pending:
-                    ended = await self._await_node_workflows(list(pending))
-                    for outcome in ended.outcomes:
-                        pending.pop(outcome.workflow_id, None)
+        except (asyncio.CancelledError, ActivityError) as err:
+            # Cancelled (a delete: the activity awaited fails with a cancellation), or
+            # an activity gave up: no node workflow is left running unwatched.
+            await self._stop_node_workflows(list(pending))
+            if isinstance(err, ActivityError) and self._deleting:
+                raise asyncio.CancelledError from err
             raise
         return [ok.get(node.name, False) for node in nodes]
+
+    async def _stop_node_workflows(self, workflow_ids: list[str]) -> None:
+        """Cancel the node workflows and wait until each has ended (a clone in flight
+        finishes first, so a sweep after this finds its VM)."""
+        if not workflow_ids:
+            return
+        await workflow.execute_activity_method(
+            NodeWorkflowActivities.cancel_node_workflows,
+            CancelNodesInput(workflow_ids=workflow_ids),
+            start_to_close_timeout=NODE_STARTS_TIMEOUT,
+            retry_policy=LOCAL_WORK_RETRY,
+        )
+        left = set(workflow_ids)
+        while left:
+            ended = await self._await_node_workflows(sorted(left))
+            left -= {outcome.workflow_id for outcome in ended.outcomes}
 
     async def _await_node_workflows(self, workflow_ids: list[str]) -> AwaitNodesResult:
         window = bootstrap_window(self.spec.timeouts, NodeKind.MASTER)
