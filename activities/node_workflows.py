@@ -20,9 +20,11 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import (
+    ActivityError,
     ApplicationError,
     CancelledError,
-    TerminatedError,
+    ChildWorkflowError,
+    FailureError,
     TimeoutError,
     WorkflowAlreadyStartedError,
 )
@@ -125,15 +127,18 @@ async def _outcome(handle: WorkflowHandle[Any, NodeResult]) -> NodeOutcome:
                 vm = NodeVm.model_validate(cause.details[0])
             except ValueError:
                 vm = None
-        if isinstance(cause, TerminatedError):
-            reason = f"its workflow was terminated: {cause.message}"
-        elif isinstance(cause, TimeoutError):
-            reason = f"its workflow timed out: {cause.message}"
-        else:
-            reason = getattr(cause, "message", None) or str(cause or exc)
+        reason = _innermost(cause) if cause is not None else str(exc)
         return NodeOutcome(workflow_id=workflow_id, error=reason, vm=vm)
     except RPCError as exc:
         if exc.status is not RPCStatusCode.NOT_FOUND:
             raise
         return NodeOutcome(workflow_id=workflow_id, error="its workflow was never started")
     return NodeOutcome(workflow_id=workflow_id, result=result)
+
+
+def _innermost(err: BaseException) -> str:
+    """The message a person should read: past the activity or timeout wrapping it
+    (as the cluster workflow reads a child's failure)."""
+    while isinstance(err, ActivityError | ChildWorkflowError | TimeoutError) and err.cause is not None:
+        err = err.cause
+    return err.message if isinstance(err, FailureError) else str(err)
