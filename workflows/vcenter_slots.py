@@ -65,7 +65,12 @@ class VCenterSlotsWorkflow:
         if self._draining:
             return SlotGrant(granted=False, in_use=len(self._live(workflow.now())))
         now = workflow.now()
-        del self._waiting[request.holder]
+        # Not ``del``: between this ask's turn and here, another ask in the same
+        # workflow task may have dropped it from the waiters (its last ask looked
+        # older than WAITER_GONE when workflow time jumped under load), or a second
+        # ask of the same holder took the turn. A KeyError here failed the workflow
+        # task for good and stopped every vCenter task of the installation.
+        self._waiting.pop(request.holder, None)
         self._leases = self._live(now)
         self._leases[request.holder] = now + timedelta(seconds=request.lease_seconds)
         self._most_in_use = max(self._most_in_use, len(self._leases))
