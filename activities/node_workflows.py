@@ -20,12 +20,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import (
-    ActivityError,
-    ApplicationError,
     CancelledError,
-    ChildWorkflowError,
-    FailureError,
-    TimeoutError,
     WorkflowAlreadyStartedError,
 )
 from temporalio.service import RPCError, RPCStatusCode
@@ -37,11 +32,11 @@ from pke_vsphere.contracts.messages import (
     CancelNodesInput,
     NodeOutcome,
     NodeResult,
-    NodeVm,
     StartNodesInput,
 )
 from pke_vsphere.contracts.protocol import WorkflowType
 from pke_vsphere.runtime import crashpoints
+from pke_vsphere.runtime.failures import failed_node_vm, failure_reason
 
 log = structlog.get_logger(__name__)
 
@@ -121,24 +116,10 @@ async def _outcome(handle: WorkflowHandle[Any, NodeResult]) -> NodeOutcome:
         cause = exc.cause
         if isinstance(cause, CancelledError):
             return NodeOutcome(workflow_id=workflow_id, cancelled=True, error="cancelled")
-        vm = None
-        if isinstance(cause, ApplicationError) and cause.details:
-            try:
-                vm = NodeVm.model_validate(cause.details[0])
-            except ValueError:
-                vm = None
-        reason = _innermost(cause) if cause is not None else str(exc)
-        return NodeOutcome(workflow_id=workflow_id, error=reason, vm=vm)
+        reason = failure_reason(cause) if cause is not None else str(exc)
+        return NodeOutcome(workflow_id=workflow_id, error=reason, vm=failed_node_vm(cause))
     except RPCError as exc:
         if exc.status is not RPCStatusCode.NOT_FOUND:
             raise
         return NodeOutcome(workflow_id=workflow_id, error="its workflow was never started")
     return NodeOutcome(workflow_id=workflow_id, result=result)
-
-
-def _innermost(err: BaseException) -> str:
-    """The message a person should read: past the activity or timeout wrapping it
-    (as the cluster workflow reads a child's failure)."""
-    while isinstance(err, ActivityError | ChildWorkflowError | TimeoutError) and err.cause is not None:
-        err = err.cause
-    return err.message if isinstance(err, FailureError) else str(err)

@@ -66,9 +66,9 @@ with workflow.unsafe.imports_passed_through():
         ReconcileReport,
     )
     from pke_vsphere.render import keepalived
+    from pke_vsphere.runtime.failures import failure_reason
     from workflows import planning, validation
     from workflows.deletion import DeletionSteps
-    from workflows.failures import failure_reason
     from workflows.policies import LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT, VSPHERE_RETRY
     from workflows.reconcile import ReconcileSteps
     from workflows.scaling import ScalingSteps

@@ -42,9 +42,9 @@ with workflow.unsafe.imports_passed_through():
     from pke_vsphere.contracts.protocol import ErrorType, Patch
     from pke_vsphere.contracts.spec import ClusterSpec, Topology
     from pke_vsphere.contracts.state import NodeKind, NodePhase, NodeState
+    from pke_vsphere.runtime.failures import failed_node_vm, failure_reason
     from workflows import planning, vm_steps
     from workflows.bootstrap_session import bootstrap_window
-    from workflows.failures import failed_node_vm, failure_reason
     from workflows.node import NodeWorkflow
     from workflows.node_v1 import NodeWorkflowV1
     from workflows.policies import (
@@ -176,9 +176,8 @@ class ClusterSteps:
             input.placement_refs = self.state.placement_refs
             inputs.append(input)
             node.phase, node.updated_at = NodePhase.CLONING, workflow.now()
-        by_id = {ids.node_workflow_id(self.spec.name, n.name): n for n in nodes}
         ok: dict[str, bool] = {}
-        pending = dict(by_id)
+        pending = {ids.node_workflow_id(self.spec.name, n.name): n for n in nodes}
         try:
             for first in range(0, len(inputs), NODE_STARTS_PER_ACTIVITY):
                 await workflow.execute_activity_method(
@@ -266,7 +265,7 @@ class ClusterSteps:
         except ChildWorkflowError as err:
             if self._deleting:  # the node was cancelled because the cluster is going
                 raise asyncio.CancelledError from err
-            vm = failed_node_vm(err)
+            vm = failed_node_vm(err.cause)
             return await self._settle(
                 node, NodeOutcome(workflow_id=node_id, error=failure_reason(err), vm=vm)
             )

@@ -35,8 +35,8 @@ with workflow.unsafe.imports_passed_through():
         ScaleRequest,
     )
     from pke_vsphere.contracts.protocol import ErrorType, Update, WorkflowType
+    from pke_vsphere.runtime.failures import failure_reason
     from workflows import validation, vm_steps
-    from workflows.failures import failure_reason
     from workflows.policies import LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
 
 COMMAND_TIMEOUT = timedelta(hours=6)

@@ -15,8 +15,8 @@ with workflow.unsafe.imports_passed_through():
     from pke_vsphere.contracts.commands import DeleteOutcome
     from pke_vsphere.contracts.messages import ClearEtcdPrefixInput
     from pke_vsphere.contracts.state import ClusterPhase
+    from pke_vsphere.runtime.failures import failure_reason
     from workflows.cluster_steps import ClusterSteps
-    from workflows.failures import failure_reason
     from workflows.policies import ETCD_CALL_TIMEOUT, ETCD_RETRY, LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
 
 

@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
         RemoveNodeTokenInput,
     )
     from pke_vsphere.contracts.pki import BootstrapToken
-    from workflows.failures import failure_reason
+    from pke_vsphere.runtime.failures import failure_reason
     from workflows.policies import (
         JOIN_TOKEN_TTL,
         KUBE_CALL_TIMEOUT,

@@ -22,9 +22,9 @@ with workflow.unsafe.imports_passed_through():
     from activities import kube as kube_activities
     from pke_vsphere.contracts.messages import WaitNodeReadyInput
     from pke_vsphere.contracts.state import NodePhase, NodeState, ReconcileReport
+    from pke_vsphere.runtime.failures import failure_reason
     from workflows import planning, vm_steps
     from workflows.cluster_steps import ClusterSteps
-    from workflows.failures import failure_reason
     from workflows.policies import KUBE_HEARTBEAT, KUBE_RETRY
 
 

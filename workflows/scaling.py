@@ -21,9 +21,9 @@ with workflow.unsafe.imports_passed_through():
     from pke_vsphere.contracts.commands import ScaleOutcome
     from pke_vsphere.contracts.messages import DeleteKubeNodeInput, DrainInput
     from pke_vsphere.contracts.state import NodePhase, NodeState
+    from pke_vsphere.runtime.failures import failure_reason
     from workflows import planning
     from workflows.cluster_steps import ClusterSteps
-    from workflows.failures import failure_reason
     from workflows.policies import KUBE_CALL_TIMEOUT, KUBE_HEARTBEAT, KUBE_RETRY
 
 

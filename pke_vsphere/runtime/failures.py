@@ -1,9 +1,10 @@
-"""What a person should read of a failure."""
+"""What a person should read of a failure: its innermost message, and the VM a
+failed node workflow names. Read by the cluster workflow (of a child) and by
+the activity that awaits node workflows (of a workflow the client watched)."""
 
 from __future__ import annotations
 
 from pydantic import ValidationError
-from temporalio import workflow
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -12,8 +13,7 @@ from temporalio.exceptions import (
     TimeoutError,
 )
 
-with workflow.unsafe.imports_passed_through():
-    from pke_vsphere.contracts.messages import NodeVm
+from pke_vsphere.contracts.messages import NodeVm
 
 
 def failure_reason(err: BaseException) -> str:
@@ -25,9 +25,9 @@ def failure_reason(err: BaseException) -> str:
     return err.message if isinstance(err, FailureError) else str(err)
 
 
-def failed_node_vm(err: ChildWorkflowError) -> NodeVm | None:
-    """The VM a node workflow's failure names (a failure past its VM step), if any."""
-    cause = err.cause
+def failed_node_vm(cause: BaseException | None) -> NodeVm | None:
+    """The VM a node workflow's failure names (a failure past its VM step), if any:
+    ``cause`` is the failure the workflow ended with."""
     if not isinstance(cause, ApplicationError) or not cause.details:
         return None
     try:
