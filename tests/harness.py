@@ -26,6 +26,7 @@ from temporalio.client import Client
 
 from pke_vsphere.codec.encryption import EncryptionCodec
 from pke_vsphere.config.credentials import EtcdCredentials, StorageCredential, StorageCredentials
+from pke_vsphere.contracts.messages import NodeBootstrapSettings
 from pke_vsphere.contracts.state import NodeIdentity, NodeKind
 from pke_vsphere.nodeapi.app import create_app
 from pke_vsphere.pki.node_tokens import NodeTokenVerifier, load_signing_key
@@ -244,6 +245,17 @@ def tasks_running(sim: Simulator, si: Any) -> Counter[str]:
 
 def clone_events(sim: Simulator, vm_name: str) -> int:
     return clone_counts(sim)[vm_name]
+
+
+# What a node of cluster ``prod`` is bootstrapped with, for rendering tests.
+BOOTSTRAP_SETTINGS = NodeBootstrapSettings(
+    kubernetes_version="1.30.4",
+    api_endpoint="10.0.0.100:6443",
+    master_mode="ha",
+    pod_cidr="10.20.0.0/16",
+    service_cidr="10.10.0.0/16",
+    ssh_authorized_keys=["ssh-ed25519 AAAAC3Nza test@example"],
+)
 
 
 def node_identity(kind: NodeKind, index: int = 1) -> NodeIdentity:

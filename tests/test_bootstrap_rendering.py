@@ -8,19 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pke_vsphere.contracts.messages import NodeBootstrapSettings
 from pke_vsphere.contracts.state import NodeKind
 from pke_vsphere.render import cloudinit, guestinfo, keepalived, pke
-from tests.harness import node_identity, pke_install_args, random_ssh_keys
+from tests.harness import BOOTSTRAP_SETTINGS, node_identity, pke_install_args, random_ssh_keys
 
-SETTINGS = NodeBootstrapSettings(
-    kubernetes_version="1.30.4",
-    api_endpoint="10.0.0.100:6443",
-    master_mode="ha",
-    pod_cidr="10.20.0.0/16",
-    service_cidr="10.10.0.0/16",
-    ssh_authorized_keys=["ssh-ed25519 AAAAC3Nza test@example"],
-)
+SETTINGS = BOOTSTRAP_SETTINGS
 
 
 def render(kind: NodeKind, index: int = 1) -> dict[str, object]:

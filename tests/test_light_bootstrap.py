@@ -29,7 +29,7 @@ from pke_vsphere.contracts.state import NodeKind
 from pke_vsphere.render import cloudinit
 from sim.demo import node_api_certificate
 from sim.nodes import BootedNode, SimulatedNodes, sourced
-from tests.harness import node_identity
+from tests.harness import BOOTSTRAP_SETTINGS, node_identity
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -226,13 +226,7 @@ async def converse(
     )
 
 
-SETTINGS = NodeBootstrapSettings(
-    kubernetes_version="1.30.4",
-    api_endpoint="10.0.0.100:6443",
-    master_mode="ha",
-    pod_cidr="10.20.0.0/16",
-    service_cidr="10.10.0.0/16",
-)
+SETTINGS = BOOTSTRAP_SETTINGS
 EXTERNAL_ETCD = SETTINGS.model_copy(
     update={"etcd_endpoints": ["https://127.0.0.1:2379"], "etcd_prefix": "/pke/prod"}
 )
