@@ -9,6 +9,7 @@ gets what is left, not a new allowance.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
@@ -20,6 +21,11 @@ from pke_vsphere.contracts.state import NodePhase
 # Before the step's deadline, a task still running is cancelled in vCenter and
 # waited for; this much of the step is kept for that.
 CANCEL_MARGIN = timedelta(seconds=30)
+# Unchanged progress is sent again only this part of the heartbeat timeout apart:
+# a thousand waiting activities that heartbeat every second would keep Temporal busy
+# with nothing new.
+UNCHANGED_EVERY = 0.5
+DEFAULT_HEARTBEAT = timedelta(seconds=10)
 
 
 class Progress:
@@ -27,6 +33,8 @@ class Progress:
 
     def __init__(self, step: VCenterStep = VCenterStep.LOOKING, phase: NodePhase | None = None) -> None:
         self._details = VCenterProgress(step=step, phase=phase)
+        self._sent: VCenterProgress | None = None
+        self._sent_at = 0.0
 
     @property
     def details(self) -> VCenterProgress:
@@ -43,7 +51,18 @@ class Progress:
         self()
 
     def __call__(self) -> None:
+        """Heartbeat: at once if the progress changed, else if the last one is
+        ``UNCHANGED_EVERY`` of the heartbeat timeout old."""
+        now = time.monotonic()
+        if self._details == self._sent and now - self._sent_at < self._unchanged_every():
+            return
         activity.heartbeat(self._details.model_dump(mode="json"))
+        self._sent, self._sent_at = self._details, now
+
+    @staticmethod
+    def _unchanged_every() -> float:
+        timeout = activity.info().heartbeat_timeout or DEFAULT_HEARTBEAT
+        return timeout.total_seconds() * UNCHANGED_EVERY
 
 
 def previous() -> VCenterProgress | None:

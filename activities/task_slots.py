@@ -3,21 +3,29 @@
 vCenter serialises work per host and datastore and slows down for everyone when
 one client floods it, so at most ``cap`` tasks of this installation run at a
 time: each worker lets at most ``cap`` of its own activities through, and those
-then take one of the ``cap`` slots all workers share (``SharedSlots``, kept by
-workflows/vcenter_slots.py). Waiting for a slot heartbeats (step ``queued``:
-"queued for vCenter"), so Temporal never takes a long wait for a dead worker and
-starts a second attempt; an attempt that was cancelled or timed out while it
-waited gives its slot back without starting its task.
+then take one of the ``cap`` slots all workers share (workflows/vcenter_slots.py).
+
+A worker leases shared slots for all its activities at once (``SharedSlots``):
+one coroutine on the worker's event loop keeps the worker's share, asking for
+more while activities queue, renewing what it holds, and giving back what it
+has not used for a moment. So a thousand queued clones make a few calls per
+worker, and a worker that dies frees its slots when its lease ends.
+
+Waiting for a slot heartbeats (step ``queued``: "queued for vCenter"), so
+Temporal never takes a long wait for a dead worker and starts a second attempt;
+an attempt that was cancelled while it waited starts no task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 from temporalio import activity
@@ -27,27 +35,38 @@ from temporalio.exceptions import CancelledError
 
 from activities.progress import Progress
 from pke_vsphere.contracts.messages import VCenterStep
-from pke_vsphere.contracts.protocol import Signal, Update, WorkflowType
-from pke_vsphere.contracts.slots import LONG_POLL, SlotGrant, SlotRelease, SlotRequest, SlotsState
+from pke_vsphere.contracts.protocol import Update, WorkflowType
+from pke_vsphere.contracts.slots import LONG_POLL, SlotLease, SlotLeaseGrant, SlotsState
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
-WAKE_SECONDS = 1.0  # how often a queued activity heartbeats while it waits in this worker
+WAKE_SECONDS = 2.0
+"""How often a queued activity wakes to heartbeat and see whether it was cancelled."""
+HOLD_LEASE = timedelta(seconds=60)
+"""A worker's slots are freed this long after its last call (it died)."""
+RENEW_EVERY = timedelta(seconds=20)
+"""A worker holding slots renews its lease this often."""
+KEEP_SECONDS = 0.5
+"""A slot its activity gave back is kept this long for the next one before it is
+returned (a call saved when tasks follow each other)."""
 CALL_TIMEOUT = LONG_POLL + timedelta(seconds=10)
-# A slot never released (its holder died and was not retried) is freed after the
-# holder's step deadline plus this.
-LEASE_MARGIN = timedelta(seconds=30)
+RETRY_SECONDS = 1.0
 
 
 def slots_workflow_id(installation: str, task_queue: str) -> str:
     """One set of slots per installation and task queue (the workers that share them)."""
-    return f"pke-vcenter-slots/{installation}/{task_queue}"
+    return f"pke-vcenter-task-slots/{installation}/{task_queue}"
 
 
 class SharedSlots:
-    """The installation's slots, asked for from activity threads through the
-    worker's Temporal client on the worker's event loop."""
+    """This worker's share of the installation's slots.
+
+    Activity threads call :meth:`acquire` and :meth:`release`; a coroutine on the
+    worker's event loop (``_keep_share``) runs while anything is held or wanted
+    and is the only caller of the slots workflow. A thread never heartbeats while
+    it holds the lock: the SDK's heartbeat from a thread waits for the event loop,
+    which may be waiting for the lock.
+    """
 
     def __init__(
         self, client: Client, loop: asyncio.AbstractEventLoop, installation: str, task_queue: str, cap: int
@@ -57,11 +76,127 @@ class SharedSlots:
         self._cap = cap
         self._task_queue = task_queue
         self.workflow_id = slots_workflow_id(installation, task_queue)
+        self.worker = f"{uuid.uuid4()}"
+        self._lock = threading.Condition()
+        self._holding = 0  # leased from the workflow, by this worker's count
+        self._in_use = 0  # of those, taken by activities
+        self._wanting = 0  # activities waiting for one
+        self._last_release = 0.0
+        self._running = False
+        self._wake: asyncio.Event | None = None
+        self._ask = 0
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(CALL_TIMEOUT.total_seconds())
+    @property
+    def calls(self) -> int:
+        """Calls this worker made to the slots workflow."""
+        return self._ask
 
-    async def _ask(self, request: SlotRequest) -> SlotGrant:
+    # Activity threads
+
+    def acquire(self, progress: Progress) -> None:
+        """Wait for a slot, heartbeating while queued; raises ``CancelledError``
+        (holding nothing) if the activity is cancelled meanwhile."""
+        with self._lock:
+            if self._holding > self._in_use and self._wanting == 0:
+                self._in_use += 1
+                return
+            self._wanting += 1
+            self._nudge()
+        queued = False
+        try:
+            while True:
+                with self._lock:
+                    if self._holding > self._in_use:
+                        self._wanting -= 1
+                        self._in_use += 1
+                        return
+                    self._lock.wait(WAKE_SECONDS)
+                    if self._holding > self._in_use:
+                        self._wanting -= 1
+                        self._in_use += 1
+                        return
+                if activity.is_cancelled():
+                    raise CancelledError("cancelled while queued for vCenter; no task was started")
+                if not queued:
+                    progress.at(VCenterStep.QUEUED)
+                    queued = True
+                else:
+                    progress()
+        except BaseException:
+            with self._lock:
+                self._wanting -= 1
+                self._nudge()
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            self._in_use -= 1
+            self._last_release = time.monotonic()
+            self._lock.notify()
+            self._nudge()
+
+    def _nudge(self) -> None:
+        """(Under the lock.) Have the keeper look at the share again, starting it
+        if it is not running."""
+        if not self._running:
+            self._running = True
+            self._loop.call_soon_threadsafe(self._start)
+        elif self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    # The worker's event loop
+
+    def _start(self) -> None:
+        self._wake = asyncio.Event()
+        self._loop.create_task(self._keep_share())
+
+    async def _keep_share(self) -> None:
+        assert self._wake is not None
+        renewed = time.monotonic()
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            with self._lock:
+                idle = self._holding - self._in_use
+                short = self._wanting - idle
+                give_back = idle > 0 and self._wanting == 0 and now - self._last_release >= KEEP_SECONDS
+                if self._holding == 0 and self._wanting == 0:
+                    self._running = False
+                    return
+                holding = self._in_use if give_back else self._holding
+                if give_back:
+                    self._holding = holding
+                renew = holding > 0 and now - renewed >= RENEW_EVERY.total_seconds()
+            if short > 0 or give_back or renew:
+                grant = await self._lease(holding, max(0, short))
+                if grant is None:
+                    await asyncio.sleep(RETRY_SECONDS)
+                    continue
+                renewed = time.monotonic()
+                with self._lock:
+                    self._holding = holding + grant.granted
+                    if grant.granted:
+                        self._lock.notify(grant.granted)
+                continue
+            wait = (
+                RENEW_EVERY.total_seconds() - (now - renewed) if holding > 0 else RENEW_EVERY.total_seconds()
+            )
+            if idle > 0:
+                wait = min(wait, KEEP_SECONDS)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.05, wait))
+
+    async def _lease(self, holding: int, wanting: int) -> SlotLeaseGrant | None:
+        """One call; None if it failed (the next call's count replaces whatever it did)."""
+        self._ask += 1
+        lease = SlotLease(
+            worker=self.worker,
+            ask=self._ask,
+            holding=holding,
+            wanting=min(wanting, self._cap),
+            capacity=self._cap,
+            lease_seconds=int(HOLD_LEASE.total_seconds()),
+        )
         start: WithStartWorkflowOperation[Any, None] = WithStartWorkflowOperation(
             WorkflowType.VCENTER_SLOTS,
             SlotsState(capacity=self._cap),
@@ -69,29 +204,17 @@ class SharedSlots:
             task_queue=self._task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
-        grant: SlotGrant = await self._client.execute_update_with_start_workflow(
-            Update.ACQUIRE_SLOT, request, start_workflow_operation=start, result_type=SlotGrant
-        )
-        return grant
-
-    def acquire(self, holder: str, lease: timedelta, progress: Progress) -> None:
-        """Wait for a slot, heartbeating between asks."""
-        request = SlotRequest(
-            holder=holder, capacity=self._cap, lease_seconds=int((lease + LEASE_MARGIN).total_seconds())
-        )
-        while not self._call(self._ask(request)).granted:
-            if progress.details.step is not VCenterStep.QUEUED:
-                progress.at(VCenterStep.QUEUED)
-            else:
-                progress()
-
-    def release(self, holder: str) -> None:
-        """Give the slot back; if that fails, the lease frees it later."""
-        handle = self._client.get_workflow_handle(self.workflow_id)
         try:
-            self._call(handle.signal(Signal.RELEASE_SLOT, SlotRelease(holder=holder)))
-        except Exception as exc:  # the slot's lease ends it anyway
-            log.warning("vcenter.slot_release_failed", holder=holder, error=str(exc))
+            grant: SlotLeaseGrant = await asyncio.wait_for(
+                self._client.execute_update_with_start_workflow(
+                    Update.LEASE_SLOTS, lease, start_workflow_operation=start, result_type=SlotLeaseGrant
+                ),
+                CALL_TIMEOUT.total_seconds(),
+            )
+        except Exception as exc:
+            log.warning("vcenter.slots_call_failed", worker=self.worker, error=str(exc) or type(exc).__name__)
+            return None
+        return grant
 
 
 class TaskSlots:
@@ -102,20 +225,20 @@ class TaskSlots:
         self._slots = threading.BoundedSemaphore(cap)
 
     @contextmanager
-    def hold(self, progress: Progress, lease: timedelta) -> Iterator[None]:
-        """Hold a slot for the duration of one vCenter task of at most ``lease``."""
-        info = activity.info()
-        holder = f"{info.workflow_id}/{info.activity_id}"
+    def hold(self, progress: Progress) -> Iterator[None]:
+        """Hold a slot for the duration of one vCenter task."""
         # Shielded: a cancellation arriving between an acquire and the try below
         # would otherwise lose the slot for good.
         with activity.shield_thread_cancel_exception():
             if not self._slots.acquire(blocking=False):
                 progress.at(VCenterStep.QUEUED)
                 while not self._slots.acquire(timeout=WAKE_SECONDS):
+                    if activity.is_cancelled():
+                        raise CancelledError("cancelled while queued for vCenter; no task was started")
                     progress()
             try:
                 if self.shared is not None:
-                    self.shared.acquire(holder, lease, progress)
+                    self.shared.acquire(progress)
             except BaseException:
                 self._slots.release()
                 raise
@@ -125,5 +248,5 @@ class TaskSlots:
             yield
         finally:
             if self.shared is not None:
-                self.shared.release(holder)
+                self.shared.release()
             self._slots.release()

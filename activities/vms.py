@@ -112,8 +112,7 @@ class VSphereActivities:
         it until the step's deadline; every heartbeat from its start on names it.
         ``governed=False``: a metadata-only task (an extraConfig edit) that does not
         queue for the cap, which is for the work hosts and datastores do."""
-        lease = timedelta(seconds=deadline.left())
-        with self.task_slots.hold(progress, lease) if governed else contextlib.nullcontext():
+        with self.task_slots.hold(progress) if governed else contextlib.nullcontext():
             task = start()
             progress.at(VCenterStep.TASK, task._moId, method)
             crashpoints.reach(f"{name}.started")
@@ -315,8 +314,7 @@ class VSphereActivities:
             task = tasks.find_clone(si, placement, node.name, since=deadline.started - CLOCK_SKEW)
         if task is not None:
             log.info("vm.clone_resumed", node=node.name, task=task._moId)
-            lease = timedelta(seconds=deadline.left())
-            with activity.shield_thread_cancel_exception(), self.task_slots.hold(progress, lease):
+            with activity.shield_thread_cancel_exception(), self.task_slots.hold(progress):
                 progress.at(VCenterStep.TASK, task._moId, tasks.CLONE)
                 try:
                     self._wait_for_clone(si, task, clone, progress, deadline)

@@ -245,7 +245,7 @@ def cluster_spec(name: str, *, masters: int = 3, workers: int = 2, **overrides: 
             {"name": "master", "role": "master", "count": masters, "cpus": 2, "memory_mb": 4096},
             {"name": "workers", "role": "worker", "count": workers, "cpus": 4, "memory_mb": 8192},
         ],
-        "timeouts": {"clone": 120, "ip": 60, "leader_ready": 60, "join": 60},
+        "timeouts": {"clone": 120, "ip": 60, "leader_ready": 60, "join": 60, "heartbeat": 10},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):

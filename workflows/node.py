@@ -47,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from pke_vsphere.pki.bootstrap_tokens import usable
     from workflows import node_credentials
     from workflows.bootstrap_session import BootstrapSession, CallRefused, bootstrap_window
-    from workflows.policies import JOIN_TOKEN_MARGIN, VSPHERE_HEARTBEAT, VSPHERE_RETRY
+    from workflows.policies import JOIN_TOKEN_MARGIN, VSPHERE_RETRY
 
 # A retry after a worker crash gets what is left of the step, plus this to say why.
 PROVISION_SLACK = timedelta(seconds=30)
@@ -202,7 +202,7 @@ class NodeWorkflow:
                 token_expires_at=deadline,
             ),
             schedule_to_close_timeout=window + PROVISION_SLACK,
-            heartbeat_timeout=VSPHERE_HEARTBEAT,
+            heartbeat_timeout=steps.as_timedelta("heartbeat"),
             retry_policy=VSPHERE_RETRY,
             # If the cluster is deleted mid-clone, the clone finishes before this
             # workflow ends, so the deletion's sweep finds the VM.

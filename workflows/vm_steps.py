@@ -31,7 +31,7 @@ async def power_on(vm_ref: str, name: str, steps: Timeouts) -> PowerOnResult:
         VSphereActivities.power_on_vm,
         PowerOnInput(vm_ref=vm_ref, name=name),
         schedule_to_close_timeout=steps.as_timedelta("power_on"),
-        heartbeat_timeout=VSPHERE_HEARTBEAT,
+        heartbeat_timeout=steps.as_timedelta("heartbeat"),
         retry_policy=VSPHERE_RETRY,
     )
     return result
@@ -44,7 +44,7 @@ async def wait_for_ip(vm_ref: str, name: str, steps: Timeouts, network: str | No
         WaitForIpInput(vm_ref=vm_ref, name=name, timeout_seconds=steps.ip, network=network),
         # A retry after a crash gets the rest of the step's deadline, not a new one.
         schedule_to_close_timeout=steps.as_timedelta("ip") + timedelta(seconds=30),
-        heartbeat_timeout=VSPHERE_HEARTBEAT,
+        heartbeat_timeout=steps.as_timedelta("heartbeat"),
         retry_policy=VSPHERE_RETRY,
     )
     return result.ip

@@ -32,8 +32,9 @@ class WorkflowType(StrEnum):
     """Runs :attr:`Update.SCALE_POOL` on a cluster (schedules start it)."""
     DELETE = "DeleteClusterWorkflow"
     """Runs :attr:`Update.DELETE`, then sweeps vCenter for the cluster's VMs."""
-    VCENTER_SLOTS = "VCenterSlotsWorkflow"
-    """The vCenter task cap shared by every worker."""
+    VCENTER_SLOTS = "VCenterTaskSlotsWorkflow"
+    """The vCenter task cap shared by every worker (leased per worker; the
+    per-task ``VCenterSlotsWorkflow`` of 0.3 is retired)."""
 
 
 class Query(StrEnum):
@@ -47,7 +48,7 @@ class Query(StrEnum):
     NODE_PROGRESS = "progress"
     """Node workflow: where the node is, with its VM and address once known."""
     SLOTS = "slots"
-    """vCenter slots workflow: who holds a task slot."""
+    """vCenter slots workflow: which worker holds how many task slots."""
 
 
 class Patch(StrEnum):
@@ -70,15 +71,13 @@ class Update(StrEnum):
     DELETE = "delete"
     NODE_CALL = "node_call"
     """Node workflow: may this call of the node be served?"""
-    ACQUIRE_SLOT = "acquire_slot"
-    """vCenter slots workflow: wait for a task slot."""
+    LEASE_SLOTS = "lease_slots"
+    """vCenter slots workflow: a worker renews, gives back or asks for task slots."""
 
 
 class Signal(StrEnum):
     NODE_PROGRESS = "node_progress"
     """Node workflow → cluster workflow: the node's phase changed."""
-    RELEASE_SLOT = "release_slot"
-    """→ vCenter slots workflow: a task slot is free again."""
 
 
 class ErrorType(StrEnum):

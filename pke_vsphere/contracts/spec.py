@@ -413,6 +413,13 @@ class Timeouts(_Strict):
     ip: Seconds = Field(default=600, description="VMware Tools reports an IP.")
     leader_ready: Seconds = Field(default=1200, description="Leader reports Kubernetes is up.")
     join: Seconds = Field(default=1200, description="A follower or worker reports it joined.")
+    heartbeat: int = Field(
+        default=30,
+        ge=5,
+        le=300,
+        description="A node's long vCenter steps (clone to IP) on a worker that died are "
+        "retried on another this soon; each such step heartbeats at about half of it.",
+    )
 
     def as_timedelta(self, step: str) -> timedelta:
         return timedelta(seconds=getattr(self, step))
