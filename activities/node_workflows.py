@@ -7,12 +7,19 @@ start on the benchmark's server under load, 200 workflows started by a client
 0.8 s), so the last node of a large pool began its clone half a minute after
 the first. The node workflows are the same either way; each one's id names its
 cluster and node, so a retried start finds the one already running.
+
+Awaiting them, the worker keeps one watch (a long poll for the workflow's end)
+per node workflow across the cluster workflow's rounds: a round returns the
+outcomes that ended and leaves the other watches running for the next, so a
+thousand nodes ending over a minute cost a thousand polls, not a thousand per
+round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import structlog
@@ -42,11 +49,33 @@ log = structlog.get_logger(__name__)
 
 STARTS_IN_FLIGHT = 32
 HEARTBEAT_SECONDS = 5.0
+WATCH_IDLE_SECONDS = 600.0
+"""A watch no round asked for this long is dropped (its cluster workflow moved
+to another worker, or stopped asking)."""
 
 
 class NodeWorkflowActivities:
     def __init__(self, client: Client) -> None:
         self._client = client
+        self._watches: dict[str, asyncio.Future[NodeOutcome]] = {}
+        self._asked: dict[str, float] = {}
+
+    def _watch(self, workflow_id: str) -> asyncio.Future[NodeOutcome]:
+        self._asked[workflow_id] = time.monotonic()
+        watch = self._watches.get(workflow_id)
+        if watch is None or (watch.done() and watch.exception() is not None):
+            handle = self._client.get_workflow_handle(workflow_id, result_type=NodeResult)
+            watch = self._watches[workflow_id] = asyncio.ensure_future(_outcome(handle))
+        return watch
+
+    def _forget(self, workflow_ids: list[str]) -> None:
+        for workflow_id in workflow_ids:
+            self._watches.pop(workflow_id, None)
+            self._asked.pop(workflow_id, None)
+        idle = time.monotonic() - WATCH_IDLE_SECONDS
+        for workflow_id in [w for w, asked in self._asked.items() if asked < idle]:
+            self._watches.pop(workflow_id).cancel()
+            del self._asked[workflow_id]
 
     @activity.defn
     async def start_node_workflows(self, input: StartNodesInput) -> None:
@@ -75,24 +104,24 @@ class NodeWorkflowActivities:
     @activity.defn
     async def await_node_workflows(self, input: AwaitNodesInput) -> AwaitNodesResult:
         """The outcomes of the node workflows that have ended: it returns once one has,
-        with those that end within ``gather_seconds`` after it."""
-        tasks = {
-            asyncio.ensure_future(
-                _outcome(self._client.get_workflow_handle(workflow_id, result_type=NodeResult))
-            ): workflow_id
-            for workflow_id in input.workflow_ids
-        }
+        with those that end within ``gather_seconds`` after it, at most
+        ``max_outcomes`` (the others are answered by the next round at once)."""
+        watches = {workflow_id: self._watch(workflow_id) for workflow_id in input.workflow_ids}
+        waiting = set(watches.values())
+        done: set[asyncio.Future[NodeOutcome]] = set()
+        while not done:
+            done, _ = await asyncio.wait(waiting, timeout=HEARTBEAT_SECONDS, return_when="FIRST_COMPLETED")
+            activity.heartbeat()
+        if len(done) < len(waiting) and len(done) < input.max_outcomes and input.gather_seconds > 0:
+            done, _ = await asyncio.wait(waiting, timeout=input.gather_seconds)
+        ended = [workflow_id for workflow_id, watch in watches.items() if watch in done][: input.max_outcomes]
         try:
-            done: set[asyncio.Future[NodeOutcome]] = set()
-            while not done:
-                done, _ = await asyncio.wait(tasks, timeout=HEARTBEAT_SECONDS, return_when="FIRST_COMPLETED")
-                activity.heartbeat()
-            if len(done) < len(tasks) and input.gather_seconds > 0:
-                done, _ = await asyncio.wait(tasks, timeout=input.gather_seconds)
-            return AwaitNodesResult(outcomes=[task.result() for task in done])
+            outcomes = [
+                watches[workflow_id].result() for workflow_id in ended
+            ]  # a watch's RPC error fails the round
         finally:
-            for task in tasks:
-                task.cancel()
+            self._forget(ended)
+        return AwaitNodesResult(outcomes=outcomes)
 
     @activity.defn
     async def cancel_node_workflows(self, input: CancelNodesInput) -> None:

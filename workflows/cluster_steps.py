@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities import kube as kube_activities
@@ -54,6 +55,8 @@ with workflow.unsafe.imports_passed_through():
         KUBE_RETRY,
         LOCAL_WORK_RETRY,
         LOCAL_WORK_TIMEOUT,
+        NODE_OUTCOMES_PER_ROUND,
+        NODE_START_ACTIVITIES,
         NODE_STARTS_PER_ACTIVITY,
         NODE_STARTS_TIMEOUT,
         NODE_WORKFLOWS_HEARTBEAT,
@@ -178,18 +181,16 @@ class ClusterSteps:
             node.phase, node.updated_at = NodePhase.CLONING, workflow.now()
         ok: dict[str, bool] = {}
         pending = {ids.node_workflow_id(self.spec.name, n.name): n for n in nodes}
+        batches = [
+            inputs[first : first + NODE_STARTS_PER_ACTIVITY]
+            for first in range(0, len(inputs), NODE_STARTS_PER_ACTIVITY)
+        ]
         try:
-            for first in range(0, len(inputs), NODE_STARTS_PER_ACTIVITY):
-                await workflow.execute_activity_method(
-                    NodeWorkflowActivities.start_node_workflows,
-                    StartNodesInput(
-                        task_queue=workflow.info().task_queue,
-                        nodes=inputs[first : first + NODE_STARTS_PER_ACTIVITY],
-                    ),
-                    start_to_close_timeout=NODE_STARTS_TIMEOUT,
-                    heartbeat_timeout=NODE_WORKFLOWS_HEARTBEAT,
-                    retry_policy=LOCAL_WORK_RETRY,
-                )
+            if workflow.patched(Patch.NODE_STARTS_TOGETHER):
+                await self._start_node_workflows_together(batches)
+            else:
+                for batch in batches:
+                    await self._start_node_workflows(batch)
             while pending:
                 ended = await self._await_node_workflows(list(pending))
                 settled = [
@@ -205,6 +206,43 @@ class ClusterSteps:
                 raise asyncio.CancelledError from err
             raise
         return [ok.get(node.name, False) for node in nodes]
+
+    async def _start_node_workflows(
+        self, batch: list[NodeWorkflowInput], wait_cancelled: bool = False
+    ) -> None:
+        await workflow.execute_activity_method(
+            NodeWorkflowActivities.start_node_workflows,
+            StartNodesInput(task_queue=workflow.info().task_queue, nodes=batch),
+            start_to_close_timeout=NODE_STARTS_TIMEOUT,
+            heartbeat_timeout=NODE_WORKFLOWS_HEARTBEAT,
+            retry_policy=LOCAL_WORK_RETRY,
+            # Cancelled, a start in flight ends before the node workflows are
+            # stopped, so none it started is left running unwatched.
+            cancellation_type=(
+                ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                if wait_cancelled
+                else ActivityCancellationType.TRY_CANCEL
+            ),
+        )
+
+    async def _start_node_workflows_together(self, batches: list[list[NodeWorkflowInput]]) -> None:
+        """Start the batches NODE_START_ACTIVITIES at a time (one after another, 1000
+        nodes took a minute to start). If one start gives up, the others are
+        cancelled and waited for before the error goes on."""
+        gate = asyncio.Semaphore(NODE_START_ACTIVITIES)
+
+        async def start(batch: list[NodeWorkflowInput]) -> None:
+            async with gate:
+                await self._start_node_workflows(batch, wait_cancelled=True)
+
+        starts = [asyncio.ensure_future(start(batch)) for batch in batches]
+        try:
+            await asyncio.gather(*starts)
+        except BaseException:
+            for task in starts:
+                task.cancel()
+            await asyncio.gather(*starts, return_exceptions=True)
+            raise
 
     async def _stop_node_workflows(self, workflow_ids: list[str]) -> None:
         """Cancel the node workflows and wait until each has ended (a clone in flight
@@ -226,7 +264,7 @@ class ClusterSteps:
         window = bootstrap_window(self.spec.timeouts, NodeKind.MASTER)
         return await workflow.execute_activity_method(
             NodeWorkflowActivities.await_node_workflows,
-            AwaitNodesInput(workflow_ids=workflow_ids),
+            AwaitNodesInput(workflow_ids=workflow_ids, max_outcomes=NODE_OUTCOMES_PER_ROUND),
             start_to_close_timeout=window + NODE_WORKFLOWS_SLACK,
             heartbeat_timeout=NODE_WORKFLOWS_HEARTBEAT,
             retry_policy=LOCAL_WORK_RETRY,

@@ -46,6 +46,10 @@ KUBE_RETRY = RetryPolicy(
 # Node workflows started by activity: so many per activity (each input a few KB), each
 # start a quick call; their awaiting activity heartbeats and outlives a bootstrap window.
 NODE_STARTS_PER_ACTIVITY = 50
+NODE_START_ACTIVITIES = 4  # start activities in flight at once
+# Node workflows that ended are settled at most so many per workflow task: 900 at
+# once made a task outlast its 10 s timeout on a loaded worker.
+NODE_OUTCOMES_PER_ROUND = 100
 NODE_STARTS_TIMEOUT = timedelta(minutes=2)
 NODE_WORKFLOWS_HEARTBEAT = timedelta(seconds=30)
 NODE_WORKFLOWS_SLACK = timedelta(minutes=5)

@@ -173,6 +173,9 @@ class AwaitNodesInput(BaseModel):
     workflow_ids: list[str] = Field(min_length=1, max_length=1000)
     gather_seconds: float = Field(default=2.0, ge=0, le=60)
     """Once one has ended, how long to wait for more before answering."""
+    max_outcomes: int = Field(default=1000, ge=1, le=1000)
+    """At most this many outcomes per answer: the cluster workflow settles each
+    answer in one workflow task, which must stay short."""
 
 
 class CancelNodesInput(BaseModel):

@@ -61,6 +61,9 @@ class Patch(StrEnum):
     NODE_WORKFLOWS_BY_ACTIVITY = "node-workflows-by-activity"
     """The nodes launched together (a create's followers and workers, a scale-up)
     are started and awaited by activities, not as children of the cluster."""
+    NODE_STARTS_TOGETHER = "node-starts-together"
+    """Those nodes' workflows are started by several activities at once, not one
+    activity after another."""
 
 
 class Update(StrEnum):

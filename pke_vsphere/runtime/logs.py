@@ -8,8 +8,11 @@ import sys
 
 import structlog
 
+from pke_vsphere.runtime import tracebacks
+
 
 def configure(level: str | None = None, json: bool | None = None) -> None:
+    tracebacks.install()  # before any thread formats one
     level = (level or os.environ.get("PKE_VSPHERE_LOG_LEVEL", "INFO")).upper()
     if json is None:
         json = os.environ.get("PKE_VSPHERE_LOG_FORMAT", "console") == "json"
