@@ -293,7 +293,8 @@ async def test_orchestrator_failures_are_a_4xx_or_503_with_retry_after_never_a_5
         cast(Client, FlakyOrchestrator(node, failures)),
         NodeTokenVerifier(load_signing_key(key_file).public_key()),
     )
-    async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as api:
+    # A material query that keeps failing is tried for 7.5 s before the 503.
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as api:
         response = await api.request(method, path, headers=token_for(key_file, node), json={"kind": "failed"})
     assert response.status_code == expected, response.text
     if expected == 401:

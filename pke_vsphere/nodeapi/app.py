@@ -45,8 +45,11 @@ from pke_vsphere.render.addons.bundle import AddonBundle
 
 log = structlog.get_logger(__name__)
 
-# Tries of a master's material query, 0.5 s, 1 s apart, before a 503.
-MATERIAL_ATTEMPTS = 3
+# Tries of a master's material query, 0.5, 1, 2 and 4 s apart, before a 503: the
+# call is granted (and counted) already, and a cluster workflow whose task failed
+# or timed out (the query's FAILED_PRECONDITION) answers again once Temporal
+# retries the task, within seconds.
+MATERIAL_ATTEMPTS = 5
 
 
 class MasterBootstrap(BaseModel):
@@ -223,7 +226,7 @@ def create_app(
             except (RPCError, RPCTimeoutOrCancelledError) as exc:
                 if attempt == MATERIAL_ATTEMPTS:
                     raise _unavailable(exc) from None
-                await asyncio.sleep(attempt / 2)
+                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
         if material.cluster_uid and material.cluster_uid != node.claims.cluster_uid:
             return _retry_later(status.HTTP_409_CONFLICT, "the cluster was re-created")
         return material.model_copy(update={"node_address": node_address})
