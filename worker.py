@@ -29,7 +29,7 @@ from pke_vsphere.config import NodeApiSettings, TemporalSettings, VCenterSetting
 from pke_vsphere.config.credentials import EtcdCredentials, StorageCredentials
 from pke_vsphere.config.files import RefusedToStart
 from pke_vsphere.pki.node_tokens import NodeTokenSigner, load_signing_key
-from pke_vsphere.runtime import logs, temporal
+from pke_vsphere.runtime import logs, memory, temporal
 from pke_vsphere.vsphere.session import VCenterSession
 from workflows.cluster import ClusterWorkflow
 from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
@@ -172,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--settings", help="dotenv-style settings file")
     args = parser.parse_args(argv)
     logs.configure()
+    memory.limit_malloc_arenas()
     try:
         asyncio.run(run(args.settings))
     except (RefusedToStart, ValidationError) as exc:

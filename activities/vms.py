@@ -535,15 +535,7 @@ class VSphereActivities:
         def run(si: Any) -> DestroyVmResult:
             self._finish_earlier(si, POWER_OFF, progress, deadline)
             self._finish_earlier(si, DESTROY, progress, deadline)
-            vm = None
-            if input.instance_uuid:
-                datacenter = inventory.find_path(si, input.datacenter) if input.datacenter else None
-                vm = vms.find_by_instance_uuid(si, datacenter, input.instance_uuid)
-                if vm is None and input.placement is not None:
-                    vm = self._stop_clone_in_flight(si, input, progress, deadline)
-            if vm is None and input.vm_ref:
-                vm = vms.vm_by_ref(si, input.vm_ref)
-            props = properties.read(si, vm, ["config.extraConfig", "runtime.powerState"]) if vm else {}
+            vm, props = self._vm_to_destroy(si, input, progress, deadline)
             if vm is None or not props:
                 return DestroyVmResult(destroyed=False)
             extra = properties.extra_config(props.get("config.extraConfig"))
@@ -572,6 +564,28 @@ class VSphereActivities:
 
         with as_activity_errors(f"destroy VM {input.name}"):
             return self._session.run(run)
+
+    def _vm_to_destroy(
+        self, si: Any, input: DestroyVmInput, progress: Progress, deadline: Deadline
+    ) -> tuple[Any | None, dict[str, Any]]:
+        """The VM and its marker and power state. A reference from a sweep that just
+        found the VM is read directly (one request) and trusted only if it still
+        names the node's instance UUID; else the VM is looked up by that UUID."""
+        paths = ["config.extraConfig", "runtime.powerState", "config.instanceUuid"]
+        if input.vm_ref and input.instance_uuid:
+            vm = vms.vm_by_ref(si, input.vm_ref)
+            props = properties.read(si, vm, paths)
+            if props.get("config.instanceUuid") == input.instance_uuid:
+                return vm, props
+        vm = None
+        if input.instance_uuid:
+            datacenter = inventory.find_path(si, input.datacenter) if input.datacenter else None
+            vm = vms.find_by_instance_uuid(si, datacenter, input.instance_uuid)
+            if vm is None and input.placement is not None:
+                vm = self._stop_clone_in_flight(si, input, progress, deadline)
+        if vm is None and input.vm_ref:
+            vm = vms.vm_by_ref(si, input.vm_ref)
+        return vm, (properties.read(si, vm, paths) if vm else {})
 
     def _finish_earlier(self, si: Any, method: str, progress: Progress, deadline: Deadline) -> None:
         """Wait for a task of ``method`` that an earlier attempt started, whatever its

@@ -1,0 +1,32 @@
+"""The worker's memory with a thousand activity threads.
+
+glibc gives threads that allocate at the same time malloc arenas of their own,
+up to eight per core, and each arena keeps what it once held. A worker running
+a 1000-node create has a thread per ``provision_vm`` (about a thousand), so its
+heap spreads over every arena the machine allows. Two arenas are plenty for
+threads that mostly wait on vCenter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
+    """Cap glibc's malloc arenas (before threads start); False where there is no
+    glibc, or the operator chose with ``MALLOC_ARENA_MAX``."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    return bool(mallopt(M_ARENA_MAX, arenas))
