@@ -62,9 +62,10 @@ def build_worker(
     max_concurrent_activities: int = MAX_CONCURRENT_ACTIVITIES,
     storage_credentials: StorageCredentials | None = None,
     etcd_credentials: EtcdCredentials | None = None,
+    node_workflows: NodeWorkflowActivities | None = None,
 ) -> Worker:
     commands = ClusterCommandActivities(client)
-    node_workflows = NodeWorkflowActivities(client)
+    node_workflows = node_workflows or NodeWorkflowActivities(client)
     vrrp = VrrpActivities(client)
     etcd = EtcdActivities(etcd_credentials)
     return Worker(

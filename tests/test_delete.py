@@ -76,6 +76,12 @@ async def test_delete_during_create_leaves_nothing(stack: Stack) -> None:
     for node in range(1, 4):
         handle = stack.client.get_workflow_handle(ids.node_workflow_id(name, f"{name}-workers-{node:02d}"))
         assert (await handle.describe()).status is WorkflowExecutionStatus.CANCELED
+    # The workers' join tokens, minted ahead of them, left with their cancelled
+    # workflows: none waits in the cluster for its expiry.
+    kube = stack.nodes.cluster_apis[name]
+    created = [c.name for c in kube.objects.calls if c.verb == "create" and c.resource == "secrets"]
+    assert len(created) == 3
+    assert not [s for s in kube.objects.secrets if s.startswith("bootstrap-token-")]
 
 
 async def test_delete_while_the_leader_is_being_cloned_leaves_nothing(stack: Stack) -> None:

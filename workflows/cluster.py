@@ -174,7 +174,14 @@ class ClusterWorkflow(ScalingSteps, ReconcileSteps, DeletionSteps):
 
         state.phase = ClusterPhase.STARTING_NODES
         others = [n for n in state.nodes.values() if n.identity.kind is not NodeKind.LEADER]
-        await self._launch_all(others)
+        try:
+            await self._launch_all(others)
+        except ActivityError as err:  # the nodes' workflows are stopped already
+            state.phase = ClusterPhase.FAILED
+            state.error = f"the other nodes could not be launched: {failure_reason(err)}"
+            raise ApplicationError(
+                state.error, type=ErrorType.NODES_NOT_LAUNCHED, non_retryable=True
+            ) from err
         state.phase = ClusterPhase.READY
         state.ready_at = workflow.now()
         failed = [n.name for n in state.nodes.values() if n.phase is NodePhase.FAILED]

@@ -42,7 +42,15 @@ with workflow.unsafe.imports_passed_through():
         ProvisionVmResult,
     )
     from pke_vsphere.contracts.pki import BootstrapToken
-    from pke_vsphere.contracts.protocol import ErrorType, NodeCall, Query, Refusal, Update, WorkflowType
+    from pke_vsphere.contracts.protocol import (
+        ErrorType,
+        NodeCall,
+        Patch,
+        Query,
+        Refusal,
+        Update,
+        WorkflowType,
+    )
     from pke_vsphere.contracts.state import NodeKind, NodePhase, NodeProgress
     from pke_vsphere.pki.bootstrap_tokens import usable
     from workflows import node_credentials
@@ -61,7 +69,14 @@ def _cancel_requested() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-@workflow.defn(name=WorkflowType.NODE)
+# Not sandboxed: a create runs a thousand of these at once, and the sandbox builds
+# each run its own copy of this module and a restricted environment. At 3 + 997 that
+# cost the worker 13 of its 49 CPU-seconds and 50 MB, and node calls waited for it
+# (10 node API 503s, none without it). What the sandbox would catch is kept out by
+# other means: everything this module imports is passed through and pure or an
+# activity reference (the import contracts), it holds no module state, and the
+# stored histories replay (tests/test_replay.py).
+@workflow.defn(name=WorkflowType.NODE, sandboxed=False)
 class NodeWorkflow:
     def __init__(self) -> None:
         self._report: NodeReport | None = None
@@ -161,10 +176,22 @@ class NodeWorkflow:
             return await self._run(input, deadline)
         except BaseException as exc:
             self._session.close(f"its workflow ended: {type(exc).__name__}")
-            if self._join_tokens and input.join and not isinstance(exc, asyncio.CancelledError):
-                await node_credentials.delete_join_tokens(
-                    node.cluster, input.join, self._join_tokens, local=True
-                )
+            if self._join_tokens and input.join:
+                # Cancelled too: a node removed mid-create leaves a live cluster, where
+                # its pre-minted token would otherwise work until it expires.
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                if not cancelled or workflow.patched(Patch.CANCELLED_NODE_TOKENS):
+                    await node_credentials.delete_join_tokens(
+                        node.cluster,
+                        input.join,
+                        self._join_tokens,
+                        local=True,
+                        deadline=(
+                            node_credentials.CANCELLED_CLEANUP_DEADLINE
+                            if cancelled
+                            else node_credentials.CLEANUP_DEADLINE
+                        ),
+                    )
             raise
 
     async def _run(self, input: NodeWorkflowInput, deadline: datetime) -> NodeResult:

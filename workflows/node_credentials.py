@@ -39,6 +39,9 @@ with workflow.unsafe.imports_passed_through():
 # in the cluster expires within JOIN_TOKEN_TTL, and the node token in guestinfo
 # is refused by the node API once the node reported.
 CLEANUP_DEADLINE = timedelta(minutes=2)
+# A cancelled node (removed, or its cluster deleted) takes its join token back within
+# this: a delete waits for its node workflows, and the API server may be going too.
+CANCELLED_CLEANUP_DEADLINE = timedelta(seconds=15)
 
 
 async def mint_join_token(
@@ -58,10 +61,14 @@ async def mint_join_token(
 
 
 async def delete_join_tokens(
-    cluster: str, join: NodeJoinContext, tokens: list[BootstrapToken], local: bool = False
+    cluster: str,
+    join: NodeJoinContext,
+    tokens: list[BootstrapToken],
+    local: bool = False,
+    deadline: timedelta = CLEANUP_DEADLINE,
 ) -> None:
     """Delete the node's bootstrap tokens from the cluster; one that cannot be deleted
-    is logged and left to expire."""
+    within ``deadline`` is logged and left to expire."""
     run = workflow.execute_local_activity if local else workflow.execute_activity
     for token in tokens:
         token_id = token.token.get_secret_value().partition(".")[0]
@@ -69,8 +76,8 @@ async def delete_join_tokens(
             await run(
                 kube_activities.delete_bootstrap_token,
                 DeleteTokenInput(cluster=cluster, access=join.access, token_id=token_id),
-                schedule_to_close_timeout=CLEANUP_DEADLINE,
-                start_to_close_timeout=KUBE_CALL_TIMEOUT,
+                schedule_to_close_timeout=deadline,
+                start_to_close_timeout=min(KUBE_CALL_TIMEOUT, deadline),
                 retry_policy=KUBE_RETRY,
             )
         except ActivityError as err:

@@ -64,6 +64,9 @@ class Patch(StrEnum):
     NODE_STARTS_TOGETHER = "node-starts-together"
     """Those nodes' workflows are started by several activities at once, not one
     activity after another."""
+    CANCELLED_NODE_TOKENS = "cancelled-node-tokens"
+    """A cancelled node workflow deletes its join token too (before, only one that
+    failed did; a cancelled one's token waited for its expiry)."""
 
 
 class Update(StrEnum):
@@ -101,6 +104,8 @@ class ErrorType(StrEnum):
     # Creating
     PREFLIGHT_FAILED = "PreflightFailed"
     LEADER_FAILED = "LeaderFailed"
+    NODES_NOT_LAUNCHED = "NodesNotLaunched"
+    """A create could not start (or watch) its other nodes' workflows."""
     # A node
     ADDRESS_CONFLICT = "AddressConflict"
     ADDRESS_MISMATCH = "AddressMismatch"
