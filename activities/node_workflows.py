@@ -150,5 +150,7 @@ async def _outcome(handle: WorkflowHandle[Any, NodeResult]) -> NodeOutcome:
     except RPCError as exc:
         if exc.status is not RPCStatusCode.NOT_FOUND:
             raise
-        return NodeOutcome(workflow_id=workflow_id, error="its workflow was never started")
+        return NodeOutcome(
+            workflow_id=workflow_id, error="its workflow was never started", never_started=True
+        )
     return NodeOutcome(workflow_id=workflow_id, result=result)

@@ -1,8 +1,9 @@
 """Node workflows started by several activities at once
 (workflows/cluster_steps.py, ``_start_node_workflows_together``): when one start
-gives up, the others are cancelled and waited for, and no node workflow is left
-running unwatched. Real Temporal, simulator and worker; only the start activity
-is wrapped, to give up for one batch."""
+gives up, the others are cancelled and waited for, no node workflow is left
+running unwatched, and the join tokens minted for them leave the cluster. Real
+Temporal, simulator and worker; only the start activity is wrapped, to give up
+for one batch."""
 
 from __future__ import annotations
 
@@ -112,3 +113,7 @@ async def test_one_start_giving_up_cancels_the_others_and_leaves_no_node_workflo
                     continue  # never started
                 assert described.status is not WorkflowExecutionStatus.RUNNING, node
     assert f"{name}-workers-02" not in vms_of_cluster(vcsim, name)
+    # The join tokens minted ahead for the five left the cluster with them.
+    kube = sim_nodes.cluster_apis[name]
+    assert len([c for c in kube.objects.calls if c.verb == "create" and c.resource == "secrets"]) == 5
+    assert not [s for s in kube.objects.secrets if s.startswith("bootstrap-token-")]

@@ -44,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from pke_vsphere.contracts.spec import ClusterSpec, Topology
     from pke_vsphere.contracts.state import NodeKind, NodePhase, NodeState
     from pke_vsphere.runtime.failures import failed_node_vm, failure_reason
-    from workflows import planning, vm_steps
+    from workflows import node_credentials, planning, vm_steps
     from workflows.bootstrap_session import bootstrap_window
     from workflows.node import NodeWorkflow
     from workflows.node_v1 import NodeWorkflowV1
@@ -200,8 +200,15 @@ class ClusterSteps:
                 ok.update((node.name, result) for (node, _), result in zip(settled, results, strict=True))
         except (asyncio.CancelledError, ActivityError) as err:
             # Cancelled (a delete: the activity awaited fails with a cancellation), or
-            # an activity gave up: no node workflow is left running unwatched.
-            await self._stop_node_workflows(list(pending))
+            # an activity gave up: no node workflow is left running unwatched, and
+            # the join tokens of those that never started leave the cluster.
+            never_started = await self._stop_node_workflows(list(pending))
+            left = [tokens[n.name] for wid, n in pending.items() if wid in never_started and n.name in tokens]
+            if left and workflow.patched(Patch.CANCELLED_NODE_TOKENS):
+                join = await self._join_context()
+                await node_credentials.delete_join_tokens(
+                    self.spec.name, join, left, deadline=node_credentials.CANCELLED_CLEANUP_DEADLINE
+                )
             if isinstance(err, ActivityError) and self._deleting:
                 raise asyncio.CancelledError from err
             raise
@@ -244,11 +251,13 @@ class ClusterSteps:
             await asyncio.gather(*starts, return_exceptions=True)
             raise
 
-    async def _stop_node_workflows(self, workflow_ids: list[str]) -> None:
+    async def _stop_node_workflows(self, workflow_ids: list[str]) -> set[str]:
         """Cancel the node workflows and wait until each has ended (a clone in flight
-        finishes first, so a sweep after this finds its VM)."""
+        finishes first, so a sweep after this finds its VM); the ids of those that
+        were never started."""
+        never_started: set[str] = set()
         if not workflow_ids:
-            return
+            return never_started
         await workflow.execute_activity_method(
             NodeWorkflowActivities.cancel_node_workflows,
             CancelNodesInput(workflow_ids=workflow_ids),
@@ -259,6 +268,8 @@ class ClusterSteps:
         while left:
             ended = await self._await_node_workflows(sorted(left))
             left -= {outcome.workflow_id for outcome in ended.outcomes}
+            never_started |= {outcome.workflow_id for outcome in ended.outcomes if outcome.never_started}
+        return never_started
 
     async def _await_node_workflows(self, workflow_ids: list[str]) -> AwaitNodesResult:
         window = bootstrap_window(self.spec.timeouts, NodeKind.MASTER)

@@ -190,6 +190,9 @@ class NodeOutcome(BaseModel):
     error: str | None = None
     vm: NodeVm | None = None
     cancelled: bool = False
+    never_started: bool = False
+    """No such workflow: its start never happened (the join token minted for it is
+    the cluster's to take back)."""
 
 
 class AwaitNodesResult(BaseModel):
