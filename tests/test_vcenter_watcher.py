@@ -4,6 +4,7 @@ simulator, its requests counted by a proxy in front of it."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -140,3 +141,46 @@ async def test_a_second_wait_on_a_task_that_ended_is_answered_at_once(counted: C
         await asyncio.to_thread(wait_for_task, si, task, timeout=10)
         assert time.monotonic() - started < 2
         await asyncio.sleep(1)
+
+
+async def test_a_newer_wait_on_a_collector_cancels_the_one_in_progress_and_gets_the_update(
+    counted: Counted,
+) -> None:
+    """As on vCenter, one WaitForUpdatesEx per collector is in progress: a second
+    cancels the first (RequestCanceled), and the change goes to the second. (Debian's
+    simulator let both wait, each taking the other's updates: the patch
+    property-collector-waits.diff.)"""
+    await asyncio.to_thread(_newer_wait_cancels_the_older, counted.sim)
+
+
+def _newer_wait_cancels_the_older(sim: vcenter.Simulator) -> None:
+    si = sim.connect()
+    vm = _vms(si)[0]
+    collector = si.content.propertyCollector.CreatePropertyCollector()
+    # The simulator sends no update of config.annotation after a reconfigure.
+    name = vmodl.query.PropertyCollector.PropertySpec(type=vim.VirtualMachine, pathSet=["name"])
+    objects = [vmodl.query.PropertyCollector.ObjectSpec(obj=vm, skip=False)]
+    collector.CreateFilter(vmodl.query.PropertyCollector.FilterSpec(objectSet=objects, propSet=[name]), False)
+    version = collector.WaitForUpdatesEx(
+        "", vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=0)
+    ).version
+    results: dict[str, Any] = {}
+
+    def wait(name: str) -> None:
+        options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=15)
+        try:
+            results[name] = collector.WaitForUpdatesEx(version, options)
+        except vmodl.fault.RequestCanceled as canceled:
+            results[name] = canceled
+
+    first = threading.Thread(target=wait, args=("first",))
+    first.start()
+    time.sleep(1)
+    second = threading.Thread(target=wait, args=("second",))
+    second.start()
+    first.join(timeout=5)
+    assert isinstance(results.get("first"), vmodl.fault.RequestCanceled)
+    vm.Rename_Task("renamed-for-the-newer-wait")
+    second.join(timeout=15)
+    changes = [c for f in results["second"].filterSet for o in f.objectSet for c in o.changeSet]
+    assert [(c.name, c.val) for c in changes] == [("name", "renamed-for-the-newer-wait")]
