@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from typing import Any
 
 import httpx
 import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
 
 from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.protocol import MAX_REPEATS, NODE_KEY_HEADER, REPEAT_SPACING
@@ -234,3 +237,91 @@ async def test_a_booting_nodes_token_dies_with_its_cluster(stack: Stack, node_ap
         await asyncio.sleep(REPEAT_SPACING.total_seconds())
         after = await api.get(JOIN, headers=headers)
     assert after.status_code == 401, after.text
+
+
+async def powered_on(stack: Stack, node: str, within: float = 60) -> str:
+    """The token ``node``'s guestinfo carried at its first boot, as soon as it is on
+    (VMware Tools has not reported its address yet)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        booted = stack.nodes.nodes.get(node)
+        if booted is not None and booted.token:
+            return booted.token
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{node} was not powered on within {within}s")
+
+
+async def accepted_calls(handle: WorkflowHandle[Any, Any]) -> int:
+    """How many node calls the node's workflow has taken into its history."""
+    return len(
+        [
+            e
+            async for e in handle.fetch_history_events()
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+        ]
+    )
+
+
+async def until_accepted(handle: WorkflowHandle[Any, Any], calls: int, within: float = 15) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while await accepted_calls(handle) < calls:
+        assert loop.time() < deadline, f"the node's workflow did not take {calls} call(s) within {within}s"
+        await asyncio.sleep(0.2)
+
+
+async def test_an_early_call_from_a_guestinfo_reader_waits_for_the_address_and_binds_like_any_first_call(
+    stack: Stack, node_api_url: str
+) -> None:
+    """An attacker reads a booting worker's token from guestinfo before VMware Tools
+    has reported the worker's address. Its call is held, not refused, and is answered
+    once the address is known. It binds the attacker's node key, exactly as the first
+    call after that moment would have: the node's own call is then refused. A second
+    early call of that kind is refused at once and leaves nothing in history."""
+    name = unique("early")
+    worker = f"{name}-workers-01"
+    stack.nodes.behaviours[worker] = Behaviour.SILENT
+    stack.nodes.boot_delays[worker] = 10  # the address comes 10 s after power-on
+    await clusters.create(
+        stack.client, cluster_spec(name, masters=1, workers=1, timeouts={"join": 300}), stack.task_queue
+    )
+    token = await powered_on(stack, worker)
+    node_workflow = stack.client.get_workflow_handle(ids.node_workflow_id(name, worker))
+    async with httpx.AsyncClient(base_url=node_api_url, timeout=60) as api:
+        held = asyncio.create_task(api.get(JOIN, headers=as_holder(token)))
+        await until_accepted(node_workflow, 1)
+        assert "ip-reported" not in [event for _, event in stack.nodes.nodes[worker].events]
+        assert not held.done()
+        second = await api.get(JOIN, headers=as_holder(token))
+        assert second.status_code == 409 and "not yet" in second.json()["detail"], second.text
+        assert await accepted_calls(node_workflow) == 1
+
+        answered = await held
+        assert answered.status_code == 200, answered.text
+        assert "ip-reported" in [event for _, event in stack.nodes.nodes[worker].events]
+        assert answered.json()["node_address"] == stack.nodes.nodes[worker].ip
+        own = await api.get(JOIN, headers=as_holder(token))
+        assert own.status_code == 401 and "another node key" in own.json()["detail"], own.text
+    assert await accepted_calls(node_workflow) == 1
+    await (await clusters.delete(stack.client, name, stack.task_queue)).result()
+
+
+async def test_a_held_call_ends_with_401_when_its_cluster_is_deleted(stack: Stack, node_api_url: str) -> None:
+    """A call held for an address that never comes is not left hanging, and is not
+    served, when the node goes away."""
+    name = unique("heldgone")
+    worker = f"{name}-workers-01"
+    stack.nodes.behaviours[worker] = Behaviour.NO_IP
+    await clusters.create(
+        stack.client, cluster_spec(name, masters=1, workers=1, timeouts={"join": 300}), stack.task_queue
+    )
+    token = await powered_on(stack, worker)
+    node_workflow = stack.client.get_workflow_handle(ids.node_workflow_id(name, worker))
+    async with httpx.AsyncClient(base_url=node_api_url, timeout=60) as api:
+        held = asyncio.create_task(api.get(JOIN, headers=as_holder(token)))
+        await until_accepted(node_workflow, 1)
+        assert not held.done()
+        await (await clusters.delete(stack.client, name, stack.task_queue)).result()
+        answered = await asyncio.wait_for(held, 15)
+    assert answered.status_code == 401, answered.text
