@@ -103,6 +103,7 @@ def build_worker(
             vsphere.wait_for_vm_ip,
             vsphere.find_cluster_vms,
             vsphere.destroy_vm,
+            vsphere.destroy_vms,
             vsphere.remove_node_token,
             PreflightActivities(vsphere.session, storage_credentials, etcd_credentials).preflight,
         ],

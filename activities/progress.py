@@ -9,6 +9,7 @@ gets what is left, not a new allowance.
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -63,6 +64,76 @@ class Progress:
     def _unchanged_every() -> float:
         timeout = activity.info().heartbeat_timeout or DEFAULT_HEARTBEAT
         return timeout.total_seconds() * UNCHANGED_EVERY
+
+
+class BatchProgress:
+    """The progress of an activity that works on several VMs at once, each in a
+    thread of its own: one heartbeat carries every VM's step and task, so a retry
+    resumes each (see :func:`previous_items`)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, VCenterProgress] = {}
+        self._lock = threading.Lock()
+        self._sent: dict[str, VCenterProgress] | None = None
+        self._sent_at = 0.0
+
+    def item(self, key: str) -> ItemProgress:
+        """The progress of the VM ``key``, with :class:`Progress`'s interface."""
+        with self._lock:
+            self._items[key] = VCenterProgress(step=VCenterStep.LOOKING)
+        return ItemProgress(self, key)
+
+    def details_of(self, key: str) -> VCenterProgress:
+        with self._lock:
+            return self._items[key]
+
+    def record(self, key: str, details: VCenterProgress) -> None:
+        with self._lock:
+            self._items[key] = details
+        self()
+
+    def __call__(self) -> None:
+        """Heartbeat every VM's progress, throttled as :class:`Progress` is."""
+        with self._lock:
+            now = time.monotonic()
+            if self._items == self._sent and now - self._sent_at < Progress._unchanged_every():
+                return
+            activity.heartbeat({"items": {k: v.model_dump(mode="json") for k, v in self._items.items()}})
+            self._sent, self._sent_at = dict(self._items), now
+
+
+class ItemProgress(Progress):
+    """One VM's part of a :class:`BatchProgress`."""
+
+    def __init__(self, batch: BatchProgress, key: str) -> None:
+        self._batch, self._key = batch, key
+
+    @property
+    def details(self) -> VCenterProgress:
+        return self._batch.details_of(self._key)
+
+    def at(self, step: VCenterStep, task: str | None = None, method: str | None = None) -> None:
+        self._batch.record(self._key, VCenterProgress(step=step, task=task, method=method))
+
+    def enter(self, phase: NodePhase, step: VCenterStep = VCenterStep.LOOKING) -> None:
+        self._batch.record(self._key, VCenterProgress(step=step, phase=phase))
+
+    def __call__(self) -> None:
+        self._batch()
+
+
+def previous_items() -> dict[str, VCenterProgress]:
+    """What the last heartbeat of an earlier attempt of a batch said of each VM."""
+    details = activity.info().heartbeat_details
+    if not details or not isinstance(details[0], dict) or not isinstance(details[0].get("items"), dict):
+        return {}
+    found = {}
+    for key, value in details[0]["items"].items():
+        try:
+            found[key] = VCenterProgress.model_validate(value)
+        except ValidationError:
+            continue
+    return found
 
 
 def previous() -> VCenterProgress | None:

@@ -9,7 +9,10 @@ first attempt made instead of cloning a second one.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,13 +22,15 @@ from pyVmomi import vim, vmodl
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.progress import Deadline, Progress, previous
+from activities.progress import BatchProgress, Deadline, Progress, previous, previous_items
 from activities.task_slots import SharedSlots, TaskSlots
 from pke_vsphere.contracts.messages import (
     ClusterVm,
     ConfigureVmInput,
     DestroyVmInput,
     DestroyVmResult,
+    DestroyVmsInput,
+    DestroyVmsResult,
     EnsureVmInput,
     EnsureVmResult,
     FindClusterVmsInput,
@@ -37,6 +42,7 @@ from pke_vsphere.contracts.messages import (
     ProvisionVmInput,
     ProvisionVmResult,
     RemoveNodeTokenInput,
+    VCenterProgress,
     VCenterStep,
     WaitForIpInput,
     WaitForIpResult,
@@ -65,6 +71,10 @@ log = structlog.get_logger(__name__)
 CLOCK_SKEW = timedelta(minutes=2)
 # A give-up destroy looks this far back for a clone of the node still running.
 CLONE_LOOKBACK = timedelta(days=1)
+# A destroy's whole step (power-off, destroy, and an earlier attempt's task).
+DESTROY_TIMEOUT = timedelta(minutes=10)
+# A batch's heartbeat while its VMs' threads wait on vCenter.
+BATCH_BEAT_SECONDS = 1.0
 RECONFIGURE, POWER_ON = "ReconfigVM_Task", "PowerOnVM_Task"
 POWER_OFF, DESTROY = "PowerOffVM_Task", "Destroy_Task"
 
@@ -530,40 +540,80 @@ class VSphereActivities:
         With the node's placement, a clone of it still running in vCenter is
         cancelled first, and what it made is destroyed too."""
         progress = Progress()
-        deadline = Deadline.of_activity(timedelta(minutes=10))
-
-        def run(si: Any) -> DestroyVmResult:
-            self._finish_earlier(si, POWER_OFF, progress, deadline)
-            self._finish_earlier(si, DESTROY, progress, deadline)
-            vm, props = self._vm_to_destroy(si, input, progress, deadline)
-            if vm is None or not props:
-                return DestroyVmResult(destroyed=False)
-            extra = properties.extra_config(props.get("config.extraConfig"))
-            owner = guestinfo.owner_markers(self.installation_id, input.cluster)
-            if any(extra.get(key) != value for key, value in owner.items()):
-                raise PermanentError(
-                    f"refusing to destroy {input.name} ({vm._moId}): it is not marked as part of "
-                    f"cluster {input.cluster!r} of installation {self.installation_id!r}"
-                )
-            with activity.shield_thread_cancel_exception():
-                try:
-                    if props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn:
-                        off = lambda: vms.start_power_off(vm)  # noqa: E731
-                        self._run_task(si, off, "power_off", POWER_OFF, progress, deadline)
-                    self._run_task(si, lambda: vms.start_destroy(vm), "destroy", DESTROY, progress, deadline)
-                except vmodl.fault.ManagedObjectNotFound as gone:
-                    # Another destroy of this VM (a give-up destroy and a delete at
-                    # once) finished first: it is gone, which is what was asked.
-                    if getattr(gone.obj, "_moId", None) != vm._moId:
-                        raise
-                    log.info("vm.already_destroyed", cluster=input.cluster, node=input.name, vm=vm._moId)
-                    return DestroyVmResult(destroyed=False)
-            crashpoints.reach("destroy.finished")
-            log.info("vm.destroyed", cluster=input.cluster, node=input.name, vm=vm._moId)
-            return DestroyVmResult(destroyed=True)
-
+        deadline = Deadline.of_activity(DESTROY_TIMEOUT)
+        earlier = previous()
         with as_activity_errors(f"destroy VM {input.name}"):
-            return self._session.run(run)
+            destroyed = self._session.run(lambda si: self._destroy(si, input, progress, earlier, deadline))
+        return DestroyVmResult(destroyed=destroyed)
+
+    @activity.defn
+    def destroy_vms(self, input: DestroyVmsInput) -> DestroyVmsResult:
+        """Several VMs of a cluster (a delete's sweep), each as :meth:`destroy_vm`
+        would, each in a thread of its own under the task cap. One heartbeat carries
+        every VM's task, so a retry resumes each; a VM that fails does not stop the
+        others, and the activity then fails with the first non-retryable error, else
+        the first error."""
+        batch = BatchProgress()
+        deadline = Deadline.of_activity(DESTROY_TIMEOUT)
+        earlier = previous_items()
+
+        def one(vm: ClusterVm, progress: Progress) -> bool:
+            each = input.one(vm)
+            with as_activity_errors(f"destroy VM {vm.name}"):
+                return self._session.run(
+                    lambda si: self._destroy(si, each, progress, earlier.get(vm.name), deadline)
+                )
+
+        with ThreadPoolExecutor(len(input.vms), thread_name_prefix="destroy") as pool:
+            # Each thread runs in a copy of the activity's context (heartbeats, cancellation).
+            running = {
+                vm.name: pool.submit(contextvars.copy_context().run, one, vm, batch.item(vm.name))
+                for vm in input.vms
+            }
+            while futures.wait(running.values(), timeout=BATCH_BEAT_SECONDS).not_done:
+                batch()
+        errors = [e for e in (f.exception() for f in running.values()) if e is not None]
+        if errors:
+            raise next((e for e in errors if isinstance(e, ApplicationError) and e.non_retryable), errors[0])
+        return DestroyVmsResult(destroyed=sorted(name for name, f in running.items() if f.result()))
+
+    def _destroy(
+        self,
+        si: Any,
+        input: DestroyVmInput,
+        progress: Progress,
+        earlier: VCenterProgress | None,
+        deadline: Deadline,
+    ) -> bool:
+        """One VM's power-off and destroy; False if it was gone already."""
+        self._finish_earlier(si, POWER_OFF, progress, deadline, earlier)
+        self._finish_earlier(si, DESTROY, progress, deadline, earlier)
+        vm, props = self._vm_to_destroy(si, input, progress, deadline)
+        if vm is None or not props:
+            return False
+        extra = properties.extra_config(props.get("config.extraConfig"))
+        owner = guestinfo.owner_markers(self.installation_id, input.cluster)
+        if any(extra.get(key) != value for key, value in owner.items()):
+            raise PermanentError(
+                f"refusing to destroy {input.name} ({vm._moId}): it is not marked as part of "
+                f"cluster {input.cluster!r} of installation {self.installation_id!r}"
+            )
+        with activity.shield_thread_cancel_exception():
+            try:
+                if props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn:
+                    off = lambda: vms.start_power_off(vm)  # noqa: E731
+                    self._run_task(si, off, "power_off", POWER_OFF, progress, deadline)
+                self._run_task(si, lambda: vms.start_destroy(vm), "destroy", DESTROY, progress, deadline)
+            except vmodl.fault.ManagedObjectNotFound as gone:
+                # Another destroy of this VM (a give-up destroy and a delete at
+                # once) finished first: it is gone, which is what was asked.
+                if getattr(gone.obj, "_moId", None) != vm._moId:
+                    raise
+                log.info("vm.already_destroyed", cluster=input.cluster, node=input.name, vm=vm._moId)
+                return False
+        crashpoints.reach("destroy.finished")
+        log.info("vm.destroyed", cluster=input.cluster, node=input.name, vm=vm._moId)
+        return True
 
     def _vm_to_destroy(
         self, si: Any, input: DestroyVmInput, progress: Progress, deadline: Deadline
@@ -587,13 +637,22 @@ class VSphereActivities:
             vm = vms.vm_by_ref(si, input.vm_ref)
         return vm, (properties.read(si, vm, paths) if vm else {})
 
-    def _finish_earlier(self, si: Any, method: str, progress: Progress, deadline: Deadline) -> None:
-        """Wait for a task of ``method`` that an earlier attempt started, whatever its
-        outcome: the caller then looks at vCenter's state instead of repeating it."""
-        task_id = earlier_task(method)
+    def _finish_earlier(
+        self,
+        si: Any,
+        method: str,
+        progress: Progress,
+        deadline: Deadline,
+        earlier: VCenterProgress | None = None,
+    ) -> None:
+        """Wait for a task of ``method`` that an earlier attempt started (its last
+        heartbeat's, or ``earlier``), whatever its outcome: the caller then looks at
+        vCenter's state instead of repeating it."""
+        task_id = earlier_task(method, earlier if earlier is not None else previous())
         if task_id is None:
             return
         progress.at(VCenterStep.TASK, task_id, method)
+        log.info("vcenter.earlier_task_resumed", task=task_id, method=method)
         with activity.shield_thread_cancel_exception():
             try:
                 wait_for_task(si, tasks.task_by_id(si, task_id), timeout=deadline.left(), on_wake=progress)
@@ -654,9 +713,10 @@ def _cancel_clone(si: Any, task: Any, progress: Progress, timeout: float) -> Non
         wait_for_task(si, task, timeout=timeout, on_wake=progress)
 
 
-def earlier_task(method: str) -> str | None:
-    """The task of ``method`` the last heartbeat of an earlier attempt named."""
-    earlier = previous()
+def earlier_task(method: str, earlier: VCenterProgress | None = None) -> str | None:
+    """The task of ``method`` an earlier attempt's progress (by default, its last
+    heartbeat) named."""
+    earlier = earlier if earlier is not None else previous()
     if earlier is None or earlier.task is None:
         return None
     if earlier.step not in (VCenterStep.TASK, VCenterStep.CANCELLING):

@@ -125,3 +125,49 @@ async def test_delete_survives_a_kill_at_every_point(stack: Stack, new_worker: W
         assert len(outcome.destroyed) >= 1, outcome
 
     await run_all([partial(case, p) for p in DELETE_POINTS])
+
+
+async def destroy_steps(stack: Stack, cluster: str) -> dict[str, dict[str, str | None]]:
+    """Each VM's step as the delete's ``destroy_vms`` last heartbeat reached Temporal."""
+    described = await stack.client.get_workflow_handle(ids.cluster_workflow_id(cluster)).describe()
+    for pending in described.raw_description.pending_activities:
+        if pending.activity_type.name == "destroy_vms" and pending.heartbeat_details.payloads:
+            (details,) = await stack.client.data_converter.decode(pending.heartbeat_details.payloads)
+            return dict(details["items"])
+    return {}
+
+
+async def test_a_worker_killed_while_a_batch_destroys_resumes_each_vms_task(
+    stack: Stack, new_worker: WorkerFactory
+) -> None:
+    """The delete's batch heartbeats every VM's Destroy_Task; a worker killed while
+    they run is followed by one that waits for each of those tasks, not a second
+    destroy of any VM."""
+    worker = new_worker("delete-batch")
+    run = Run("SIGKILL", "delete", "every destroy in flight", unique("kb"))
+    await ready_cluster(stack, worker, run.cluster, workers=3)
+    stack.sim.set_task_seconds("Destroy_Task", 40, prefix=run.cluster)
+    worker.start()
+    handle = await clusters.delete(stack.client, run.cluster, worker.task_queue)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CRASH_WITHIN
+    while True:
+        steps = await destroy_steps(stack, run.cluster)
+        if len(steps) == 4 and all(s.get("method") == "Destroy_Task" for s in steps.values()):
+            break
+        assert loop.time() < deadline, f"not every destroy was in flight: {steps}\n{worker.tail()}"
+        await asyncio.sleep(0.5)
+    worker.kill()
+    before = worker.log.read_text(errors="replace").count("vcenter.earlier_task_resumed")
+    worker.start()
+    outcome = await asyncio.wait_for(handle.result(), FINISH_WITHIN)
+    assert len(outcome.destroyed) == 4, outcome
+    resumed = [
+        line
+        for line in worker.log.read_text(errors="replace").splitlines()
+        if "vcenter.earlier_task_resumed" in line
+    ]
+    assert len(resumed) - before == 4 and all("Destroy_Task" in line for line in resumed), worker.tail()
+    run.finished = True
+    run.check(stack.sim, None).record()
+    assert run.ok, run.describe()

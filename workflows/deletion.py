@@ -1,6 +1,7 @@
 """Deleting a cluster: every VM carrying the cluster's marker (found in vCenter,
 not only from memory, so VMs a crashed run left are found too) is destroyed in
-parallel under the worker's vCenter task cap, and the cluster's schedules go."""
+parallel under the vCenter task cap, fifty to an activity, and the cluster's
+schedules go."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.commands import ClusterCommandActivities
     from activities.etcd import EtcdActivities
     from pke_vsphere.contracts.commands import DeleteOutcome
-    from pke_vsphere.contracts.messages import ClearEtcdPrefixInput
+    from pke_vsphere.contracts.messages import DESTROY_BATCH, ClearEtcdPrefixInput
+    from pke_vsphere.contracts.protocol import Patch
     from pke_vsphere.contracts.state import ClusterPhase
     from pke_vsphere.runtime.failures import failure_reason
+    from workflows import vm_steps
     from workflows.cluster_steps import ClusterSteps
     from workflows.policies import ETCD_CALL_TIMEOUT, ETCD_RETRY, LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT
 
@@ -24,7 +27,17 @@ class DeletionSteps(ClusterSteps):
     async def _delete(self) -> DeleteOutcome:
         self.state.phase = ClusterPhase.DELETING
         found = await self._find_vms()
-        await asyncio.gather(*(self._destroy_vm(vm.name, vm.instance_uuid, vm.ref) for vm in found.vms))
+        if workflow.patched(Patch.DESTROY_IN_BATCHES):
+            batches = [found.vms[i : i + DESTROY_BATCH] for i in range(0, len(found.vms), DESTROY_BATCH)]
+            datacenter = self.spec.vsphere.datacenter
+            await asyncio.gather(
+                *(
+                    vm_steps.destroy_vms(self.spec.name, datacenter, batch, self.spec.vsphere)
+                    for batch in batches
+                )
+            )
+        else:
+            await asyncio.gather(*(self._destroy_vm(vm.name, vm.instance_uuid, vm.ref) for vm in found.vms))
         schedules = await workflow.execute_activity_method(
             ClusterCommandActivities.delete_cluster_schedules,
             self.spec.name,

@@ -1,6 +1,6 @@
 """VM steps that more than one workflow takes, with one set of timeouts and
 retries: power a VM on, wait for VMware Tools to report its address, find a
-cluster's VMs by marker, destroy one."""
+cluster's VMs by marker, destroy one or a batch."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.vms import VSphereActivities
     from pke_vsphere.contracts.messages import (
+        ClusterVm,
         DestroyVmInput,
         DestroyVmResult,
+        DestroyVmsInput,
+        DestroyVmsResult,
         FindClusterVmsInput,
         FindClusterVmsResult,
         PowerOnInput,
@@ -82,6 +85,22 @@ async def destroy_vm(
             vm_ref=vm_ref,
             placement=placement,
         ),
+        schedule_to_close_timeout=VM_STEP_TIMEOUT,
+        heartbeat_timeout=VSPHERE_HEARTBEAT,
+        retry_policy=VSPHERE_RETRY,
+    )
+    return result.destroyed
+
+
+async def destroy_vms(
+    cluster: str, datacenter: str | None, found: list[ClusterVm], placement: VSpherePlacement | None
+) -> list[str]:
+    """Power off and destroy up to ``DESTROY_BATCH`` VMs a sweep found, in one
+    activity (with ``placement``, a clone still in flight is cancelled first, as
+    :func:`destroy_vm` does); the names of those destroyed."""
+    result: DestroyVmsResult = await workflow.execute_activity_method(
+        VSphereActivities.destroy_vms,
+        DestroyVmsInput(cluster=cluster, datacenter=datacenter, placement=placement, vms=found),
         schedule_to_close_timeout=VM_STEP_TIMEOUT,
         heartbeat_timeout=VSPHERE_HEARTBEAT,
         retry_policy=VSPHERE_RETRY,

@@ -67,6 +67,9 @@ class Patch(StrEnum):
     CANCELLED_NODE_TOKENS = "cancelled-node-tokens"
     """A cancelled node workflow deletes its join token too (before, only one that
     failed did; a cancelled one's token waited for its expiry)."""
+    DESTROY_IN_BATCHES = "destroy-in-batches"
+    """A delete destroys its VMs fifty to a ``destroy_vms`` activity, not one to a
+    ``destroy_vm``."""
 
 
 class Update(StrEnum):
