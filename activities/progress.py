@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
@@ -69,11 +70,16 @@ class Progress:
 class BatchProgress:
     """The progress of an activity that works on several VMs at once, each in a
     thread of its own: one heartbeat carries every VM's step and task, so a retry
-    resumes each (see :func:`previous_items`)."""
+    resumes each (see :func:`previous_items`).
+
+    The VMs' threads only record; the activity's own thread heartbeats (see
+    :meth:`beat_until`). The SDK's heartbeat of a thread activity waits for the
+    event loop, and fifty threads taking turns at it would wait on each other."""
 
     def __init__(self) -> None:
         self._items: dict[str, VCenterProgress] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Event()
         self._sent: dict[str, VCenterProgress] | None = None
         self._sent_at = 0.0
 
@@ -90,20 +96,33 @@ class BatchProgress:
     def record(self, key: str, details: VCenterProgress) -> None:
         with self._lock:
             self._items[key] = details
-        self()
+        self._changed.set()
 
-    def __call__(self) -> None:
+    def wake(self) -> None:
+        """Have :meth:`beat_until` look again (a VM's work ended)."""
+        self._changed.set()
+
+    def beat_until(self, done: Callable[[], bool], every: float) -> None:
+        """Heartbeat each change as it comes, and at least every ``every`` seconds,
+        until ``done()``: call it on the activity's own thread."""
+        while not done():
+            self._changed.wait(every)
+            self._changed.clear()
+            self._beat()
+
+    def _beat(self) -> None:
         """Heartbeat every VM's progress, throttled as :class:`Progress` is."""
         with self._lock:
-            now = time.monotonic()
-            if self._items == self._sent and now - self._sent_at < Progress._unchanged_every():
-                return
-            activity.heartbeat({"items": {k: v.model_dump(mode="json") for k, v in self._items.items()}})
-            self._sent, self._sent_at = dict(self._items), now
+            items = dict(self._items)
+        now = time.monotonic()
+        if items == self._sent and now - self._sent_at < Progress._unchanged_every():
+            return
+        activity.heartbeat({"items": {k: v.model_dump(mode="json") for k, v in items.items()}})
+        self._sent, self._sent_at = items, now
 
 
 class ItemProgress(Progress):
-    """One VM's part of a :class:`BatchProgress`."""
+    """One VM's part of a :class:`BatchProgress`: it records, the batch heartbeats."""
 
     def __init__(self, batch: BatchProgress, key: str) -> None:
         self._batch, self._key = batch, key
@@ -119,7 +138,7 @@ class ItemProgress(Progress):
         self._batch.record(self._key, VCenterProgress(step=step, phase=phase))
 
     def __call__(self) -> None:
-        self._batch()
+        """A wait's liveness beat: the batch's own thread heartbeats on a clock."""
 
 
 def previous_items() -> dict[str, VCenterProgress]:

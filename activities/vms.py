@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Callable
-from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -570,8 +569,9 @@ class VSphereActivities:
                 vm.name: pool.submit(contextvars.copy_context().run, one, vm, batch.item(vm.name))
                 for vm in input.vms
             }
-            while futures.wait(running.values(), timeout=BATCH_BEAT_SECONDS).not_done:
-                batch()
+            for future in running.values():
+                future.add_done_callback(lambda _: batch.wake())
+            batch.beat_until(lambda: all(f.done() for f in running.values()), BATCH_BEAT_SECONDS)
         errors = [e for e in (f.exception() for f in running.values()) if e is not None]
         if errors:
             raise next((e for e in errors if isinstance(e, ApplicationError) and e.non_retryable), errors[0])
