@@ -74,6 +74,8 @@ CLONE_LOOKBACK = timedelta(days=1)
 DESTROY_TIMEOUT = timedelta(minutes=10)
 # A batch's heartbeat while its VMs' threads wait on vCenter.
 BATCH_BEAT_SECONDS = 1.0
+# What a destroy reads of a VM first: its markers, power state and identity.
+DESTROY_PATHS = ("config.extraConfig", "runtime.powerState", "config.instanceUuid")
 RECONFIGURE, POWER_ON = "ReconfigVM_Task", "PowerOnVM_Task"
 POWER_OFF, DESTROY = "PowerOffVM_Task", "Destroy_Task"
 
@@ -556,11 +558,18 @@ class VSphereActivities:
         deadline = Deadline.of_activity(DESTROY_TIMEOUT)
         earlier = previous_items()
 
+        with as_activity_errors(f"read the {len(input.vms)} VMs to destroy"):
+            # One request for the batch, not one per VM: VMs already gone are left out.
+            refs = [vm.ref for vm in input.vms]
+            read = self._session.run(
+                lambda si: properties.read_many(si, [vms.vm_by_ref(si, r) for r in refs], DESTROY_PATHS)
+            )
+
         def one(vm: ClusterVm, progress: Progress) -> bool:
-            each = input.one(vm)
+            each, known = input.one(vm), read.get(vm.ref)
             with as_activity_errors(f"destroy VM {vm.name}"):
                 return self._session.run(
-                    lambda si: self._destroy(si, each, progress, earlier.get(vm.name), deadline)
+                    lambda si: self._destroy(si, each, progress, earlier.get(vm.name), deadline, known)
                 )
 
         with ThreadPoolExecutor(len(input.vms), thread_name_prefix="destroy") as pool:
@@ -584,11 +593,16 @@ class VSphereActivities:
         progress: Progress,
         earlier: VCenterProgress | None,
         deadline: Deadline,
+        read: dict[str, Any] | None = None,
     ) -> bool:
-        """One VM's power-off and destroy; False if it was gone already."""
+        """One VM's power-off and destroy; False if it was gone already. ``read``:
+        the VM's :data:`DESTROY_PATHS` as a batch read them, if no earlier attempt's
+        task of it is to be waited for first."""
+        if earlier_task(POWER_OFF, earlier) or earlier_task(DESTROY, earlier):
+            read = None  # its state changes with that task: read it after
         self._finish_earlier(si, POWER_OFF, progress, deadline, earlier)
         self._finish_earlier(si, DESTROY, progress, deadline, earlier)
-        vm, props = self._vm_to_destroy(si, input, progress, deadline)
+        vm, props = self._vm_to_destroy(si, input, progress, deadline, read)
         if vm is None or not props:
             return False
         extra = properties.extra_config(props.get("config.extraConfig"))
@@ -616,15 +630,20 @@ class VSphereActivities:
         return True
 
     def _vm_to_destroy(
-        self, si: Any, input: DestroyVmInput, progress: Progress, deadline: Deadline
+        self,
+        si: Any,
+        input: DestroyVmInput,
+        progress: Progress,
+        deadline: Deadline,
+        read: dict[str, Any] | None = None,
     ) -> tuple[Any | None, dict[str, Any]]:
         """The VM and its marker and power state. A reference from a sweep that just
-        found the VM is read directly (one request) and trusted only if it still
-        names the node's instance UUID; else the VM is looked up by that UUID."""
-        paths = ["config.extraConfig", "runtime.powerState", "config.instanceUuid"]
+        found the VM is read directly (one request, or ``read``: what a batch read of
+        it said) and trusted only if it still names the node's instance UUID; else
+        the VM is looked up by that UUID."""
         if input.vm_ref and input.instance_uuid:
             vm = vms.vm_by_ref(si, input.vm_ref)
-            props = properties.read(si, vm, paths)
+            props = read if read is not None else properties.read(si, vm, DESTROY_PATHS)
             if props.get("config.instanceUuid") == input.instance_uuid:
                 return vm, props
         vm = None
@@ -635,7 +654,7 @@ class VSphereActivities:
                 vm = self._stop_clone_in_flight(si, input, progress, deadline)
         if vm is None and input.vm_ref:
             vm = vms.vm_by_ref(si, input.vm_ref)
-        return vm, (properties.read(si, vm, paths) if vm else {})
+        return vm, (properties.read(si, vm, DESTROY_PATHS) if vm else {})
 
     def _finish_earlier(
         self,
