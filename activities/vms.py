@@ -243,7 +243,7 @@ class VSphereActivities:
         node = clone.identity
         logger = log.bind(cluster=node.cluster, node=node.name, instance_uuid=node.instance_uuid)
         if look_first:
-            earlier = earlier_task(tasks.CLONE)
+            earlier = earlier_task(tasks.CLONE, previous())
             existing = self._find_or_resume(si, placement, clone, progress, deadline, earlier)
             if existing is not None:
                 logger.info("vm.found", vm=existing._moId)
@@ -382,7 +382,7 @@ class VSphereActivities:
     def _match_hardware(
         self, si: Any, vm: Any, name: str, cpus: int, memory_mb: int, progress: Progress, deadline: Deadline
     ) -> None:
-        self._finish_earlier(si, RECONFIGURE, progress, deadline)
+        self._finish_earlier(si, RECONFIGURE, progress, deadline, previous())
         current = vms.facts(si, vm)
         if current.cpus == cpus and current.memory_mb == memory_mb:
             return
@@ -434,7 +434,7 @@ class VSphereActivities:
             return self._session.run(run)
 
     def _remove_token(self, si: Any, vm: Any, name: str, progress: Progress, deadline: Deadline) -> bool:
-        self._finish_earlier(si, RECONFIGURE, progress, deadline)
+        self._finish_earlier(si, RECONFIGURE, progress, deadline, previous())
         props = properties.read(si, vm, ["config.extraConfig"])
         if not props:
             raise PermanentError(f"VM {name} no longer exists")
@@ -475,7 +475,7 @@ class VSphereActivities:
 
     def _power_on(self, si: Any, vm: Any, name: str, progress: Progress, deadline: Deadline) -> bool:
         """Power the VM on; False if it already was."""
-        self._finish_earlier(si, POWER_ON, progress, deadline)
+        self._finish_earlier(si, POWER_ON, progress, deadline, previous())
         if vms.facts(si, vm).powered_on:
             return False
         self._run_task(si, vm.PowerOnVM_Task, "power_on", POWER_ON, progress, deadline)
@@ -662,12 +662,12 @@ class VSphereActivities:
         method: str,
         progress: Progress,
         deadline: Deadline,
-        earlier: VCenterProgress | None = None,
+        earlier: VCenterProgress | None,
     ) -> None:
-        """Wait for a task of ``method`` that an earlier attempt started (its last
-        heartbeat's, or ``earlier``), whatever its outcome: the caller then looks at
-        vCenter's state instead of repeating it."""
-        task_id = earlier_task(method, earlier if earlier is not None else previous())
+        """Wait for a task of ``method`` that an earlier attempt started (as its
+        progress, ``earlier``, names it), whatever its outcome: the caller then looks
+        at vCenter's state instead of repeating it."""
+        task_id = earlier_task(method, earlier)
         if task_id is None:
             return
         progress.at(VCenterStep.TASK, task_id, method)
@@ -732,10 +732,9 @@ def _cancel_clone(si: Any, task: Any, progress: Progress, timeout: float) -> Non
         wait_for_task(si, task, timeout=timeout, on_wake=progress)
 
 
-def earlier_task(method: str, earlier: VCenterProgress | None = None) -> str | None:
-    """The task of ``method`` an earlier attempt's progress (by default, its last
-    heartbeat) named."""
-    earlier = earlier if earlier is not None else previous()
+def earlier_task(method: str, earlier: VCenterProgress | None) -> str | None:
+    """The task of ``method`` an earlier attempt's progress (its last heartbeat's,
+    or its part of a batch's) named."""
     if earlier is None or earlier.task is None:
         return None
     if earlier.step not in (VCenterStep.TASK, VCenterStep.CANCELLING):
