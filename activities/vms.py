@@ -558,18 +558,15 @@ class VSphereActivities:
         deadline = Deadline.of_activity(DESTROY_TIMEOUT)
         earlier = previous_items()
 
-        with as_activity_errors(f"read the {len(input.vms)} VMs to destroy"):
-            # One request for the batch, not one per VM: VMs already gone are left out.
-            refs = [vm.ref for vm in input.vms]
-            read = self._session.run(
-                lambda si: properties.read_many(si, [vms.vm_by_ref(si, r) for r in refs], DESTROY_PATHS)
-            )
+        # The first attempt acts on what the sweep just found (each VM's markers
+        # checked, its power state read); a retry reads each VM again.
+        trust_sweep = activity.info().attempt == 1
 
         def one(vm: ClusterVm, progress: Progress) -> bool:
-            each, known = input.one(vm), read.get(vm.ref)
+            each, swept = input.one(vm), vm if trust_sweep else None
             with as_activity_errors(f"destroy VM {vm.name}"):
                 return self._session.run(
-                    lambda si: self._destroy(si, each, progress, earlier.get(vm.name), deadline, known)
+                    lambda si: self._destroy(si, each, progress, earlier.get(vm.name), deadline, swept)
                 )
 
         with ThreadPoolExecutor(len(input.vms), thread_name_prefix="destroy") as pool:
@@ -593,28 +590,27 @@ class VSphereActivities:
         progress: Progress,
         earlier: VCenterProgress | None,
         deadline: Deadline,
-        read: dict[str, Any] | None = None,
+        swept: ClusterVm | None = None,
     ) -> bool:
-        """One VM's power-off and destroy; False if it was gone already. ``read``:
-        the VM's :data:`DESTROY_PATHS` as a batch read them, if no earlier attempt's
-        task of it is to be waited for first."""
+        """One VM's power-off and destroy; False if it was gone already. ``swept``:
+        the VM as a sweep of this delete just found it (its markers checked, its
+        power state read), acted on without reading it again unless an earlier
+        attempt's task of it is to be waited for first."""
         if earlier_task(POWER_OFF, earlier) or earlier_task(DESTROY, earlier):
-            read = None  # its state changes with that task: read it after
+            swept = None  # its state changes with that task: read it after
         self._finish_earlier(si, POWER_OFF, progress, deadline, earlier)
         self._finish_earlier(si, DESTROY, progress, deadline, earlier)
-        vm, props = self._vm_to_destroy(si, input, progress, deadline, read)
-        if vm is None or not props:
-            return False
-        extra = properties.extra_config(props.get("config.extraConfig"))
-        owner = guestinfo.owner_markers(self.installation_id, input.cluster)
-        if any(extra.get(key) != value for key, value in owner.items()):
-            raise PermanentError(
-                f"refusing to destroy {input.name} ({vm._moId}): it is not marked as part of "
-                f"cluster {input.cluster!r} of installation {self.installation_id!r}"
-            )
+        if swept is not None:
+            vm, powered_on = vms.vm_by_ref(si, swept.ref), swept.powered_on
+        else:
+            vm, props = self._vm_to_destroy(si, input, progress, deadline)
+            if vm is None or not props:
+                return False
+            self._refuse_unless_marked(vm, props, input)
+            powered_on = props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn
         with activity.shield_thread_cancel_exception():
             try:
-                if props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn:
+                if powered_on:
                     off = lambda: vms.start_power_off(vm)  # noqa: E731
                     self._run_task(si, off, "power_off", POWER_OFF, progress, deadline)
                 self._run_task(si, lambda: vms.start_destroy(vm), "destroy", DESTROY, progress, deadline)
@@ -629,21 +625,24 @@ class VSphereActivities:
         log.info("vm.destroyed", cluster=input.cluster, node=input.name, vm=vm._moId)
         return True
 
+    def _refuse_unless_marked(self, vm: Any, props: dict[str, Any], input: DestroyVmInput) -> None:
+        extra = properties.extra_config(props.get("config.extraConfig"))
+        owner = guestinfo.owner_markers(self.installation_id, input.cluster)
+        if any(extra.get(key) != value for key, value in owner.items()):
+            raise PermanentError(
+                f"refusing to destroy {input.name} ({vm._moId}): it is not marked as part of "
+                f"cluster {input.cluster!r} of installation {self.installation_id!r}"
+            )
+
     def _vm_to_destroy(
-        self,
-        si: Any,
-        input: DestroyVmInput,
-        progress: Progress,
-        deadline: Deadline,
-        read: dict[str, Any] | None = None,
+        self, si: Any, input: DestroyVmInput, progress: Progress, deadline: Deadline
     ) -> tuple[Any | None, dict[str, Any]]:
         """The VM and its marker and power state. A reference from a sweep that just
-        found the VM is read directly (one request, or ``read``: what a batch read of
-        it said) and trusted only if it still names the node's instance UUID; else
-        the VM is looked up by that UUID."""
+        found the VM is read directly (one request) and trusted only if it still
+        names the node's instance UUID; else the VM is looked up by that UUID."""
         if input.vm_ref and input.instance_uuid:
             vm = vms.vm_by_ref(si, input.vm_ref)
-            props = read if read is not None else properties.read(si, vm, DESTROY_PATHS)
+            props = properties.read(si, vm, DESTROY_PATHS)
             if props.get("config.instanceUuid") == input.instance_uuid:
                 return vm, props
         vm = None
