@@ -549,11 +549,12 @@ class VSphereActivities:
 
     @activity.defn
     def destroy_vms(self, input: DestroyVmsInput) -> DestroyVmsResult:
-        """Several VMs of a cluster (a delete's sweep), each as :meth:`destroy_vm`
-        would, each in a thread of its own under the task cap. One heartbeat carries
-        every VM's task, so a retry resumes each; a VM that fails does not stop the
-        others, and the activity then fails with the first non-retryable error, else
-        the first error."""
+        """Several VMs of a cluster that a delete's sweep found, each in a thread of
+        its own under the task cap: the first attempt acts on the sweep's reading
+        (markers checked, power state), a retry reads and checks each VM as
+        :meth:`destroy_vm` does. One heartbeat carries every VM's task, so a retry
+        resumes each; a VM that fails does not stop the others, and the activity
+        then fails with the first non-retryable error, else the first error."""
         batch = BatchProgress()
         deadline = Deadline.of_activity(DESTROY_TIMEOUT)
         earlier = previous_items()
