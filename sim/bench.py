@@ -146,6 +146,7 @@ class Figures:
     node_api_requests: int = 0
     node_api_5xx: int = 0
     delete_s: float = 0.0
+    delete_destroyed_s: tuple[float, float] = (0.0, 0.0)
     vcenter_task_cap: int = 0
     worker_killed: bool = False
     scripts: bool = False
@@ -348,6 +349,19 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
+def _destroyed_after(log: Path, since: datetime) -> list[float]:
+    """Seconds from ``since`` to each ``vm.destroyed`` line of the worker's log."""
+    seconds = []
+    for line in log.read_text(errors="replace").splitlines():
+        if " vm.destroyed " not in line:
+            continue
+        with contextlib.suppress(ValueError):
+            at = datetime.fromisoformat(line.split(" ", 1)[0].replace("Z", "+00:00"))
+            if at >= since:
+                seconds.append((at - since).total_seconds())
+    return seconds
+
+
 def _node_api_latency(log: Path) -> tuple[list[float], int]:
     durations, errors = [], 0
     for line in log.read_text(errors="replace").splitlines():
@@ -414,10 +428,15 @@ async def run_one(
         figures.node_api_p99_ms = round(_percentile(durations, 0.99), 1)
 
         print(f"== {masters} + {workers}: deleting", flush=True)
-        started = time.monotonic()
+        started, started_at = time.monotonic(), datetime.now(UTC)
         handle = await clusters.delete(client, CLUSTER, _task_queue(stack))
         await handle.result()
         figures.delete_s = round(time.monotonic() - started, 1)
+        destroyed = _destroyed_after(stack.procs["worker"].log, started_at)
+        figures.delete_destroyed_s = (
+            round(min(destroyed, default=0.0), 1),
+            round(max(destroyed, default=0.0), 1),
+        )
         figures.vms_after_delete = len(_cluster_vms(stack.sim))
     finally:
         await stack.stop()
@@ -609,6 +628,10 @@ def report(all_figures: list[Figures]) -> str:
         ("max clone calls per node", lambda f: str(f.clones_per_node_max)),
         ("VMs after create / after delete", lambda f: f"{f.vms_after_create} / {f.vms_after_delete}"),
         ("delete", lambda f: f"{f.delete_s} s"),
+        (
+            "  first / last VM destroyed after",
+            lambda f: f"{f.delete_destroyed_s[0]} / {f.delete_destroyed_s[1]} s",
+        ),
     ]
     lines = ["| | " + " | ".join(render(f) for f in all_figures for _, render in rows[:1]) + " |"]
     lines.append("| --- |" + " --- |" * len(all_figures))
