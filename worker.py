@@ -14,7 +14,7 @@ from datetime import timedelta
 import structlog
 from pydantic import ValidationError
 from temporalio.client import Client
-from temporalio.worker import PollerBehaviorAutoscaling, Worker
+from temporalio.worker import Worker
 
 from activities import kube as kube_activities
 from activities import pki as pki_activities
@@ -52,12 +52,6 @@ MAX_CONCURRENT_ACTIVITIES = 1024
 # first), and each miss replays the workflow's history in a new sandbox: at 3 + 997
 # the worker's CPU fell from 81 to 49 s with 2048, for about 50 MB more memory.
 MAX_CACHED_WORKFLOWS = 2048
-# Polls for workflow tasks, scaled by the server's feedback between 2 and this. With
-# the SDK's fixed 5, one poll serves the task queue (the other four the sticky one),
-# and every new node workflow's first task waits for it: at 3 + 997 a node
-# workflow's first task began a median 14 s after the workflow started (the last
-# one 75 to 90 s after), 2 to 4 s with autoscaling (the last 3 to 14 s after).
-WORKFLOW_TASK_POLLS = 40
 
 
 def build_worker(
@@ -118,9 +112,6 @@ def build_worker(
         # After a crash, resume on another worker within a second instead of ten.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
         max_cached_workflows=MAX_CACHED_WORKFLOWS,
-        workflow_task_poller_behavior=PollerBehaviorAutoscaling(
-            minimum=2, initial=5, maximum=WORKFLOW_TASK_POLLS
-        ),
         # Send heartbeats at most this far apart (not 80 % of the timeout): a clone's
         # task id reaches Temporal within seconds, and status shows "queued for vCenter".
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
