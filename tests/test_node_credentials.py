@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -303,6 +304,43 @@ async def test_an_early_call_from_a_guestinfo_reader_waits_for_the_address_and_b
         assert answered.json()["node_address"] == stack.nodes.nodes[worker].ip
         own = await api.get(JOIN, headers=as_holder(token))
         assert own.status_code == 401 and "another node key" in own.json()["detail"], own.text
+    assert await accepted_calls(node_workflow) == 1
+    await (await clusters.delete(stack.client, name, stack.task_queue)).result()
+
+
+async def test_a_call_retried_after_a_503_joins_the_update_the_node_api_gave_up_on(
+    stack: Stack, node_api_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the node's workflow does not answer in time, the node API answers 503
+    but the update stays in Temporal. The node's retries (same token, same node
+    key) join that update instead of making new ones: one update in history for
+    three requests, and the answer once the node's address is known. A call with
+    another node key is not joined to it: it is refused at once."""
+    name = unique("retried")
+    worker = f"{name}-workers-01"
+    stack.nodes.behaviours[worker] = Behaviour.SILENT
+    stack.nodes.boot_delays[worker] = 8  # the address, and with it the answer, comes 8 s after power-on
+    await clusters.create(
+        stack.client, cluster_spec(name, masters=1, workers=1, timeouts={"join": 300}), stack.task_queue
+    )
+    token = await powered_on(stack, worker)
+    node_workflow = stack.client.get_workflow_handle(ids.node_workflow_id(name, worker))
+    headers = as_holder(token, secrets.token_urlsafe(32))
+    async with httpx.AsyncClient(base_url=node_api_url, timeout=60) as api:
+        monkeypatch.setattr("pke_vsphere.nodeapi.auth.UPDATE_TIMEOUT", timedelta(seconds=1))
+        first = await api.get(JOIN, headers=headers)
+        assert first.status_code == 503, first.text
+        await until_accepted(node_workflow, 1)
+        again = await api.get(JOIN, headers=headers)
+        assert again.status_code == 503, again.text
+        other = await api.get(JOIN, headers=as_holder(token))
+        assert other.status_code == 409 and "not yet" in other.json()["detail"], other.text
+        assert "ip-reported" not in [event for _, event in stack.nodes.nodes[worker].events]
+
+        monkeypatch.setattr("pke_vsphere.nodeapi.auth.UPDATE_TIMEOUT", timedelta(seconds=60))
+        answered = await api.get(JOIN, headers=headers)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["node_address"] == stack.nodes.nodes[worker].ip
     assert await accepted_calls(node_workflow) == 1
     await (await clusters.delete(stack.client, name, stack.task_queue)).result()
 

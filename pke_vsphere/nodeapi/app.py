@@ -38,6 +38,7 @@ from pke_vsphere.nodeapi.auth import (
     node_key_scheme,
     unavailable,
 )
+from pke_vsphere.nodeapi.unanswered import UnansweredCalls
 from pke_vsphere.pki.node_tokens import NodeTokenVerifier
 from pke_vsphere.render import keepalived
 from pke_vsphere.render.addons import bundle as addon_bundle
@@ -169,6 +170,7 @@ def create_app(
     etcd_credentials: EtcdCredentials | None = None,
 ) -> FastAPI:
     storage_accounts = credentials or StorageCredentials()
+    unanswered = UnansweredCalls()
     etcd_accounts = etcd_credentials or EtcdCredentials()
     app = FastAPI(
         title="pke-vsphere node API",
@@ -254,7 +256,7 @@ def create_app(
         },
     )
     async def bootstrap(node: Node) -> JSONResponse:
-        grant = await authorize(client, node, NodeCall.BOOTSTRAP)
+        grant = await authorize(client, unanswered, node, NodeCall.BOOTSTRAP)
         material = await master_material(node, grant.node_address)
         if isinstance(material, JSONResponse):
             return material
@@ -309,7 +311,7 @@ def create_app(
         },
     )
     async def addons(node: Node) -> JSONResponse:
-        grant = await authorize(client, node, NodeCall.ADDONS)
+        grant = await authorize(client, unanswered, node, NodeCall.ADDONS)
         material = await master_material(node, grant.node_address)
         if isinstance(material, JSONResponse):
             return material
@@ -341,7 +343,7 @@ def create_app(
         },
     )
     async def join(node: Node) -> JSONResponse:
-        grant = await authorize(client, node, NodeCall.JOIN)
+        grant = await authorize(client, unanswered, node, NodeCall.JOIN)
         info = grant.join
         if info is None:  # a node workflow always sends it with a join grant
             raise unavailable("join information is unavailable right now")
@@ -373,7 +375,7 @@ def create_app(
         },
     )
     async def report(report: NodeReport, node: Node) -> Accepted:
-        await authorize(client, node, NodeCall.REPORT, report)
+        await authorize(client, unanswered, node, NodeCall.REPORT, report)
         log.info("nodeapi.report", kind=report.kind.value)
         return Accepted()
 

@@ -31,6 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.messages import NodeCallGrant, NodeCallRequest, NodeReport
 from pke_vsphere.contracts.protocol import NODE_KEY_HEADER, NODE_KEY_PATTERN, NodeCall, Refusal, Update
+from pke_vsphere.nodeapi.unanswered import SameCall, UnansweredCalls
 from pke_vsphere.pki.node_tokens import InvalidNodeToken, NodeClaims, NodeTokenVerifier
 
 log = structlog.get_logger(__name__)
@@ -110,9 +111,15 @@ def identify(
 
 
 async def authorize(
-    client: Client, caller: NodeCaller, call: NodeCall, report: NodeReport | None = None
+    client: Client,
+    unanswered: UnansweredCalls,
+    caller: NodeCaller,
+    call: NodeCall,
+    report: NodeReport | None = None,
 ) -> NodeCallGrant:
-    """Ask the node's workflow whether this call may be served (and count it).
+    """Ask the node's workflow whether this call may be served (and count it). A
+    retry of a call whose answer never reached the node joins that call's update
+    (``unanswered``) instead of making another.
 
     Raises:
         HTTPException: 401 for every refusal of the token, 409 for "not yet" and
@@ -120,7 +127,8 @@ async def authorize(
             report, 503 when Temporal or the node's workflow cannot answer.
     """
     claims = caller.claims
-    handle = client.get_workflow_handle(ids.node_workflow_id(claims.cluster, claims.node))
+    workflow_id = ids.node_workflow_id(claims.cluster, claims.node)
+    handle = client.get_workflow_handle(workflow_id)
     request = NodeCallRequest(
         call=call,
         cluster_uid=claims.cluster_uid,
@@ -129,14 +137,20 @@ async def authorize(
         node_key_sha256=caller.node_key_sha256,
         report=report,
     )
+    same = SameCall.of(workflow_id, request)
+    update_id, again = unanswered.update_id(same)
+    if again:
+        log.info("nodeapi.call_retried", call=call.value, update_id=update_id)
     try:
         grant: NodeCallGrant = await handle.execute_update(
-            Update.NODE_CALL, request, result_type=NodeCallGrant, rpc_timeout=UPDATE_TIMEOUT
+            Update.NODE_CALL, request, id=update_id, result_type=NodeCallGrant, rpc_timeout=UPDATE_TIMEOUT
         )
     except WorkflowUpdateFailedError as exc:
+        unanswered.answered(same)
         raise _refused(call, exc) from None
     except RPCError as exc:
         if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+            unanswered.answered(same)
             # No such workflow, or it has ended: the node is not bootstrapping.
             log.info("nodeapi.call_refused", call=call.value, reason="node workflow closed or unknown")
             raise unauthorized("this node is not bootstrapping") from None
@@ -145,6 +159,7 @@ async def authorize(
     except (RPCTimeoutOrCancelledError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
         log.warning("nodeapi.temporal_error", error=str(exc))
         raise unavailable() from None
+    unanswered.answered(same)
     log.info("nodeapi.call_granted", call=call.value, served=grant.served)
     return grant
 
