@@ -230,17 +230,34 @@ def clone_started_at(sim: Simulator, vm_name: str) -> datetime | None:
         connect.Disconnect(si)
 
 
-def tasks_running(sim: Simulator, si: Any) -> Counter[str]:
+def tasks_running(sim: Simulator, si: Any, vm_prefix: str | None = None) -> Counter[str]:
     """vCenter tasks queued or running right now, per vSphere method, from the task
-    manager's recent tasks (``si``: a connection to ``sim`` kept by the caller)."""
+    manager's recent tasks (``si``: a connection to ``sim`` kept by the caller).
+    With ``vm_prefix``, only the tasks on VMs so named, and every clone (a clone's
+    task is on its template, which clusters share): another test's cluster still
+    giving up a node or being deleted runs its tasks meanwhile, under its own cap.
+    (The simulator's ``info.entityName`` is the entity's reference, not its name
+    as in vCenter, so the names are read.)"""
     from pyVmomi import vim
 
     from pke_vsphere.vsphere import properties
 
     recent = properties.read(si, si.content.taskManager, ["recentTask"]).get("recentTask") or []
-    infos = properties.read_many(si, recent, ["info.state", "info.name"])
+    infos = properties.read_many(si, recent, ["info.state", "info.name", "info.entity"])
     busy = (vim.TaskInfo.State.queued, vim.TaskInfo.State.running)
-    return Counter(str(p["info.name"]) for p in infos.values() if p.get("info.state") in busy)
+    running = [p for p in infos.values() if p.get("info.state") in busy]
+    if vm_prefix is not None:
+        entities = [p["info.entity"] for p in running if p.get("info.entity") is not None]
+        names = properties.read_many(si, entities, ["name"]) if entities else {}
+
+        def ours(p: dict[str, Any]) -> bool:
+            entity = p.get("info.entity")
+            return p["info.name"] == "CloneVM_Task" or (
+                entity is not None and str(names.get(entity._moId, {}).get("name", "")).startswith(vm_prefix)
+            )
+
+        running = [p for p in running if ours(p)]
+    return Counter(str(p["info.name"]) for p in running)
 
 
 def clone_events(sim: Simulator, vm_name: str) -> int:

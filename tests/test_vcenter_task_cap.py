@@ -61,7 +61,7 @@ async def test_two_workers_with_a_cap_of_four_never_run_more_than_four_tasks(
     shown = asyncio.ensure_future(queued_as_shown(stack, name, settled))
     try:
         while not settled.done():
-            running = tasks_running(stack.sim, si)
+            running = tasks_running(stack.sim, si, vm_prefix=f"{name}-")
             most = max(most, sum(running[m] for m in ORCHESTRATOR_TASKS))
             await asyncio.sleep(0.1)
     finally:
