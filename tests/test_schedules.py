@@ -16,6 +16,20 @@ from tests.conftest import Stack, cluster_spec, unique
 from tests.harness import vms_of_cluster
 
 
+async def listed(stack: Stack, cluster: str, within: float = 10) -> list[schedules.ScaleSchedule]:
+    """The cluster's schedules once Temporal's list shows one: the list is eventually
+    consistent, and under load a schedule made a moment ago is not in it yet."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    found = await schedules.list_schedules(stack.client, cluster)
+    for _ in range(int(within / 0.2)):
+        if found or loop.time() >= deadline:
+            break
+        await asyncio.sleep(0.2)
+        found = await schedules.list_schedules(stack.client, cluster)
+    return found
+
+
 async def test_a_schedule_made_by_the_cli_scales_the_pool_when_triggered(
     stack: Stack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -26,7 +40,7 @@ async def test_a_schedule_made_by_the_cli_scales_the_pool_when_triggered(
 
     args = ["schedule", "add", name, "--pool", "workers", "--size", "3", "--cron", "0 8 * * MON-FRI"]
     assert await cli.run([*args, "--timezone", "Europe/Budapest"], client=stack.client) == 0
-    (schedule,) = await schedules.list_schedules(stack.client, name)
+    (schedule,) = await listed(stack, name)
     assert (schedule.cluster, schedule.pool, schedule.size) == (name, "workers", 3)
     assert schedule.cron == "0 8 * * MON-FRI" and schedule.timezone == "Europe/Budapest"
     assert schedule.next_runs and schedule.next_runs[0].hour in (6, 7)  # 08:00 Budapest in UTC
