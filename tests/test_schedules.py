@@ -19,15 +19,11 @@ from tests.harness import vms_of_cluster
 async def listed(stack: Stack, cluster: str, within: float = 10) -> list[schedules.ScaleSchedule]:
     """The cluster's schedules once Temporal's list shows one: the list is eventually
     consistent, and under load a schedule made a moment ago is not in it yet."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    found = await schedules.list_schedules(stack.client, cluster)
     for _ in range(int(within / 0.2)):
-        if found or loop.time() >= deadline:
-            break
+        if found := await schedules.list_schedules(stack.client, cluster):
+            return found
         await asyncio.sleep(0.2)
-        found = await schedules.list_schedules(stack.client, cluster)
-    return found
+    return await schedules.list_schedules(stack.client, cluster)
 
 
 async def test_a_schedule_made_by_the_cli_scales_the_pool_when_triggered(
