@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from pke_vsphere.contracts.protocol import NODE_KEY_HEADER
+from pke_vsphere.contracts.protocol import NODE_KEY_HEADER, NODE_REQUEST_SECONDS
 from pke_vsphere.render import cloudinit
 
 # What the agent's stand-in tools answer: (exit code, stdout, stderr).
@@ -39,7 +39,6 @@ Tool = Callable[[str, list[str], str], Awaitable[tuple[int, str, str]]]
 
 FETCH_TRIES = 60  # fetch(): seq 60
 REPORT_TRIES = 20  # report(): seq 20
-CURL_MAX_TIME = 30.0
 INSTALL_LOG = "var/log/pke-vsphere-install.log"
 _VARIABLE = re.compile(r"\$([A-Z_]+)")
 _SAFE = re.compile(r"^[A-Za-z0-9_.:/=-]*$")
@@ -109,7 +108,7 @@ class LightBootstrap:
     async def _api(self, method: str, path: str, body: str | None = None) -> tuple[bool, str]:
         """``api``: curl --fail-with-body; a new connection per call, as curl makes."""
         try:
-            async with httpx.AsyncClient(verify=self._tls, timeout=CURL_MAX_TIME) as client:
+            async with httpx.AsyncClient(verify=self._tls, timeout=NODE_REQUEST_SECONDS) as client:
                 response = await client.request(
                     method, self.env["PKE_VSPHERE_NODE_API"] + path, headers=self._headers, content=body
                 )

@@ -142,6 +142,10 @@ REPEAT_SPACING = timedelta(seconds=2)
 """A repeat sooner than this after the last answer of the same call is refused
 (409, retry later): concurrent duplicates get one answer."""
 
+NODE_REQUEST_SECONDS = 30
+"""How long a node waits for one answer of the node API (its bootstrap script's
+``curl --max-time``): the node API's own waits fit within it."""
+
 
 class NodeCall(StrEnum):
     """What a node asks for; each is served once per incarnation (plus repeats)."""

@@ -30,15 +30,30 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.messages import NodeCallGrant, NodeCallRequest, NodeReport
-from pke_vsphere.contracts.protocol import NODE_KEY_HEADER, NODE_KEY_PATTERN, NodeCall, Refusal, Update
+from pke_vsphere.contracts.protocol import (
+    NODE_KEY_HEADER,
+    NODE_KEY_PATTERN,
+    NODE_REQUEST_SECONDS,
+    NodeCall,
+    Refusal,
+    Update,
+)
 from pke_vsphere.nodeapi.unanswered import SameCall, UnansweredCalls
 from pke_vsphere.pki.node_tokens import InvalidNodeToken, NodeClaims, NodeTokenVerifier
 
 log = structlog.get_logger(__name__)
 
 RETRY_AFTER_SECONDS = 5
-# A node workflow that does not answer within this is reported as unavailable (503).
-UPDATE_TIMEOUT = timedelta(seconds=20)
+# The node waits NODE_REQUEST_SECONDS for each answer. Its workflow gets all of that
+# but the answer's way back (ANSWER_MARGIN) and what the route does after the grant
+# (AFTER_GRANT); a workflow that has not answered by then is reported as unavailable
+# (503), and the node's retry joins the same update.
+ANSWER_MARGIN = timedelta(seconds=2)
+UPDATE_TIMEOUT = timedelta(seconds=NODE_REQUEST_SECONDS) - ANSWER_MARGIN
+AFTER_GRANT = {
+    # A master's material query, with its tries (app.py, MATERIAL_ATTEMPTS).
+    NodeCall.BOOTSTRAP: timedelta(seconds=8),
+}
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="pke-vsphere"'}
 _NODE_KEY = re.compile(NODE_KEY_PATTERN)
 _REFUSALS = {refusal.value: refusal for refusal in Refusal}
@@ -143,7 +158,11 @@ async def authorize(
         log.info("nodeapi.call_retried", call=call.value, update_id=update_id)
     try:
         grant: NodeCallGrant = await handle.execute_update(
-            Update.NODE_CALL, request, id=update_id, result_type=NodeCallGrant, rpc_timeout=UPDATE_TIMEOUT
+            Update.NODE_CALL,
+            request,
+            id=update_id,
+            result_type=NodeCallGrant,
+            rpc_timeout=update_timeout(call),
         )
     except WorkflowUpdateFailedError as exc:
         unanswered.answered(same)
@@ -162,6 +181,11 @@ async def authorize(
     unanswered.answered(same)
     log.info("nodeapi.call_granted", call=call.value, served=grant.served)
     return grant
+
+
+def update_timeout(call: NodeCall) -> timedelta:
+    """How long the node API waits for the node's workflow to answer ``call``."""
+    return max(UPDATE_TIMEOUT - AFTER_GRANT.get(call, timedelta()), timedelta(seconds=1))
 
 
 def _refused(call: NodeCall, exc: WorkflowUpdateFailedError) -> HTTPException:

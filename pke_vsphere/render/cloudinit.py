@@ -15,6 +15,7 @@ from importlib import resources
 import yaml
 
 from pke_vsphere.contracts.messages import NodeBootstrapSettings
+from pke_vsphere.contracts.protocol import NODE_REQUEST_SECONDS
 from pke_vsphere.contracts.state import NodeIdentity
 from pke_vsphere.render import pke
 
@@ -38,7 +39,9 @@ def spec_sources(settings: NodeBootstrapSettings) -> dict[str, int]:
 
 def bootstrap_script(identity: NodeIdentity, settings: NodeBootstrapSettings) -> str:
     template = resources.files("pke_vsphere.render").joinpath("script.sh").read_text()
-    return template.replace("__PKE_INSTALL_ARGS__", " ".join(pke.install_args(identity, settings)))
+    return template.replace("__PKE_INSTALL_ARGS__", " ".join(pke.install_args(identity, settings))).replace(
+        "__NODE_REQUEST_SECONDS__", str(NODE_REQUEST_SECONDS)
+    )
 
 
 def node_env(

@@ -28,7 +28,7 @@ say() { echo "pke-vsphere: $*"; }
 pause() { awk -v b="$RETRY_SECONDS" -v r="$RANDOM" 'BEGIN { printf "%.2f", b * (1 + r / 32767) }'; }
 
 api() { # METHOD PATH [JSON]
-  curl --fail-with-body --silent --show-error --max-time 30 \
+  curl --fail-with-body --silent --show-error --max-time __NODE_REQUEST_SECONDS__ \
     ${PKE_VSPHERE_NODE_API_CA:+--cacert "$ROOT$PKE_VSPHERE_NODE_API_CA"} \
     -X "$1" -H @"$HEADERS" -H "Content-Type: application/json" \
     ${3:+--data "$3"} "$PKE_VSPHERE_NODE_API$2"
