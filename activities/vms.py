@@ -224,7 +224,11 @@ class VSphereActivities:
             # The guest is up and on the network: cloud-init read its user data
             # before that (its VMware datasource runs before networking), so the
             # token leaves guestinfo now; the node keeps it in a file until its report.
-            self._remove_token(si, vm, node.name, progress, step)
+            # A VM this attempt cloned holds the document rendered here: its tokenless
+            # twin goes in without reading the VM's back.
+            self._remove_token(
+                si, vm, node.name, progress, step, tokenless=self._tokenless(clone) if created else None
+            )
             return ProvisionVmResult(vm_ref=vm._moId, ip=ip, created=created, powered_on_at=powered_on_at)
 
         with as_activity_errors(f"provision VM {node.name}"):
@@ -435,19 +439,42 @@ class VSphereActivities:
         with as_activity_errors(f"remove the token from VM {input.name}"):
             return self._session.run(run)
 
-    def _remove_token(self, si: Any, vm: Any, name: str, progress: Progress, deadline: Deadline) -> bool:
+    def _tokenless(self, clone: Clone) -> str:
+        """The node's cloud-config without its token (what ``_ensure`` rendered, less it)."""
+        return cloudinit.render(
+            clone.identity,
+            clone.bootstrap,
+            node_api_url=self._node_api_url,
+            node_token=None,
+            node_api_ca_pem=self._node_api_ca_pem,
+        )
+
+    def _remove_token(
+        self,
+        si: Any,
+        vm: Any,
+        name: str,
+        progress: Progress,
+        deadline: Deadline,
+        tokenless: str | None = None,
+    ) -> bool:
+        """Take the token out of the VM's guestinfo; False if it holds none. With
+        ``tokenless`` (the VM was cloned in this attempt, with the document that is
+        this plus the token), that is written without reading the VM's back."""
         self._finish_earlier(si, RECONFIGURE, progress, deadline, previous())
-        props = properties.read(si, vm, ["config.extraConfig"])
-        if not props:
-            raise PermanentError(f"VM {name} no longer exists")
-        extra = properties.extra_config(props.get("config.extraConfig"))
-        encoded = extra.get(guestinfo.USERDATA)
-        if not encoded:
-            return False
-        userdata = guestinfo.decode(encoded, extra.get(f"{guestinfo.USERDATA}.encoding", ""))
-        kept = cloudinit.without_token(userdata)
-        if kept == userdata:
-            return False
+        kept = tokenless
+        if kept is None:
+            props = properties.read(si, vm, ["config.extraConfig"])
+            if not props:
+                raise PermanentError(f"VM {name} no longer exists")
+            extra = properties.extra_config(props.get("config.extraConfig"))
+            encoded = extra.get(guestinfo.USERDATA)
+            if not encoded:
+                return False
+            userdata = guestinfo.decode(encoded, extra.get(f"{guestinfo.USERDATA}.encoding", ""))
+            kept = cloudinit.without_token(userdata)
+            if kept == userdata:
+                return False
         self._run_task(
             si,
             lambda: vms.start_set_extra_config(vm, guestinfo.userdata_config(kept)),

@@ -69,6 +69,18 @@ def test_cloud_config_names_the_host_and_carries_only_the_node_token() -> None:
     assert "password" not in dumped and "vcenter" not in dumped
 
 
+def test_the_document_without_a_token_is_the_one_guestinfo_keeps_once_the_token_is_out() -> None:
+    """provision_vm writes this one into guestinfo when the VM has its address,
+    instead of reading the VM's document back and taking the token out."""
+    node = node_identity(NodeKind.WORKER)
+    args = {"node_api_url": "https://orchestrator:8480/", "node_api_ca_pem": "CA PEM\n"}
+    with_token = cloudinit.render(node, SETTINGS, node_token="tok.en.jwt", **args)
+    without = cloudinit.render(node, SETTINGS, node_token=None, **args)
+    assert "tok.en.jwt" in with_token and "tok.en.jwt" not in without
+    assert cloudinit.without_token(with_token) == without
+    assert cloudinit.without_token(without) == without
+
+
 def test_bootstrap_script_is_valid_bash() -> None:
     script = cloudinit.written_file(render(NodeKind.MASTER, 2), cloudinit.SCRIPT_FILE)
     result = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True, check=False)

@@ -11,6 +11,7 @@ workflow.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
@@ -45,10 +46,11 @@ log = structlog.get_logger(__name__)
 
 RETRY_AFTER_SECONDS = 5
 # The node waits NODE_REQUEST_SECONDS for each answer. Its workflow gets all of that
-# but the answer's way back (ANSWER_MARGIN) and what the route does after the grant
-# (AFTER_GRANT); a workflow that has not answered by then is reported as unavailable
-# (503), and the node's retry joins the same update.
-ANSWER_MARGIN = timedelta(seconds=2)
+# but what the route does after the grant (AFTER_GRANT) and a margin for the answer's
+# way back and a busy node API (ANSWER_MARGIN); a workflow that has not answered by
+# then is reported as unavailable (503), and the node's retry joins the same update.
+# (The whole wait, not each RPC: an update's result is polled for in several.)
+ANSWER_MARGIN = timedelta(seconds=5)
 UPDATE_TIMEOUT = timedelta(seconds=NODE_REQUEST_SECONDS) - ANSWER_MARGIN
 AFTER_GRANT = {
     # A master's material query, with its tries (app.py, MATERIAL_ATTEMPTS).
@@ -156,14 +158,12 @@ async def authorize(
     update_id, again = unanswered.update_id(same)
     if again:
         log.info("nodeapi.call_retried", call=call.value, update_id=update_id)
+    wait = update_timeout(call)
     try:
-        grant: NodeCallGrant = await handle.execute_update(
-            Update.NODE_CALL,
-            request,
-            id=update_id,
-            result_type=NodeCallGrant,
-            rpc_timeout=update_timeout(call),
-        )
+        async with asyncio.timeout(wait.total_seconds()):
+            grant: NodeCallGrant = await handle.execute_update(
+                Update.NODE_CALL, request, id=update_id, result_type=NodeCallGrant, rpc_timeout=wait
+            )
     except WorkflowUpdateFailedError as exc:
         unanswered.answered(same)
         raise _refused(call, exc) from None
@@ -175,8 +175,9 @@ async def authorize(
             raise unauthorized("this node is not bootstrapping") from None
         log.warning("nodeapi.temporal_error", status=str(exc.status), error=exc.message)
         raise unavailable() from None
-    except (RPCTimeoutOrCancelledError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
-        log.warning("nodeapi.temporal_error", error=str(exc))
+    except (RPCTimeoutOrCancelledError, WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError) as exc:
+        error = str(exc) or f"no answer within {wait.total_seconds():.0f}s"
+        log.warning("nodeapi.temporal_error", error=error)
         raise unavailable() from None
     unanswered.answered(same)
     log.info("nodeapi.call_granted", call=call.value, served=grant.served)

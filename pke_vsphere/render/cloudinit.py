@@ -78,10 +78,22 @@ def render(
     settings: NodeBootstrapSettings,
     *,
     node_api_url: str,
-    node_token: str,
+    node_token: str | None,
     node_api_ca_pem: str | None = None,
 ) -> str:
-    """The ``#cloud-config`` document for one node."""
+    """The ``#cloud-config`` document for one node; with ``node_token`` None, the one
+    its guestinfo keeps once the node has its address (:func:`without_token`)."""
+
+    def file(path: str, permissions: str, content: str) -> dict[str, str]:
+        return {"path": path, "permissions": permissions, "owner": "root:root", "content": content}
+
+    files = [file(ENV_FILE, "0644", node_env(identity, settings, node_api_url, node_api_ca_pem is not None))]
+    if node_token is not None:
+        files.append(file(TOKEN_FILE, "0600", node_token))
+    files.append(file(SCRIPT_FILE, "0755", bootstrap_script(identity, settings)))
+    if node_api_ca_pem is not None:
+        # A public certificate: how the node knows it talks to this orchestrator.
+        files.append(file(NODE_API_CA_FILE, "0644", node_api_ca_pem))
     config = {
         "hostname": identity.name,
         "fqdn": identity.name,
@@ -97,40 +109,9 @@ def render(
                 **({"ssh_authorized_keys": list(keys)} if (keys := settings.ssh_authorized_keys) else {}),
             }
         ],
-        "write_files": [
-            {
-                "path": ENV_FILE,
-                "permissions": "0644",
-                "owner": "root:root",
-                "content": node_env(identity, settings, node_api_url, node_api_ca_pem is not None),
-            },
-            {
-                "path": TOKEN_FILE,
-                "permissions": "0600",
-                "owner": "root:root",
-                "content": node_token,
-            },
-            {
-                "path": SCRIPT_FILE,
-                "permissions": "0755",
-                "owner": "root:root",
-                "content": bootstrap_script(identity, settings),
-            },
-        ],
+        "write_files": files,
         "runcmd": [[SCRIPT_FILE]],
     }
-    if node_api_ca_pem is not None:
-        # A public certificate: how the node knows it talks to this orchestrator.
-        files = config["write_files"]
-        assert isinstance(files, list)
-        files.append(
-            {
-                "path": NODE_API_CA_FILE,
-                "permissions": "0644",
-                "owner": "root:root",
-                "content": node_api_ca_pem,
-            }
-        )
     return "#cloud-config\n" + _dump(config)
 
 
