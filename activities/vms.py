@@ -123,8 +123,7 @@ class VSphereActivities:
         """Start a vCenter task under the cap (held until the task ends) and wait for
         it until the step's deadline; every heartbeat from its start on names it.
         ``governed=False``: a metadata-only task (an extraConfig edit) that does not
-        queue for the cap, which is for the work hosts and datastores do, or a task
-        of a VM whose caller holds a slot for it already (a teardown)."""
+        queue for the cap, which is for the work hosts and datastores do."""
         with self.task_slots.hold(progress) if governed else contextlib.nullcontext():
             task = start()
             progress.at(VCenterStep.TASK, task._moId, method)
@@ -642,16 +641,12 @@ class VSphereActivities:
                 return False
             self._refuse_unless_marked(vm, props, input)
             powered_on = props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn
-        # One slot for the VM's power-off and its destroy, which vCenter runs one after
-        # the other: a VM's teardown queues for the cap once, not behind every other
-        # VM's power-off a second time.
-        with activity.shield_thread_cancel_exception(), self.task_slots.hold(progress):
+        with activity.shield_thread_cancel_exception():
             try:
                 if powered_on:
                     off = lambda: vms.start_power_off(vm)  # noqa: E731
-                    self._run_task(si, off, "power_off", POWER_OFF, progress, deadline, governed=False)
-                destroy = lambda: vms.start_destroy(vm)  # noqa: E731
-                self._run_task(si, destroy, "destroy", DESTROY, progress, deadline, governed=False)
+                    self._run_task(si, off, "power_off", POWER_OFF, progress, deadline)
+                self._run_task(si, lambda: vms.start_destroy(vm), "destroy", DESTROY, progress, deadline)
             except vmodl.fault.ManagedObjectNotFound as gone:
                 # Another destroy of this VM (a give-up destroy and a delete at
                 # once) finished first: it is gone, which is what was asked.
