@@ -56,7 +56,10 @@ MAX_CACHED_WORKFLOWS = 2048
 # new workflow's first task waits, four on the sticky queue). Autoscaled polls
 # (2 to 40) cut that first wait at 3 + 997 from a median 14 s to 2 to 4 s, but
 # every node's VM step then ran at once and the nodes' calls overloaded instead:
-# more 503s and more updates (README, Measured).
+# more 503s and more updates. Two of six on the task queue did not cut it at all
+# (median 15 s), nor did 1000 workflow-task slots instead of 100 (every task then
+# ran at once and many timed out): the wait is the worker's and Temporal's work,
+# not the polls (README, Measured).
 
 
 def build_worker(
