@@ -226,7 +226,7 @@ class VSphereActivities:
             # A VM this attempt cloned holds the document rendered here: its tokenless
             # twin goes in without reading the VM's back.
             self._remove_token(
-                si, vm, node.name, progress, step, tokenless=self._tokenless(clone) if created else None
+                si, vm, node.name, progress, step, tokenless=self._userdata(clone, None) if created else None
             )
             return ProvisionVmResult(vm_ref=vm._moId, ip=ip, created=created, powered_on_at=powered_on_at)
 
@@ -258,14 +258,7 @@ class VSphereActivities:
                 f"the clone of {node.name} did not finish within the clone step "
                 f"({deadline.total.total_seconds():.0f}s); no clone was started past it"
             )
-        token = self._signer.sign(node, clone.token_ttl)
-        userdata = cloudinit.render(
-            node,
-            clone.bootstrap,
-            node_api_url=self._node_api_url,
-            node_token=token,
-            node_api_ca_pem=self._node_api_ca_pem,
-        )
+        userdata = self._userdata(clone, self._signer.sign(node, clone.token_ttl))
         extra_config = guestinfo.extra_config(node, userdata, self.installation_id)
         try:
             guestinfo.check_limits(extra_config, cloudinit.spec_sources(clone.bootstrap))
@@ -438,13 +431,14 @@ class VSphereActivities:
         with as_activity_errors(f"remove the token from VM {input.name}"):
             return self._session.run(run)
 
-    def _tokenless(self, clone: Clone) -> str:
-        """The node's cloud-config without its token (what ``_ensure`` rendered, less it)."""
+    def _userdata(self, clone: Clone, token: str | None) -> str:
+        """The node's cloud-config: with its token for the clone, without (None) once
+        the VM has its address."""
         return cloudinit.render(
             clone.identity,
             clone.bootstrap,
             node_api_url=self._node_api_url,
-            node_token=None,
+            node_token=token,
             node_api_ca_pem=self._node_api_ca_pem,
         )
 
