@@ -9,7 +9,6 @@ import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from pke_vsphere.contracts.spec import ClusterSpec
 from pke_vsphere.pki.node_tokens import NodeTokenSigner, create_signing_key, load_signing_key
 from pke_vsphere.runtime import logs
 from pke_vsphere.runtime.temporal import data_converter
+from pke_vsphere.runtime.threads import ActivityExecutor
 from pke_vsphere.vsphere.session import VCenterSession
 from sim import nodes as sim_nodes_module
 from sim import temporal_config, vcenter
@@ -195,7 +195,7 @@ async def stack(
     vsphere = vsphere_activities(
         VCenterSession(vcenter_settings(vcsim)), key_file, node_api_url, client=client, task_queue=task_queue
     )
-    with ThreadPoolExecutor(64) as executor:
+    with ActivityExecutor(64, thread_name_prefix="activity") as executor:
         w = worker_module.build_worker(
             client,
             task_queue,

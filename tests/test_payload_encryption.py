@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.client import Client
 
 from pke_vsphere.codec import keys
-from pke_vsphere.codec.encryption import ENCODING, KEY_ID, EncryptionCodec
+from pke_vsphere.codec.encryption import ENCODING, KEY_ID, NONCE_BYTES, NONCES_PER_DRAW, EncryptionCodec
 from pke_vsphere.contracts import ids
 from pke_vsphere.contracts.pki import ClusterPKI
 from pke_vsphere.contracts.protocol import Query, Update
@@ -40,6 +41,37 @@ async def test_payloads_round_trip_and_carry_their_key_id() -> None:
     assert (await codec.decode([encoded]))[0] == plain('{"secret": "s3cr3t"}')
     again = (await codec.encode([plain('{"secret": "s3cr3t"}')]))[0]
     assert again.data != encoded.data  # fresh nonce each time
+
+
+def _next_nonce_in_a_child(codec: EncryptionCodec) -> bytes:
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.close(read)
+        os.write(write, codec._nonces.next())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(child, 0)
+    nonce = os.read(read, NONCE_BYTES)
+    os.close(read)
+    assert os.WIFEXITED(status) and len(nonce) == NONCE_BYTES
+    return nonce
+
+
+async def test_no_two_payloads_share_a_nonce_not_even_across_a_fork() -> None:
+    """Nonces come from a buffer of random bytes: a child process that inherited the
+    buffer must not use the nonces its parent will use next."""
+    codec = EncryptionCodec(keys.parse(keys.new_key_line("k1")))
+
+    async def nonces(count: int) -> list[bytes]:
+        encoded = await codec.encode([plain(f'{{"n": {i}}}') for i in range(count)])
+        return [payload.data[:NONCE_BYTES] for payload in encoded]
+
+    first = await nonces(NONCES_PER_DRAW * 3 + 7)  # several draws, and part of one left
+    assert len(set(first)) == len(first)
+    child_nonce = _next_nonce_in_a_child(codec)
+    after = await nonces(NONCES_PER_DRAW)
+    assert child_nonce not in after and not set(after) & set(first)
 
 
 async def test_keys_rotate_newest_encrypts_any_decrypts() -> None:

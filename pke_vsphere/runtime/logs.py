@@ -22,6 +22,11 @@ def configure(level: str | None = None, json: bool | None = None) -> None:
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
+    # A line per request to a cluster's API server (two per joining node) says less
+    # than the activity's own line, and at a thousand nodes cost the worker's event
+    # loop a second; failures still come through as warnings.
+    for chatty in ("httpx", "httpx2"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
