@@ -76,7 +76,11 @@ DESTROY_TIMEOUT = timedelta(minutes=10)
 # A batch's heartbeat while its VMs' threads wait on vCenter.
 BATCH_BEAT_SECONDS = 1.0
 # What a destroy reads of a VM first: its markers, power state and identity.
-DESTROY_PATHS = ("config.extraConfig", "runtime.powerState", "config.instanceUuid")
+DESTROY_PATHS = (
+    "runtime.powerState",
+    "config.instanceUuid",
+    *properties.extra_config_paths(guestinfo.OWNER_MARKERS),
+)
 RECONFIGURE, POWER_ON = "ReconfigVM_Task", "PowerOnVM_Task"
 POWER_OFF, DESTROY = "PowerOffVM_Task", "Destroy_Task"
 
@@ -457,10 +461,11 @@ class VSphereActivities:
         self._finish_earlier(si, RECONFIGURE, progress, deadline, previous())
         kept = tokenless
         if kept is None:
-            props = properties.read(si, vm, ["config.extraConfig"])
+            keys = (guestinfo.USERDATA, f"{guestinfo.USERDATA}.encoding")
+            props = properties.read(si, vm, ["name", *properties.extra_config_paths(keys)])
             if not props:
                 raise PermanentError(f"VM {name} no longer exists")
-            extra = properties.extra_config(props.get("config.extraConfig"))
+            extra = properties.extra_config_entries(props)
             encoded = extra.get(guestinfo.USERDATA)
             if not encoded:
                 return False
@@ -540,6 +545,7 @@ class VSphereActivities:
                 if root is None:
                     raise PermanentError(f"no datacenter {input.datacenter!r}")
             markers = guestinfo.owner_markers(self.installation_id, input.cluster)
+            identity = (guestinfo.MARKER_CLUSTER_UID, guestinfo.MARKER_POOL, guestinfo.MARKER_NODE)
             found = [
                 ClusterVm(
                     ref=vm._moId,
@@ -550,7 +556,7 @@ class VSphereActivities:
                     pool=props["extra"].get(guestinfo.MARKER_POOL),
                     node=props["extra"].get(guestinfo.MARKER_NODE),
                 )
-                for vm, props in vms.marked_vms(si, root, markers)
+                for vm, props in vms.marked_vms(si, root, markers, also=identity)
             ]
             # How long a sweep of every VM's markers takes: the start of every delete.
             seconds = round(time.monotonic() - started, 2)
@@ -653,7 +659,7 @@ class VSphereActivities:
         return True
 
     def _refuse_unless_marked(self, vm: Any, props: dict[str, Any], input: DestroyVmInput) -> None:
-        extra = properties.extra_config(props.get("config.extraConfig"))
+        extra = properties.extra_config_entries(props)
         owner = guestinfo.owner_markers(self.installation_id, input.cluster)
         if any(extra.get(key) != value for key, value in owner.items()):
             raise PermanentError(

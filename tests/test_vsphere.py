@@ -165,6 +165,58 @@ def test_reading_a_deleted_vm_finds_nothing_and_leaves_the_others(vcsim: vcenter
     session.close()
 
 
+def test_single_extra_config_entries_are_read_by_key_and_the_sweep_finds_vms_by_them(
+    vcsim: vcenter.Simulator,
+) -> None:
+    """vCenter answers ``config.extraConfig["key"]`` with that one entry (the
+    simulator is patched to, as govmomi's newer ones do): a sweep reads a VM's
+    markers without its cloud-config. A key a VM lacks is left out of the answer."""
+    session = VCenterSession(settings_for(vcsim))
+    si = session.service_instance()
+    placement = inventory.resolve(
+        si,
+        VSpherePlacement(
+            datacenter=vcenter.DATACENTER,
+            template=vcenter.TEMPLATE,
+            folder=vcenter.FOLDER,
+            compute_cluster=vcenter.COMPUTE_CLUSTER,
+            datastore=vcenter.DATASTORE,
+        ),
+    )
+    cluster = f"keys-{time.monotonic_ns()}"
+    markers = {"pke-vsphere.managed-by": "pke-vsphere", "pke-vsphere.cluster": cluster}
+    task = vms.start_clone(
+        si,
+        placement,
+        inventory.refs(si, placement),
+        name=cluster,
+        instance_uuid=str(uuid.uuid4()),
+        cpus=1,
+        memory_mb=64,
+        extra_config={**markers, "pke-vsphere.node": "n-01", "guestinfo.userdata": "x" * 4000},
+        power_on=False,
+    )
+    wait_for_task(si, task, timeout=30, on_wake=lambda: None)
+    vm = task.info.result
+    # A key given again: the simulator appends it, vCenter replaces it; the last wins.
+    again = vms.start_set_extra_config(vm, {"pke-vsphere.node": "n-02"})
+    wait_for_task(si, again, timeout=30, on_wake=lambda: None)
+
+    paths = properties.extra_config_paths(["pke-vsphere.node", "pke-vsphere.cluster", "pke-vsphere.absent"])
+    props = properties.read(si, vm, ["name", *paths])
+    assert properties.extra_config_entries(props) == {
+        "pke-vsphere.node": "n-02",
+        "pke-vsphere.cluster": cluster,
+    }
+    assert not any("absent" in path for path in props)
+
+    found = vms.marked_vms(si, None, markers, also=["pke-vsphere.node"])
+    assert [(v._moId, p["extra"]) for v, p in found] == [(vm._moId, {**markers, "pke-vsphere.node": "n-02"})]
+    assert vms.marked_vms(si, None, {**markers, "pke-vsphere.cluster": "another"}) == []
+    wait_for_task(si, vm.Destroy_Task(), timeout=30, on_wake=lambda: None)
+    session.close()
+
+
 @pytest.mark.parametrize(
     ("fault", "kind"),
     [

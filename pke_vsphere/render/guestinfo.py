@@ -83,6 +83,10 @@ def metadata(identity: NodeIdentity) -> str:
     return json.dumps({"instance-id": identity.instance_uuid, "local-hostname": identity.name})
 
 
+OWNER_MARKERS = (MARKER_MANAGED_BY, MARKER_INSTALLATION, MARKER_CLUSTER)
+"""The keys of :func:`owner_markers`."""
+
+
 def owner_markers(installation: str, cluster: str) -> dict[str, str]:
     """The markers every VM of one cluster of one installation carries."""
     return {MARKER_MANAGED_BY: MANAGED_BY, MARKER_INSTALLATION: installation, MARKER_CLUSTER: cluster}

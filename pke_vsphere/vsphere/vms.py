@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,20 +242,22 @@ def wait_for_ip(
 
 
 def marked_vms(
-    si: Any, datacenter: Any | None, markers: Mapping[str, str]
+    si: Any, datacenter: Any | None, markers: Mapping[str, str], also: Sequence[str] = ()
 ) -> list[tuple[Any, dict[str, Any]]]:
     """Every VM in the datacenter (None: in vCenter) whose extraConfig carries all of
-    ``markers``. Found by marker, not by name or from memory, so VMs a crashed run
-    left behind are found too."""
+    ``markers``, with those and the ``also`` entries in ``props["extra"]``. Found by
+    marker, not by name or from memory, so VMs a crashed run left behind are found
+    too; only the marker entries are read, not each VM's whole extraConfig."""
     vm_folder = properties.read(si, datacenter, ["vmFolder"])["vmFolder"] if datacenter else None
+    keys = properties.extra_config_paths(dict.fromkeys([*markers, *also]))
     found = []
     for vm, props in properties.find_all(
         si,
         vim.VirtualMachine,
-        ["name", "config.extraConfig", "config.instanceUuid", "runtime.powerState"],
+        ["name", "config.instanceUuid", "runtime.powerState", *keys],
         root=vm_folder,
     ):
-        extra = properties.extra_config(props.get("config.extraConfig"))
+        extra = properties.extra_config_entries(props)
         if all(extra.get(k) == v for k, v in markers.items()):
             props["extra"] = extra
             found.append((vm, props))
