@@ -40,8 +40,9 @@ from pke_vsphere.contracts.slots import LONG_POLL, SlotLease, SlotLeaseGrant, Sl
 
 log = structlog.get_logger(__name__)
 
-WAKE_SECONDS = 2.0
-"""How often a queued activity wakes to heartbeat and see whether it was cancelled."""
+# A queued activity wakes to heartbeat and see whether it was cancelled as often
+# as its progress asks (``Progress.wake_seconds``): cancellation reaches a thread
+# activity with a heartbeat's answer, so waking more often sees nothing new.
 HOLD_LEASE = timedelta(seconds=60)
 """A worker's slots are freed this long after its last call (it died)."""
 RENEW_EVERY = timedelta(seconds=20)
@@ -110,7 +111,7 @@ class SharedSlots:
                         self._wanting -= 1
                         self._in_use += 1
                         return
-                    self._lock.wait(WAKE_SECONDS)
+                    self._lock.wait(progress.wake_seconds)
                     if self._holding > self._in_use:
                         self._wanting -= 1
                         self._in_use += 1
@@ -232,7 +233,7 @@ class TaskSlots:
         with activity.shield_thread_cancel_exception():
             if not self._slots.acquire(blocking=False):
                 progress.at(VCenterStep.QUEUED)
-                while not self._slots.acquire(timeout=WAKE_SECONDS):
+                while not self._slots.acquire(timeout=progress.wake_seconds):
                     if activity.is_cancelled():
                         raise CancelledError("cancelled while queued for vCenter; no task was started")
                     progress()

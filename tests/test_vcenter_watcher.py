@@ -184,3 +184,28 @@ def _newer_wait_cancels_the_older(sim: vcenter.Simulator) -> None:
     second.join(timeout=15)
     changes = [c for f in results["second"].filterSet for o in f.objectSet for c in o.changeSet]
     assert [(c.name, c.val) for c in changes] == [("name", "renamed-for-the-newer-wait")]
+
+
+class _Beats:
+    """An ``on_wake`` that asks to be called every ``wake_seconds``, and counts."""
+
+    def __init__(self, wake_seconds: float) -> None:
+        self.wake_seconds = wake_seconds
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+
+async def test_a_wait_wakes_as_often_as_its_progress_asks(counted: Counted) -> None:
+    """A wait's wakes are for heartbeats: as often as the activity's progress says
+    (activities/progress.py: a part of its heartbeat timeout), not on a fixed clock."""
+    si = await asyncio.to_thread(counted.session.service_instance)
+    vm = (await asyncio.to_thread(_vms, si))[0]
+    often, seldom = _Beats(0.1), _Beats(60.0)
+    # Tasks of 1 s: the first wakes about ten times, the second not before it ends.
+    for beats in (often, seldom):
+        task = await asyncio.to_thread(_reconfigure, si, vm, "wakes")
+        await asyncio.to_thread(partial(wait_for_task, si, task, timeout=30, on_wake=beats))
+    assert often.calls >= 5
+    assert seldom.calls == 1  # once, as the wait ends

@@ -42,7 +42,9 @@ WATCHED: dict[type, tuple[str, ...]] = {
 }
 # The longest a round of the loop waits for changes; a new wait joins at the next.
 POLL_SECONDS = 1
-# How often a waiter wakes to heartbeat when nothing changes.
+# How often a waiter wakes to heartbeat when nothing changes, unless its
+# ``on_wake`` says otherwise with a ``wake_seconds`` attribute (an activity's
+# progress does: activities/progress.py).
 WAKE_SECONDS = 3.0
 # A waiter without an answer reads its object's properties itself this often: an
 # update the loop missed (a round lost to a connection error) costs seconds, not the step.
@@ -100,11 +102,12 @@ class Watcher:
             TimeoutError: ``timeout`` seconds passed first.
         """
         waiter = _Waiter(obj, done)
+        every = float(getattr(on_wake, "wake_seconds", WAKE_SECONDS))
         self._register(waiter)
         deadline = time.monotonic() + timeout
         reread = time.monotonic() + REREAD_SECONDS
         try:
-            while not waiter.event.wait(min(WAKE_SECONDS, max(0.0, deadline - time.monotonic()))):
+            while not waiter.event.wait(min(every, max(0.0, deadline - time.monotonic()))):
                 on_wake()
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"no {what} within {timeout:.0f}s")
