@@ -18,6 +18,8 @@ the real scripts instead. It creates the cluster with ``pke-vsphere create
 - history events per node of the cluster workflow (all its runs) and of the
   node workflows;
 - SOAP requests per node by method, the worker's traffic only;
+- requests to Temporal's frontend per node by operation during the create (the
+  server's own ``service_requests`` metric), everyone's: worker, node API, CLI;
 - CPU seconds and peak RSS of the worker, the Temporal server and the node API
   (and the CPU of the simulated nodes, the simulator and the counting proxy);
 - the node API's p50 and p99 latency and its count of 5xx answers;
@@ -39,6 +41,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -46,6 +49,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -139,6 +143,8 @@ class Figures:
     node_events_per_node: float = 0.0
     soap_per_node: float = 0.0
     soap_per_node_by_method: dict[str, float] = field(default_factory=dict)
+    temporal_per_node: float = 0.0
+    temporal_per_node_by_operation: dict[str, float] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     node_api_p50_ms: float = 0.0
@@ -173,6 +179,7 @@ class Stack:
         self.sim: vcenter.Simulator | None = None
         self.proxy: FaultProxy | None = None
         self.temporal_address = f"127.0.0.1:{_free_port()}"
+        self.temporal_metrics_port = _free_port()
         self.node_api_port = _free_port()
         self.payload_keys = workdir / "payload-keys"
         self.worker_settings = workdir / "worker.env"
@@ -206,6 +213,8 @@ class Stack:
                 "--headless",
                 "--log-level",
                 "error",
+                "--metrics-port",
+                str(self.temporal_metrics_port),
                 *temporal_config.dev_server_args(),
             ],
         )
@@ -342,6 +351,27 @@ async def _events(
     return types
 
 
+_REQUESTS = re.compile(r"^service_requests\{(?P<labels>[^}]*)\} (?P<count>\S+)$")
+
+
+def temporal_requests(metrics_port: int) -> Counter[str]:
+    """Requests the Temporal server's frontend has served so far, by operation (its
+    Prometheus ``service_requests`` counter; the history and matching services'
+    own requests follow from these and are left out)."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        found = _REQUESTS.match(line)
+        if found is None:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', found["labels"]))
+        if labels.get("service_name") == "frontend" and labels.get("namespace") == "default":
+            counts[labels.get("operation", "?")] += int(float(found["count"]))
+    return counts
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -393,6 +423,7 @@ async def run_one(
         data["pools"][0]["count"] = masters
         spec_file.write_text(yaml.safe_dump(data))
         nodes = masters + workers
+        temporal_before = temporal_requests(stack.temporal_metrics_port)
         print(f"\n== {masters} + {workers}: creating (logs in {workdir})", flush=True)
         with (workdir / "cli.log").open("wb") as cli_log:
             cli = await asyncio.create_subprocess_exec(
@@ -403,6 +434,11 @@ async def run_one(
             )
         status = await _follow(client, nodes, stack if kill_worker else None)
         figures.cli_exit = await asyncio.wait_for(cli.wait(), 600)
+        temporal = temporal_requests(stack.temporal_metrics_port) - temporal_before
+        figures.temporal_per_node = round(sum(temporal.values()) / nodes, 1)
+        figures.temporal_per_node_by_operation = {
+            operation: round(count / nodes, 2) for operation, count in sorted(temporal.items())
+        }
         await _create_figures(client, status, figures)
         figures.vms_after_create = len(_cluster_vms(stack.sim))
         calls = stack.sim.clone_calls()
@@ -587,6 +623,14 @@ def report(all_figures: list[Figures]) -> str:
             "  by method",
             lambda f: ", ".join(
                 f"{m} {n}" for m, n in sorted(f.soap_per_node_by_method.items(), key=lambda i: -i[1])[:6]
+            ),
+        ),
+        ("Temporal frontend requests / node (create)", lambda f: f"{f.temporal_per_node}"),
+        (
+            "  by operation",
+            lambda f: ", ".join(
+                f"{m} {n}"
+                for m, n in sorted(f.temporal_per_node_by_operation.items(), key=lambda i: -i[1])[:8]
             ),
         ),
         (
