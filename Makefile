@@ -51,7 +51,8 @@ reliability: venv system-deps simulator
 
 # Create and delete clusters of 3 + 20 and 3 + 200 nodes on a stack of their own,
 # with realistic simulator durations, and print the figures (sim/bench.py).
-# BENCH_ARGS="--thousand" adds 3 + 997; "--kill-worker 200" a create whose worker is killed.
+# BENCH_ARGS="--thousand" adds 3 + 997; "--kill-worker 200" a create whose worker is killed;
+# "--split" runs the worker as two processes (--role workflows, --role vcenter).
 BENCH_ARGS ?=
 bench: venv system-deps simulator
 	$(BIN)/python -m sim.bench $(BENCH_ARGS)

@@ -1,15 +1,24 @@
 """The pke-vsphere Temporal worker: runs the cluster and node workflows and the
 activities that talk to vCenter. Settings come from the environment or a
-settings file (see README, "Configuration")."""
+settings file (see README, "Configuration").
+
+Two task queues: the workflows and their short activities on the configured one
+(``pke-vsphere``), the vCenter activities on its vCenter twin
+(``pke-vsphere-vcenter``). ``--role all`` (the default) polls both in one
+process; ``--role workflows`` and ``--role vcenter`` split them into processes
+that scale and restart apart (README, "Scaling out")."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from datetime import timedelta
+from enum import StrEnum
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -28,8 +37,10 @@ from activities.vrrp import VrrpActivities
 from pke_vsphere.config import NodeApiSettings, TemporalSettings, VCenterSettings, load
 from pke_vsphere.config.credentials import EtcdCredentials, StorageCredentials
 from pke_vsphere.config.files import RefusedToStart
+from pke_vsphere.contracts.protocol import vcenter_task_queue
 from pke_vsphere.pki.node_tokens import NodeTokenSigner, load_signing_key
 from pke_vsphere.runtime import logs, memory, temporal
+from pke_vsphere.runtime.threads import ActivityExecutor
 from pke_vsphere.vsphere.session import VCenterSession
 from workflows.cluster import ClusterWorkflow
 from workflows.commands import DeleteClusterWorkflow, ScaleClusterWorkflow
@@ -46,6 +57,10 @@ DEFAULT_NODE_TOKEN_TTL = timedelta(hours=1)
 # to its address (tens of seconds), so a 1000-node create needs about a thousand.
 # Threads are started as needed; one waiting on vCenter costs little memory.
 MAX_CONCURRENT_ACTIVITIES = 1024
+# The workflow worker's activities are coroutines, but for a few short ones in
+# threads (certificates, etcd): a node's join-token deletion is one each, so a
+# 1000-node create has about a thousand in a minute.
+MAX_CONCURRENT_WORKFLOW_ACTIVITIES = 512
 # Workflows kept in memory between their tasks. A 1000-node create has about a
 # thousand node workflows open at once; with the SDK's default of 1000, one more
 # than fits made the cache miss on nearly every task (least recently used goes
@@ -62,16 +77,32 @@ MAX_CACHED_WORKFLOWS = 2048
 # not the polls (README, Measured).
 
 
-def build_worker(
+class Role(StrEnum):
+    """What a worker process runs (``--role``)."""
+
+    ALL = "all"
+    """Both task queues in one process: the simple way, and the tests'."""
+    WORKFLOWS = "workflows"
+    """The workflows and the activities that do not talk to vCenter (certificates,
+    the clusters' API servers, etcd, node workflows' starts), on the task queue."""
+    VCENTER = "vcenter"
+    """The vCenter activities (clones, waits, destroys, the preflight), on the task
+    queue's vCenter twin (``pke-vsphere-vcenter``): one thread per activity, a
+    thousand at a 1000-node create, in a process of their own so that they do not
+    take the GIL from the workflows' event loop."""
+
+
+def workflow_worker(
     client: Client,
     task_queue: str,
-    vsphere: VSphereActivities,
-    executor: ThreadPoolExecutor,
-    max_concurrent_activities: int = MAX_CONCURRENT_ACTIVITIES,
-    storage_credentials: StorageCredentials | None = None,
+    executor: Executor,
     etcd_credentials: EtcdCredentials | None = None,
     node_workflows: NodeWorkflowActivities | None = None,
+    also: Sequence[Callable[..., Any]] = (),
+    max_concurrent_activities: int = MAX_CONCURRENT_WORKFLOW_ACTIVITIES,
 ) -> Worker:
+    """The worker of the task queue: every workflow, and the activities that do not
+    talk to vCenter (most of them coroutines on its event loop); ``also``: more."""
     commands = ClusterCommandActivities(client)
     node_workflows = node_workflows or NodeWorkflowActivities(client)
     vrrp = VrrpActivities(client)
@@ -103,27 +134,122 @@ def build_worker(
             commands.delete_cluster_schedules,
             vrrp.vrrp_router_ids_in_use,
             etcd.clear_etcd_prefix,
-            vsphere.provision_vm,
-            # The steps of the node workflows of 0.2 (workflows/node_v1.py).
-            vsphere.ensure_vm,
-            vsphere.configure_vm,
-            vsphere.power_on_vm,
-            vsphere.wait_for_vm_ip,
-            vsphere.find_cluster_vms,
-            vsphere.destroy_vm,
-            vsphere.destroy_vms,
-            vsphere.remove_node_token,
-            PreflightActivities(vsphere.session, storage_credentials, etcd_credentials).preflight,
+            *also,
         ],
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
         # After a crash, resume on another worker within a second instead of ten.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=1),
         max_cached_workflows=MAX_CACHED_WORKFLOWS,
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+    )
+
+
+def vcenter_worker(
+    client: Client,
+    task_queue: str,
+    vsphere: VSphereActivities,
+    executor: Executor,
+    max_concurrent_activities: int = MAX_CONCURRENT_ACTIVITIES,
+    storage_credentials: StorageCredentials | None = None,
+    etcd_credentials: EtcdCredentials | None = None,
+) -> Worker:
+    """The worker of the vCenter activities, on ``task_queue``'s vCenter twin."""
+    return Worker(
+        client,
+        task_queue=vcenter_task_queue(task_queue),
+        activities=vcenter_activities(vsphere, storage_credentials, etcd_credentials),
+        activity_executor=executor,
+        max_concurrent_activities=max_concurrent_activities,
         # Send heartbeats at most this far apart (not 80 % of the timeout): a clone's
         # task id reaches Temporal within seconds, and status shows "queued for vCenter".
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
+
+
+def vcenter_activities(
+    vsphere: VSphereActivities,
+    storage_credentials: StorageCredentials | None,
+    etcd_credentials: EtcdCredentials | None,
+) -> list[Callable[..., Any]]:
+    return [
+        vsphere.provision_vm,
+        # The steps of the node workflows of 0.2 (workflows/node_v1.py).
+        vsphere.ensure_vm,
+        vsphere.configure_vm,
+        vsphere.power_on_vm,
+        vsphere.wait_for_vm_ip,
+        vsphere.find_cluster_vms,
+        vsphere.destroy_vm,
+        vsphere.destroy_vms,
+        vsphere.remove_node_token,
+        PreflightActivities(vsphere.session, storage_credentials, etcd_credentials).preflight,
+    ]
+
+
+class Workers:
+    """The workers of one process, run and stopped together (``async with`` runs
+    them in the background, as a single ``Worker`` does)."""
+
+    def __init__(self, *workers: Worker) -> None:
+        self.workers = workers
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Workers:
+        for worker in self.workers:
+            await self._stack.enter_async_context(worker)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def run(self) -> None:
+        await asyncio.gather(*(worker.run() for worker in self.workers))
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(worker.shutdown() for worker in self.workers))
+
+
+def build_worker(
+    client: Client,
+    task_queue: str,
+    vsphere: VSphereActivities,
+    executor: Executor,
+    max_concurrent_activities: int = MAX_CONCURRENT_ACTIVITIES,
+    storage_credentials: StorageCredentials | None = None,
+    etcd_credentials: EtcdCredentials | None = None,
+    node_workflows: NodeWorkflowActivities | None = None,
+) -> Workers:
+    """Both workers in this process (``--role all``), their thread activities in
+    ``executor``. The task queue's worker runs the vCenter activities too: one
+    that the code before the vCenter queue scheduled on it (a create in flight
+    across the upgrade) still finds a worker there."""
+    return Workers(
+        workflow_worker(
+            client,
+            task_queue,
+            executor,
+            etcd_credentials,
+            node_workflows,
+            also=vcenter_activities(vsphere, storage_credentials, etcd_credentials),
+            max_concurrent_activities=min(MAX_CONCURRENT_WORKFLOW_ACTIVITIES, max_concurrent_activities),
+        ),
+        vcenter_worker(
+            client,
+            task_queue,
+            vsphere,
+            executor,
+            max_concurrent_activities,
+            storage_credentials,
+            etcd_credentials,
+        ),
+    )
+
+
+def activity_executor() -> ActivityExecutor:
+    """The pool of the worker's thread activities: its threads are started off the
+    event loop (runtime/threads.py)."""
+    return ActivityExecutor(MAX_CONCURRENT_ACTIVITIES, thread_name_prefix="activity")
 
 
 def build_vsphere_activities(
@@ -146,52 +272,73 @@ def build_vsphere_activities(
     )
 
 
-async def run(settings_file: str | None = None) -> None:
+async def run(settings_file: str | None = None, role: Role = Role.ALL) -> None:
     temporal_settings = load(TemporalSettings, settings_file)
-    vcenter = load(VCenterSettings, settings_file)
-    node_api = load(NodeApiSettings, settings_file)
-    storage = StorageCredentials.from_settings(settings_file)
+    task_queue = temporal_settings.temporal_task_queue
     etcd = EtcdCredentials.from_settings(settings_file)
-    if node_api.node_token_key_file is not None:
-        load_signing_key(node_api.node_token_key_file)  # refused now, not at the first clone
+    vcenter = node_api = storage = None
+    if role is not Role.WORKFLOWS:
+        vcenter = load(VCenterSettings, settings_file)
+        node_api = load(NodeApiSettings, settings_file)
+        storage = StorageCredentials.from_settings(settings_file)
+        if node_api.node_token_key_file is not None:
+            load_signing_key(node_api.node_token_key_file)  # refused now, not at the first clone
     client = await temporal.connect(temporal_settings)
     if temporal_settings.payload_keys_file is None:
         log.warning("payloads.unencrypted", reason="PKE_VSPHERE_ALLOW_UNENCRYPTED_PAYLOADS=true")
-    vsphere = build_vsphere_activities(vcenter, node_api, client, temporal_settings.temporal_task_queue)
-    with ThreadPoolExecutor(MAX_CONCURRENT_ACTIVITIES, thread_name_prefix="activity") as executor:
-        worker = build_worker(
-            client,
-            temporal_settings.temporal_task_queue,
-            vsphere,
-            executor,
-            storage_credentials=storage,
-            etcd_credentials=etcd,
-        )
+    vsphere = None
+    if vcenter is not None and node_api is not None:
+        vsphere = build_vsphere_activities(vcenter, node_api, client, task_queue)
+    with activity_executor() as executor:
+        if role is Role.ALL:
+            assert vsphere is not None
+            workers = build_worker(
+                client, task_queue, vsphere, executor, storage_credentials=storage, etcd_credentials=etcd
+            )
+        elif role is Role.WORKFLOWS:
+            workers = Workers(workflow_worker(client, task_queue, executor, etcd))
+        else:
+            assert vsphere is not None
+            workers = Workers(
+                vcenter_worker(
+                    client, task_queue, vsphere, executor, storage_credentials=storage, etcd_credentials=etcd
+                )
+            )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.shutdown()))
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(workers.shutdown()))
         log.info(
             "worker.started",
+            role=role.value,
             temporal=temporal_settings.temporal_address,
             namespace=temporal_settings.temporal_namespace,
-            task_queue=temporal_settings.temporal_task_queue,
-            vcenter=vcenter.vcenter_url,
+            task_queues=[worker.task_queue for worker in workers.workers],
+            vcenter=vcenter.vcenter_url if vcenter is not None else None,
         )
         try:
-            await worker.run()
+            await workers.run()
         finally:
-            vsphere.session.close()  # vCenter limits sessions per user: give ours back
+            if vsphere is not None:
+                vsphere.session.close()  # vCenter limits sessions per user: give ours back
     log.info("worker.stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--settings", help="dotenv-style settings file")
+    parser.add_argument(
+        "--role",
+        type=Role,
+        choices=list(Role),
+        default=Role.ALL,
+        help="all (default): everything in this process; workflows: the workflows and "
+        "their other activities; vcenter: the vCenter activities only (README, Scaling out)",
+    )
     args = parser.parse_args(argv)
     logs.configure()
     memory.limit_malloc_arenas()
     try:
-        asyncio.run(run(args.settings))
+        asyncio.run(run(args.settings, args.role))
     except (RefusedToStart, ValidationError) as exc:
         temporal.refuse_to_start("pke-vsphere worker", exc)
 

@@ -51,6 +51,7 @@ class Progress:
         self._details = VCenterProgress(step=step, phase=phase)
         self._sent: VCenterProgress | None = None
         self._sent_at = 0.0
+        self._urgent = False
 
     @property
     def details(self) -> VCenterProgress:
@@ -61,24 +62,39 @@ class Progress:
         """How often a wait calls this (the watcher and the task slots ask)."""
         return wake_seconds()
 
-    def at(self, step: VCenterStep, task: str | None = None, method: str | None = None) -> None:
-        """Record a new step and heartbeat it at once."""
+    def at(
+        self, step: VCenterStep, task: str | None = None, method: str | None = None, *, urgent: bool = True
+    ) -> None:
+        """Record a new step and heartbeat it at once (``urgent=False``: with the
+        next heartbeat due anyway, see :meth:`__call__`)."""
         self._details = VCenterProgress(step=step, task=task, method=method, phase=self._details.phase)
+        self._urgent = self._urgent or urgent
         self()
 
-    def enter(self, phase: NodePhase, step: VCenterStep = VCenterStep.LOOKING) -> None:
-        """A node's provisioning moves on to ``phase``; heartbeat it at once."""
+    def enter(
+        self, phase: NodePhase, step: VCenterStep = VCenterStep.LOOKING, *, urgent: bool = True
+    ) -> None:
+        """A node's provisioning moves on to ``phase``; heartbeat it at once (or, not
+        ``urgent``, with the next heartbeat due anyway)."""
         self._details = VCenterProgress(step=step, phase=phase)
+        self._urgent = self._urgent or urgent
         self()
 
     def __call__(self) -> None:
-        """Heartbeat: at once if the progress changed, else if the last one is
-        ``UNCHANGED_EVERY`` of the heartbeat timeout old."""
+        """Heartbeat: at once if the progress changed urgently, else if the last one
+        is ``UNCHANGED_EVERY`` of the heartbeat timeout old.
+
+        An urgent change is one a retry needs (a task started: the retry resumes it
+        instead of starting another) or one status must show at once (queued for
+        vCenter). A change that is neither (waiting for the address, an extraConfig
+        edit a retry may repeat) rides on the next heartbeat due: a thousand nodes'
+        VM steps then heartbeat about half as often."""
         now = time.monotonic()
-        if self._details == self._sent and now - self._sent_at < self._unchanged_every():
+        changed = self._details != self._sent
+        if not (changed and self._urgent) and now - self._sent_at < self._unchanged_every():
             return
         activity.heartbeat(self._details.model_dump(mode="json"))
-        self._sent, self._sent_at = self._details, now
+        self._sent, self._sent_at, self._urgent = self._details, now, False
 
     @staticmethod
     def _unchanged_every() -> float:
@@ -150,10 +166,14 @@ class ItemProgress(Progress):
     def details(self) -> VCenterProgress:
         return self._batch.details_of(self._key)
 
-    def at(self, step: VCenterStep, task: str | None = None, method: str | None = None) -> None:
+    def at(
+        self, step: VCenterStep, task: str | None = None, method: str | None = None, *, urgent: bool = True
+    ) -> None:
         self._batch.record(self._key, VCenterProgress(step=step, task=task, method=method))
 
-    def enter(self, phase: NodePhase, step: VCenterStep = VCenterStep.LOOKING) -> None:
+    def enter(
+        self, phase: NodePhase, step: VCenterStep = VCenterStep.LOOKING, *, urgent: bool = True
+    ) -> None:
         self._batch.record(self._key, VCenterProgress(step=step, phase=phase))
 
     def __call__(self) -> None:

@@ -130,7 +130,9 @@ class VSphereActivities:
         queue for the cap, which is for the work hosts and datastores do."""
         with self.task_slots.hold(progress) if governed else contextlib.nullcontext():
             task = start()
-            progress.at(VCenterStep.TASK, task._moId, method)
+            # A task that holds a slot is one a retry resumes; an extraConfig edit
+            # (not governed) it may repeat, so that heartbeat need not go at once.
+            progress.at(VCenterStep.TASK, task._moId, method, urgent=governed)
             crashpoints.reach(f"{name}.started")
             if wait is not None:
                 return wait(task)
@@ -209,7 +211,9 @@ class VSphereActivities:
                 progress.enter(NodePhase.POWERING_ON)
                 self._power_on(si, vm, node.name, progress, power_deadline)
             powered_on_at = datetime.now(UTC)
-            progress.enter(NodePhase.WAITING_FOR_IP, VCenterStep.WAITING)
+            # Nothing for a retry to resume (it finds the VM by its UUID): status
+            # shows this with the next heartbeat due, within half a heartbeat timeout.
+            progress.enter(NodePhase.WAITING_FOR_IP, VCenterStep.WAITING, urgent=False)
             try:
                 ip = vms.wait_for_ip(
                     si,

@@ -4,7 +4,8 @@ For each size (3 masters + 20 and + 200 workers; + 1000 with ``--thousand``) it
 starts a stack of its own on this machine: the embedded Temporal server, the
 vCenter simulator with realistic task durations (clone 5 s, power-on 1 s; the
 simulated guests boot in 20 s), a counting proxy in front of the simulator for
-the worker's traffic, the node API, one ``worker.py`` and the simulated nodes.
+the worker's traffic, the node API, one ``worker.py`` (with ``--split``, one
+``--role workflows`` and one ``--role vcenter``) and the simulated nodes.
 The simulated nodes run the bootstrap script's steps in their agent
 (sim/light_bootstrap.py: the same node API calls, retries and pauses), not 200
 copies of the script, whose processes would cost the two cores more than the
@@ -20,7 +21,8 @@ the real scripts instead. It creates the cluster with ``pke-vsphere create
 - SOAP requests per node by method, the worker's traffic only;
 - requests to Temporal's frontend per node by operation during the create (the
   server's own ``service_requests`` metric), everyone's: worker, node API, CLI;
-- CPU seconds and peak RSS of the worker, the Temporal server and the node API
+- CPU seconds and peak RSS of the worker (split: the sum of its two processes,
+  each shown), the Temporal server and the node API
   (and the CPU of the simulated nodes, the simulator and the counting proxy);
 - the node API's p50 and p99 latency and its count of 5xx answers;
 - the delete's duration.
@@ -77,6 +79,8 @@ from starter import clusters
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / ".state" / "bench"
 CLUSTER = "bench"
+# With --split, the worker's vCenter role runs in this process of its own.
+VCENTER_WORKER = "vcenter-worker"
 VIP = "127.0.200.100"
 TASK_SECONDS = {"CloneVM_Task": 5.0, "PowerOnVM_Task": 1.0, "PowerOffVM_Task": 1.0, "Destroy_Task": 1.0}
 BOOT_SECONDS = 20.0
@@ -156,6 +160,7 @@ class Figures:
     vcenter_task_cap: int = 0
     worker_killed: bool = False
     scripts: bool = False
+    split_worker: bool = False
     clones_per_node_max: int = 0
     vms_after_create: int = 0
     vms_after_delete: int = 0
@@ -169,10 +174,16 @@ class Stack:
     """One benchmark's processes; ``stop()`` ends them all."""
 
     def __init__(
-        self, workdir: Path, task_seconds: dict[str, float], boot_seconds: float, scripts: bool = False
+        self,
+        workdir: Path,
+        task_seconds: dict[str, float],
+        boot_seconds: float,
+        scripts: bool = False,
+        split: bool = False,
     ) -> None:
         self.dir = workdir
         self.scripts = scripts
+        self.split = split
         self.task_seconds = task_seconds
         self.boot_seconds = boot_seconds
         self.procs: dict[str, Proc] = {}
@@ -273,9 +284,23 @@ class Stack:
         await _until(lambda: _listening(self.node_api_port), "the node API", 60)
 
     def start_worker(self) -> None:
-        self._spawn(
-            "worker", [sys.executable, str(ROOT / "worker.py"), "--settings", str(self.worker_settings)]
-        )
+        """``worker.py``, or with ``split`` its two roles in a process each."""
+        command = [sys.executable, str(ROOT / "worker.py"), "--settings", str(self.worker_settings)]
+        if not self.split:
+            self._spawn("worker", command)
+            return
+        self._spawn("worker", [*command, "--role", "workflows"])
+        self._spawn(VCENTER_WORKER, [*command, "--role", "vcenter"])
+
+    def worker_procs(self) -> list[Proc]:
+        return [self.procs[name] for name in ("worker", VCENTER_WORKER) if name in self.procs]
+
+    def kill_worker(self) -> None:
+        """SIGKILL every worker process, then start them again."""
+        for proc in self.worker_procs():
+            proc.process.kill()
+            proc.process.wait()
+        self.start_worker()
 
     async def _wait_temporal(self) -> None:
         async def healthy() -> bool:
@@ -297,7 +322,7 @@ class Stack:
         )
 
     async def stop(self) -> None:
-        for name in ("nodes", "node-api", "worker", "temporal"):
+        for name in ("nodes", "node-api", VCENTER_WORKER, "worker", "temporal"):
             if name in self.procs:
                 self.procs[name].stop()
         if self.proxy is not None:
@@ -405,15 +430,22 @@ def _node_api_latency(log: Path) -> tuple[list[float], int]:
 
 
 async def run_one(
-    masters: int, workers: int, kill_worker: bool, boot_seconds: float, scripts: bool = False
+    masters: int,
+    workers: int,
+    kill_worker: bool,
+    boot_seconds: float,
+    scripts: bool = False,
+    split: bool = False,
 ) -> Figures:
-    figures = Figures(masters=masters, workers=workers, worker_killed=kill_worker, scripts=scripts)
+    figures = Figures(
+        masters=masters, workers=workers, worker_killed=kill_worker, scripts=scripts, split_worker=split
+    )
     bench_cpu_before = sum(os.times()[:2])
     # Kept after the run (logs of every process), replaced by the next run of this size.
     workdir = RESULTS / f"{masters}+{workers}{'-killed' if kill_worker else ''}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    stack = Stack(workdir, TASK_SECONDS, boot_seconds, scripts)
+    stack = Stack(workdir, TASK_SECONDS, boot_seconds, scripts, split)
     try:
         await stack.start()
         client = await stack.client()
@@ -449,7 +481,9 @@ async def run_one(
             method: round(count / nodes, 2) for method, count in sorted(stack.proxy.stats.requests.items())
         }
         figures.soap_per_node = round(sum(stack.proxy.stats.requests.values()) / nodes, 1)
-        for name in ("worker", "temporal", "node-api", "nodes"):
+        for name in ("worker", VCENTER_WORKER, "temporal", "node-api", "nodes"):
+            if name not in stack.procs:
+                continue
             own, children, peak = stack.procs[name].usage()
             figures.cpu_s[name], figures.peak_rss_mb[name] = round(own + children, 1), round(peak)
             if name == "nodes":
@@ -468,7 +502,7 @@ async def run_one(
         handle = await clusters.delete(client, CLUSTER, _task_queue(stack))
         await handle.result()
         figures.delete_s = round(time.monotonic() - started, 1)
-        destroyed = _destroyed_after(stack.procs["worker"].log, started_at)
+        destroyed = _destroyed_after(stack.worker_procs()[-1].log, started_at)
         figures.delete_destroyed_s = (
             round(min(destroyed, default=0.0), 1),
             round(max(destroyed, default=0.0), 1),
@@ -517,9 +551,7 @@ async def _follow(client: Client, nodes: int, kill: Stack | None) -> ClusterStat
             leader_ready_at = time.monotonic()
         if kill is not None and leader_ready_at and time.monotonic() - leader_ready_at >= KILL_AFTER_LEADER_S:
             print(f"   SIGKILL the worker ({ready}/{nodes} Ready), start it again", flush=True)
-            kill.procs["worker"].process.kill()
-            kill.procs["worker"].process.wait()
-            kill.start_worker()
+            kill.kill_worker()
             kill = None
         if status.phase in (ClusterPhase.READY, ClusterPhase.FAILED) or time.monotonic() > deadline:
             return status
@@ -592,6 +624,15 @@ async def _create_figures(client: Client, status: ClusterStatus, figures: Figure
     figures.others_duration_s = (round(_percentile(paths, 0.5), 1), round(max(paths, default=0.0), 1))
 
 
+def _worker_figure(by_process: dict[str, float]) -> str:
+    """The worker's figure; split, the sum of its processes' (workflows + vCenter).
+    Of peaks, the sum is an upper bound: the two may peak at different times."""
+    if VCENTER_WORKER not in by_process:
+        return str(by_process.get("worker", "-"))
+    workflows, vcenter = by_process.get("worker", 0), by_process[VCENTER_WORKER]
+    return f"{round(workflows + vcenter, 1)} ({workflows} + {vcenter})"
+
+
 def report(all_figures: list[Figures]) -> str:
     """The figures as a Markdown table, budgets in brackets where the issue sets one."""
     rows = [
@@ -601,6 +642,7 @@ def report(all_figures: list[Figures]) -> str:
                 f"{f.masters} + {f.workers}"
                 + (" (worker killed)" if f.worker_killed else "")
                 + (" (scripts)" if f.scripts else "")
+                + (" (split worker)" if f.split_worker else "")
             ),
         ),
         ("nodes Ready / failed", lambda f: f"{f.nodes_ready} / {f.nodes_failed}"),
@@ -636,12 +678,20 @@ def report(all_figures: list[Figures]) -> str:
         (
             "CPU s: worker / Temporal / node API / simulated nodes",
             lambda f: " / ".join(
-                str(f.cpu_s.get(p, "-")) for p in ("worker", "temporal", "node-api", "nodes")
+                [
+                    _worker_figure(f.cpu_s),
+                    *(str(f.cpu_s.get(p, "-")) for p in ("temporal", "node-api", "nodes")),
+                ]
             ),
         ),
         (
             "peak RSS MB: worker / Temporal / node API",
-            lambda f: " / ".join(str(f.peak_rss_mb.get(p, "-")) for p in ("worker", "temporal", "node-api")),
+            lambda f: " / ".join(
+                [
+                    _worker_figure(f.peak_rss_mb),
+                    *(str(f.peak_rss_mb.get(p, "-")) for p in ("temporal", "node-api")),
+                ]
+            ),
         ),
         (
             "node API p50 / p99",
@@ -691,12 +741,24 @@ async def main_async(args: argparse.Namespace) -> int:
     results = []
     for workers in sizes:
         results.append(
-            await run_one(3, workers, kill_worker=False, boot_seconds=args.boot_seconds, scripts=args.scripts)
+            await run_one(
+                3,
+                workers,
+                kill_worker=False,
+                boot_seconds=args.boot_seconds,
+                scripts=args.scripts,
+                split=args.split,
+            )
         )
     if args.kill_worker:
         results.append(
             await run_one(
-                3, args.kill_worker, kill_worker=True, boot_seconds=args.boot_seconds, scripts=args.scripts
+                3,
+                args.kill_worker,
+                kill_worker=True,
+                boot_seconds=args.boot_seconds,
+                scripts=args.scripts,
+                split=args.split,
             )
         )
     table = report(results)
@@ -722,6 +784,11 @@ def main() -> None:
         help="also a 3 + WORKERS create whose worker is SIGKILLed halfway through",
     )
     parser.add_argument("--boot-seconds", type=float, default=BOOT_SECONDS)
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="run the worker as two processes, --role workflows and --role vcenter",
+    )
     parser.add_argument(
         "--scripts",
         action="store_true",

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import worker as worker_module
 from pke_vsphere.runtime.threads import ActivityExecutor
 
 
@@ -61,3 +62,12 @@ def test_idle_threads_are_reused_and_shutdown_finishes_queued_work() -> None:
     assert all(f.done() and f.exception() is None for f in slow)
     with pytest.raises(RuntimeError):
         executor.submit(print)
+
+
+def test_the_worker_runs_its_thread_activities_in_such_a_pool() -> None:
+    executor = worker_module.activity_executor()
+    try:
+        assert isinstance(executor, ActivityExecutor)
+        assert executor._max_workers == worker_module.MAX_CONCURRENT_ACTIVITIES
+    finally:
+        executor.shutdown()

@@ -49,8 +49,10 @@ class WorkerProcess:
         workdir: Path,
         task_queue: str | None = None,
         settings: dict[str, str] | None = None,
+        role: str | None = None,
     ) -> None:
         self.task_queue = task_queue or f"proc-{uuid.uuid4()}"
+        self.role = role
         extra = "".join(f"{key}={value}\n" for key, value in (settings or {}).items())
         self.settings = write_settings(
             stack, workdir / "worker.env", key_file, payload_keys, self.task_queue, extra
@@ -64,7 +66,13 @@ class WorkerProcess:
             env[crashpoints.ENV] = crash_at
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, str(ROOT / "worker.py"), "--settings", str(self.settings)],
+                [
+                    sys.executable,
+                    str(ROOT / "worker.py"),
+                    "--settings",
+                    str(self.settings),
+                    *(["--role", self.role] if self.role else []),
+                ],
                 stdout=out,
                 stderr=out,
                 cwd=ROOT,
@@ -107,7 +115,7 @@ WorkerFactory = Callable[..., WorkerProcess]
 
 @pytest.fixture
 def new_worker(stack: Stack, key_file: Path, payload_keys: Path, tmp_path: Path) -> Iterator[WorkerFactory]:
-    """Makes worker processes (``new_worker(label, task_queue=..., settings=...)``),
+    """Makes worker processes (``new_worker(label, task_queue=..., settings=..., role=...)``),
     each in its own directory; all are stopped after the test."""
     made: list[WorkerProcess] = []
 

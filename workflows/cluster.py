@@ -69,7 +69,7 @@ with workflow.unsafe.imports_passed_through():
     from pke_vsphere.runtime.failures import failure_reason
     from workflows import planning, validation
     from workflows.deletion import DeletionSteps
-    from workflows.policies import LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT, VSPHERE_RETRY
+    from workflows.policies import LOCAL_WORK_RETRY, LOCAL_WORK_TIMEOUT, VSPHERE_RETRY, vcenter_queue
     from workflows.reconcile import ReconcileSteps
     from workflows.scaling import ScalingSteps
 
@@ -209,6 +209,7 @@ class ClusterWorkflow(ScalingSteps, ReconcileSteps, DeletionSteps):
                         for i, pool in enumerate(spec.pools)
                     ],
                 ),
+                task_queue=vcenter_queue(),
                 start_to_close_timeout=timedelta(minutes=2),
                 retry_policy=VSPHERE_RETRY,
             )

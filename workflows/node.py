@@ -55,7 +55,7 @@ with workflow.unsafe.imports_passed_through():
     from pke_vsphere.pki.bootstrap_tokens import usable
     from workflows import node_credentials
     from workflows.bootstrap_session import BootstrapSession, CallRefused, bootstrap_window
-    from workflows.policies import JOIN_TOKEN_MARGIN, VSPHERE_RETRY
+    from workflows.policies import JOIN_TOKEN_MARGIN, VSPHERE_RETRY, vcenter_queue
 
 # A retry after a worker crash gets what is left of the step, plus this to say why.
 PROVISION_SLACK = timedelta(seconds=30)
@@ -228,6 +228,7 @@ class NodeWorkflow:
                 timeouts=steps,
                 token_expires_at=deadline,
             ),
+            task_queue=vcenter_queue(),
             schedule_to_close_timeout=window + PROVISION_SLACK,
             heartbeat_timeout=steps.as_timedelta("heartbeat"),
             retry_policy=VSPHERE_RETRY,

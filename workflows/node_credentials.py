@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         KUBE_RETRY,
         VSPHERE_HEARTBEAT,
         VSPHERE_RETRY,
+        vcenter_queue,
     )
 
 # Taking credentials back is worth a few tries, not a stuck node: a token left
@@ -92,6 +93,7 @@ async def remove_node_token(vm_ref: str, name: str) -> None:
         await workflow.execute_activity_method(
             VSphereActivities.remove_node_token,
             RemoveNodeTokenInput(vm_ref=vm_ref, name=name),
+            task_queue=vcenter_queue(),
             schedule_to_close_timeout=CLEANUP_DEADLINE,
             heartbeat_timeout=VSPHERE_HEARTBEAT,
             retry_policy=VSPHERE_RETRY,

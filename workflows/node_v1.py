@@ -56,7 +56,7 @@ with workflow.unsafe.imports_passed_through():
     from pke_vsphere.pki.bootstrap_tokens import usable
     from workflows import node_credentials, vm_steps
     from workflows.bootstrap_session import BootstrapSession, CallRefused, bootstrap_window
-    from workflows.policies import JOIN_TOKEN_MARGIN, VSPHERE_HEARTBEAT, VSPHERE_RETRY
+    from workflows.policies import JOIN_TOKEN_MARGIN, VSPHERE_HEARTBEAT, VSPHERE_RETRY, vcenter_queue
 
 
 def _cancel_requested() -> bool:
@@ -180,6 +180,7 @@ class NodeWorkflowV1:
                 bootstrap=input.bootstrap,
                 token_expires_at=deadline,
             ),
+            task_queue=vcenter_queue(),
             schedule_to_close_timeout=steps.as_timedelta("clone"),
             heartbeat_timeout=VSPHERE_HEARTBEAT,
             retry_policy=VSPHERE_RETRY,
@@ -195,6 +196,7 @@ class NodeWorkflowV1:
         await workflow.execute_activity_method(
             VSphereActivities.configure_vm,
             ConfigureVmInput(vm_ref=vm.vm_ref, name=node.name, cpus=input.cpus, memory_mb=input.memory_mb),
+            task_queue=vcenter_queue(),
             schedule_to_close_timeout=steps.as_timedelta("configure"),
             heartbeat_timeout=VSPHERE_HEARTBEAT,
             retry_policy=VSPHERE_RETRY,

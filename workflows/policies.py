@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from temporalio import workflow
 from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from pke_vsphere.contracts.protocol import vcenter_task_queue
+
+
+def vcenter_queue() -> str:
+    """Where this workflow's vCenter activities run (its own task queue's
+    vCenter twin). Deterministic: Temporal matches a replayed activity by its id
+    and type, not by its task queue, so histories recorded with every activity on
+    one queue replay."""
+    return vcenter_task_queue(workflow.info().task_queue)
+
 
 # vCenter calls: back off from 2 s to 30 s; each step's own deadline bounds the attempts.
 VSPHERE_RETRY = RetryPolicy(

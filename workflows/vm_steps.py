@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
         WaitForIpResult,
     )
     from pke_vsphere.contracts.spec import Timeouts, VSpherePlacement
-    from workflows.policies import VSPHERE_HEARTBEAT, VSPHERE_RETRY
+    from workflows.policies import VSPHERE_HEARTBEAT, VSPHERE_RETRY, vcenter_queue
 
 VM_STEP_TIMEOUT = timedelta(minutes=15)
 
@@ -33,6 +33,7 @@ async def power_on(vm_ref: str, name: str, steps: Timeouts) -> PowerOnResult:
     result: PowerOnResult = await workflow.execute_activity_method(
         VSphereActivities.power_on_vm,
         PowerOnInput(vm_ref=vm_ref, name=name),
+        task_queue=vcenter_queue(),
         schedule_to_close_timeout=steps.as_timedelta("power_on"),
         heartbeat_timeout=steps.as_timedelta("heartbeat"),
         retry_policy=VSPHERE_RETRY,
@@ -46,6 +47,7 @@ async def wait_for_ip(vm_ref: str, name: str, steps: Timeouts, network: str | No
         VSphereActivities.wait_for_vm_ip,
         WaitForIpInput(vm_ref=vm_ref, name=name, timeout_seconds=steps.ip, network=network),
         # A retry after a crash gets the rest of the step's deadline, not a new one.
+        task_queue=vcenter_queue(),
         schedule_to_close_timeout=steps.as_timedelta("ip") + timedelta(seconds=30),
         heartbeat_timeout=steps.as_timedelta("heartbeat"),
         retry_policy=VSPHERE_RETRY,
@@ -58,6 +60,7 @@ async def find_cluster_vms(cluster: str, datacenter: str | None) -> FindClusterV
     found: FindClusterVmsResult = await workflow.execute_activity_method(
         VSphereActivities.find_cluster_vms,
         FindClusterVmsInput(cluster=cluster, datacenter=datacenter),
+        task_queue=vcenter_queue(),
         start_to_close_timeout=timedelta(minutes=5),
         retry_policy=VSPHERE_RETRY,
     )
@@ -85,6 +88,7 @@ async def destroy_vm(
             vm_ref=vm_ref,
             placement=placement,
         ),
+        task_queue=vcenter_queue(),
         schedule_to_close_timeout=VM_STEP_TIMEOUT,
         heartbeat_timeout=VSPHERE_HEARTBEAT,
         retry_policy=VSPHERE_RETRY,
@@ -101,6 +105,7 @@ async def destroy_vms(
     result: DestroyVmsResult = await workflow.execute_activity_method(
         VSphereActivities.destroy_vms,
         DestroyVmsInput(cluster=cluster, datacenter=datacenter, placement=placement, vms=found),
+        task_queue=vcenter_queue(),
         schedule_to_close_timeout=VM_STEP_TIMEOUT,
         heartbeat_timeout=VSPHERE_HEARTBEAT,
         retry_policy=VSPHERE_RETRY,

@@ -18,6 +18,16 @@ from __future__ import annotations
 from datetime import timedelta
 from enum import StrEnum
 
+VCENTER_QUEUE_SUFFIX = "-vcenter"
+
+
+def vcenter_task_queue(task_queue: str) -> str:
+    """The task queue of the vCenter activities of the workflows on ``task_queue``
+    (``pke-vsphere`` → ``pke-vsphere-vcenter``): workers started with
+    ``--role vcenter`` poll only it, so a thousand threads waiting on vCenter do
+    not share a process, and its GIL, with the workflows."""
+    return f"{task_queue}{VCENTER_QUEUE_SUFFIX}"
+
 
 class WorkflowType(StrEnum):
     """What the Web UI, the ``temporal`` CLI and schedules start."""
