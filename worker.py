@@ -153,14 +153,17 @@ def vcenter_worker(
     max_concurrent_activities: int = MAX_CONCURRENT_ACTIVITIES,
     storage_credentials: StorageCredentials | None = None,
     etcd_credentials: EtcdCredentials | None = None,
+    activities_per_second: float | None = None,
 ) -> Worker:
-    """The worker of the vCenter activities, on ``task_queue``'s vCenter twin."""
+    """The worker of the vCenter activities, on ``task_queue``'s vCenter twin;
+    ``activities_per_second``: the server's limit of that task queue's starts."""
     return Worker(
         client,
         task_queue=vcenter_task_queue(task_queue),
         activities=vcenter_activities(vsphere, storage_credentials, etcd_credentials),
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
+        max_task_queue_activities_per_second=activities_per_second,
         # Send heartbeats at most this far apart (not 80 % of the timeout): a clone's
         # task id reaches Temporal within seconds, and status shows "queued for vCenter".
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
@@ -219,6 +222,7 @@ def build_worker(
     storage_credentials: StorageCredentials | None = None,
     etcd_credentials: EtcdCredentials | None = None,
     node_workflows: NodeWorkflowActivities | None = None,
+    activities_per_second: float | None = None,
 ) -> Workers:
     """Both workers in this process (``--role all``), their thread activities in
     ``executor``. The task queue's worker runs the vCenter activities too: one
@@ -242,6 +246,7 @@ def build_worker(
             max_concurrent_activities,
             storage_credentials,
             etcd_credentials,
+            activities_per_second,
         ),
     )
 
@@ -290,10 +295,17 @@ async def run(settings_file: str | None = None, role: Role = Role.ALL) -> None:
     if vcenter is not None and node_api is not None:
         vsphere = build_vsphere_activities(vcenter, node_api, client, task_queue)
     with activity_executor() as executor:
+        per_second = vcenter.vcenter_activities_per_second if vcenter is not None else None
         if role is Role.ALL:
             assert vsphere is not None
             workers = build_worker(
-                client, task_queue, vsphere, executor, storage_credentials=storage, etcd_credentials=etcd
+                client,
+                task_queue,
+                vsphere,
+                executor,
+                storage_credentials=storage,
+                etcd_credentials=etcd,
+                activities_per_second=per_second,
             )
         elif role is Role.WORKFLOWS:
             workers = Workers(workflow_worker(client, task_queue, executor, etcd))
@@ -301,12 +313,19 @@ async def run(settings_file: str | None = None, role: Role = Role.ALL) -> None:
             assert vsphere is not None
             workers = Workers(
                 vcenter_worker(
-                    client, task_queue, vsphere, executor, storage_credentials=storage, etcd_credentials=etcd
+                    client,
+                    task_queue,
+                    vsphere,
+                    executor,
+                    storage_credentials=storage,
+                    etcd_credentials=etcd,
+                    activities_per_second=per_second,
                 )
             )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(workers.shutdown()))
+        collector = memory.CollectorTimes()
         log.info(
             "worker.started",
             role=role.value,
@@ -320,7 +339,7 @@ async def run(settings_file: str | None = None, role: Role = Role.ALL) -> None:
         finally:
             if vsphere is not None:
                 vsphere.session.close()  # vCenter limits sessions per user: give ours back
-    log.info("worker.stopped")
+    log.info("worker.stopped", garbage_collections=collector.summary())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

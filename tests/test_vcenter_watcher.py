@@ -209,3 +209,35 @@ async def test_a_wait_wakes_as_often_as_its_progress_asks(counted: Counted) -> N
         await asyncio.to_thread(partial(wait_for_task, si, task, timeout=30, on_wake=beats))
     assert often.calls >= 5
     assert seldom.calls == 1  # once, as the wait ends
+
+
+async def test_closing_the_session_leaves_its_collector_to_the_logout_and_stops_the_loop(
+    counted: Counted,
+) -> None:
+    """At a worker's shutdown the session logs out at once, even with the loop's
+    round in flight: the logout, not a Destroy behind that round, frees the
+    session's collector and view (objects of a session, which go with it, in
+    vCenter as in the simulator's per-session registry)."""
+    si = await asyncio.to_thread(counted.session.service_instance)
+    vm = (await asyncio.to_thread(_vms, si))[0]
+    await asyncio.to_thread(wait_for_task, si, await asyncio.to_thread(_reconfigure, si, vm, "n"), timeout=10)
+    watcher = si.watcher
+    collector, view = watcher._collector, watcher._view
+    assert collector is not None and view is not None
+    loop_thread = watcher._thread
+    # A wait in flight keeps the loop in its rounds while the session closes.
+    counted.sim.set_task_seconds("ReconfigVM_Task", 20)
+    slow = await asyncio.to_thread(_reconfigure, si, vm, "slow")
+    waiting = asyncio.ensure_future(asyncio.to_thread(wait_for_task, si, slow, timeout=3))
+    await asyncio.sleep(1.5)
+    before = {m: counted.requests(m) for m in ("DestroyPropertyCollector", "DestroyView", "Logout")}
+
+    await asyncio.to_thread(counted.session.close)
+
+    after = {m: counted.requests(m) - n for m, n in before.items()}
+    assert after == {"DestroyPropertyCollector": 0, "DestroyView": 0, "Logout": 1}
+    with pytest.raises(TimeoutError):  # the wait itself still ends at its own timeout
+        await waiting
+    assert loop_thread is not None
+    await asyncio.to_thread(loop_thread.join, 5)
+    assert not loop_thread.is_alive()

@@ -7,9 +7,13 @@ while the workflows' process runs on."""
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from pydantic import SecretStr, ValidationError
 
+import worker as worker_module
+from pke_vsphere.config import VCenterSettings
 from pke_vsphere.contracts.protocol import vcenter_task_queue
 from pke_vsphere.contracts.state import ClusterPhase
 from starter import clusters
@@ -67,3 +71,31 @@ async def test_a_split_worker_creates_a_cluster_and_its_vcenter_process_resumes_
 def started_line(log: str) -> str:
     """The worker's ``worker.started`` line (it names the task queues it polls)."""
     return next(line for line in log.splitlines() if "worker.started" in line)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_vcenter_queue_takes_the_servers_rate_limit_from_the_settings(stack: Stack) -> None:
+    """``PKE_VSPHERE_VCENTER_ACTIVITIES_PER_SECOND`` reaches the vCenter queue's
+    worker as Temporal's task-queue limit (the server enforces it for all workers);
+    the workflows' queue has none."""
+    settings = VCenterSettings(
+        vcenter_url="https://vcenter.example/sdk",
+        vcenter_username="u",
+        vcenter_password=SecretStr("p"),
+        installation_id="tests",
+        vcenter_activities_per_second=20,
+    )
+    with ThreadPoolExecutor(4) as executor:
+        workers = worker_module.build_worker(
+            stack.client,
+            "rated",
+            stack.vsphere,
+            executor,
+            4,
+            activities_per_second=settings.vcenter_activities_per_second,
+        )
+        by_queue = {w.task_queue: w.config() for w in workers.workers}
+    assert by_queue[vcenter_task_queue("rated")]["max_task_queue_activities_per_second"] == 20
+    assert by_queue["rated"].get("max_task_queue_activities_per_second") is None
+    with pytest.raises(ValidationError, match="vcenter_activities_per_second"):
+        VCenterSettings.model_validate({**settings.model_dump(), "vcenter_activities_per_second": 0})

@@ -52,7 +52,9 @@ class DeletionSteps(ClusterSteps):
         # Every VM found is gone now: destroyed here, or by an attempt a crash cut short.
         names = [vm.name for vm in found.vms]
         outcome.destroyed = sorted(names)
-        workflow.logger.info("deleted cluster %s: VMs %s, schedules %s", self.spec.name, names, schedules)
+        workflow.logger.info(
+            "deleted cluster %s: %d VMs, schedules %s", self.spec.name, len(names), schedules
+        )
         return outcome
 
     async def _clear_etcd_prefix(self) -> tuple[int | None, str | None]:

@@ -93,6 +93,12 @@ class VCenterSettings(BaseSettings):
         le=512,
         description="vCenter tasks (clone, reconfigure, power, destroy) in flight, all workers together.",
     )
+    vcenter_activities_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description="vCenter activities started per second on the vCenter task queue, all workers "
+        "together (Temporal's server-side limit of the task queue); default: no limit.",
+    )
 
     @model_validator(mode="after")
     def _password(self) -> Self:

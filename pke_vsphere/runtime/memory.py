@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
+import time
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 ARENAS = 2
@@ -30,3 +32,26 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     return bool(mallopt(M_ARENA_MAX, arenas))
+
+
+class CollectorTimes:
+    """How often, and for how long, Python's cyclic garbage collector ran, by
+    generation: a full collection walks every tracked object while holding the
+    interpreter's lock, the event loop's and every activity thread's."""
+
+    def __init__(self) -> None:
+        self.runs = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self._on_collect)
+
+    def _on_collect(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.runs[generation] += 1
+        self.seconds[generation] += time.perf_counter() - self._started
+
+    def summary(self) -> dict[str, object]:
+        return {"runs": self.runs, "seconds": [round(s, 2) for s in self.seconds]}

@@ -84,6 +84,7 @@ class Watcher:
         self._thread: threading.Thread | None = None
         self._collector: Any = None
         self._view: Any = None
+        self._closed = False
         self.rounds = 0
 
     # --- the waiters' side -----------------------------------------------------
@@ -145,6 +146,8 @@ class Watcher:
 
     def _ensure_loop(self) -> None:
         with self._lock:
+            if self._closed:
+                return
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="vcenter-watcher", daemon=True)
                 self._thread.start()
@@ -206,12 +209,15 @@ class Watcher:
         version = ""
         while True:
             with self._lock:
-                while not self._objects and not self._to_remove:
+                while not self._closed and not self._objects and not self._to_remove:
                     if not self._lock.wait(timeout=60):
                         self._thread = None
                         self._teardown()
                         self._seen = set()
                         return
+                if self._closed:  # the session logs out: it frees the collector and view
+                    self._thread = None
+                    return
                 adds, removes = list(self._to_add.values()), list(self._to_remove.values())
                 self._to_add.clear()
                 self._to_remove.clear()
@@ -327,5 +333,11 @@ class Watcher:
             return sorted(self._objects)
 
     def close(self) -> None:
-        """Free the session's collector and view (at logout)."""
-        self._teardown()
+        """Stop the loop at the end of its round (at logout). The collector and the
+        view are the session's: the logout that follows frees them with it, so
+        they are not destroyed first (two more requests at shutdown, made while
+        the loop's round may still be in flight)."""
+        with self._lock:
+            self._closed = True
+            self._collector = self._view = None
+            self._lock.notify_all()
