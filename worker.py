@@ -88,8 +88,8 @@ class Role(StrEnum):
     VCENTER = "vcenter"
     """The vCenter activities (clones, waits, destroys, the preflight), on the task
     queue's vCenter twin (``pke-vsphere-vcenter``): one thread per activity, a
-    thousand at a 1000-node create, in a process of their own so that they do not
-    take the GIL from the workflows' event loop."""
+    thousand at a 1000-node create. Workers of this role scale out on their own,
+    and only they hold vCenter's credentials."""
 
 
 def workflow_worker(
