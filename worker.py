@@ -199,8 +199,12 @@ class Workers:
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Workers:
-        for worker in self.workers:
-            await self._stack.enter_async_context(worker)
+        try:
+            for worker in self.workers:
+                await self._stack.enter_async_context(worker)
+        except BaseException:
+            await self._stack.aclose()  # the ones already running stop too
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
