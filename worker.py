@@ -220,39 +220,52 @@ class Workers:
 def build_worker(
     client: Client,
     task_queue: str,
-    vsphere: VSphereActivities,
+    vsphere: VSphereActivities | None,
     executor: Executor,
     max_concurrent_activities: int = MAX_CONCURRENT_ACTIVITIES,
     storage_credentials: StorageCredentials | None = None,
     etcd_credentials: EtcdCredentials | None = None,
     node_workflows: NodeWorkflowActivities | None = None,
     activities_per_second: float | None = None,
+    role: Role = Role.ALL,
 ) -> Workers:
-    """Both workers in this process (``--role all``), their thread activities in
-    ``executor``. The task queue's worker runs the vCenter activities too: one
-    that the code before the vCenter queue scheduled on it (a create in flight
-    across the upgrade) still finds a worker there."""
-    return Workers(
-        workflow_worker(
-            client,
-            task_queue,
-            executor,
-            etcd_credentials,
-            node_workflows,
-            also=vcenter_activities(vsphere, storage_credentials, etcd_credentials),
-            max_concurrent_activities=min(MAX_CONCURRENT_WORKFLOW_ACTIVITIES, max_concurrent_activities),
-        ),
-        vcenter_worker(
-            client,
-            task_queue,
-            vsphere,
-            executor,
-            max_concurrent_activities,
-            storage_credentials,
-            etcd_credentials,
-            activities_per_second,
-        ),
-    )
+    """The workers of ``role`` in this process, their thread activities in
+    ``executor`` (``vsphere`` may be None only for ``Role.WORKFLOWS``). With both
+    roles, the task queue's worker runs the vCenter activities too: one that the
+    code before the vCenter queue scheduled on it (a create in flight across the
+    upgrade) still finds a worker there."""
+    workers = []
+    if role is not Role.VCENTER:
+        also: Sequence[Callable[..., Any]] = ()
+        if role is Role.ALL:
+            assert vsphere is not None
+            also = vcenter_activities(vsphere, storage_credentials, etcd_credentials)
+        workers.append(
+            workflow_worker(
+                client,
+                task_queue,
+                executor,
+                etcd_credentials,
+                node_workflows,
+                also=also,
+                max_concurrent_activities=min(MAX_CONCURRENT_WORKFLOW_ACTIVITIES, max_concurrent_activities),
+            )
+        )
+    if role is not Role.WORKFLOWS:
+        assert vsphere is not None
+        workers.append(
+            vcenter_worker(
+                client,
+                task_queue,
+                vsphere,
+                executor,
+                max_concurrent_activities,
+                storage_credentials,
+                etcd_credentials,
+                activities_per_second,
+            )
+        )
+    return Workers(*workers)
 
 
 def activity_executor() -> ActivityExecutor:
@@ -299,33 +312,16 @@ async def run(settings_file: str | None = None, role: Role = Role.ALL) -> None:
     if vcenter is not None and node_api is not None:
         vsphere = build_vsphere_activities(vcenter, node_api, client, task_queue)
     with activity_executor() as executor:
-        per_second = vcenter.vcenter_activities_per_second if vcenter is not None else None
-        if role is Role.ALL:
-            assert vsphere is not None
-            workers = build_worker(
-                client,
-                task_queue,
-                vsphere,
-                executor,
-                storage_credentials=storage,
-                etcd_credentials=etcd,
-                activities_per_second=per_second,
-            )
-        elif role is Role.WORKFLOWS:
-            workers = Workers(workflow_worker(client, task_queue, executor, etcd))
-        else:
-            assert vsphere is not None
-            workers = Workers(
-                vcenter_worker(
-                    client,
-                    task_queue,
-                    vsphere,
-                    executor,
-                    storage_credentials=storage,
-                    etcd_credentials=etcd,
-                    activities_per_second=per_second,
-                )
-            )
+        workers = build_worker(
+            client,
+            task_queue,
+            vsphere,
+            executor,
+            storage_credentials=storage,
+            etcd_credentials=etcd,
+            activities_per_second=vcenter.vcenter_activities_per_second if vcenter is not None else None,
+            role=role,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(workers.shutdown()))
