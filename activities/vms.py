@@ -585,22 +585,30 @@ class VSphereActivities:
 
     @activity.defn
     def destroy_vms(self, input: DestroyVmsInput) -> DestroyVmsResult:
-        """Several VMs of a cluster that a delete's sweep found, each in a thread of
-        its own under the task cap: the first attempt acts on the sweep's reading
-        (markers checked, power state), a retry reads and checks each VM as
-        :meth:`destroy_vm` does. One heartbeat carries every VM's task, so a retry
-        resumes each; a VM that fails does not stop the others, and the activity
-        then fails with the first non-retryable error, else the first error."""
+        """Several VMs of a cluster, each in a thread of its own under the task cap.
+        A first attempt acts on what a delete's sweep found (markers checked, power
+        state), or, for VMs as the cluster recorded them (``swept=False``), on one
+        read of the whole batch, each VM's identity and markers checked; a retry
+        reads and checks each VM as :meth:`destroy_vm` does. One heartbeat carries
+        every VM's task, so a retry resumes each; a VM that fails does not stop the
+        others, and the activity then fails with the first non-retryable error,
+        else the first error."""
         batch = BatchProgress()
         deadline = Deadline.of_activity(DESTROY_TIMEOUT)
         earlier = previous_items()
 
-        # The first attempt acts on what the sweep just found (each VM's markers
-        # checked, its power state read); a retry reads each VM again.
-        trust_sweep = activity.info().attempt == 1
+        known: dict[str, ClusterVm] = {}
+        if activity.info().attempt == 1:
+            if input.swept:
+                known = {vm.ref: vm for vm in input.vms}
+            else:
+                with as_activity_errors(f"read the {len(input.vms)} VMs to destroy"):
+                    known = self._session.run(lambda si: self._read_recorded(si, input))
 
         def one(vm: ClusterVm, progress: Progress) -> bool:
-            each, swept = input.one(vm), vm if trust_sweep else None
+            # Acted on as read above; a VM not read so (gone, replaced, unmarked, or a
+            # retry) is looked up and checked on its own.
+            each, swept = input.one(vm), known.get(vm.ref)
             with as_activity_errors(f"destroy VM {vm.name}"):
                 return self._session.run(
                     lambda si: self._destroy(si, each, progress, earlier.get(vm.name), deadline, swept)
@@ -619,6 +627,24 @@ class VSphereActivities:
         if errors:
             raise next((e for e in errors if isinstance(e, ApplicationError) and e.non_retryable), errors[0])
         return DestroyVmsResult(destroyed=sorted(name for name, f in running.items() if f.result()))
+
+    def _read_recorded(self, si: Any, input: DestroyVmsInput) -> dict[str, ClusterVm]:
+        """The batch's VMs as one request reads them, by reference: those that still
+        name their node's instance UUID and carry the cluster's markers, with their
+        power state (the others are left to a check of their own)."""
+        read = properties.read_many(si, [vms.vm_by_ref(si, vm.ref) for vm in input.vms], DESTROY_PATHS)
+        owner = guestinfo.owner_markers(self.installation_id, input.cluster)
+        checked = {}
+        for vm in input.vms:
+            props = read.get(vm.ref)
+            if not props or props.get("config.instanceUuid") != vm.instance_uuid:
+                continue
+            extra = properties.extra_config_entries(props)
+            if any(extra.get(key) != value for key, value in owner.items()):
+                continue
+            powered_on = props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn
+            checked[vm.ref] = vm.model_copy(update={"powered_on": powered_on})
+        return checked
 
     def _destroy(
         self,

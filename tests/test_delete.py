@@ -116,6 +116,41 @@ async def test_delete_of_a_failed_create_sweeps_what_is_left(stack: Stack) -> No
     destroy_planted(stack.sim, theirs)
 
 
+async def test_delete_destroys_the_recorded_vms_while_its_sweep_looks_for_the_rest(stack: Stack) -> None:
+    """The nodes' VMs are not kept waiting for the sweep of every VM's markers (a
+    second at a thousand VMs): their batch is scheduled before the sweep's result is
+    in, and what only the sweep finds goes after it; another installation's is kept."""
+    name = unique("del-sweeping")
+    await clusters.create(stack.client, cluster_spec(name, masters=1, workers=2), stack.task_queue)
+    status = await wait_until_settled(stack, name)
+    assert status.phase is ClusterPhase.READY
+    plant_marked_vm(stack.sim, name, f"{name}-leftover")
+    theirs = plant_marked_vm(stack.sim, name, f"{name}-theirs", installation="another-site")
+
+    handle = await clusters.delete(stack.client, name, stack.task_queue)
+    outcome = await handle.result()
+    assert outcome.destroyed == sorted([*(n.name for n in status.nodes), f"{name}-leftover"])
+    assert list(vms_of_cluster(stack.sim, name)) == [f"{name}-theirs"]
+    destroy_planted(stack.sim, theirs)
+
+    history = await stack.client.get_workflow_handle(ids.cluster_workflow_id(name)).fetch_history()
+    order = []
+    for event in history.events:
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            kind = event.activity_task_scheduled_event_attributes.activity_type.name
+            if kind in ("find_cluster_vms", "destroy_vms"):
+                order.append(("scheduled", kind, event.event_id))
+        elif event.HasField("activity_task_completed_event_attributes"):
+            scheduled = event.activity_task_completed_event_attributes.scheduled_event_id
+            kind = next((k for what, k, i in order if i == scheduled), None)
+            if kind is not None:
+                order.append(("completed", kind, scheduled))
+    steps = [(what, kind) for what, kind, _ in order]
+    assert steps.index(("scheduled", "destroy_vms")) < steps.index(("completed", "find_cluster_vms"))
+    # One batch for the recorded VMs, one for the leftover the sweep found.
+    assert steps.count(("scheduled", "destroy_vms")) == 2
+
+
 async def test_scale_after_delete_is_refused(stack: Stack) -> None:
     name = unique("del-then-scale")
     await clusters.create(stack.client, cluster_spec(name, masters=1, workers=1), stack.task_queue)

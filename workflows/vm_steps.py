@@ -97,14 +97,20 @@ async def destroy_vm(
 
 
 async def destroy_vms(
-    cluster: str, datacenter: str | None, found: list[ClusterVm], placement: VSpherePlacement | None
+    cluster: str,
+    datacenter: str | None,
+    found: list[ClusterVm],
+    placement: VSpherePlacement | None,
+    *,
+    swept: bool = True,
 ) -> list[str]:
-    """Power off and destroy up to ``DESTROY_BATCH`` VMs a sweep found, in one
-    activity (with ``placement``, a clone still in flight is cancelled first, as
+    """Power off and destroy up to ``DESTROY_BATCH`` VMs in one activity: as a sweep
+    found them, or (``swept=False``) as the cluster recorded them (with
+    ``placement``, a clone still in flight is cancelled first, as
     :func:`destroy_vm` does); the names of those destroyed."""
     result: DestroyVmsResult = await workflow.execute_activity_method(
         VSphereActivities.destroy_vms,
-        DestroyVmsInput(cluster=cluster, datacenter=datacenter, placement=placement, vms=found),
+        DestroyVmsInput(cluster=cluster, datacenter=datacenter, placement=placement, vms=found, swept=swept),
         task_queue=vcenter_queue(),
         schedule_to_close_timeout=VM_STEP_TIMEOUT,
         heartbeat_timeout=VSPHERE_HEARTBEAT,

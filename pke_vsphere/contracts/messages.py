@@ -568,13 +568,16 @@ DESTROY_BATCH = 50
 
 
 class DestroyVmsInput(BaseModel):
-    """VMs of one cluster a sweep found, each destroyed as a :class:`DestroyVmInput`
-    with the cluster's datacenter and placement would be."""
+    """VMs of one cluster, each destroyed as a :class:`DestroyVmInput` with the
+    cluster's datacenter and placement would be."""
 
     cluster: str
     datacenter: str | None = None
     placement: VSpherePlacement | None = None
     vms: list[ClusterVm] = Field(min_length=1, max_length=DESTROY_BATCH)
+    swept: bool = True
+    """The VMs as this delete's sweep just found them (markers checked, power state
+    read); False: as the cluster recorded its nodes, each read and checked first."""
 
     def one(self, vm: ClusterVm) -> DestroyVmInput:
         return DestroyVmInput(

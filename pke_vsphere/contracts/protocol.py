@@ -80,6 +80,10 @@ class Patch(StrEnum):
     DESTROY_IN_BATCHES = "destroy-in-batches"
     """A delete destroys its VMs fifty to a ``destroy_vms`` activity, not one to a
     ``destroy_vm``."""
+    DESTROY_WHILE_SWEEPING = "destroy-while-sweeping"
+    """A delete destroys the VMs its nodes recorded while its sweep looks for every
+    VM with the cluster's markers (then destroys what only the sweep found),
+    instead of destroying nothing until the sweep ends."""
 
 
 class Update(StrEnum):
