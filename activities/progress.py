@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import ValidationError
 from temporalio import activity
@@ -35,6 +36,8 @@ DEFAULT_HEARTBEAT = timedelta(seconds=10)
 # times a second during a 3 + 997 create, for heartbeats not yet due.
 WAKE_PART = 1 / 6
 WAKE_BOUNDS = (1.0, 5.0)
+# A batch's changes that come this close together go in one heartbeat.
+GATHER_SECONDS = 0.25
 
 
 def wake_seconds() -> float:
@@ -113,15 +116,17 @@ class BatchProgress:
 
     def __init__(self) -> None:
         self._items: dict[str, VCenterProgress] = {}
+        # Each VM's details as a heartbeat carries them, dumped once per change (not
+        # once per heartbeat for every VM of the batch).
+        self._dumped: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._changed = threading.Event()
-        self._sent: dict[str, VCenterProgress] | None = None
+        self._sent: dict[str, dict[str, Any]] | None = None
         self._sent_at = 0.0
 
     def item(self, key: str) -> ItemProgress:
         """The progress of the VM ``key``, with :class:`Progress`'s interface."""
-        with self._lock:
-            self._items[key] = VCenterProgress(step=VCenterStep.LOOKING)
+        self.record(key, VCenterProgress(step=VCenterStep.LOOKING))
         return ItemProgress(self, key)
 
     def details_of(self, key: str) -> VCenterProgress:
@@ -129,8 +134,10 @@ class BatchProgress:
             return self._items[key]
 
     def record(self, key: str, details: VCenterProgress) -> None:
+        dumped = details.model_dump(mode="json")
         with self._lock:
             self._items[key] = details
+            self._dumped[key] = dumped
         self._changed.set()
 
     def wake(self) -> None:
@@ -138,21 +145,26 @@ class BatchProgress:
         self._changed.set()
 
     def beat_until(self, done: Callable[[], bool], every: float) -> None:
-        """Heartbeat each change as it comes, and at least every ``every`` seconds,
-        until ``done()``: call it on the activity's own thread."""
+        """Heartbeat the changes as they come, those of ``GATHER_SECONDS`` in one, and
+        at least every ``every`` seconds, until ``done()``: call it on the activity's
+        own thread. (Temporal gets a heartbeat at most every few seconds anyway, the
+        latest details of those sent meanwhile; fifty VMs' changes one heartbeat each
+        only kept the event loop busy.)"""
         while not done():
-            self._changed.wait(every)
-            self._changed.clear()
+            if self._changed.wait(every):
+                self._changed.clear()
+                if not done():
+                    time.sleep(GATHER_SECONDS)
             self._beat()
 
     def _beat(self) -> None:
         """Heartbeat every VM's progress, throttled as :class:`Progress` is."""
         with self._lock:
-            items = dict(self._items)
+            items = dict(self._dumped)
         now = time.monotonic()
         if items == self._sent and now - self._sent_at < Progress._unchanged_every():
             return
-        activity.heartbeat({"items": {k: v.model_dump(mode="json") for k, v in items.items()}})
+        activity.heartbeat({"items": items})
         self._sent, self._sent_at = items, now
 
 

@@ -136,7 +136,7 @@ class VSphereActivities:
             crashpoints.reach(f"{name}.started")
             if wait is not None:
                 return wait(task)
-            return wait_for_task(si, task, timeout=deadline.left(), on_wake=progress)
+            return wait_for_task(si, task, timeout=deadline.left(), on_wake=progress, result=False)
 
     @activity.defn
     def ensure_vm(self, input: EnsureVmInput) -> EnsureVmResult:
@@ -736,7 +736,8 @@ class VSphereActivities:
         log.info("vcenter.earlier_task_resumed", task=task_id, method=method)
         with activity.shield_thread_cancel_exception():
             try:
-                wait_for_task(si, tasks.task_by_id(si, task_id), timeout=deadline.left(), on_wake=progress)
+                task = tasks.task_by_id(si, task_id)
+                wait_for_task(si, task, timeout=deadline.left(), on_wake=progress, result=False)
             except vmodl.MethodFault as fault:  # failed, or vCenter no longer lists it
                 log.info("vcenter.earlier_task_ended", task=task_id, method=method, error=describe(fault))
         progress.at(VCenterStep.LOOKING)
@@ -791,7 +792,7 @@ def _cancel_clone(si: Any, task: Any, progress: Progress, timeout: float) -> Non
     progress.at(VCenterStep.CANCELLING, task._moId, tasks.CLONE)
     tasks.cancel(task)
     with contextlib.suppress(vmodl.MethodFault):
-        wait_for_task(si, task, timeout=timeout, on_wake=progress)
+        wait_for_task(si, task, timeout=timeout, on_wake=progress, result=False)
 
 
 def earlier_task(method: str, earlier: VCenterProgress | None) -> str | None:

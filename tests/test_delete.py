@@ -134,18 +134,18 @@ async def test_delete_destroys_the_recorded_vms_while_its_sweep_looks_for_the_re
     destroy_planted(stack.sim, theirs)
 
     history = await stack.client.get_workflow_handle(ids.cluster_workflow_id(name)).fetch_history()
-    order = []
+    kinds: dict[int, str] = {}
+    steps: list[tuple[str, str]] = []
     for event in history.events:
         if event.HasField("activity_task_scheduled_event_attributes"):
             kind = event.activity_task_scheduled_event_attributes.activity_type.name
             if kind in ("find_cluster_vms", "destroy_vms"):
-                order.append(("scheduled", kind, event.event_id))
+                kinds[event.event_id] = kind
+                steps.append(("scheduled", kind))
         elif event.HasField("activity_task_completed_event_attributes"):
             scheduled = event.activity_task_completed_event_attributes.scheduled_event_id
-            kind = next((k for what, k, i in order if i == scheduled), None)
-            if kind is not None:
-                order.append(("completed", kind, scheduled))
-    steps = [(what, kind) for what, kind, _ in order]
+            if scheduled in kinds:
+                steps.append(("completed", kinds[scheduled]))
     assert steps.index(("scheduled", "destroy_vms")) < steps.index(("completed", "find_cluster_vms"))
     # One batch for the recorded VMs, one for the leftover the sweep found.
     assert steps.count(("scheduled", "destroy_vms")) == 2

@@ -36,8 +36,9 @@ from pke_vsphere.vsphere import properties
 log = structlog.get_logger(__name__)
 
 # Properties the shared filter carries, by managed object type.
+# A task's state only: its result or fault is read once it ended (waits.py).
 WATCHED: dict[type, tuple[str, ...]] = {
-    vim.Task: ("info.state", "info.result", "info.error"),
+    vim.Task: ("info.state",),
     vim.VirtualMachine: ("guest.net", "guest.ipAddress"),
 }
 # The longest a round of the loop waits for changes; a new wait joins at the next.
