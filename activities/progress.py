@@ -9,11 +9,15 @@ gets what is left, not a new allowance.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from temporalio import activity
@@ -38,6 +42,55 @@ WAKE_PART = 1 / 6
 WAKE_BOUNDS = (1.0, 5.0)
 # A batch's changes that come this close together go in one heartbeat.
 GATHER_SECONDS = 0.25
+
+T = TypeVar("T")
+
+# Set in a thread that does part of an async activity's work: how its heartbeats
+# reach the activity's event loop (the SDK's heartbeat of an async activity must be
+# called there).
+_via_loop: contextvars.ContextVar[Callable[[Any], None] | None] = contextvars.ContextVar(
+    "heartbeat_via_loop", default=None
+)
+
+
+def _heartbeat(details: Any) -> None:
+    send = _via_loop.get()
+    if send is None:
+        activity.heartbeat(details)
+    else:
+        send(details)
+
+
+async def in_thread(executor: Executor, fn: Callable[[], T], progress: Progress) -> T:
+    """Run ``fn``, a part of an async activity's work that blocks (vCenter calls, a
+    task's wait), in a thread of ``executor``. Its heartbeats go through the
+    activity's event loop; while it waits for a thread, the activity heartbeats
+    ``progress`` itself. Cancelled, a part that started runs to its end first (a
+    clone once started is waited for) and one that had not started never does."""
+    loop = asyncio.get_running_loop()
+    here = contextvars.copy_context()
+
+    def send(details: Any) -> None:
+        loop.call_soon_threadsafe(activity.heartbeat, details, context=here)
+
+    def run() -> T:
+        _via_loop.set(send)
+        return fn()
+
+    part = executor.submit(contextvars.copy_context().run, run)
+    waited = asyncio.wrap_future(part)
+    try:
+        while not waited.done():
+            if not part.running():
+                progress()  # queued for a thread: alive all the same
+            await asyncio.wait({waited}, timeout=progress.wake_seconds)
+    except asyncio.CancelledError:
+        if not part.cancel():
+            while not waited.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({waited})
+        raise
+    return waited.result()
 
 
 def wake_seconds() -> float:
@@ -96,7 +149,7 @@ class Progress:
         changed = self._details != self._sent
         if not (changed and self._urgent) and now - self._sent_at < self._unchanged_every():
             return
-        activity.heartbeat(self._details.model_dump(mode="json"))
+        _heartbeat(self._details.model_dump(mode="json"))
         self._sent, self._sent_at, self._urgent = self._details, now, False
 
     @staticmethod
@@ -164,7 +217,7 @@ class BatchProgress:
         now = time.monotonic()
         if items == self._sent and now - self._sent_at < Progress._unchanged_every():
             return
-        activity.heartbeat({"items": items})
+        _heartbeat({"items": items})
         self._sent, self._sent_at = items, now
 
 

@@ -23,6 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.progress import BatchProgress, Deadline, Progress, previous, previous_items
+from activities.progress import in_thread as progress_in_thread
 from activities.task_slots import SharedSlots, TaskSlots
 from pke_vsphere.contracts.messages import (
     ClusterVm,
@@ -53,6 +54,7 @@ from pke_vsphere.contracts.state import NodeIdentity, NodePhase
 from pke_vsphere.pki.node_tokens import NodeTokenSigner
 from pke_vsphere.render import cloudinit, guestinfo
 from pke_vsphere.runtime import crashpoints
+from pke_vsphere.runtime.threads import ActivityExecutor
 from pke_vsphere.vsphere import inventory, properties, tasks, vms
 from pke_vsphere.vsphere.errors import (
     CloneTimeout,
@@ -81,8 +83,22 @@ DESTROY_PATHS = (
     "config.instanceUuid",
     *properties.extra_config_paths(guestinfo.OWNER_MARKERS),
 )
+# Threads for the blocking parts of coroutine activities, at most (a part waits
+# for a vCenter task slot and its task; at most the cap's tasks run at once).
+PART_THREADS = 1024
 RECONFIGURE, POWER_ON = "ReconfigVM_Task", "PowerOnVM_Task"
 POWER_OFF, DESTROY = "PowerOffVM_Task", "Destroy_Task"
+
+
+@dataclass(frozen=True)
+class _PoweredUp:
+    """A node's VM once it is on: what ``provision_vm`` waits for its address with."""
+
+    si: Any
+    vm: Any
+    created: bool
+    nic_key: int | None
+    powered_on_at: datetime
 
 
 class VSphereActivities:
@@ -104,6 +120,9 @@ class VSphereActivities:
         self._node_token_ttl = node_token_ttl
         self._node_api_ca_pem = node_api_ca_pem
         self.task_slots = TaskSlots(max_concurrent_tasks, shared_slots)
+        # The threads of the coroutine activities' blocking parts (their vCenter
+        # calls and task waits), started off the event loop as needed.
+        self._parts = ActivityExecutor(PART_THREADS, thread_name_prefix="vcenter-call")
 
     @property
     def session(self) -> VCenterSession:
@@ -159,7 +178,7 @@ class VSphereActivities:
             return self._session.run(run)
 
     @activity.defn
-    def provision_vm(self, input: ProvisionVmInput) -> ProvisionVmResult:
+    async def provision_vm(self, input: ProvisionVmInput) -> ProvisionVmResult:
         """A node's VM from nothing to its address, in one activity: found by its
         instance UUID (or the clone an earlier attempt started), else cloned and
         powered on by the clone's own task; a VM found otherwise gets its hardware
@@ -168,7 +187,11 @@ class VSphereActivities:
         the step's first attempt) and every heartbeat names the part, so a retry
         after a crash resumes there. A first attempt looks nothing up: no earlier
         attempt can have started anything for this node's instance UUID. Once the
-        VM has its address, its token is taken out of its guestinfo."""
+        VM has its address, its token is taken out of its guestinfo.
+
+        A coroutine: its vCenter calls and task waits run in threads, but its wait
+        for the address (the guest's boot, most of the step) holds none. A thousand
+        booting nodes held a thousand threads that only woke to heartbeat."""
         node, steps = input.identity, input.timeouts
         step = Deadline.of_activity()
         clone_deadline = step.part(steps.as_timedelta("clone"), steps.as_timedelta("clone"))
@@ -181,6 +204,7 @@ class VSphereActivities:
         progress = Progress(phase=NodePhase.CLONING)
         first_attempt = activity.info().attempt == 1 and previous() is None
         clone = self._clone(input, power_on=True)
+        network = vms.portgroup_name(input.placement.network)
 
         def place(si: Any) -> tuple[inventory.Placement, PlacementRefs]:
             if input.refs is not None:
@@ -188,7 +212,7 @@ class VSphereActivities:
             placement = inventory.resolve(si, input.placement)
             return placement, inventory.refs(si, placement)
 
-        def run(si: Any) -> ProvisionVmResult:
+        def power_up(si: Any) -> _PoweredUp:
             placement, refs = place(si)
             try:
                 vm, created = self._ensure(
@@ -210,36 +234,47 @@ class VSphereActivities:
                 self._match_hardware(si, vm, node.name, input.cpus, input.memory_mb, progress, power_deadline)
                 progress.enter(NodePhase.POWERING_ON)
                 self._power_on(si, vm, node.name, progress, power_deadline)
-            powered_on_at = datetime.now(UTC)
+            nic_key = refs.nic_key
+            if network is None and nic_key is None:
+                nic_key = vms.first_nic_key(si, vm)
+            return _PoweredUp(si, vm, created, nic_key, datetime.now(UTC))
+
+        async def in_thread(part: Callable[[], Any]) -> Any:
+            return await progress_in_thread(self._parts, part, progress)
+
+        with as_activity_errors(f"provision VM {node.name}"):
+            up: _PoweredUp = await in_thread(lambda: self._session.run(power_up))
             # Nothing for a retry to resume (it finds the VM by its UUID): status
             # shows this with the next heartbeat due, within half a heartbeat timeout.
             progress.enter(NodePhase.WAITING_FOR_IP, VCenterStep.WAITING, urgent=False)
             try:
-                ip = vms.wait_for_ip(
-                    si,
-                    vm,
+                ip = await up.si.watcher.wait_async(
+                    up.vm,
+                    vms.ip_answer(network, up.nic_key),
                     # The IP part's own deadline from the power-on, within the step's.
-                    timeout=min(step.left(), float(steps.ip)),
+                    within=min(step.left(), float(steps.ip)),
                     on_wake=progress,
-                    network=vms.portgroup_name(input.placement.network),
-                    nic_key=refs.nic_key,
+                    what=vms.IP_WHAT,
+                    in_thread=in_thread,
                 )
             except TimeoutError as exc:
                 raise _ip_timeout(node.name, steps.ip) from exc
             crashpoints.reach("ip.reported")
-            log.info("vm.ip_reported", node=node.name, vm=vm._moId, ip=ip)
+            log.info("vm.ip_reported", node=node.name, vm=up.vm._moId, ip=ip)
+
             # The guest is up and on the network: cloud-init read its user data
             # before that (its VMware datasource runs before networking), so the
             # token leaves guestinfo now; the node keeps it in a file until its report.
             # A VM this attempt cloned holds the document rendered here: its tokenless
             # twin goes in without reading the VM's back.
-            self._remove_token(
-                si, vm, node.name, progress, step, tokenless=self._userdata(clone, None) if created else None
-            )
-            return ProvisionVmResult(vm_ref=vm._moId, ip=ip, created=created, powered_on_at=powered_on_at)
+            def remove_token(si: Any) -> bool:
+                tokenless = self._userdata(clone, None) if up.created else None
+                return self._remove_token(si, up.vm, node.name, progress, step, tokenless=tokenless)
 
-        with as_activity_errors(f"provision VM {node.name}"):
-            return self._session.run(run)
+            await in_thread(lambda: self._session.run(remove_token))
+            return ProvisionVmResult(
+                vm_ref=up.vm._moId, ip=ip, created=up.created, powered_on_at=up.powered_on_at
+            )
 
     def _ensure(
         self,

@@ -241,3 +241,36 @@ async def test_closing_the_session_leaves_its_collector_to_the_logout_and_stops_
     assert loop_thread is not None
     await asyncio.to_thread(loop_thread.join, 5)
     assert not loop_thread.is_alive()
+
+
+async def test_coroutines_wait_on_the_collector_without_a_thread_each(counted: Counted) -> None:
+    """provision_vm waits for an address as a coroutine: ten waits at once, their
+    calls to vCenter in a pool of two threads, hold no thread while they wait."""
+    si = await asyncio.to_thread(counted.session.service_instance)
+    vms = await asyncio.to_thread(_vms, si)
+    tasks = [await asyncio.to_thread(_reconfigure, si, vms[i % len(vms)], f"c{i}") for i in range(10)]
+    loop = asyncio.get_running_loop()
+    before = threading.active_count()
+    during: list[int] = []
+    with ThreadPoolExecutor(2) as pool:
+
+        async def in_thread(call: Any) -> None:
+            await loop.run_in_executor(pool, call)
+
+        def state(props: dict[str, Any]) -> Any:
+            during.append(threading.active_count())
+            ended = props.get("info.state") in (vim.TaskInfo.State.success, vim.TaskInfo.State.error)
+            return props["info.state"] if ended else None
+
+        states = await asyncio.gather(
+            *(
+                si.watcher.wait_async(
+                    task, state, within=20, on_wake=lambda: None, what="task", in_thread=in_thread
+                )
+                for task in tasks
+            )
+        )
+    assert states == [vim.TaskInfo.State.success] * 10
+    # The pool's two threads and the collector's loop, whatever the number of waits.
+    assert during and max(during) <= before + 3
+    assert not si.watcher.watching()

@@ -231,14 +231,17 @@ def wait_for_ip(
     if network is None and nic_key is None:
         nic_key = first_nic_key(si, vm)
     return wait_for_properties(
-        si,
-        vm,
-        ["guest.net", "guest.ipAddress"],
-        lambda p: pick_ip(p.get("guest.net"), p.get("guest.ipAddress"), network, nic_key),
-        timeout=timeout,
-        on_wake=on_wake,
-        what="IP address from VMware Tools",
+        si, vm, list(IP_PATHS), ip_answer(network, nic_key), timeout=timeout, on_wake=on_wake, what=IP_WHAT
     )
+
+
+IP_PATHS = ("guest.net", "guest.ipAddress")
+IP_WHAT = "IP address from VMware Tools"
+
+
+def ip_answer(network: str | None, nic_key: int | None) -> Callable[[dict[str, Any]], str | None]:
+    """What a wait on :data:`IP_PATHS` is done with: the node's address (see ``pick_ip``)."""
+    return lambda p: pick_ip(p.get("guest.net"), p.get("guest.ipAddress"), network, nic_key)
 
 
 def marked_vms(

@@ -22,9 +22,11 @@ starts over from the objects' current state.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +64,14 @@ class _Waiter:
     event: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
+    notify: Callable[[], None] | None = None
+    """Called (on the loop's thread) once ``event`` is set: a coroutine's wake-up."""
+
+    def answer(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self.event.set()
+        if self.notify is not None:
+            self.notify()
 
 
 def watches(obj: Any, paths: Sequence[str]) -> bool:
@@ -114,9 +124,7 @@ class Watcher:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"no {what} within {timeout:.0f}s")
                 if time.monotonic() >= reread:  # an update missed would otherwise be waited for in vain
-                    self._ensure_loop()
-                    if self._seed(obj) and waiter.event.is_set():
-                        log.info("vcenter.watcher_reread_answered", obj=obj._moId)
+                    self._reread(waiter)
                     reread = time.monotonic() + REREAD_SECONDS
             on_wake()
             if waiter.error is not None:
@@ -124,6 +132,61 @@ class Watcher:
             return waiter.result
         finally:
             self._unregister(waiter)
+
+    async def wait_async(
+        self,
+        obj: Any,
+        done: Callable[[dict[str, Any]], Any],
+        *,
+        within: float,
+        on_wake: Callable[[], None],
+        what: str,
+        in_thread: Callable[[Callable[[], None]], Awaitable[None]],
+    ) -> Any:
+        """:meth:`wait` (``within`` its timeout) for a coroutine: no thread waits.
+        ``in_thread`` runs the calls to vCenter the wait itself makes (its first
+        read, a re-read) off the loop, to their end even if the wait is cancelled.
+
+        Raises:
+            TimeoutError: ``within`` seconds passed first.
+        """
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def notify() -> None:
+            loop.call_soon_threadsafe(woken.set)
+
+        waiter = _Waiter(obj, done, notify=notify)
+        every = float(getattr(on_wake, "wake_seconds", WAKE_SECONDS))
+        deadline = loop.time() + within
+        reread = loop.time() + REREAD_SECONDS
+        try:
+            await in_thread(lambda: self._register(waiter))
+            while not waiter.event.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), min(every, max(0.0, deadline - loop.time())))
+                woken.clear()
+                if waiter.event.is_set():
+                    break
+                on_wake()
+                if loop.time() >= deadline:
+                    raise TimeoutError(f"no {what} within {within:.0f}s")
+                if loop.time() >= reread:
+                    await in_thread(lambda: self._reread(waiter))
+                    reread = loop.time() + REREAD_SECONDS
+            on_wake()
+            if waiter.error is not None:
+                raise waiter.error
+            return waiter.result
+        finally:
+            self._unregister(waiter)
+
+    def _reread(self, waiter: _Waiter) -> None:
+        """Read the waited object once (an update the loop missed would otherwise be
+        waited for in vain)."""
+        self._ensure_loop()
+        if self._seed(waiter.obj) and waiter.event.is_set():
+            log.info("vcenter.watcher_reread_answered", obj=waiter.obj._moId)
 
     def _register(self, waiter: _Waiter) -> None:
         key = waiter.obj._moId
@@ -198,12 +261,10 @@ class Watcher:
         try:
             result = waiter.done(state)
         except Exception as exc:  # done() raising is the waiter's answer
-            waiter.error = exc
-            waiter.event.set()
+            waiter.answer(error=exc)
             return
         if result is not None:
-            waiter.result = result
-            waiter.event.set()
+            waiter.answer(result)
 
     # --- the loop ----------------------------------------------------------------
     def _loop(self) -> None:
@@ -258,8 +319,7 @@ class Watcher:
         with self._lock:
             for waiter in self._waiters.get(key, ()):
                 if not waiter.event.is_set():
-                    waiter.error = error
-                    waiter.event.set()
+                    waiter.answer(error=error)
             self._objects.pop(key, None)
             self._state.pop(key, None)
             self._to_add.pop(key, None)
