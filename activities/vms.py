@@ -668,14 +668,12 @@ class VSphereActivities:
         name their node's instance UUID and carry the cluster's markers, with their
         power state (the others are left to a check of their own)."""
         read = properties.read_many(si, [vms.vm_by_ref(si, vm.ref) for vm in input.vms], DESTROY_PATHS)
-        owner = guestinfo.owner_markers(self.installation_id, input.cluster)
         checked = {}
         for vm in input.vms:
             props = read.get(vm.ref)
             if not props or props.get("config.instanceUuid") != vm.instance_uuid:
                 continue
-            extra = properties.extra_config_entries(props)
-            if any(extra.get(key) != value for key, value in owner.items()):
+            if not self._marked(props, input.cluster):
                 continue
             powered_on = props.get("runtime.powerState") == vim.VirtualMachine.PowerState.poweredOn
             checked[vm.ref] = vm.model_copy(update={"powered_on": powered_on})
@@ -723,10 +721,15 @@ class VSphereActivities:
         log.info("vm.destroyed", cluster=input.cluster, node=input.name, vm=vm._moId)
         return True
 
-    def _refuse_unless_marked(self, vm: Any, props: dict[str, Any], input: DestroyVmInput) -> None:
+    def _marked(self, props: dict[str, Any], cluster: str) -> bool:
+        """Whether a VM read with :data:`DESTROY_PATHS` carries the cluster's markers
+        of this installation."""
         extra = properties.extra_config_entries(props)
-        owner = guestinfo.owner_markers(self.installation_id, input.cluster)
-        if any(extra.get(key) != value for key, value in owner.items()):
+        owner = guestinfo.owner_markers(self.installation_id, cluster)
+        return all(extra.get(key) == value for key, value in owner.items())
+
+    def _refuse_unless_marked(self, vm: Any, props: dict[str, Any], input: DestroyVmInput) -> None:
+        if not self._marked(props, input.cluster):
             raise PermanentError(
                 f"refusing to destroy {input.name} ({vm._moId}): it is not marked as part of "
                 f"cluster {input.cluster!r} of installation {self.installation_id!r}"

@@ -73,6 +73,12 @@ class _Waiter:
         if self.notify is not None:
             self.notify()
 
+    def outcome(self) -> Any:
+        """The answer: the result, or the error raised."""
+        if self.error is not None:
+            raise self.error
+        return self.result
+
 
 def watches(obj: Any, paths: Sequence[str]) -> bool:
     """Whether a wait on ``paths`` of ``obj`` can go through the shared watcher."""
@@ -127,9 +133,7 @@ class Watcher:
                     self._reread(waiter)
                     reread = time.monotonic() + REREAD_SECONDS
             on_wake()
-            if waiter.error is not None:
-                raise waiter.error
-            return waiter.result
+            return waiter.outcome()
         finally:
             self._unregister(waiter)
 
@@ -175,9 +179,7 @@ class Watcher:
                     await in_thread(lambda: self._reread(waiter))
                     reread = loop.time() + REREAD_SECONDS
             on_wake()
-            if waiter.error is not None:
-                raise waiter.error
-            return waiter.result
+            return waiter.outcome()
         finally:
             self._unregister(waiter)
 
