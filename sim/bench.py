@@ -182,6 +182,7 @@ class Figures:
     others_start_s: tuple[float, float] = (0.0, 0.0)
     others_duration_s: tuple[float, float] = (0.0, 0.0)
     others_steps_s: dict[str, tuple[float, float]] = field(default_factory=dict)
+    node_workflow_tasks_s: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class Stack:
@@ -375,20 +376,34 @@ def spec(workers: int) -> dict[str, Any]:
 
 
 async def _events(
-    client: Client, workflow_id: str, firsts: dict[str, list[datetime]] | None = None
+    client: Client,
+    workflow_id: str,
+    firsts: dict[str, list[datetime]] | None = None,
+    task_times: dict[str, list[float]] | None = None,
 ) -> Counter[str]:
     """History events by type over every run of a workflow (continue-as-new included);
-    into ``firsts``, the time of each type's first event."""
+    into ``firsts``, the time of each type's first event; into ``task_times``, each
+    workflow task's seconds in the queue (scheduled to started) and on the worker
+    (started to completed)."""
     types: Counter[str] = Counter()
     seen: set[str] = set()
     async for run in client.list_workflows(f"WorkflowId = '{workflow_id}'"):
         history = await client.get_workflow_handle(workflow_id, run_id=run.run_id).fetch_history()
+        at: dict[str, datetime] = {}
         for event in history.events:
             name = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
             types[name] += 1
+            when = event.event_time.ToDatetime(tzinfo=UTC)
+            if task_times is not None and name.startswith("WORKFLOW_TASK_"):
+                step = name.removeprefix("WORKFLOW_TASK_")
+                if step == "STARTED" and "SCHEDULED" in at:
+                    task_times["queued"].append((when - at["SCHEDULED"]).total_seconds())
+                elif step == "COMPLETED" and "STARTED" in at:
+                    task_times["worker"].append((when - at["STARTED"]).total_seconds())
+                at[step] = when
             if firsts is not None and name not in seen:
                 seen.add(name)
-                firsts.setdefault(name, []).append(event.event_time.ToDatetime(tzinfo=UTC))
+                firsts.setdefault(name, []).append(when)
     return types
 
 
@@ -613,11 +628,17 @@ async def _create_figures(client: Client, status: ClusterStatus, figures: Figure
     sample = status.nodes if len(status.nodes) <= 250 else status.nodes[:: math.ceil(len(status.nodes) / 200)]
     node_events: Counter[str] = Counter()
     firsts: dict[str, list[datetime]] = {}
+    task_times: dict[str, list[float]] = {"queued": [], "worker": []}
     for node in sample:
+        workflow_id = ids.node_workflow_id(CLUSTER, node.name)
         if node.identity.kind is not NodeKind.LEADER:
-            node_events += await _events(client, ids.node_workflow_id(CLUSTER, node.name), firsts)
+            node_events += await _events(client, workflow_id, firsts, task_times)
         else:
-            node_events += await _events(client, ids.node_workflow_id(CLUSTER, node.name))
+            node_events += await _events(client, workflow_id)
+    figures.node_workflow_tasks_s = {
+        part: (round(_percentile(times, 0.5), 2), round(_percentile(times, 0.99), 2))
+        for part, times in task_times.items()
+    }
     # When the other nodes' steps began, after the leader's Ready (p50 / max): where a create waits.
     figures.others_steps_s = {
         step: (
@@ -732,6 +753,13 @@ def report(all_figures: list[Figures]) -> str:
         (
             "other nodes' duration p50 / max",
             lambda f: f"{f.others_duration_s[0]} / {f.others_duration_s[1]} s",
+        ),
+        (
+            "  their workflow tasks, queued / on the worker, p50 / p99 s",
+            lambda f: " / ".join(
+                f"{p50}/{p99}"
+                for p50, p99 in (f.node_workflow_tasks_s.get(k, ("-", "-")) for k in ("queued", "worker"))
+            ),
         ),
         (
             "CPU s: simulated nodes' agent / scripts; vCenter simulator; bench (vCenter proxy)",

@@ -25,7 +25,7 @@ from pke_vsphere.pki import authority
 from pke_vsphere.pki.node_tokens import create_signing_key, load_signing_key, write_public_key
 from pke_vsphere.runtime import temporal
 from pke_vsphere.runtime.binaries import temporal_binary
-from sim import vcenter
+from sim import temporal_config, vcenter
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".state" / "demo"
@@ -156,6 +156,7 @@ def up() -> int:
                 "warn",
                 "--ui-codec-endpoint",
                 f"http://127.0.0.1:{CODEC_PORT}",
+                *temporal_config.dev_server_args(),
             ],
         )
         _wait_for(_temporal_healthy, "Temporal")

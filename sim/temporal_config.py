@@ -9,9 +9,11 @@ turns it into the ``--dynamic-config-value KEY=VALUE`` arguments that
 them as ``dev_server_extra_args``).
 
 The dev server takes one value per key and no constraints, so values limited to
-a namespace or a task queue stay out: here the partitions of the ``pke-vsphere``
-queue, which without their constraint would also re-partition Temporal's own
-single-partition queues.
+a namespace or a task queue stay out, with one exception: the ``pke-vsphere``
+queue's partition counts when they are 1. A dev server runs one installation's
+queues and Temporal's own, which are single-partition already, so one partition
+for every queue is what the file asks for; a count above 1 would re-partition
+Temporal's own queues too and stays out.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pke_vsphere.config import TASK_QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
 DYNAMIC_CONFIG = ROOT / "deploy" / "temporal" / "dynamicconfig.yaml"
@@ -68,9 +72,30 @@ def unconstrained(path: Path = DYNAMIC_CONFIG) -> dict[str, Any]:
     return values
 
 
+PARTITION_KEYS = ("matching.numTaskqueueReadPartitions", "matching.numTaskqueueWritePartitions")
+
+
+def single_partitions(path: Path = DYNAMIC_CONFIG) -> dict[str, int]:
+    """The project queue's partition counts that are 1, which a dev server may apply
+    to every queue (see the module's docstring).
+
+    Args:
+        path: the file; the repository's by default.
+    """
+    values: dict[str, int] = {}
+    entries = load(path)
+    for key in PARTITION_KEYS:
+        for entry in entries.get(key, []):
+            constraints = entry.get("constraints") or {}
+            if constraints == {"taskQueueName": TASK_QUEUE} and entry["value"] == 1:
+                values[key] = 1
+    return values
+
+
 def dev_server_args(path: Path = DYNAMIC_CONFIG) -> list[str]:
     """``--dynamic-config-value KEY=VALUE`` arguments (values as JSON) for
-    ``temporal server start-dev``, one pair per key of the file that applies everywhere.
+    ``temporal server start-dev``: one pair per key of the file that applies
+    everywhere, and the project queue's single partitions.
 
     Args:
         path: the file; the repository's by default.
@@ -79,6 +104,6 @@ def dev_server_args(path: Path = DYNAMIC_CONFIG) -> list[str]:
         ValueError: as :func:`unconstrained` does.
     """
     args: list[str] = []
-    for key, value in unconstrained(path).items():
+    for key, value in {**unconstrained(path), **single_partitions(path)}.items():
         args += ["--dynamic-config-value", f"{key}={json.dumps(value)}"]
     return args

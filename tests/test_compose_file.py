@@ -501,15 +501,34 @@ def test_a_broken_copy_is_caught(compose: Compose, tmp_path: Path, name: str) ->
 
 def test_dev_server_args_carry_every_unconstrained_setting() -> None:
     """The test suite's dev server gets one ``--dynamic-config-value`` per setting that
-    applies everywhere, as JSON; the task-queue-constrained partitions stay out."""
+    applies everywhere, as JSON, and the project queue's single partitions."""
     args = temporal_settings.dev_server_args()
     assert args[::2] == ["--dynamic-config-value"] * (len(args) // 2)
     pairs = dict(arg.split("=", 1) for arg in args[1::2])
     entries = temporal_settings.load()
     everywhere = {k for k, values in entries.items() if any(not v.get("constraints") for v in values)}
-    assert set(pairs) == everywhere
+    assert set(pairs) == everywhere | set(temporal_settings.PARTITION_KEYS)
     assert pairs["history.MaxBufferedQueryCount"] == "32"
-    assert not {k for k in pairs if "partitions" in k.lower()}
+    assert {k: v for k, v in pairs.items() if "partitions" in k.lower()} == dict.fromkeys(
+        temporal_settings.PARTITION_KEYS, "1"
+    )
+
+
+def test_dev_server_args_leave_out_partitions_above_one(tmp_path: Path) -> None:
+    """More than one partition for the project's queue stays out: unconstrained, it
+    would re-partition Temporal's own single-partition queues too."""
+    path = tmp_path / "dynamicconfig.yaml"
+    path.write_text(
+        "".join(
+            f"{key}:\n  - value: 4\n    constraints:\n      taskQueueName: pke-vsphere\n"
+            for key in temporal_settings.PARTITION_KEYS
+        )
+        + "history.maxInFlightUpdates:\n  - value: 7\n"
+    )
+    assert temporal_settings.dev_server_args(path) == [
+        "--dynamic-config-value",
+        "history.maxInFlightUpdates=7",
+    ]
 
 
 def test_dev_server_args_refuse_a_key_with_two_values(tmp_path: Path) -> None:
