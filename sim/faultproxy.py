@@ -9,9 +9,10 @@ misbehaves the way a real vCenter or the network in front of it does:
 - ``error``: a 503 from a load balancer or reverse proxy, request not forwarded;
 - ``slow``: the reply comes ``slow_seconds`` late.
 
-Each request opens its own upstream connection and both sides are closed after
-one exchange (``Connection: close``), which keeps the proxy simple; pyvmomi
-reconnects by itself. Faults are drawn from a seeded random generator, so a
+Connections are kept alive, as vCenter's reverse proxy keeps them: each client
+connection gets an upstream connection of its own, opened with its first
+request and used for every later one, so a client that pools its connections
+reuses them here too. A dropped exchange closes both. Faults are drawn from a seeded random generator, so a
 run can be repeated; the counts of what was injected, per SOAP method, are kept
 for the tests' reports. Plain HTTP only; it is a test device, not a product part.
 """
@@ -101,27 +102,35 @@ class FaultProxy:
         return fault, self._random.random() < self.rates.slow
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         try:
-            await self._exchange(client_r, client_w)
+            while True:
+                upstream, keep = await self._exchange(client_r, client_w, upstream)
+                if not keep:
+                    return
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         except asyncio.CancelledError:  # the proxy is closing under a long poll: drop it
             pass
         finally:
             client_w.close()
+            if upstream is not None:
+                upstream[1].close()
 
-    async def _exchange(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        head = await client_r.readuntil(b"\r\n\r\n")
-        if len(head) > _HEAD_LIMIT:
-            return
-        lines = head.decode("latin-1").split("\r\n")
-        headers = [line for line in lines[1:] if line]
-        length = next(
-            (int(h.split(":", 1)[1]) for h in headers if h.lower().startswith("content-length:")), 0
-        )
-        body = await client_r.readexactly(length) if length else b""
+    async def _exchange(
+        self,
+        client_r: asyncio.StreamReader,
+        client_w: asyncio.StreamWriter,
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
+    ) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None, bool]:
+        """One request and its reply: the upstream connection for the next, and
+        whether the client's connection stays open for one."""
+        request = await _message(client_r)
+        if request is None:
+            return upstream, False
+        head, body, close = request
         found = _METHOD.search(body)
-        method = found.group(1).decode() if found else lines[0].split(" ")[0]
+        method = found.group(1).decode() if found else head.split(b" ", 1)[0].decode("latin-1")
         self.stats.requests[method] += 1
 
         fault, slow = self._draw(method)
@@ -131,25 +140,62 @@ class FaultProxy:
         if fault is not None:
             self.stats.injected[(fault, method)] += 1
         if fault == "drop_before":
-            return
+            return upstream, False
         if fault == "error":
             client_w.write(
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
                 b"Content-Length: 19\r\nConnection: close\r\n\r\nService Unavailable"
             )
             await client_w.drain()
-            return
+            return upstream, False
 
-        kept = [h for h in headers if not h.lower().startswith(("connection:", "keep-alive:"))]
-        request = "\r\n".join([lines[0], *kept, "Connection: close", "", ""]).encode("latin-1") + body
-        up_r, up_w = await asyncio.open_connection(*self._upstream)
-        try:
-            up_w.write(request)
-            await up_w.drain()
-            reply = await up_r.read()  # upstream closes after one reply
-        finally:
-            up_w.close()
+        if upstream is None:
+            upstream = await asyncio.open_connection(*self._upstream)
+        up_r, up_w = upstream
+        up_w.write(head + body)
+        await up_w.drain()
+        reply = await _message(up_r)
+        if reply is None:  # upstream closed without a reply: so does the proxy
+            return upstream, False
         if fault == "drop_after":
-            return
-        client_w.write(reply)
+            return upstream, False
+        reply_head, reply_body, reply_close = reply
+        client_w.write(reply_head + reply_body)
         await client_w.drain()
+        return upstream, not (close or reply_close)
+
+
+async def _message(reader: asyncio.StreamReader) -> tuple[bytes, bytes, bool] | None:
+    """One HTTP/1.1 message as it came (head, body) and whether its connection
+    closes after it; None at the end of the stream before a message began."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise
+    if len(head) > _HEAD_LIMIT:
+        raise ConnectionError("header too large")
+    fields = {}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name:
+            fields[name.strip().lower()] = value.strip().lower()
+    close = fields.get("connection") == "close"
+    if "content-length" in fields:
+        return head, await reader.readexactly(int(fields["content-length"])), close
+    if fields.get("transfer-encoding") == "chunked":
+        chunks = []
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            chunks.append(size_line)
+            size = int(size_line.split(b";", 1)[0], 16)
+            if size == 0:
+                while (trailer := await reader.readuntil(b"\r\n")) != b"\r\n":
+                    chunks.append(trailer)
+                chunks.append(trailer)
+                return head, b"".join(chunks), close
+            chunks.append(await reader.readexactly(size + 2))
+    if head.startswith(b"HTTP/"):  # a reply without a length ends with its connection
+        return head, await reader.read(), True
+    return head, b"", close

@@ -89,6 +89,10 @@ def pinned_context(thumbprint: str) -> PinnedContext:
     return ctx
 
 
+POOL_MARGIN = 16
+"""Connections kept beyond the task cap: the watcher's long poll, reads, logins."""
+
+
 class ServiceInstance:
     """A ServiceInstance whose ``content`` is read once, at login: pyvmomi sends a
     SOAP ``Fetch`` for every ``si.content`` otherwise, which was a third of the
@@ -160,6 +164,11 @@ class VCenterSession:
             disableSslCertValidation=s.vcenter_insecure,
             httpConnectionTimeout=self._timeout,
         )
+        # Keep as many connections open as calls run at once: up to the task cap's
+        # worth of task calls besides the watcher's long poll and the reads. With
+        # pyVmomi's 5, every call past the fifth opened a connection (a TCP and TLS
+        # handshake with vCenter) and closed it after its reply.
+        si._stub.poolSize = s.vcenter_max_concurrent_tasks + POOL_MARGIN
         retries.retry_reads(si._stub, relogin=self._relogin, generation=lambda: self._generation)
         self.logins += 1
         log.info("vcenter.login", url=s.vcenter_url, user=s.vcenter_username, logins=self.logins)
