@@ -68,13 +68,14 @@ MAX_CONCURRENT_WORKFLOW_ACTIVITIES = 512
 # the worker's CPU fell from 81 to 49 s with 2048, for about 50 MB more memory.
 MAX_CACHED_WORKFLOWS = 2048
 # Workflow-task polls stay at the SDK's fixed five (one on the task queue, where a
-# new workflow's first task waits, four on the sticky queue). Autoscaled polls
-# (2 to 40) cut that first wait at 3 + 997 from a median 14 s to 2 to 4 s, but
-# every node's VM step then ran at once and the nodes' calls overloaded instead:
-# more 503s and more updates. Two of six on the task queue did not cut it at all
-# (median 15 s), nor did 1000 workflow-task slots instead of 100 (every task then
-# ran at once and many timed out): the wait is the worker's and Temporal's work,
-# not the polls (README, Measured).
+# new workflow's first task waits, four on the sticky queue). With the task queue in
+# one partition (deploy/temporal/dynamicconfig.yaml) that one poll took a thousand
+# first tasks within 24 to 27 s of the leader's Ready at 3 + 997; in Temporal's 4,
+# the three partitions it did not poll reached it by forwarding, 10 tasks a second
+# (up to 78 s). More polls (autoscaled 2 to 40, or four of eight on the task queue)
+# ran every node's VM step at once and the nodes' calls waited instead; 1000
+# workflow-task slots instead of 100 ran every task at once and many timed out
+# (README, Measured).
 
 
 class Role(StrEnum):

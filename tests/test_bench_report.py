@@ -23,6 +23,9 @@ def test_the_delete_budget_is_one_and_a_half_vm_teardowns_per_round_of_the_cap()
     assert bench.delete_budget_s(1003, 256) == 12.0
     assert bench.delete_budget_s(1003, 512) == 6.0
     assert bench.delete_budget_s(203, 256) == 3.0
+    # With one VM's teardown as measured on the stack (its tasks' ends seen later).
+    assert bench.delete_budget_s(1003, 256, one_vm_s=2.4) == 14.4
+    assert bench.delete_budget_s(203, 256, one_vm_s=2.4) == 3.6
 
 
 def test_budgets_show_at_the_sizes_they_bound() -> None:
@@ -34,6 +37,11 @@ def test_budgets_show_at_the_sizes_they_bound() -> None:
     assert row(table, "ratio") == ["1.05", "1.17 [<= 1.25]", "1.65 [<= 2.0]"]
     assert row(table, "delete")[0] == "3.0 s"
     assert row(table, "delete")[2] == "12.5 s [<= 12.0 s]"
+    timed = bench.report([figures(997, delete_s=12.5, one_vm_teardown_s=2.4)])
+    assert row(timed, "delete") == ["12.5 s [<= 14.4 s]"]
+    assert row(timed, "  one VM's power-off and destroy, measured; the budget with the task durations") == [
+        "2.4 s; 12.0 s"
+    ]
     assert row(table, "node API 5xx") == ["0", "0", "0 [<= 0]"]
     assert row(table, "peak RSS MB: worker / Temporal / node API")[2].startswith("422.0 [<= 400]")
 
