@@ -125,6 +125,7 @@ def workflow_worker(
             kube_activities.create_bootstrap_token,
             kube_activities.create_bootstrap_tokens,
             kube_activities.delete_bootstrap_token,
+            kube_activities.delete_bootstrap_tokens,
             kube_activities.drain_node,
             kube_activities.delete_kube_node,
             kube_activities.wait_for_kube_node_ready,

@@ -20,6 +20,7 @@ from pke_vsphere.contracts.messages import (
     CreateTokensInput,
     DeleteKubeNodeInput,
     DeleteTokenInput,
+    DeleteTokensInput,
     DrainInput,
     DrainResult,
     JoinTokens,
@@ -68,7 +69,7 @@ async def create_bootstrap_token(input: CreateTokenInput) -> BootstrapToken:
         "bootstrap_token.installed",
         cluster=input.cluster,
         node=input.node,
-        token_id=token.token.get_secret_value().partition(".")[0],
+        token_id=token.token_id,
         expires_at=token.expires_at.isoformat(),
     )
     return token
@@ -106,6 +107,22 @@ async def delete_bootstrap_token(input: DeleteTokenInput) -> bool:
         deleted = await bootstrap_tokens.delete(client, input.token_id)
     log.info("bootstrap_token.deleted", cluster=input.cluster, token_id=input.token_id, existed=deleted)
     return deleted
+
+
+@activity.defn
+async def delete_bootstrap_tokens(input: DeleteTokensInput) -> int:
+    """Delete the bootstrap tokens of nodes that joined, together (a round of a
+    create's outcomes); how many still existed. A retry deletes what is left."""
+    limit = asyncio.Semaphore(CONCURRENT_INSTALLS)
+    async with api(input.access, f"delete {len(input.token_ids)} bootstrap tokens") as client:
+
+        async def one(token_id: str) -> bool:
+            async with limit:
+                return await bootstrap_tokens.delete(client, token_id)
+
+        deleted = await asyncio.gather(*map(one, input.token_ids))
+    log.info("bootstrap_tokens.deleted", cluster=input.cluster, count=len(deleted), existed=sum(deleted))
+    return sum(deleted)
 
 
 @activity.defn

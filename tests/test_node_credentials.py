@@ -17,6 +17,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
 from pke_vsphere.contracts import ids
+from pke_vsphere.contracts.messages import DeleteTokensInput, NodeResult
 from pke_vsphere.contracts.protocol import MAX_REPEATS, NODE_KEY_HEADER, REPEAT_SPACING
 from pke_vsphere.contracts.state import ClusterPhase, ClusterStatus, NodeKind, NodePhase
 from pke_vsphere.render import cloudinit
@@ -136,6 +137,47 @@ async def test_every_joiner_got_its_own_join_token_and_none_is_left_in_the_clust
     assert not [s for s in kube.objects.secrets if s.startswith("bootstrap-token-")]
     described = sorted(s["stringData"]["description"] for s in kube.objects.secrets_created)
     assert described == sorted(f"minted by pke-vsphere for {n.name}, for it alone" for n in joiners)
+
+
+async def test_joined_nodes_hand_their_join_tokens_to_the_cluster_which_deletes_them_in_a_round(
+    stack: Stack, ready: tuple[str, ClusterStatus]
+) -> None:
+    """A node that joined ends its workflow with its tokens' ids (never their
+    secrets), and its cluster's workflow deletes the round's tokens in one
+    activity: no node workflow holds its report's task open for an API call."""
+    name, status = ready
+    kube = stack.nodes.cluster_apis[name]
+    deleted = {c.name for c in kube.objects.calls if c.verb == "delete" and c.resource == "secrets"}
+    handed_back: list[str] = []
+    for node in status.nodes:
+        if node.identity.kind is NodeKind.LEADER:
+            continue
+        handle = stack.client.get_workflow_handle(
+            ids.node_workflow_id(name, node.name), result_type=NodeResult
+        )
+        result = await handle.result()
+        assert result.join_token_ids, node.name
+        handed_back += result.join_token_ids
+        events = [e async for e in handle.fetch_history_events()]
+        scheduled = [e for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+        assert [e.activity_task_scheduled_event_attributes.activity_type.name for e in scheduled] == [
+            "provision_vm"
+        ]
+    assert {f"bootstrap-token-{token_id}" for token_id in handed_back} == deleted
+    cluster = stack.client.get_workflow_handle(ids.cluster_workflow_id(name))
+    rounds = [
+        e
+        async for e in cluster.fetch_history_events()
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "delete_bootstrap_tokens"
+    ]
+    in_rounds: list[str] = []
+    for event in rounds:
+        payloads = event.activity_task_scheduled_event_attributes.input.payloads
+        (asked,) = await stack.client.data_converter.decode(payloads, [DeleteTokensInput])
+        in_rounds += asked.token_ids
+    assert sorted(in_rounds) == sorted(handed_back)
+    assert 1 <= len(rounds) <= len(handed_back)
 
 
 async def test_tokens_of_removed_and_deleted_nodes_get_401(stack: Stack, node_api_url: str) -> None:

@@ -196,7 +196,10 @@ class ClusterSteps:
                 settled = [
                     (pending.pop(o.workflow_id), o) for o in ended.outcomes if o.workflow_id in pending
                 ]
-                results = await asyncio.gather(*(self._settle(node, o) for node, o in settled))
+                results, _ = await asyncio.gather(
+                    asyncio.gather(*(self._settle(node, o) for node, o in settled)),
+                    self._take_join_tokens_back([o for _, o in settled]),
+                )
                 ok.update((node.name, result) for (node, _), result in zip(settled, results, strict=True))
         except (asyncio.CancelledError, ActivityError) as err:
             # Cancelled (a delete: the activity awaited fails with a cancellation), or
@@ -213,6 +216,14 @@ class ClusterSteps:
                 raise asyncio.CancelledError from err
             raise
         return [ok.get(node.name, False) for node in nodes]
+
+    async def _take_join_tokens_back(self, outcomes: list[NodeOutcome]) -> None:
+        """The join tokens the nodes that joined handed back leave the cluster, in one
+        activity for the round (patch ``join-tokens-back-in-rounds``)."""
+        token_ids = [i for o in outcomes if o.result is not None for i in o.result.join_token_ids]
+        if token_ids and workflow.patched(Patch.JOIN_TOKENS_BACK_IN_ROUNDS):
+            join = await self._join_context()
+            await node_credentials.delete_joined_nodes_tokens(self.spec.name, join, token_ids)
 
     async def _start_node_workflows(
         self, batch: list[NodeWorkflowInput], wait_cancelled: bool = False

@@ -265,7 +265,12 @@ class NodeWorkflow:
                 non_retryable=True,
             )
         session.close(f"reported {self._report.kind.value}")
-        await self._take_join_tokens_back()
+        # A node that joined hands its join tokens' ids to its cluster, which deletes
+        # those of a round of nodes together; on every other way out of this
+        # workflow (a failure report, a mismatch, a cancellation) ``run`` deletes them.
+        in_rounds = workflow.patched(Patch.JOIN_TOKENS_BACK_IN_ROUNDS)
+        if not in_rounds:
+            await self._take_join_tokens_back()
         if self._report.kind is NodeReportKind.FAILED:
             raise ApplicationError(
                 f"{node.name} reported a bootstrap failure: {self._report.message or 'no message'}",
@@ -280,7 +285,15 @@ class NodeWorkflow:
                 non_retryable=True,
             )
         self._at(NodePhase.READY)
-        return NodeResult(name=node.name, vm_ref=vm.vm_ref, ip=ip, powered_on_at=vm.powered_on_at)
+        handed_back = [t.token_id for t in self._join_tokens] if in_rounds else []
+        self._join_tokens = []
+        return NodeResult(
+            name=node.name,
+            vm_ref=vm.vm_ref,
+            ip=ip,
+            powered_on_at=vm.powered_on_at,
+            join_token_ids=handed_back,
+        )
 
     async def _take_join_tokens_back(self) -> None:
         """The node reported: its join token leaves the cluster. (Its token left its

@@ -1,6 +1,7 @@
 """The credentials a node's workflow hands out and takes back: the node's own
-kubeadm bootstrap token (minted when the node first asks to join, deleted from
-the cluster once the node reported or its workflow ends) and the node token in
+kubeadm bootstrap token (minted ahead by its cluster or when the node first asks
+to join; deleted by its cluster once the node joined, a round of nodes at a time,
+or by the node's workflow when it ends otherwise) and the node token in
 its VM's guestinfo (taken out once the node reported).
 
 ``local=True`` runs a join-token step as a local activity (a marker in the
@@ -22,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from pke_vsphere.contracts.messages import (
         CreateTokenInput,
         DeleteTokenInput,
+        DeleteTokensInput,
         NodeJoinContext,
         RemoveNodeTokenInput,
     )
@@ -72,7 +74,7 @@ async def delete_join_tokens(
     within ``deadline`` is logged and left to expire."""
     run = workflow.execute_local_activity if local else workflow.execute_activity
     for token in tokens:
-        token_id = token.token.get_secret_value().partition(".")[0]
+        token_id = token.token_id
         try:
             await run(
                 kube_activities.delete_bootstrap_token,
@@ -85,6 +87,24 @@ async def delete_join_tokens(
             workflow.logger.warning(
                 "bootstrap token %s stays until it expires: %s", token_id, failure_reason(err)
             )
+
+
+async def delete_joined_nodes_tokens(cluster: str, join: NodeJoinContext, token_ids: list[str]) -> None:
+    """Delete the join tokens the nodes of a round of outcomes handed back (they
+    joined); one that cannot be deleted within ``CLEANUP_DEADLINE`` is logged and
+    left to expire."""
+    try:
+        await workflow.execute_activity(
+            kube_activities.delete_bootstrap_tokens,
+            DeleteTokensInput(cluster=cluster, access=join.access, token_ids=token_ids),
+            schedule_to_close_timeout=CLEANUP_DEADLINE,
+            start_to_close_timeout=KUBE_CALL_TIMEOUT * 4,
+            retry_policy=KUBE_RETRY,
+        )
+    except ActivityError as err:
+        workflow.logger.warning(
+            "%d bootstrap tokens stay until they expire: %s", len(token_ids), failure_reason(err)
+        )
 
 
 async def remove_node_token(vm_ref: str, name: str) -> None:

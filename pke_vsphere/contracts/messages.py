@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 from ipaddress import IPv4Address
-from typing import Self
+from typing import Annotated, Self
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from pke_vsphere.contracts.pki import BootstrapToken, ClusterPKI
 from pke_vsphere.contracts.protocol import NodeCall
@@ -153,6 +153,10 @@ class NodeResult(BaseModel):
     ip: str
     powered_on_at: datetime | None = None
     """None from the node workflow of 0.2 (it signalled it)."""
+    join_token_ids: list[str] = Field(default_factory=list, max_length=16)
+    """The ids (not the secrets) of the join tokens the node was given, for its
+    cluster's workflow to delete (patch ``join-tokens-back-in-rounds``); empty when
+    the node workflow deleted them itself."""
 
 
 class NodeVm(BaseModel):
@@ -258,6 +262,14 @@ class DeleteTokenInput(BaseModel):
     cluster: str
     access: KubeAccess
     token_id: str = Field(pattern=r"^[a-z0-9]{6}$")
+
+
+class DeleteTokensInput(BaseModel):
+    """The join tokens of the nodes a round of outcomes brought, deleted together."""
+
+    cluster: str
+    access: KubeAccess
+    token_ids: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9]{6}$")]] = Field(max_length=2000)
 
 
 class RemoveNodeTokenInput(BaseModel):

@@ -54,3 +54,8 @@ class BootstrapToken(BaseModel):
 
     token: Secret
     expires_at: datetime
+
+    @property
+    def token_id(self) -> str:
+        """The public part before the dot (its Secret's name in the cluster)."""
+        return self.token.get_secret_value().partition(".")[0]
