@@ -174,9 +174,11 @@ class ClusterSteps:
         cancels them and waits until each has ended, so the deletion's sweep finds
         every VM they cloned."""
         inputs = []
+        hand_back = workflow.patched(Patch.JOIN_TOKENS_BACK_IN_ROUNDS)
         for node in nodes:
             input = await self._node_input(node, tokens.get(node.name))
             input.placement_refs = self.state.placement_refs
+            input.hand_back_join_tokens = hand_back
             inputs.append(input)
             node.phase, node.updated_at = NodePhase.CLONING, workflow.now()
         ok: dict[str, bool] = {}
@@ -219,9 +221,10 @@ class ClusterSteps:
 
     async def _take_join_tokens_back(self, outcomes: list[NodeOutcome]) -> None:
         """The join tokens the nodes that joined handed back leave the cluster, in one
-        activity for the round (patch ``join-tokens-back-in-rounds``)."""
+        activity for the round (only nodes launched with ``hand_back_join_tokens``
+        hand any back)."""
         token_ids = [i for o in outcomes if o.result is not None for i in o.result.join_token_ids]
-        if token_ids and workflow.patched(Patch.JOIN_TOKENS_BACK_IN_ROUNDS):
+        if token_ids:
             join = await self._join_context()
             await node_credentials.delete_joined_nodes_tokens(self.spec.name, join, token_ids)
 

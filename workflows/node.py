@@ -268,7 +268,7 @@ class NodeWorkflow:
         # A node that joined hands its join tokens' ids to its cluster, which deletes
         # those of a round of nodes together; on every other way out of this
         # workflow (a failure report, a mismatch, a cancellation) ``run`` deletes them.
-        in_rounds = workflow.patched(Patch.JOIN_TOKENS_BACK_IN_ROUNDS)
+        in_rounds = input.hand_back_join_tokens
         if not in_rounds:
             await self._take_join_tokens_back()
         if self._report.kind is NodeReportKind.FAILED:

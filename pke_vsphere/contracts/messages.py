@@ -145,6 +145,10 @@ class NodeWorkflowInput(BaseModel):
     join_token: BootstrapToken | None = None
     """The node's own join token, minted with those of the nodes launched with it
     (None: the node's workflow mints it when the node first asks)."""
+    hand_back_join_tokens: bool = False
+    """Once the node joined, end with its join tokens' ids for the cluster to delete
+    with those of the other nodes of its round (patch ``join-tokens-back-in-rounds``
+    in the cluster's workflow); False: delete them here, as before."""
 
 
 class NodeResult(BaseModel):
@@ -155,8 +159,8 @@ class NodeResult(BaseModel):
     """None from the node workflow of 0.2 (it signalled it)."""
     join_token_ids: list[str] = Field(default_factory=list, max_length=16)
     """The ids (not the secrets) of the join tokens the node was given, for its
-    cluster's workflow to delete (patch ``join-tokens-back-in-rounds``); empty when
-    the node workflow deleted them itself."""
+    cluster's workflow to delete (``NodeWorkflowInput.hand_back_join_tokens``);
+    empty when the node workflow deleted them itself."""
 
 
 class NodeVm(BaseModel):

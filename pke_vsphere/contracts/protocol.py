@@ -85,8 +85,9 @@ class Patch(StrEnum):
     VM with the cluster's markers (then destroys what only the sweep found),
     instead of destroying nothing until the sweep ends."""
     JOIN_TOKENS_BACK_IN_ROUNDS = "join-tokens-back-in-rounds"
-    """A node that joined ends its workflow with its join tokens' ids, and the
-    cluster deletes the tokens of the nodes each round of outcomes brings, in one
+    """The nodes launched together are asked (``hand_back_join_tokens``) to end
+    their workflows with their join tokens' ids once they joined, and the cluster
+    deletes the tokens of the nodes each round of outcomes brings, in one
     activity; before, each node workflow deleted its own (a local activity that
     held the workflow task of the node's report open for an API call)."""
 
