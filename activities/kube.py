@@ -75,8 +75,8 @@ async def create_bootstrap_token(input: CreateTokenInput) -> BootstrapToken:
     return token
 
 
-# Installs in flight at once when minting many tokens.
-CONCURRENT_INSTALLS = 16
+# Token installs or deletions in flight at once when minting or deleting many.
+CONCURRENT_TOKEN_CALLS = 16
 
 
 @activity.defn
@@ -85,7 +85,7 @@ async def create_bootstrap_tokens(input: CreateTokensInput) -> JoinTokens:
     node's join call is served without a call to the API server. A retry mints
     another set; the tokens an earlier attempt installed expire unused."""
     ttl = timedelta(seconds=input.ttl_seconds)
-    limit = asyncio.Semaphore(CONCURRENT_INSTALLS)
+    limit = asyncio.Semaphore(CONCURRENT_TOKEN_CALLS)
     async with api(input.access, "install bootstrap tokens") as client:
 
         async def one(node: str) -> tuple[str, BootstrapToken]:
@@ -113,7 +113,7 @@ async def delete_bootstrap_token(input: DeleteTokenInput) -> bool:
 async def delete_bootstrap_tokens(input: DeleteTokensInput) -> int:
     """Delete the bootstrap tokens of nodes that joined, together (a round of a
     create's outcomes); how many still existed. A retry deletes what is left."""
-    limit = asyncio.Semaphore(CONCURRENT_INSTALLS)
+    limit = asyncio.Semaphore(CONCURRENT_TOKEN_CALLS)
     async with api(input.access, f"delete {len(input.token_ids)} bootstrap tokens") as client:
 
         async def one(token_id: str) -> bool:

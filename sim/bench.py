@@ -112,8 +112,10 @@ def one_vm_teardown_s(sim: vcenter.Simulator, samples: int = TEARDOWN_SAMPLES) -
     from pke_vsphere.vsphere.waits import wait_for_task
 
     raw = sim.connect()
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(connect.Disconnect, raw)
         si = ServiceInstance(raw)
+        cleanup.callback(si.watcher.close)
         spare = [
             vm
             for vm, props in properties.find_all(si, vim.VirtualMachine, ["name", "config.template"])
@@ -123,19 +125,14 @@ def one_vm_teardown_s(sim: vcenter.Simulator, samples: int = TEARDOWN_SAMPLES) -
             raise SystemExit("the simulator has no VM of its own to time a teardown with")
         seconds = []
         for vm in spare:
-            started = time.monotonic()
-            if vm.runtime.powerState == vim.VirtualMachine.PowerState.poweredOn:
-                wait_for_task(si, vm.PowerOffVM_Task(), timeout=60, result=False)
-            else:  # time a power-on too, so that every sample is a power-off and a destroy
+            if vm.runtime.powerState != vim.VirtualMachine.PowerState.poweredOn:
+                # Powered on first, untimed: every sample is a power-off and a destroy.
                 wait_for_task(si, vm.PowerOnVM_Task(), timeout=60, result=False)
-                started = time.monotonic()
-                wait_for_task(si, vm.PowerOffVM_Task(), timeout=60, result=False)
+            started = time.monotonic()
+            wait_for_task(si, vm.PowerOffVM_Task(), timeout=60, result=False)
             wait_for_task(si, vm.Destroy_Task(), timeout=60, result=False)
             seconds.append(time.monotonic() - started)
-        si.watcher.close()
         return round(_percentile(seconds, 0.5), 2)
-    finally:
-        connect.Disconnect(raw)
 
 
 def _budget(figures: Figures, text: str, budget: object, at_least: int = 0) -> str:

@@ -12,8 +12,8 @@ misbehaves the way a real vCenter or the network in front of it does:
 Connections are kept alive, as vCenter's reverse proxy keeps them: each client
 connection gets an upstream connection of its own, opened with its first
 request and used for every later one, so a client that pools its connections
-reuses them here too. A dropped exchange closes both. Faults are drawn from a seeded random generator, so a
-run can be repeated; the counts of what was injected, per SOAP method, are kept
+reuses them here too. A dropped exchange closes both. Faults are drawn from a
+seeded random generator, so a run can be repeated; the counts of what was injected, per SOAP method, are kept
 for the tests' reports. Plain HTTP only; it is a test device, not a product part.
 """
 
